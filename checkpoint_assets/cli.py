@@ -1,0 +1,332 @@
+"""``checkpoint-assets``: the command-line front end.
+
+Exit status: 0 success (for verify/migrate: every check passed); 1 verification ran and
+found a mismatch; 2 usage error; 3 bad input or environment (MigrationError);
+4 conflict with rows already in the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from checkpoint_assets import __version__
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.export_file import (
+    OWNER_ONLY,
+    ExportManifest,
+    read_manifest,
+    verify_export,
+    write_export,
+)
+from checkpoint_assets.engine.pipeline import ImportSummary, import_export
+from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport, verify_migration
+from checkpoint_assets.progress import progress
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
+AES_KEY_ENV = "LANGGRAPH_AES_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (flags fall back to environment variables, see --help)."""
+    parser = argparse.ArgumentParser(
+        prog="checkpoint-assets",
+        description="Move LangGraph checkpoints from SqliteSaver (SQLite) to PostgresSaver "
+                    "(PostgreSQL) losslessly, and prove it.",
+        epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
+               "environment, 4 conflict with existing target rows. The target DSN is best "
+               f"given through ${DSN_ENV} so the password never appears in a process list.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_source(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--source", default=os.environ.get("CHECKPOINT_ASSETS_SOURCE"),
+                       required="CHECKPOINT_ASSETS_SOURCE" not in os.environ,
+                       help="SqliteSaver database file (env CHECKPOINT_ASSETS_SOURCE)")
+
+    def add_export(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--export", default=os.environ.get("CHECKPOINT_ASSETS_EXPORT"),
+                       required=required and "CHECKPOINT_ASSETS_EXPORT" not in os.environ,
+                       help="export file path (env CHECKPOINT_ASSETS_EXPORT)")
+
+    def add_target(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=None,
+                       help=f"PostgreSQL DSN (default: ${DSN_ENV})")
+        p.add_argument("--schema", default=os.environ.get("CHECKPOINT_ASSETS_TARGET_SCHEMA"),
+                       help="PostgreSQL schema for PostgresSaver's tables (default: the "
+                            "search_path, usually public; env CHECKPOINT_ASSETS_TARGET_SCHEMA)")
+        p.add_argument("--aes-key-env", default=AES_KEY_ENV,
+                       help="environment variable holding the EncryptedSerializer AES key, "
+                            f"for encrypted sources (default {AES_KEY_ENV})")
+
+    def add_report(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = sub.add_parser("export", help="write the export file from the SQLite source")
+    add_source(p)
+    add_export(p)
+    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"),
+                   help="checkpoints per batch (default 1000; whole threads per batch)")
+    add_report(p)
+
+    p = sub.add_parser("import", help="load an export file into PostgreSQL")
+    add_export(p)
+    add_target(p)
+    add_report(p)
+
+    p = sub.add_parser("verify", help="compare PostgreSQL with the export and the source")
+    add_source(p)
+    add_export(p)
+    add_target(p)
+    p.add_argument("--readback", type=int, default=DEFAULT_READBACK_SAMPLE,
+                   help="threads to read back through the official savers (default "
+                        f"{DEFAULT_READBACK_SAMPLE})")
+    p.add_argument("--readback-all", action="store_true",
+                   help="read back every thread through the official savers")
+    add_report(p)
+
+    p = sub.add_parser("migrate", help="export, import and verify, as Dagster asset runs")
+    add_source(p)
+    add_export(p, required=False)
+    add_target(p)
+    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
+    p.add_argument("--readback-all", action="store_true")
+    add_report(p)
+
+    p = sub.add_parser("checks", help="print the latest result of every asset check")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("quickstart",
+                       help="write a sample database, start an embedded PostgreSQL and migrate")
+    p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"))
+    return parser
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    dsn = ""
+    try:
+        if hasattr(args, "target"):
+            dsn = args.target or os.environ.get(DSN_ENV, "")
+            if not dsn and args.command != "quickstart":
+                raise MigrationError(f"No target given.", f"Pass --target or set ${DSN_ENV}.")
+        return COMMANDS[args.command](args, dsn)
+    except ConflictError as exc:
+        print(f"CONFLICT: {scrub(str(exc), dsn)}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except MigrationError as exc:
+        print(f"ERROR: {scrub(str(exc), dsn)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _cipher(args: argparse.Namespace) -> Cipher | None:
+    key = os.environ.get(getattr(args, "aes_key_env", AES_KEY_ENV) or AES_KEY_ENV)
+    return Cipher(key.encode()) if key else None
+
+
+def cmd_export(args: argparse.Namespace, dsn: str) -> int:
+    """export: SQLite -> export file."""
+    source = open_source(args.source)
+    try:
+        total = source.counts().checkpoints
+    finally:
+        source.close()
+    with progress("export", total) as advance:
+        manifest = write_export(args.source, args.export, batch_size=args.batch_size,
+                                progress=advance)
+    summary = {"command": "export", "ok": True, **manifest_summary(manifest)}
+    _emit(args, summary, _export_text(manifest))
+    return EXIT_OK
+
+
+def manifest_summary(manifest: ExportManifest) -> dict[str, Any]:
+    """The export's counts and digests, for reports."""
+    return {"export": str(manifest.path), "checkpoints": manifest.checkpoints,
+            "writes": manifest.writes, "threads": manifest.threads,
+            "batches": len(manifest.batches), "size_bytes": manifest.size_bytes,
+            "content_sha256": manifest.content_sha256, "file_sha256": manifest.file_sha256,
+            "types": manifest.types}
+
+
+def _export_text(manifest: ExportManifest) -> str:
+    return (f"Exported {manifest.checkpoints} checkpoints, {manifest.writes} writes, "
+            f"{manifest.threads} threads in {len(manifest.batches)} batches to "
+            f"{manifest.path} ({manifest.size_bytes:,} bytes)\n"
+            f"content sha256 {manifest.content_sha256}")
+
+
+def cmd_import(args: argparse.Namespace, dsn: str) -> int:
+    """import: export file -> PostgreSQL, batch by batch."""
+    manifest = verify_export(args.export)
+    target = Target(dsn, args.schema)
+    with progress("import", manifest.checkpoints) as advance:
+        summary = import_export(manifest, target, cipher=_cipher(args),
+                                on_batch=lambda r: advance(
+                                    r.inserted["checkpoints"] + r.already_present["checkpoints"]))
+    report = {"command": "import", "ok": True, "target": target.display,
+              **manifest_summary(manifest), "tables": summary.table_rows(),
+              "batch_results": [_batch_json(b) for b in summary.batches]}
+    _emit(args, report, render_table(summary.table_rows()))
+    return EXIT_OK
+
+
+def _batch_json(result: Any) -> dict[str, Any]:
+    data = asdict(result)
+    data["metadata_changes"] = [
+        {"key": list(key), **asdict(change)} for key, change in result.metadata_changes]
+    return data
+
+
+def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
+    """verify: PostgreSQL vs export vs SQLite."""
+    manifest = verify_export(args.export)
+    target = Target(dsn, args.schema)
+    with progress("verify", manifest.checkpoints) as advance:
+        report = verify_migration(
+            manifest, target, source_path=args.source, cipher=_cipher(args),
+            readback_threads=None if args.readback_all else args.readback, progress=advance)
+    summary = {"command": "verify", "ok": report.passed, "target": target.display,
+               **manifest_summary(manifest), **verification_json(report)}
+    _emit(args, summary, render_verification(report))
+    return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def verification_json(report: VerificationReport) -> dict[str, Any]:
+    """The verification report as JSON-able data."""
+    return {
+        "passed": report.passed,
+        "checks": {name: {"passed": c.passed, "description": c.description,
+                          "expected": c.expected, "actual": c.actual,
+                          "mismatch_count": c.mismatch_count, "mismatches": c.mismatches,
+                          "notes": c.notes}
+                   for name, c in report.checks.items()},
+        "counts": report.counts,
+        "metadata_changes": report.metadata_changes,
+        "seconds": round(report.seconds, 3),
+    }
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of dict rows (same keys in every row)."""
+    if not rows:
+        return "(nothing)"
+    headers = list(rows[0])
+    widths = [max(len(str(h)), *(len(str(r[h])) for r in rows)) for h in headers]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    body = ["  ".join(str(r[h]).ljust(w) for h, w in zip(headers, widths)) for r in rows]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def render_verification(report: VerificationReport) -> str:
+    """Human-readable verification result."""
+    lines = ["Verification " + ("PASSED" if report.passed else "FAILED")]
+    for name, check in report.checks.items():
+        mark = "PASS" if check.passed else "FAIL"
+        lines.append(f"  [{mark}] {name}: {check.description}")
+        for mismatch in check.mismatches[:10]:
+            lines.append(f"         - {mismatch}")
+        if check.mismatch_count > 10:
+            lines.append(f"         ... {check.mismatch_count - 10} more (see --report)")
+        lines.extend(f"         note: {n}" for n in check.notes)
+    counts = report.counts
+    rows = [{"table": t, "sqlite": counts.get("sqlite", {}).get(t, "-"),
+             "export": counts["export"].get(t, "-"),
+             "expected": counts["expected_target"][t], "postgres": counts["target"][t]}
+            for t in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")]
+    lines += ["", render_table(rows)]
+    if report.metadata_changes:
+        lines.append(f"\n{len(report.metadata_changes)} metadata value(s) changed to fit "
+                     "JSONB:")
+        lines += [f"  - {c['thread_id']}/{c['checkpoint_id']} {c['path']}: {c['reason']}"
+                  for c in report.metadata_changes[:20]]
+    return "\n".join(lines)
+
+
+def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
+    """migrate: export + import + verify, run as the Dagster assets against the instance."""
+    from checkpoint_assets.runner import migrate_in_process
+
+    result = migrate_in_process(
+        source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
+        batch_size=args.batch_size, readback_all=args.readback_all)
+    _emit(args, result.to_json(), result.render())
+    return EXIT_OK if result.passed else EXIT_MISMATCH
+
+
+def cmd_checks(args: argparse.Namespace, dsn: str) -> int:
+    """checks: the latest evaluation of every asset check, from the Dagster instance."""
+    from checkpoint_assets.runner import latest_check_evaluations, project_instance
+
+    with project_instance() as instance:
+        rows = latest_check_evaluations(instance)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(render_table(rows))
+    all_passed = bool(rows) and all(r.get("passed") for r in rows)
+    return EXIT_OK if all_passed else EXIT_MISMATCH
+
+
+def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
+    """quickstart: sample database + embedded PostgreSQL + migrate, end to end."""
+    from checkpoint_assets.embedded_postgres import ensure_database, start_embedded
+    from checkpoint_assets.sample import write_sample_database
+
+    workdir: Path = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "sample_checkpoints.sqlite"
+    if not source.exists():
+        sample = write_sample_database(source)
+        print(f"Wrote a sample SqliteSaver database: {sample.checkpoint_count} checkpoints, "
+              f"{sample.thread_count} threads -> {source}")
+    admin = start_embedded(workdir / "postgres")
+    dsn = ensure_database(admin, "checkpoints")
+    os.environ[DSN_ENV] = dsn
+    args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
+                              batch_size=50, readback_all=True, json=False, report=None,
+                              aes_key_env=AES_KEY_ENV)
+    return cmd_migrate(args, dsn)
+
+
+def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(text)
+    report: Path | None = getattr(args, "report", None)
+    if report is not None:
+        write_private_json(report, summary)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON readable by the owner only (reports name users' threads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
+    os.fchmod(fd, OWNER_ONLY)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+
+
+COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
+            "migrate": cmd_migrate, "checks": cmd_checks, "quickstart": cmd_quickstart}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

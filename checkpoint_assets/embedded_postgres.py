@@ -1,0 +1,50 @@
+"""A real PostgreSQL started locally from the ``pgserver`` package, for the quick start
+and for tests on machines where no server runs. Nothing to install, nothing to configure.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+DEFAULT_DATA_DIR = Path(".checkpoint_assets") / "postgres"
+
+
+def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: bool = True) -> str:
+    """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``.
+
+    Returns an admin DSN (user ``postgres``, database ``postgres``, Unix socket in the
+    data directory). With ``keep_running`` the server outlives this process, so the
+    Dagster UI started later finds the migrated data.
+    """
+    import pgserver  # imported here: only the embedded path needs it
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    return server.get_uri()
+
+
+def ensure_database(admin_dsn: str, name: str) -> str:
+    """Create database ``name`` if missing and return a DSN for it."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return dsn_for_database(admin_dsn, name)
+
+
+def dsn_for_database(dsn: str, name: str) -> str:
+    """The same DSN pointing at another database."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = name
+    return make_conninfo(**params)

@@ -1,0 +1,90 @@
+"""Raw msgpack and JSON handling that needs none of the application's classes.
+
+LangGraph's serializer stores objects (pydantic models, dataclasses, enums, messages) as
+msgpack extension types. Decoding with an ext hook that returns the extension unchanged
+keeps those objects opaque, and re-encoding the opaque structure reproduces the original
+bytes exactly, so values can be split per channel without importing anything.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ormsgpack
+
+# LangGraph's msgpack extension code for a DeltaChannel snapshot (serde/jsonplus.py).
+EXT_DELTA_SNAPSHOT = 7
+
+_OPTIONS = ormsgpack.OPT_NON_STR_KEYS
+
+
+def _keep_ext(code: int, data: bytes) -> ormsgpack.Ext:
+    return ormsgpack.Ext(code, data)
+
+
+def unpack_opaque(data: bytes) -> Any:
+    """Decode msgpack bytes, leaving every extension type as an opaque ``ormsgpack.Ext``."""
+    return ormsgpack.unpackb(data, ext_hook=_keep_ext, option=_OPTIONS)
+
+
+def pack_opaque(value: Any) -> bytes:
+    """Encode a value produced by :func:`unpack_opaque` back to msgpack bytes."""
+    return ormsgpack.packb(value, option=_OPTIONS)
+
+
+def is_delta_snapshot(value: Any) -> bool:
+    """True for a DeltaChannel snapshot (msgpack ext code 7) left opaque."""
+    return isinstance(value, ormsgpack.Ext) and value.code == EXT_DELTA_SNAPSHOT
+
+
+def float_survives_jsonb(value: float) -> bool:
+    """True when PostgreSQL JSONB gives back exactly this float.
+
+    JSONB stores numbers as ``numeric``: NaN and infinities are refused, ``-0.0`` comes
+    back as ``0.0``, and a float written with a positive exponent (``1e+20``) comes back
+    as an integer.
+    """
+    if not math.isfinite(value):
+        return False
+    if value == 0.0 and math.copysign(1.0, value) < 0:
+        return False
+    text = repr(value)
+    return "e+" not in text and "E+" not in text
+
+
+def primitive_survives_jsonb(value: Any) -> bool:
+    """True for a value PostgresSaver keeps inline and JSONB returns unchanged.
+
+    PostgresSaver inlines ``None``, ``str``, ``int``, ``float`` and ``bool``; only those
+    that JSONB holds exactly may stay inline, the rest must become blobs.
+    """
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return True
+    if isinstance(value, float):
+        return float_survives_jsonb(value)
+    if isinstance(value, str):
+        return "\x00" not in value and not _has_lone_surrogate(value)
+    return False
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def json_safe_structure(value: Any) -> bool:
+    """True when a decoded structure can be stored in JSONB and read back unchanged."""
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str) and primitive_survives_jsonb(k) and json_safe_structure(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return all(json_safe_structure(v) for v in value)
+    return primitive_survives_jsonb(value)

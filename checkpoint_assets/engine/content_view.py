@@ -1,0 +1,167 @@
+"""What a checkpoint *means*, computed the same way from the source and from the target.
+
+A view keeps, per checkpoint, four parts that the verification compares separately:
+``parent`` (the parent checkpoint id), ``header`` (ids, timestamps and channel versions),
+``channels`` (each channel's value as canonical msgpack bytes, decrypted) and
+``metadata`` (canonical JSON of what PostgreSQL can hold). Writes rows are compared as
+they are. Source views come straight from the decoded SQLite blobs, not from the
+converter's output, so a conversion bug shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from checkpoint_assets.engine.codec import (
+    is_delta_snapshot,
+    pack_opaque,
+    primitive_survives_jsonb,
+    unpack_opaque,
+)
+from checkpoint_assets.engine.convert import decode_checkpoint, split_type
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.metadata import jsonb_metadata, parse_metadata
+from checkpoint_assets.engine.rows import ThreadRows
+
+CheckpointKey = tuple[str, str, str]
+WriteKey = tuple[str, str, str, str, int]
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    """The comparable parts of one checkpoint."""
+
+    parent: str | None
+    header: str
+    channels: tuple[tuple[str, bytes], ...]
+    metadata: str
+
+    def differing_parts(self, other: CheckpointView) -> list[str]:
+        """Names of the parts that differ from ``other`` (channels named one by one)."""
+        parts = [name for name in ("parent", "header", "metadata")
+                 if getattr(self, name) != getattr(other, name)]
+        mine, theirs = dict(self.channels), dict(other.channels)
+        for channel in sorted(set(mine) | set(theirs)):
+            if mine.get(channel) != theirs.get(channel):
+                parts.append(f"channel {channel}")
+        return parts
+
+    def digest_input(self) -> bytes:
+        """Canonical bytes of the whole view, for digests."""
+        return pack_opaque([self.parent, self.header, [list(c) for c in self.channels],
+                            self.metadata])
+
+
+@dataclass
+class BatchView:
+    """Views of every checkpoint and write of a set of threads."""
+
+    checkpoints: dict[CheckpointKey, CheckpointView]
+    writes: dict[WriteKey, tuple]
+    blob_rows: int = 0
+    metadata_changes: list[dict] = field(default_factory=list)
+
+    def digest(self) -> str:
+        """One digest over all checkpoints and writes, in key order."""
+        h = hashlib.sha256()
+        for key in sorted(self.checkpoints):
+            h.update(pack_opaque(list(key)))
+            h.update(self.checkpoints[key].digest_input())
+        for key in sorted(self.writes):
+            h.update(pack_opaque([*key, *self.writes[key]]))
+        return h.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys: equal for equal values whatever their key order."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> BatchView:
+    """The view of source rows, as PostgreSQL should give them back."""
+    view = BatchView({}, {})
+    for thread in threads:
+        blob_keys: set[tuple[str, str, str]] = set()
+        for row in thread.checkpoints:
+            decoded = decode_checkpoint(row, cipher)
+            channels = tuple(sorted((ch, pack_opaque(v)) for ch, v in decoded.values.items()))
+            versions = decoded.header.get("channel_versions") or {}
+            for channel, value in decoded.values.items():
+                if decoded.cipher_name or not primitive_survives_jsonb(value):
+                    blob_keys.add((row.checkpoint_ns, channel, str(versions.get(channel))))
+            stored_metadata, changes = jsonb_metadata(parse_metadata(row.metadata))
+            view.metadata_changes.extend(
+                {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
+                 "checkpoint_id": row.checkpoint_id, "path": c.path, "reason": c.reason,
+                 "original": c.original, "stored": c.stored} for c in changes)
+            view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
+                CheckpointView(row.parent_checkpoint_id, canonical_json(decoded.header),
+                               channels, canonical_json(stored_metadata))
+        view.blob_rows += len(blob_keys)
+        for w in thread.writes:
+            view.writes[(w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx)] = (
+                w.task_path, w.channel, w.type, w.value if w.value is not None else b"")
+    return view
+
+
+def target_view(
+    checkpoints: Iterable[tuple], blobs: Iterable[tuple], writes: Iterable[tuple],
+    cipher: Cipher | None = None,
+) -> BatchView:
+    """The view of target rows, the way PostgresSaver reads them.
+
+    ``checkpoints`` rows are (thread_id, ns, checkpoint_id, parent, checkpoint, metadata)
+    with JSONB already parsed; ``blobs`` rows (thread_id, ns, channel, version, type, blob);
+    ``writes`` rows in ``checkpoint_writes`` column order.
+
+    One normalisation, the legitimate difference LangGraph's layout has: a DeltaChannel
+    snapshot blob counts only on checkpoints whose inline value marks it (``True``);
+    a sibling sharing the version would otherwise see it too.
+    """
+    blob_index: dict[tuple[str, str, str, str], tuple[str, bytes | None]] = {}
+    for thread_id, ns, channel, version, type_, blob in blobs:
+        blob_index[(thread_id, ns, channel, version)] = (type_, None if blob is None
+                                                         else bytes(blob))
+    view = BatchView({}, {}, blob_rows=len(blob_index))
+    for thread_id, ns, cid, parent, document, metadata in checkpoints:
+        inline = dict(document.get("channel_values") or {})
+        header = {k: v for k, v in document.items() if k != "channel_values"}
+        channels: dict[str, bytes] = {ch: pack_opaque(v) for ch, v in inline.items()}
+        for channel, version in (header.get("channel_versions") or {}).items():
+            found = blob_index.get((thread_id, ns, channel, str(version)))
+            if found is None or found[0] == "empty":
+                continue
+            value = blob_value(found[0], found[1], cipher)
+            if is_delta_snapshot(value) and inline.get(channel) is not True:
+                continue
+            channels[channel] = pack_opaque(value)
+        view.checkpoints[(thread_id, ns, cid)] = CheckpointView(
+            parent, canonical_json(header), tuple(sorted(channels.items())),
+            canonical_json(metadata))
+    for thread_id, ns, cid, task_id, task_path, idx, channel, type_, blob in writes:
+        view.writes[(thread_id, ns, cid, task_id, idx)] = (task_path, channel, type_,
+                                                           bytes(blob))
+    return view
+
+
+def blob_value(type_tag: str, blob: bytes | None, cipher: Cipher | None) -> Any:
+    """Decode a ``checkpoint_blobs`` value at the raw level (objects stay opaque)."""
+    base, cipher_name = split_type(type_tag)
+    data = blob or b""
+    if cipher_name is not None:
+        if cipher is None:
+            return ("encrypted", type_tag, data)
+        data = cipher.decrypt(cipher_name, data)
+    if base == "msgpack":
+        return unpack_opaque(data)
+    if base == "json":
+        return json.loads(data)
+    if base == "null":
+        return None
+    if base in ("bytes", "bytearray"):
+        return data
+    return (base, data)

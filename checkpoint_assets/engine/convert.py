@@ -1,0 +1,201 @@
+"""Convert SqliteSaver rows into the rows PostgresSaver reads, without application classes.
+
+A SqliteSaver checkpoint keeps every channel value inside one serialized blob. A
+PostgresSaver checkpoint keeps primitives inline in the ``checkpoint`` JSONB and every
+other value in ``checkpoint_blobs`` at the version ``channel_versions`` names. The split
+happens on the raw msgpack structure (see :mod:`checkpoint_assets.engine.codec`), so
+pydantic models, dataclasses and enums pass through as the bytes they were.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from checkpoint_assets.engine.codec import (
+    is_delta_snapshot,
+    json_safe_structure,
+    pack_opaque,
+    primitive_survives_jsonb,
+    unpack_opaque,
+)
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.metadata import MetadataChange, jsonb_metadata, parse_metadata
+from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
+
+PLAIN_TYPES = ("msgpack", "json")
+REFUSED_TYPES = ("pickle",)
+
+
+@dataclass
+class DecodedCheckpoint:
+    """A source checkpoint decoded at the raw level.
+
+    ``header`` is everything but the channel values (and v<4 ``pending_sends``), as JSON;
+    ``values`` maps each channel to its raw value; ``family`` is ``msgpack`` or ``json``.
+    """
+
+    header: dict[str, Any]
+    values: dict[str, Any]
+    family: str
+    cipher_name: str | None
+    pending_sends: Any = None
+
+
+@dataclass
+class ConvertedThread:
+    """The PostgreSQL rows of one thread, ready for COPY."""
+
+    checkpoints: list[tuple] = field(default_factory=list)
+    blobs: list[tuple] = field(default_factory=list)
+    writes: list[tuple] = field(default_factory=list)
+    metadata_changes: list[tuple[tuple[str, str, str], MetadataChange]] = field(
+        default_factory=list)
+
+
+def checkpoint_key(row: CheckpointRow | WriteRow) -> dict[str, str]:
+    """The identifying key of a row, for error messages and reports."""
+    return {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
+            "checkpoint_id": row.checkpoint_id}
+
+
+def split_type(type_tag: str | None) -> tuple[str, str | None]:
+    """Split a serializer type tag like ``msgpack+aes`` into (``msgpack``, ``aes``)."""
+    tag = type_tag or "null"
+    if "+" in tag:
+        base, cipher = tag.split("+", 1)
+        return base, cipher
+    return tag, None
+
+
+def decode_checkpoint(row: CheckpointRow, cipher: Cipher | None) -> DecodedCheckpoint:
+    """Decode a source checkpoint blob into header and raw channel values.
+
+    Raises MigrationError for pickle rows, encrypted rows without a key, and blobs that
+    do not re-encode to the exact bytes they came from.
+    """
+    base, cipher_name = split_type(row.type)
+    data = row.checkpoint
+    if data is None:
+        raise MigrationError(f"Checkpoint {checkpoint_key(row)} has no checkpoint blob.",
+                             "The source row is damaged; restore the database from a backup.")
+    if cipher_name is not None:
+        if cipher is None:
+            raise MigrationError(
+                f"Checkpoint {checkpoint_key(row)} is encrypted ({row.type}) and no key was "
+                "given.",
+                "Set LANGGRAPH_AES_KEY (or --aes-key-env) to the key the application uses.")
+        data = cipher.decrypt(cipher_name, data, checkpoint_key(row))
+    if base == "msgpack":
+        raw = unpack_opaque(data)
+        if pack_opaque(raw) != data:
+            raise MigrationError(
+                f"Checkpoint {checkpoint_key(row)} does not re-encode byte-exactly.",
+                "Report this with the row; it is not migrated to avoid any loss.")
+    elif base == "json":
+        raw = json.loads(data)
+    elif base in REFUSED_TYPES:
+        raise MigrationError(
+            f"Checkpoint {checkpoint_key(row)} is stored with pickle.",
+            "Pickled checkpoints need the application's classes; they are not migrated.")
+    else:
+        raise MigrationError(f"Checkpoint {checkpoint_key(row)} has unknown type {row.type!r}.",
+                             "Only msgpack, json and their encrypted forms are supported.")
+    if not isinstance(raw, dict) or not isinstance(raw.get("channel_values", {}), dict):
+        raise MigrationError(f"Checkpoint {checkpoint_key(row)} is not a LangGraph checkpoint.",
+                             "The source row is damaged; restore the database from a backup.")
+    header = {k: v for k, v in raw.items() if k not in ("channel_values", "pending_sends")}
+    if not json_safe_structure(header):
+        raise MigrationError(
+            f"Checkpoint {checkpoint_key(row)} has ids or versions JSONB cannot hold.",
+            "Report this with the row; it is not migrated to avoid any loss.")
+    return DecodedCheckpoint(header, dict(raw.get("channel_values") or {}), base, cipher_name,
+                             raw.get("pending_sends"))
+
+
+def channel_blob(
+    value: Any, family: str, cipher_name: str | None, cipher: Cipher | None
+) -> tuple[str, bytes]:
+    """The (type, bytes) of the ``checkpoint_blobs`` row holding one channel value."""
+    if family == "json":
+        base, payload = "json", json.dumps(value, ensure_ascii=False).encode("utf-8")
+    elif value is None:
+        base, payload = "null", b""
+    elif isinstance(value, bytes):
+        base, payload = "bytes", value
+    else:
+        base, payload = "msgpack", pack_opaque(value)
+    if cipher_name is None:
+        return base, payload
+    assert cipher is not None
+    return f"{base}+{cipher_name}", cipher.encrypt(cipher_name, payload)
+
+
+def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> ConvertedThread:
+    """Convert one thread's rows to the PostgresSaver layout.
+
+    Raises MigrationError if a row cannot be converted losslessly, or if two checkpoints of
+    the thread give one channel version two different values (PostgreSQL keeps one blob per
+    version).
+    """
+    out = ConvertedThread()
+    blob_owner: dict[tuple[str, str, str], tuple[bytes, str]] = {}
+    for row in thread.checkpoints:
+        decoded = decode_checkpoint(row, cipher)
+        inline: dict[str, Any] = {}
+        versions = decoded.header.get("channel_versions") or {}
+        for channel, value in decoded.values.items():
+            keep_inline = decoded.cipher_name is None and primitive_survives_jsonb(value)
+            if keep_inline:
+                inline[channel] = value
+                continue
+            if channel not in versions:
+                raise MigrationError(
+                    f"Checkpoint {checkpoint_key(row)}: channel {channel!r} has a value but no "
+                    "version, so PostgresSaver could not find its blob.",
+                    "Report this with the row; it is not migrated to avoid any loss.")
+            version = str(versions[channel])
+            if is_delta_snapshot(value):
+                inline[channel] = True
+            type_tag, payload = channel_blob(value, decoded.family, decoded.cipher_name, cipher)
+            plain = pack_opaque(value)
+            key = (row.checkpoint_ns, channel, version)
+            seen = blob_owner.get(key)
+            if seen is not None:
+                if seen[0] != plain:
+                    raise MigrationError(
+                        f"Thread {row.thread_id!r}: channel {channel!r} at version {version} "
+                        f"has different values in checkpoints {seen[1]} and {row.checkpoint_id}"
+                        "; PostgreSQL stores one value per version.",
+                        "Report this with the thread; it is not migrated to avoid any loss.")
+                continue
+            blob_owner[key] = (plain, row.checkpoint_id)
+            out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
+                              payload))
+        document = dict(decoded.header)
+        document["channel_values"] = inline
+        metadata, changes = jsonb_metadata(_metadata_of(row))
+        out.metadata_changes.extend(
+            ((row.thread_id, row.checkpoint_ns, row.checkpoint_id), c) for c in changes)
+        out.checkpoints.append((row.thread_id, row.checkpoint_ns, row.checkpoint_id,
+                                row.parent_checkpoint_id, document, metadata))
+    out.writes = [convert_write(w) for w in thread.writes]
+    return out
+
+
+def convert_write(row: WriteRow) -> tuple:
+    """A writes row in ``checkpoint_writes`` column order; a NULL value becomes b''."""
+    return (row.thread_id, row.checkpoint_ns, row.checkpoint_id, row.task_id, row.task_path,
+            row.idx, row.channel, row.type, row.value if row.value is not None else b"")
+
+
+def _metadata_of(row: CheckpointRow) -> Any:
+    try:
+        return parse_metadata(row.metadata)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MigrationError(
+            f"Checkpoint {checkpoint_key(row)} has metadata that is not JSON ({exc}).",
+            "SqliteSaver could not read this row either; repair or delete it in the source."
+        ) from None

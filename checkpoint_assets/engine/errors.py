@@ -1,0 +1,24 @@
+"""The one exception type for problems a user can cause and fix."""
+
+from __future__ import annotations
+
+
+class MigrationError(Exception):
+    """Something about the input or the environment prevents a safe migration.
+
+    The message says what is wrong; ``hint`` says what to do about it. Nothing has been
+    written to the target when this is raised by a loading step.
+    """
+
+    def __init__(self, problem: str, hint: str = "") -> None:
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{problem}\n  What to do: {hint}" if hint else problem)
+
+
+class ConflictError(MigrationError):
+    """The target already holds rows with the same keys but different content."""
+
+    def __init__(self, problem: str, hint: str, keys: list[dict]) -> None:
+        super().__init__(problem, hint)
+        self.keys = keys

@@ -1,0 +1,274 @@
+"""Load one batch of the export into PostgreSQL: one transaction, idempotent, conflict-safe.
+
+Order of events for a batch:
+1. the batch's bytes are checked against the export's digests (nothing touched yet);
+2. every row is converted (a row that cannot be converted losslessly stops here);
+3. one transaction takes an advisory lock on the batch, so two loaders of the same batch
+   run one after the other and the second finds everything already present;
+4. rows go in with binary COPY: straight into the tables when none of the batch's threads
+   exist yet, otherwise through temporary tables and ``INSERT .. ON CONFLICT DO NOTHING``;
+5. every row of the batch is compared with what the table now holds: a row that was
+   already there with different content is a conflict, and the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from checkpoint_assets.engine.convert import ConvertedThread, convert_thread, split_type
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.export_file import ExportManifest, read_batch
+from checkpoint_assets.engine.metadata import MetadataChange
+from checkpoint_assets.engine.target import Target, scrub
+
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "checkpoints": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
+        ("parent_checkpoint_id", "text"), ("checkpoint", "jsonb"), ("metadata", "jsonb"),
+    ),
+    "checkpoint_blobs": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("channel", "text"),
+        ("version", "text"), ("type", "text"), ("blob", "bytea"),
+    ),
+    "checkpoint_writes": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
+        ("task_id", "text"), ("task_path", "text"), ("idx", "int4"), ("channel", "text"),
+        ("type", "text"), ("blob", "bytea"),
+    ),
+}
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("thread_id", "checkpoint_ns", "checkpoint_id"),
+    "checkpoint_blobs": ("thread_id", "checkpoint_ns", "channel", "version"),
+    "checkpoint_writes": ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+}
+# Columns whose equality means "the same row"; the writes' task_path is part of content.
+CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("parent_checkpoint_id", "checkpoint", "metadata"),
+    "checkpoint_blobs": ("type", "blob"),
+    "checkpoint_writes": ("task_path", "channel", "type", "blob"),
+}
+MAX_CONFLICT_KEYS = 20
+TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
+                    psycopg.errors.DeadlockDetected)
+
+
+@dataclass
+class BatchLoadResult:
+    """What loading one batch did, per table."""
+
+    key: str
+    inserted: dict[str, int]
+    already_present: dict[str, int]
+    seconds: float
+    batch_sha256: str
+    threads: int
+    attempts: int = 1
+    metadata_changes: list[tuple[tuple[str, str, str], MetadataChange]] = field(
+        default_factory=list)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows of the batch per table (inserted + already present)."""
+        return {t: self.inserted[t] + self.already_present[t] for t in self.inserted}
+
+
+class TransientLoadError(MigrationError):
+    """The database went away or aborted the transaction; retrying may succeed."""
+
+
+def convert_batch(
+    manifest: ExportManifest, key: str, cipher: Cipher | None = None
+) -> tuple[list[str], dict[str, list[tuple]], list]:
+    """Verify and convert one batch: (thread ids, rows per table, metadata changes)."""
+    threads: list[str] = []
+    rows: dict[str, list[tuple]] = {t: [] for t in COLUMNS}
+    changes: list = []
+    pickled: list[dict[str, str]] = []
+    for thread in read_batch(manifest, key):
+        threads.append(thread.thread_id)
+        pickled.extend(
+            {"thread_id": r.thread_id, "checkpoint_ns": r.checkpoint_ns,
+             "checkpoint_id": r.checkpoint_id}
+            for r in thread.checkpoints if split_type(r.type)[0] == "pickle")
+        if pickled:
+            continue
+        converted: ConvertedThread = convert_thread(thread, cipher)
+        rows["checkpoints"].extend(converted.checkpoints)
+        rows["checkpoint_blobs"].extend(converted.blobs)
+        rows["checkpoint_writes"].extend(converted.writes)
+        changes.extend(converted.metadata_changes)
+    if pickled:
+        raise MigrationError(
+            f"Batch {key} holds {len(pickled)} checkpoints stored with pickle "
+            f"(pickle_fallback): {pickled}. Unpickling needs the application's own classes, "
+            "so they are not migrated.",
+            "Re-save those threads with the msgpack serializer in the application, export "
+            "again, or delete them from the source if they are not needed.",
+        )
+    return threads, rows, changes
+
+
+def load_batch(
+    target: Target,
+    manifest: ExportManifest,
+    key: str,
+    *,
+    cipher: Cipher | None = None,
+    attempts: int = 3,
+    backoff_seconds: float = 1.0,
+) -> BatchLoadResult:
+    """Load one batch of ``manifest`` into ``target`` in one transaction.
+
+    Transient database errors (connection lost, server restart, serialization failure)
+    are retried up to ``attempts`` times with exponential backoff. Raises ConflictError
+    if the target holds different rows under the batch's keys, MigrationError for bad
+    input; the target is unchanged in every failure case.
+    """
+    started = time.perf_counter()
+    threads, rows, changes = convert_batch(manifest, key, cipher)
+    lock_id = _lock_id(target.schema, manifest.batch(key).sha256)
+    for attempt in range(1, attempts + 1):
+        try:
+            with target.connect() as conn:
+                inserted, present = _load_rows(conn, lock_id, threads, rows, cipher)
+                conn.commit()
+            break
+        except ConflictError:
+            raise
+        except TRANSIENT_ERRORS as exc:
+            if attempt == attempts:
+                raise TransientLoadError(
+                    f"Loading batch {key} into {target.display} failed {attempts} times: "
+                    f"{scrub(str(exc).strip(), target.dsn)}",
+                    "Nothing of this batch was written. Check the server, then re-run "
+                    "(backfill) this batch.",
+                ) from None
+            time.sleep(backoff_seconds * 2 ** (attempt - 1))
+        except MigrationError as exc:
+            if "Cannot connect" in exc.problem and attempt < attempts:
+                time.sleep(backoff_seconds * 2 ** (attempt - 1))
+                continue
+            raise
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"Loading batch {key} into {target.display} failed: "
+                f"{scrub(str(exc).strip(), target.dsn)}",
+                "Nothing of this batch was written. Fix the cause and re-run this batch.",
+            ) from None
+    return BatchLoadResult(
+        key=key, inserted=inserted, already_present=present,
+        seconds=time.perf_counter() - started, batch_sha256=manifest.batch(key).sha256,
+        threads=len(threads), attempts=attempt, metadata_changes=changes,
+    )
+
+
+def _lock_id(schema: str | None, batch_sha: str) -> int:
+    digest = hashlib.sha256(f"{schema or ''}\x00{batch_sha}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _load_rows(
+    conn: psycopg.Connection,
+    lock_id: int,
+    threads: list[str],
+    rows: dict[str, list[tuple]],
+    cipher: Cipher | None,
+) -> tuple[dict[str, int], dict[str, int]]:
+    # Two loaders of the same batch queue here; the second then finds every row present.
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+    if not _any_thread_present(conn, threads):
+        for table, table_rows in rows.items():
+            _copy(conn, sql.Identifier(table), table, table_rows)
+        return ({t: len(r) for t, r in rows.items()}, {t: 0 for t in rows})
+    inserted: dict[str, int] = {}
+    present: dict[str, int] = {}
+    for table, table_rows in rows.items():
+        stage = sql.Identifier(f"stage_{table}")
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+        ).format(stage, sql.Identifier(table)))
+        _copy(conn, stage, table, table_rows)
+        # Re-running is safe: rows already there are skipped, then compared below.
+        cursor = conn.execute(sql.SQL(
+            "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
+        ).format(table=sql.Identifier(table), stage=stage, cols=_cols(table)))
+        inserted[table] = cursor.rowcount
+        present[table] = len(table_rows) - cursor.rowcount
+        _raise_on_conflict(conn, table, stage, cipher)
+    return inserted, present
+
+
+def _any_thread_present(conn: psycopg.Connection, threads: list[str]) -> bool:
+    for table in COLUMNS:
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE thread_id = ANY(%s))").format(
+            sql.Identifier(table))
+        row = conn.execute(query, (threads,)).fetchone()
+        if row and row[0]:
+            return True
+    return False
+
+
+def _cols(table: str) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(name) for name, _ in COLUMNS[table])
+
+
+def _copy(conn: psycopg.Connection, relation: sql.Composable, table: str,
+          rows: Sequence[tuple]) -> None:
+    if not rows:
+        return
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        relation, _cols(table))
+    with conn.cursor().copy(statement) as copy:
+        copy.set_types([pg_type for _, pg_type in COLUMNS[table]])
+        for row in rows:
+            copy.write_row(row)
+
+
+def _raise_on_conflict(conn: psycopg.Connection, table: str, stage: sql.Composable,
+                       cipher: Cipher | None) -> None:
+    keys = PRIMARY_KEYS[table]
+    join = sql.SQL(" AND ").join(
+        sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in keys)
+    differs = sql.SQL(" OR ").join(
+        sql.SQL("t.{c} IS DISTINCT FROM s.{c}").format(c=sql.Identifier(c))
+        for c in CONTENT_COLUMNS[table])
+    extra = sql.SQL(", t.type, t.blob, s.type, s.blob") if table == "checkpoint_blobs" \
+        else sql.SQL("")
+    query = sql.SQL("SELECT {keys}{extra} FROM {stage} s JOIN {table} t ON {join} "
+                    "WHERE {differs}").format(
+        keys=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in keys),
+        extra=extra, stage=stage, table=sql.Identifier(table), join=join, differs=differs)
+    conflicts = []
+    for record in conn.execute(query):
+        if table == "checkpoint_blobs" and cipher is not None and _same_plaintext(
+                cipher, record[len(keys):]):
+            continue  # the same value encrypted again with a fresh nonce
+        conflicts.append(dict(zip(keys, record[:len(keys)])))
+    if conflicts:
+        shown = conflicts[:MAX_CONFLICT_KEYS]
+        raise ConflictError(
+            f"The target already holds {len(conflicts)} {table} row(s) with the same keys but "
+            f"different content, e.g. {shown}. Nothing of this batch was written and the "
+            "existing rows were left as they are.",
+            "Find out who wrote those rows (an application already running on PostgresSaver? "
+            "an earlier migration from a different source?). Migrate into an empty "
+            "database or schema, or delete the conflicting threads from the target, then "
+            "re-run this batch.",
+            keys=conflicts,
+        )
+
+
+def _same_plaintext(cipher: Cipher, record: Sequence[Any]) -> bool:
+    t_type, t_blob, s_type, s_blob = record
+    if t_type != s_type or "+" not in (t_type or ""):
+        return False
+    name = t_type.split("+", 1)[1]
+    return cipher.decrypt(name, bytes(t_blob)) == cipher.decrypt(name, bytes(s_blob))

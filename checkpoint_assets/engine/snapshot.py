@@ -1,0 +1,110 @@
+"""A private, consistent copy of a SQLite database, taken without writing to the original.
+
+Even a ``mode=ro`` SQLite connection writes to a WAL database's ``-shm`` file (read marks,
+wal-index recovery) and creates ``-wal``/``-shm`` when they are missing. To leave the
+source and its ``-wal``/``-shm`` byte-identical, the engine reads a private copy:
+
+- rollback-journal databases: copied while holding a SHARED lock through a read-only
+  connection (which touches no side file), so no writer can change them mid-copy; a writer
+  that holds its lock too long gets a clear "locked" error;
+- WAL databases: the main file and the ``-wal`` are copied as they are; SQLite recovers
+  the copy to its last complete commit. If a checkpoint rewrote the main file or restarted
+  the WAL during the copy (seen in their sizes, mtimes and the WAL salt), the copy is
+  taken again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from checkpoint_assets.engine.errors import MigrationError
+
+WAL_FORMAT = 2
+COPY_ATTEMPTS = 5
+LOCK_TIMEOUT_SECONDS = 10.0
+
+
+def _journal_mode(path: Path) -> int:
+    with path.open("rb") as handle:
+        header = handle.read(20)
+    return header[18] if len(header) >= 20 else 0
+
+
+def _wal_state(path: Path) -> tuple:
+    """What changes when the main file is checkpointed or the WAL restarts."""
+    main = path.stat()
+    wal = Path(f"{path}-wal")
+    salt = b""
+    if wal.exists():
+        with wal.open("rb") as handle:
+            salt = handle.read(32)[16:24]
+    return (main.st_size, main.st_mtime_ns, salt)
+
+
+@contextmanager
+def private_snapshot(path: Path, workdir: str | Path | None = None) -> Iterator[Path]:
+    """Yield the path of a private, consistent copy of the database at ``path``.
+
+    The copy lives in a new owner-only temporary directory and is deleted afterwards.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="checkpoint-assets-", dir=workdir))
+    os.chmod(tmp, 0o700)
+    copy = tmp / "source.sqlite"
+    try:
+        if _journal_mode(path) == WAL_FORMAT:
+            _copy_wal_database(path, copy)
+        else:
+            _copy_locked(path, copy)
+        yield copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_wal_database(path: Path, copy: Path) -> None:
+    for _ in range(COPY_ATTEMPTS):
+        before = _wal_state(path)
+        shutil.copyfile(path, copy)
+        wal = Path(f"{path}-wal")
+        if wal.exists():
+            shutil.copyfile(wal, f"{copy}-wal")
+        if _wal_state(path) == before:
+            return
+        Path(f"{copy}-wal").unlink(missing_ok=True)
+    raise MigrationError(
+        f"Source {path} kept being checkpointed while it was copied ({COPY_ATTEMPTS} tries).",
+        "Pause the application writing to it for a moment, then run the export again.",
+    )
+
+
+def _copy_locked(path: Path, copy: Path) -> None:
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the SHARED lock
+        shutil.copyfile(path, copy)
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise MigrationError(
+                f"Source {path} is locked by another process ({exc}) and stayed locked for "
+                f"{LOCK_TIMEOUT_SECONDS:.0f} s.",
+                "Stop or pause the application writing to it, then run the export again.",
+            ) from None
+        raise MigrationError(f"Cannot read source {path}: {exc}.",
+                             "Check the file's permissions and that it is a SQLite database.") \
+            from None
+    except sqlite3.DatabaseError as exc:
+        raise MigrationError(
+            f"Source {path} is corrupt or not a SQLite database ({exc}).",
+            "Restore the file from a backup or point --source at the right file.",
+        ) from None
+    finally:
+        conn.close()

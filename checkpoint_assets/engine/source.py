@@ -1,0 +1,237 @@
+"""Read a LangGraph SqliteSaver database: never written, one consistent snapshot, streamed.
+
+The engine reads a private copy of the database taken by :mod:`snapshot` (the original
+and its ``-wal``/``-shm`` stay byte-identical). Committed rows still in the ``-wal`` file
+are part of that copy. Rows are streamed in primary-key order; memory does not grow with
+the size of the database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.rows import CheckpointRow, WriteRow
+from checkpoint_assets.engine.snapshot import private_snapshot
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+CHECKPOINT_COLUMNS = {
+    "thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id",
+    "type", "checkpoint", "metadata",
+}
+WRITE_COLUMNS = {
+    "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "value",
+}
+EXPECTED = (
+    "a LangGraph SqliteSaver database (tables 'checkpoints' and 'writes', "
+    "as created by SqliteSaver.setup())"
+)
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    """Row counts of a source database."""
+
+    checkpoints: int
+    writes: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class ThreadSize:
+    """How many rows one thread has in each table."""
+
+    thread_id: str
+    checkpoints: int
+    writes: int
+
+
+class SourceDatabase:
+    """A SqliteSaver database opened read-only. Use :func:`open_source`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, has_task_path: bool,
+                 resources: ExitStack) -> None:
+        self.path = path
+        self._conn = conn
+        self.has_task_path = has_task_path
+        self._resources = resources
+
+    def close(self) -> None:
+        """Close the connection and delete the private copy (the original is never written)."""
+        self._resources.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SourceDatabase]:
+        """Hold one read transaction: every read inside sees the same committed state."""
+        self._execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._conn.execute("ROLLBACK")
+
+    def counts(self) -> SourceCounts:
+        """Count checkpoints, writes and distinct threads."""
+        checkpoints = self._execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        writes = self._execute("SELECT count(*) FROM writes").fetchone()[0]
+        threads = self._execute(
+            "SELECT count(*) FROM (SELECT thread_id FROM checkpoints "
+            "UNION SELECT thread_id FROM writes)"
+        ).fetchone()[0]
+        return SourceCounts(checkpoints, writes, threads)
+
+    def thread_sizes(self) -> Iterator[ThreadSize]:
+        """Every thread (with checkpoints or only writes), in thread_id order."""
+        cursor = self._execute(
+            "SELECT thread_id, sum(c), sum(w) FROM ("
+            " SELECT thread_id, count(*) AS c, 0 AS w FROM checkpoints GROUP BY thread_id"
+            " UNION ALL"
+            " SELECT thread_id, 0, count(*) FROM writes GROUP BY thread_id"
+            ") GROUP BY thread_id ORDER BY thread_id"
+        )
+        for thread_id, checkpoints, writes in cursor:
+            yield ThreadSize(_text(thread_id), checkpoints, writes)
+
+    def checkpoints(self) -> Iterator[CheckpointRow]:
+        """All checkpoint rows in primary-key order."""
+        cursor = self._execute(
+            "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
+            "checkpoint, metadata FROM checkpoints "
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id"
+        )
+        for tid, ns, cid, parent, typ, blob, meta in cursor:
+            yield CheckpointRow(
+                _text(tid), _text(ns), _text(cid), _opt_text(parent), _opt_text(typ),
+                _opt_bytes(blob), _opt_bytes(meta),
+            )
+
+    def writes(self) -> Iterator[WriteRow]:
+        """All writes rows in primary-key order (``task_path`` '' where the column is absent)."""
+        task_path = "task_path" if self.has_task_path else "''"
+        cursor = self._execute(
+            f"SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
+            "channel, type, value FROM writes "
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx"
+        )
+        for tid, ns, cid, task_id, path, idx, channel, typ, value in cursor:
+            yield WriteRow(
+                _text(tid), _text(ns), _text(cid), _text(task_id), _text(path), idx,
+                _text(channel), _opt_text(typ), _opt_bytes(value),
+            )
+
+    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise _explain(self.path, exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise MigrationError(
+                f"Source {self.path} is corrupt or not {EXPECTED}: {exc}.",
+                "Check that the path points at the application's checkpoint database; "
+                "restore it from a backup if it is damaged.",
+            ) from None
+
+
+def open_source(path: str | Path) -> SourceDatabase:
+    """Open a SqliteSaver database read-only and check that it has the expected schema.
+
+    Raises MigrationError naming the file when it is missing, empty, not SQLite, corrupt,
+    locked, or lacks the checkpoint tables.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MigrationError(
+            f"Source {path} does not exist.", "Pass the path of the SqliteSaver database file."
+        )
+    if not path.is_file():
+        raise MigrationError(f"Source {path} is not a file.", f"Pass {EXPECTED}.")
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if not header:
+        raise MigrationError(f"Source {path} is empty (0 bytes); expected {EXPECTED}.",
+                             "Point --source at the database your application writes.")
+    if header != SQLITE_HEADER:
+        raise MigrationError(
+            f"Source {path} is not a SQLite database; expected {EXPECTED}.",
+            "Point --source at the database your application writes.",
+        )
+    resources = ExitStack()
+    try:
+        copy = resources.enter_context(private_snapshot(path))
+        conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        resources.callback(conn.close)
+        conn.text_factory = bytes
+        has_task_path = _check_schema(path, conn)
+    except BaseException:
+        resources.close()
+        raise
+    return SourceDatabase(path, conn, has_task_path, resources)
+
+
+def _check_schema(path: Path, conn: sqlite3.Connection) -> bool:
+    try:
+        tables = {
+            _text(name): {_text(col[1]) for col in conn.execute(
+                f"PRAGMA table_info({_text(name)})").fetchall()}
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name IN ('checkpoints', 'writes')").fetchall()
+        }
+    except sqlite3.OperationalError as exc:
+        raise _explain(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise MigrationError(
+            f"Source {path} is corrupt or not a SQLite database ({exc}); expected {EXPECTED}.",
+            "Restore the file from a backup or point --source at the right file.",
+        ) from None
+    missing = [t for t in ("checkpoints", "writes") if t not in tables]
+    if missing:
+        raise MigrationError(
+            f"Source {path} is a SQLite database but has no {' or '.join(missing)} table; "
+            f"expected {EXPECTED}.",
+            "Point --source at the database your SqliteSaver writes (the file passed to "
+            "SqliteSaver.from_conn_string or sqlite3.connect).",
+        )
+    for table, expected in (("checkpoints", CHECKPOINT_COLUMNS), ("writes", WRITE_COLUMNS)):
+        absent = expected - tables[table]
+        if absent:
+            raise MigrationError(
+                f"Source {path}: table '{table}' lacks columns {sorted(absent)}; "
+                f"expected {EXPECTED}.",
+                "This is not a SqliteSaver schema this tool knows; open an issue with the "
+                "output of `sqlite3 FILE .schema`.",
+            )
+    return "task_path" in tables["writes"]
+
+
+def _explain(path: Path, exc: sqlite3.OperationalError) -> MigrationError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return MigrationError(
+            f"Source {path} is locked by another process ({text}) and stayed locked for "
+            f"{BUSY_TIMEOUT_SECONDS:.0f} s.",
+            "Stop or pause the application writing to it, then run the export again.",
+        )
+    return MigrationError(f"Cannot read source {path}: {text}.",
+                          "Check the file's permissions and that it is a SqliteSaver database.")
+
+
+def _text(value: bytes | str | int) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _opt_text(value: bytes | str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _opt_bytes(value: bytes | str | None) -> bytes | None:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value

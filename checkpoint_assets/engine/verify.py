@@ -1,0 +1,350 @@
+"""Compare the target with the export and with the SQLite source; report every mismatch.
+
+Checks (their names are the contract with the Dagster layer and the CLI):
+
+- ``checkpoint_count_match``: checkpoints, writes and required blob rows: PostgreSQL =
+  export = SQLite, in total and per thread.
+- ``content_integrity``: per checkpoint, channel values, versions and parent link; and every
+  pending write, byte for byte.
+- ``metadata_integrity``: per checkpoint, metadata equal to the source's, apart from values
+  PostgreSQL cannot hold, which are listed by key.
+- ``source_matches_export``: the SQLite source still holds exactly what was exported.
+- ``official_saver_readback``: ``SqliteSaver.list`` equals ``PostgresSaver.list`` field by
+  field, for a sample of threads (or all).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.export_file import (
+    ExportManifest,
+    ThreadDigest,
+    export_thread_digests,
+    read_batch,
+)
+from checkpoint_assets.engine.readback import compare_thread_readback
+from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.target import Target
+from psycopg import sql
+
+COUNT_MATCH = "checkpoint_count_match"
+CONTENT_INTEGRITY = "content_integrity"
+METADATA_INTEGRITY = "metadata_integrity"
+SOURCE_MATCHES_EXPORT = "source_matches_export"
+OFFICIAL_READBACK = "official_saver_readback"
+CHECK_NAMES = (COUNT_MATCH, CONTENT_INTEGRITY, METADATA_INTEGRITY, SOURCE_MATCHES_EXPORT,
+               OFFICIAL_READBACK)
+CHECK_DESCRIPTIONS = {
+    COUNT_MATCH: "Checkpoints, writes and blob rows: PostgreSQL = export = SQLite, in total "
+                 "and per thread.",
+    CONTENT_INTEGRITY: "Every checkpoint's channel values, versions and parent link, and every "
+                       "pending write, equal the source's byte for byte.",
+    METADATA_INTEGRITY: "Every checkpoint's metadata equals the source's; values PostgreSQL "
+                        "cannot hold are listed by key.",
+    SOURCE_MATCHES_EXPORT: "The SQLite source still holds exactly what was exported (no "
+                           "writer changed it since).",
+    OFFICIAL_READBACK: "SqliteSaver.list equals PostgresSaver.list field by field for the "
+                       "checked threads.",
+}
+MAX_LISTED = 50
+DEFAULT_READBACK_SAMPLE = 25
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one check, with what a reviewer needs to act on it."""
+
+    name: str
+    passed: bool
+    expected: Any
+    actual: Any
+    mismatches: list[dict] = field(default_factory=list)
+    mismatch_count: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        """What this check proves."""
+        return CHECK_DESCRIPTIONS.get(self.name, self.name)
+
+
+@dataclass
+class BatchComparison:
+    """Export vs target for one batch."""
+
+    key: str
+    expected_counts: dict[str, int]
+    actual_counts: dict[str, int]
+    expected_digest: str
+    actual_digest: str
+    content_mismatches: list[dict]
+    metadata_mismatches: list[dict]
+    metadata_changes: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Counts, digest and every row equal."""
+        return (self.expected_counts == self.actual_counts
+                and self.expected_digest == self.actual_digest
+                and not self.content_mismatches and not self.metadata_mismatches)
+
+
+@dataclass
+class VerificationReport:
+    """Every check of one verification run."""
+
+    checks: dict[str, CheckOutcome]
+    counts: dict[str, dict[str, int]]
+    metadata_changes: list[dict]
+    seconds: float
+    batches: list[BatchComparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True only when every check passed."""
+        return all(c.passed for c in self.checks.values())
+
+
+def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list]:
+    """All target rows of these threads: (checkpoints, blobs, writes)."""
+    q = {
+        "checkpoints": "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+                       "checkpoint, metadata FROM {} WHERE thread_id = ANY(%s)",
+        "checkpoint_blobs": "SELECT thread_id, checkpoint_ns, channel, version, type, blob "
+                            "FROM {} WHERE thread_id = ANY(%s)",
+        "checkpoint_writes": "SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, "
+                             "task_path, idx, channel, type, blob FROM {} "
+                             "WHERE thread_id = ANY(%s)",
+    }
+    out = []
+    for table, text in q.items():
+        query = sql.SQL(text).format(sql.Identifier(table))
+        out.append(target_conn.execute(query, (list(threads),)).fetchall())
+    return out[0], out[1], out[2]
+
+
+def compare_batch(
+    target: Target, manifest: ExportManifest, key: str, cipher: Cipher | None = None,
+    conn: Any = None,
+) -> BatchComparison:
+    """Compare one batch of the export with what the target holds for its threads."""
+    threads = list(read_batch(manifest, key))
+    expected = source_view(threads, cipher)
+    ids = [t.thread_id for t in threads]
+    if conn is None:
+        with target.connect() as own:
+            rows = target_rows(own, ids)
+    else:
+        rows = target_rows(conn, ids)
+    actual = target_view(*rows, cipher=cipher)
+    content, metadata = _view_mismatches(expected, actual)
+    return BatchComparison(
+        key=key,
+        expected_counts=_view_counts(expected), actual_counts=_view_counts(actual),
+        expected_digest=expected.digest(), actual_digest=actual.digest(),
+        content_mismatches=content, metadata_mismatches=metadata,
+        metadata_changes=expected.metadata_changes,
+    )
+
+
+def _view_counts(view: BatchView) -> dict[str, int]:
+    return {"checkpoints": len(view.checkpoints), "checkpoint_blobs": view.blob_rows,
+            "checkpoint_writes": len(view.writes)}
+
+
+def _key_dict(key: tuple) -> dict[str, Any]:
+    names = ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx")
+    return dict(zip(names, key))
+
+
+def _view_mismatches(expected: BatchView, actual: BatchView) -> tuple[list[dict], list[dict]]:
+    content: list[dict] = []
+    metadata: list[dict] = []
+    for key in sorted(set(expected.checkpoints) | set(actual.checkpoints)):
+        want, got = expected.checkpoints.get(key), actual.checkpoints.get(key)
+        if want is None:
+            content.append({**_key_dict(key), "problem": "checkpoint in target, not in export"})
+        elif got is None:
+            content.append({**_key_dict(key), "problem": "checkpoint missing in target"})
+        else:
+            parts = want.differing_parts(got)
+            if "metadata" in parts:
+                metadata.append({**_key_dict(key), "problem": "metadata differs",
+                                 "expected": want.metadata[:500], "actual": got.metadata[:500]})
+            rest = [p for p in parts if p != "metadata"]
+            if rest:
+                content.append({**_key_dict(key), "problem": "differs: " + ", ".join(rest)})
+    for key in sorted(set(expected.writes) | set(actual.writes)):
+        want_w, got_w = expected.writes.get(key), actual.writes.get(key)
+        if want_w != got_w:
+            problem = ("write missing in target" if got_w is None else
+                       "write in target, not in export" if want_w is None else
+                       "write differs")
+            content.append({**_key_dict(key), "problem": problem})
+    return content, metadata
+
+
+def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str, list[str]]:
+    """Threads whose rows in the SQLite source differ from the export right now.
+
+    Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
+    """
+    exported = {tid: sha for tid, sha, _, _ in export_thread_digests(manifest)}
+    current: dict[str, str] = {}
+    source = open_source(source_path)
+    try:
+        with source.snapshot():
+            digest: ThreadDigest | None = None
+            thread: str | None = None
+            rows = _merge_by_thread(source.checkpoints(), source.writes())
+            for thread_id, row in rows:
+                if thread_id != thread:
+                    if thread is not None and digest is not None:
+                        current[thread] = digest.hexdigest()
+                    thread, digest = thread_id, ThreadDigest()
+                assert digest is not None
+                digest.add(row)
+            if thread is not None and digest is not None:
+                current[thread] = digest.hexdigest()
+    finally:
+        source.close()
+    return {
+        "changed": sorted(t for t in exported if t in current and current[t] != exported[t]),
+        "added": sorted(t for t in current if t not in exported),
+        "removed": sorted(t for t in exported if t not in current),
+    }
+
+
+def _merge_by_thread(checkpoints: Any, writes: Any) -> Any:
+    """Rows grouped by thread: a thread's checkpoints, then its writes (export order)."""
+    pending_write = next(writes, None)
+    pending_cp = next(checkpoints, None)
+    while pending_cp is not None or pending_write is not None:
+        if pending_cp is not None and (pending_write is None
+                                       or pending_cp.thread_id <= pending_write.thread_id):
+            thread = pending_cp.thread_id
+        else:
+            assert pending_write is not None
+            thread = pending_write.thread_id
+        while pending_cp is not None and pending_cp.thread_id == thread:
+            yield thread, pending_cp
+            pending_cp = next(checkpoints, None)
+        while pending_write is not None and pending_write.thread_id == thread:
+            yield thread, pending_write
+            pending_write = next(writes, None)
+
+
+def target_table_counts(target: Target) -> dict[str, int]:
+    """Total rows in each PostgresSaver table of the target."""
+    with target.connect() as conn:
+        return {table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(table))).fetchone()[0]
+            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")}
+
+
+def readback_sample(manifest: ExportManifest, size: int | None) -> list[str]:
+    """Threads to read back through the official savers: all (size None) or a fixed sample."""
+    threads = [tid for tid, _, _, _ in export_thread_digests(manifest)]
+    if size is None or size >= len(threads):
+        return threads
+    return sorted(random.Random(manifest.content_sha256).sample(threads, size))
+
+
+def verify_migration(
+    manifest: ExportManifest,
+    target: Target,
+    *,
+    source_path: str | Path | None = None,
+    cipher: Cipher | None = None,
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
+    progress: Any = None,
+) -> VerificationReport:
+    """Run every check and return the report. Never raises for a mismatch: reports it.
+
+    ``readback_threads`` None reads back every thread through the official savers.
+    """
+    started = time.perf_counter()
+    comparisons = []
+    for entry in manifest.batches:
+        comparisons.append(compare_batch(target, manifest, entry.key, cipher))
+        if progress is not None:
+            progress(entry.checkpoints)
+    checks: dict[str, CheckOutcome] = {}
+    expected = _sum_counts(c.expected_counts for c in comparisons)
+    actual = _sum_counts(c.actual_counts for c in comparisons)
+    export_counts = {"checkpoints": manifest.checkpoints, "checkpoint_writes": manifest.writes}
+    counts = {"export": export_counts, "expected_target": expected, "target": actual,
+              "target_tables": target_table_counts(target)}
+    drift: dict[str, list[str]] = {"changed": [], "added": [], "removed": []}
+    if source_path is not None:
+        src = open_source(source_path)
+        try:
+            sc = src.counts()
+        finally:
+            src.close()
+        counts["sqlite"] = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
+        drift = source_drift(source_path, manifest)
+    count_mismatches = [
+        {"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts}
+        for c in comparisons if c.expected_counts != c.actual_counts]
+    sqlite_ok = source_path is None or (
+        counts["sqlite"]["checkpoints"] == manifest.checkpoints
+        and counts["sqlite"]["checkpoint_writes"] == manifest.writes)
+    checks[COUNT_MATCH] = CheckOutcome(
+        COUNT_MATCH, passed=not count_mismatches and expected == actual and sqlite_ok,
+        expected={"export": export_counts, "target": expected},
+        actual={"target": actual, **({"sqlite": counts["sqlite"]} if source_path else {})},
+        mismatches=count_mismatches[:MAX_LISTED], mismatch_count=len(count_mismatches),
+        notes=[] if sqlite_ok else ["SQLite counts differ from the export: the source changed "
+                                    "after the export was taken."])
+    content = [m for c in comparisons for m in c.content_mismatches]
+    checks[CONTENT_INTEGRITY] = CheckOutcome(
+        CONTENT_INTEGRITY, passed=not content,
+        expected={c.key: c.expected_digest for c in comparisons},
+        actual={c.key: c.actual_digest for c in comparisons},
+        mismatches=content[:MAX_LISTED], mismatch_count=len(content))
+    metadata = [m for c in comparisons for m in c.metadata_mismatches]
+    changes = [m for c in comparisons for m in c.metadata_changes]
+    checks[METADATA_INTEGRITY] = CheckOutcome(
+        METADATA_INTEGRITY, passed=not metadata,
+        expected=manifest.checkpoints,
+        actual=manifest.checkpoints - len(metadata),
+        mismatches=metadata[:MAX_LISTED], mismatch_count=len(metadata),
+        notes=[f"{len(changes)} metadata value(s) PostgreSQL cannot hold were changed; "
+               "see metadata_changes."] if changes else [])
+    if source_path is not None:
+        drifted = drift["changed"] + drift["added"] + drift["removed"]
+        checks[SOURCE_MATCHES_EXPORT] = CheckOutcome(
+            SOURCE_MATCHES_EXPORT, passed=not drifted,
+            expected=manifest.content_sha256, actual="unchanged" if not drifted else drift,
+            mismatches=[{"thread_id": t, "problem": kind} for kind, ts in drift.items()
+                        for t in ts][:MAX_LISTED],
+            mismatch_count=len(drifted),
+            notes=["Export again and import to bring these threads over."] if drifted else [])
+        threads = readback_sample(manifest, readback_threads)
+        read_mismatches, notes = compare_thread_readback(source_path, target, threads, cipher)
+        checks[OFFICIAL_READBACK] = CheckOutcome(
+            OFFICIAL_READBACK, passed=not read_mismatches,
+            expected=f"{len(threads)} threads equal", actual=len(threads) - len(
+                {m["thread_id"] for m in read_mismatches}),
+            mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
+            notes=notes)
+    return VerificationReport(checks=checks, counts=counts, metadata_changes=changes,
+                              seconds=time.perf_counter() - started, batches=comparisons)
+
+
+def _sum_counts(items: Any) -> dict[str, int]:
+    total: dict[str, int] = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+    for counts in items:
+        for k, v in counts.items():
+            total[k] += v
+    return total
+

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real PostgreSQL and per-test databases.
+
+The server on 127.0.0.1:5432 is used when it answers; otherwise (or with
+CHECKPOINT_ASSETS_TEST_PG=embedded) an embedded PostgreSQL from ``pgserver`` is started
+for the session. Every test that needs a database gets a fresh one, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from checkpoint_assets.embedded_postgres import dsn_for_database, start_embedded
+
+SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _shared_server_answers() -> bool:
+    try:
+        with psycopg.connect(SHARED_SERVER_DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def embedded_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded PostgreSQL of this test session (always started on demand)."""
+    import pgserver
+
+    data_dir = tmp_path_factory.mktemp("embedded-pg")
+    dsn = start_embedded(data_dir, keep_running=False)
+    yield dsn
+    pgserver.get_server(data_dir).cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(request: pytest.FixtureRequest) -> str:
+    """Admin DSN of the PostgreSQL the tests use."""
+    if os.environ.get("CHECKPOINT_ASSETS_TEST_PG") != "embedded" and _shared_server_answers():
+        return SHARED_SERVER_DSN
+    return request.getfixturevalue("embedded_admin_dsn")
+
+
+def _fresh_database(admin: str) -> Iterator[str]:
+    name = f"ca_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield dsn_for_database(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+@pytest.fixture
+def target_dsn(admin_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    yield from _fresh_database(admin_dsn)
+
+
+@pytest.fixture
+def embedded_target_dsn(embedded_admin_dsn: str) -> Iterator[str]:
+    """A fresh database on the embedded server, whatever else runs on this machine."""
+    yield from _fresh_database(embedded_admin_dsn)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for SQLite corpora built once per session."""
+    return tmp_path_factory.mktemp("corpora")
+
+
+@pytest.fixture(scope="session")
+def sample_db_master(corpus_dir: Path) -> Path:
+    """The quick-start sample database (a real LangGraph graph), written once."""
+    from checkpoint_assets.sample import write_sample_database
+
+    path = corpus_dir / "sample.sqlite"
+    write_sample_database(path, threads=12)
+    return path
+
+
+@pytest.fixture
+def sample_db(sample_db_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample database that a test may change."""
+    import shutil
+
+    path = tmp_path / "source.sqlite"
+    shutil.copyfile(sample_db_master, path)
+    return path
