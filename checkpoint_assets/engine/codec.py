@@ -19,23 +19,45 @@ EXT_DELTA_SNAPSHOT = 7
 _OPTIONS = ormsgpack.OPT_NON_STR_KEYS
 
 
-def _keep_ext(code: int, data: bytes) -> ormsgpack.Ext:
-    return ormsgpack.Ext(code, data)
+class OpaqueExt:
+    """A msgpack extension value kept as its code and bytes (``ormsgpack.Ext`` hides both)."""
+
+    __slots__ = ("code", "data")
+
+    def __init__(self, code: int, data: bytes) -> None:
+        self.code = code
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpaqueExt) and (self.code, self.data) == (other.code,
+                                                                            other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.data))
+
+    def __repr__(self) -> str:
+        return f"OpaqueExt({self.code}, {len(self.data)} bytes)"
+
+
+def _pack_ext(value: Any) -> ormsgpack.Ext:
+    if isinstance(value, OpaqueExt):
+        return ormsgpack.Ext(value.code, value.data)
+    raise TypeError(f"cannot encode {type(value).__name__} as raw msgpack")
 
 
 def unpack_opaque(data: bytes) -> Any:
-    """Decode msgpack bytes, leaving every extension type as an opaque ``ormsgpack.Ext``."""
-    return ormsgpack.unpackb(data, ext_hook=_keep_ext, option=_OPTIONS)
+    """Decode msgpack bytes, leaving every extension type as an :class:`OpaqueExt`."""
+    return ormsgpack.unpackb(data, ext_hook=OpaqueExt, option=_OPTIONS)
 
 
 def pack_opaque(value: Any) -> bytes:
     """Encode a value produced by :func:`unpack_opaque` back to msgpack bytes."""
-    return ormsgpack.packb(value, option=_OPTIONS)
+    return ormsgpack.packb(value, default=_pack_ext, option=_OPTIONS)
 
 
 def is_delta_snapshot(value: Any) -> bool:
     """True for a DeltaChannel snapshot (msgpack ext code 7) left opaque."""
-    return isinstance(value, ormsgpack.Ext) and value.code == EXT_DELTA_SNAPSHOT
+    return isinstance(value, OpaqueExt) and value.code == EXT_DELTA_SNAPSHOT
 
 
 def float_survives_jsonb(value: float) -> bool:
@@ -88,3 +110,38 @@ def json_safe_structure(value: Any) -> bool:
     if isinstance(value, list):
         return all(json_safe_structure(v) for v in value)
     return primitive_survives_jsonb(value)
+
+
+# LangGraph's msgpack code for "call a constructor with one argument" (sets among them).
+EXT_CONSTRUCTOR_SINGLE_ARG = 0
+_UNORDERED = ({"builtins"}, {"set", "frozenset"})
+
+
+def normalized(value: Any) -> Any:
+    """A form of an opaque value in which encodings of the same value are equal.
+
+    Two checkpoints can encode one value differently: a set's elements come out in
+    iteration order, and dicts compare equal whatever their key order. Extension payloads
+    are themselves msgpack, so they are decoded and normalised too; no class is imported.
+    """
+    if isinstance(value, OpaqueExt):
+        try:
+            payload = normalized(unpack_opaque(value.data))
+        except (ormsgpack.MsgpackDecodeError, ValueError):
+            return ("ext", value.code, value.data)
+        if (value.code == EXT_CONSTRUCTOR_SINGLE_ARG and isinstance(payload, list)
+                and len(payload) == 3 and payload[0] in _UNORDERED[0]
+                and payload[1] in _UNORDERED[1] and isinstance(payload[2], list)):
+            payload = [payload[0], payload[1], sorted(payload[2], key=pack_opaque)]
+        return ("ext", value.code, payload)
+    if isinstance(value, dict):
+        items = [(normalized(k), normalized(v)) for k, v in value.items()]
+        return ("map", sorted(items, key=lambda kv: pack_opaque(kv[0])))
+    if isinstance(value, list):
+        return [normalized(v) for v in value]
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """True when two opaque values are encodings of the same value (see :func:`normalized`)."""
+    return a == b or pack_opaque(normalized(a)) == pack_opaque(normalized(b))

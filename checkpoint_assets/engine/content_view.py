@@ -85,14 +85,20 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> 
     """The view of source rows, as PostgreSQL should give them back."""
     view = BatchView({}, {})
     for thread in threads:
-        blob_keys: set[tuple[str, str, str]] = set()
+        # PostgreSQL keeps one blob per (namespace, channel, version): the first value
+        # written at a version is the one every checkpoint naming that version reads.
+        first_blob: dict[tuple[str, str, str], bytes] = {}
         for row in thread.checkpoints:
             decoded = decode_checkpoint(row, cipher)
-            channels = tuple(sorted((ch, pack_opaque(v)) for ch, v in decoded.values.items()))
             versions = decoded.header.get("channel_versions") or {}
+            channel_bytes = {}
             for channel, value in decoded.values.items():
+                plain = pack_opaque(value)
                 if decoded.cipher_name or not primitive_survives_jsonb(value):
-                    blob_keys.add((row.checkpoint_ns, channel, str(versions.get(channel))))
+                    key = (row.checkpoint_ns, channel, str(versions.get(channel)))
+                    plain = first_blob.setdefault(key, plain)
+                channel_bytes[channel] = plain
+            channels = tuple(sorted(channel_bytes.items()))
             stored_metadata, changes = jsonb_metadata(parse_metadata(row.metadata))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
@@ -101,7 +107,7 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> 
             view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
                 CheckpointView(row.parent_checkpoint_id, canonical_json(decoded.header),
                                channels, canonical_json(stored_metadata))
-        view.blob_rows += len(blob_keys)
+        view.blob_rows += len(first_blob)
         for w in thread.writes:
             view.writes[(w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx)] = (
                 w.task_path, w.channel, w.type, w.value if w.value is not None else b"")

@@ -18,6 +18,7 @@ from checkpoint_assets.engine.codec import (
     json_safe_structure,
     pack_opaque,
     primitive_survives_jsonb,
+    same_value,
     unpack_opaque,
 )
 from checkpoint_assets.engine.crypto import Cipher
@@ -141,7 +142,7 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
     version).
     """
     out = ConvertedThread()
-    blob_owner: dict[tuple[str, str, str], tuple[bytes, str]] = {}
+    blob_owner: dict[tuple[str, str, str], tuple[str, Any, str]] = {}
     for row in thread.checkpoints:
         decoded = decode_checkpoint(row, cipher)
         inline: dict[str, Any] = {}
@@ -160,18 +161,19 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
             if is_delta_snapshot(value):
                 inline[channel] = True
             type_tag, payload = channel_blob(value, decoded.family, decoded.cipher_name, cipher)
-            plain = pack_opaque(value)
             key = (row.checkpoint_ns, channel, version)
             seen = blob_owner.get(key)
             if seen is not None:
-                if seen[0] != plain:
+                if seen[0] == decoded.family and not same_value(seen[1], value):
                     raise MigrationError(
                         f"Thread {row.thread_id!r}: channel {channel!r} at version {version} "
-                        f"has different values in checkpoints {seen[1]} and {row.checkpoint_id}"
+                        f"has different values in checkpoints {seen[2]} and {row.checkpoint_id}"
                         "; PostgreSQL stores one value per version.",
                         "Report this with the thread; it is not migrated to avoid any loss.")
+                # The same value in another encoding (a set's order; json rows before an
+                # upgrade, msgpack after): the first blob serves every checkpoint.
                 continue
-            blob_owner[key] = (plain, row.checkpoint_id)
+            blob_owner[key] = (decoded.family, value, row.checkpoint_id)
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
         document = dict(decoded.header)

@@ -4,18 +4,22 @@ This is the witness closest to the application: ``SqliteSaver.list`` on the sour
 ``PostgresSaver.list`` on the target, per (thread_id, checkpoint_ns), compared on config,
 checkpoint (channel values included), metadata, parent config and pending writes.
 
-Two differences are legitimate and normalised, each counted in the notes:
+Three differences are legitimate and normalised, each counted in the notes:
 - a checkpoint with ``v`` < 4 keeps ``pending_sends`` in SQLite; PostgresSaver rebuilds
   them from the parent's ``__pregel_tasks`` writes as a channel value (the same rewrite
   LangGraph's ``Pregel._migrate_checkpoint`` applies when it loads such a checkpoint);
 - a DeltaChannel snapshot blob is keyed by version, so PostgresSaver also shows it on a
-  sibling checkpoint that shares the version.
+  sibling checkpoint that shares the version;
+- metadata values JSONB cannot hold (NUL characters, NaN...) are compared as changed by
+  :func:`jsonb_metadata`; each such change is listed in the report's metadata_changes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.rows import dict_row
 
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.metadata import jsonb_metadata
 from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.target import Target
 
@@ -46,7 +51,8 @@ def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
                      serde: Any) -> tuple[list[dict], list[str]]:
     sqlite_conn = sqlite3.connect(copy, check_same_thread=False)
     mismatches: list[dict] = []
-    normalised = {"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0}
+    normalised = {"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0,
+                  "metadata value PostgreSQL cannot hold (see metadata_changes)": 0}
     try:
         sqlite_saver = SqliteSaver(sqlite_conn, serde=serde)
         sqlite_saver.is_setup = True  # never run setup(): it may create tables or columns
@@ -80,7 +86,8 @@ def _compare(thread_id: str, ns: str, left: list, right: list,
         checkpoint_a = _normalise_sqlite_checkpoint(a.checkpoint, normalised)
         checkpoint_b = _normalise_pg_checkpoint(b.checkpoint, checkpoint_a, normalised)
         pairs = {"config": (a.config, b.config), "checkpoint": (checkpoint_a, checkpoint_b),
-                 "metadata": (a.metadata, b.metadata),
+                 "metadata": (_normalise_metadata(a.metadata, b.metadata, normalised),
+                              b.metadata),
                  "parent_config": (a.parent_config, b.parent_config),
                  "pending_writes": (a.pending_writes, b.pending_writes)}
         differing = [name for name, (x, y) in pairs.items() if not _same(x, y)]
@@ -89,6 +96,17 @@ def _compare(thread_id: str, ns: str, left: list, right: list,
                           "checkpoint_id": a.config["configurable"]["checkpoint_id"],
                           "problem": "differs: " + ", ".join(differing)})
     return found
+
+
+def _normalise_metadata(metadata: Any, stored: Any, normalised: dict[str, int]) -> Any:
+    """The source metadata as JSONB must hold it (the changes are reported separately)."""
+    if _same(metadata, stored):
+        return metadata
+    fitted, changes = jsonb_metadata(metadata)
+    if changes and _same(fitted, stored):
+        normalised["metadata value PostgreSQL cannot hold (see metadata_changes)"] += 1
+        return fitted
+    return metadata
 
 
 def _normalise_sqlite_checkpoint(checkpoint: dict, normalised: dict[str, int]) -> dict:
@@ -114,14 +132,35 @@ def _normalise_pg_checkpoint(checkpoint: dict, reference: dict,
     return checkpoint
 
 
-_PLAIN = JsonPlusSerializer()
-
-
 def _same(x: Any, y: Any) -> bool:
-    if x == y:
-        return True
-    # NaN is not equal to itself; equal serialisations are equal values.
-    try:
-        return _PLAIN.dumps_typed(x) == _PLAIN.dumps_typed(y)
-    except Exception:
-        return False
+    return x == y or canonical(x) == canonical(y)
+
+
+def canonical(value: Any) -> Any:
+    """A form of ``value`` that compares equal exactly when the values are the same.
+
+    ``==`` alone is wrong both ways for checkpoint values: NaN is not equal to itself,
+    ``-0.0 == 0.0``, a str-Enum equals its string, and two equal sets may serialise in
+    different orders.
+    """
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, Enum):
+        return ("enum", type(value).__qualname__, canonical(value.value))
+    if hasattr(value, "model_dump") and not isinstance(value, type):
+        return ("model", type(value).__qualname__, canonical(value.model_dump()))
+    if is_dataclass(value) and not isinstance(value, type):
+        return ("dataclass", type(value).__qualname__,
+                {f.name: canonical(getattr(value, f.name)) for f in fields(value)})
+    if isinstance(value, dict):
+        return ("dict", sorted(((repr(canonical(k)), canonical(v)) for k, v in value.items()),
+                               key=lambda kv: kv[0]))
+    if isinstance(value, (set, frozenset)):
+        return ("set", sorted((canonical(v) for v in value), key=repr))
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return ("namedtuple", type(value).__qualname__, [canonical(v) for v in value])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [canonical(v) for v in value])
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return ("object", type(value).__qualname__, canonical(vars(value)))
+    return value
