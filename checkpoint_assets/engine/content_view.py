@@ -64,6 +64,7 @@ class BatchView:
     writes: dict[WriteKey, tuple]
     blob_rows: int = 0
     metadata_changes: list[dict] = field(default_factory=list)
+    resume_hazards: list[dict] = field(default_factory=list)
 
     def digest(self) -> str:
         """One digest over all checkpoints and writes, in key order."""
@@ -88,6 +89,7 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> 
         # PostgreSQL keeps one blob per (namespace, channel, version): the first value
         # written at a version is the one every checkpoint naming that version reads.
         first_blob: dict[tuple[str, str, str], bytes] = {}
+        latest: dict[str, tuple] = {}
         for row in thread.checkpoints:
             decoded = decode_checkpoint(row, cipher)
             versions = decoded.header.get("channel_versions") or {}
@@ -99,6 +101,7 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> 
                     plain = first_blob.setdefault(key, plain)
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
+            latest[row.checkpoint_ns] = (row, decoded.values)
             stored_metadata, changes = jsonb_metadata(parse_metadata(row.metadata))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
@@ -108,10 +111,30 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> 
                 CheckpointView(row.parent_checkpoint_id, canonical_json(decoded.header),
                                channels, canonical_json(stored_metadata))
         view.blob_rows += len(first_blob)
+        for row, values in latest.values():
+            view.resume_hazards.extend(resume_hazards(row, values))
         for w in thread.writes:
             view.writes[(w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx)] = (
                 w.task_path, w.channel, w.type, w.value if w.value is not None else b"")
     return view
+
+
+def resume_hazards(row: Any, values: dict[str, Any]) -> list[dict]:
+    """Channel values of a thread's latest checkpoint that a live PostgresSaver cannot save.
+
+    PostgresSaver.put inlines str/int/float/bool values into JSONB when it writes the
+    *next* checkpoint: a NUL character, NaN or infinity makes that put fail, and -0.0 or
+    a float like 1e20 comes back changed. The migrated data is intact (those values are
+    blobs); the hazard is in continuing the thread on PostgresSaver.
+    """
+    found = []
+    for channel, value in values.items():
+        if isinstance(value, (str, float)) and not isinstance(value, bool) \
+                and not primitive_survives_jsonb(value):
+            found.append({"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
+                          "checkpoint_id": row.checkpoint_id, "channel": channel,
+                          "value": repr(value)[:80]})
+    return found
 
 
 def target_view(
@@ -144,7 +167,7 @@ def target_view(
             value = blob_value(found[0], found[1], cipher)
             if is_delta_snapshot(value) and inline.get(channel) is not True:
                 continue
-            channels[channel] = pack_opaque(value)
+            channels[channel] = blob_canonical_bytes(found[0], found[1], value, cipher)
         view.checkpoints[(thread_id, ns, cid)] = CheckpointView(
             parent, canonical_json(header), tuple(sorted(channels.items())),
             canonical_json(metadata))
@@ -152,6 +175,19 @@ def target_view(
         view.writes[(thread_id, ns, cid, task_id, idx)] = (task_path, channel, type_,
                                                            bytes(blob))
     return view
+
+
+def blob_canonical_bytes(type_tag: str, blob: bytes | None, value: Any,
+                         cipher: Cipher | None) -> bytes:
+    """The bytes a blob is compared by: a msgpack blob's own (decrypted) bytes, exactly as
+    stored, so even a trailing byte the decoder would ignore counts as a difference."""
+    base, cipher_name = split_type(type_tag)
+    if base != "msgpack":
+        return pack_opaque(value)
+    data = blob or b""
+    if cipher_name is not None and cipher is not None:
+        data = cipher.decrypt(cipher_name, data)
+    return data
 
 
 def blob_value(type_tag: str, blob: bytes | None, cipher: Cipher | None) -> Any:

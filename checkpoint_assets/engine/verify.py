@@ -40,8 +40,11 @@ CONTENT_INTEGRITY = "content_integrity"
 METADATA_INTEGRITY = "metadata_integrity"
 SOURCE_MATCHES_EXPORT = "source_matches_export"
 OFFICIAL_READBACK = "official_saver_readback"
+RESUMABLE_ON_POSTGRES = "resumable_on_postgres_saver"
 CHECK_NAMES = (COUNT_MATCH, CONTENT_INTEGRITY, METADATA_INTEGRITY, SOURCE_MATCHES_EXPORT,
-               OFFICIAL_READBACK)
+               OFFICIAL_READBACK, RESUMABLE_ON_POSTGRES)
+# Warnings report a risk without failing the migration; every other check must pass.
+WARNING_CHECKS = (RESUMABLE_ON_POSTGRES,)
 CHECK_DESCRIPTIONS = {
     COUNT_MATCH: "Checkpoints, writes and blob rows: PostgreSQL = export = SQLite, in total "
                  "and per thread.",
@@ -53,6 +56,10 @@ CHECK_DESCRIPTIONS = {
                            "writer changed it since).",
     OFFICIAL_READBACK: "SqliteSaver.list equals PostgresSaver.list field by field for the "
                        "checked threads.",
+    RESUMABLE_ON_POSTGRES: "No thread's latest state holds a str/float that a live "
+                           "PostgresSaver cannot save on its next put (NUL, NaN, inf; -0.0 "
+                           "and 1e20-style floats change). A warning: the migrated data is "
+                           "intact either way.",
 }
 MAX_LISTED = 50
 DEFAULT_READBACK_SAMPLE = 25
@@ -88,6 +95,7 @@ class BatchComparison:
     content_mismatches: list[dict]
     metadata_mismatches: list[dict]
     metadata_changes: list[dict] = field(default_factory=list)
+    resume_hazards: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -109,8 +117,8 @@ class VerificationReport:
 
     @property
     def passed(self) -> bool:
-        """True only when every check passed."""
-        return all(c.passed for c in self.checks.values())
+        """True when every check passed (warnings do not count)."""
+        return all(c.passed for c in self.checks.values() if c.name not in WARNING_CHECKS)
 
 
 def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list]:
@@ -152,6 +160,7 @@ def compare_batch(
         expected_digest=expected.digest(), actual_digest=actual.digest(),
         content_mismatches=content, metadata_mismatches=metadata,
         metadata_changes=expected.metadata_changes,
+        resume_hazards=expected.resume_hazards,
     )
 
 
@@ -337,6 +346,13 @@ def verify_migration(
                 {m["thread_id"] for m in read_mismatches}),
             mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
             notes=notes)
+    hazards = [h for c in comparisons for h in c.resume_hazards]
+    checks[RESUMABLE_ON_POSTGRES] = CheckOutcome(
+        RESUMABLE_ON_POSTGRES, passed=not hazards, expected=0, actual=len(hazards),
+        mismatches=hazards[:MAX_LISTED], mismatch_count=len(hazards),
+        notes=["Before switching these threads to PostgresSaver, have the application "
+               "replace such values (e.g. strip NUL from strings), or keep them inside a "
+               "dict/list channel (stored as a blob)."] if hazards else [])
     return VerificationReport(checks=checks, counts=counts, metadata_changes=changes,
                               seconds=time.perf_counter() - started, batches=comparisons)
 
