@@ -81,34 +81,38 @@ def primitive_survives_jsonb(value: Any) -> bool:
     PostgresSaver inlines ``None``, ``str``, ``int``, ``float`` and ``bool``; only those
     that JSONB holds exactly may stay inline, the rest must become blobs.
     """
-    if value is None or isinstance(value, bool):
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value and _valid_utf8(value)
+    if value is None or kind is bool or kind is int:
         return True
-    if isinstance(value, int):
-        return True
-    if isinstance(value, float):
+    if kind is float:
         return float_survives_jsonb(value)
-    if isinstance(value, str):
-        return "\x00" not in value and not _has_lone_surrogate(value)
     return False
 
 
-def _has_lone_surrogate(text: str) -> bool:
+def _valid_utf8(text: str) -> bool:
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    except UnicodeEncodeError:  # an unpaired surrogate, e.g. from a JSON "\ud800" escape
+        return False
+    return True
 
 
 def json_safe_structure(value: Any) -> bool:
     """True when a decoded structure can be stored in JSONB and read back unchanged."""
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str) and primitive_survives_jsonb(k) and json_safe_structure(v)
-            for k, v in value.items()
-        )
-    if isinstance(value, list):
-        return all(json_safe_structure(v) for v in value)
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not primitive_survives_jsonb(key):
+                return False
+            if not json_safe_structure(item):
+                return False
+        return True
+    if kind is list:
+        return all(json_safe_structure(item) for item in value)
     return primitive_survives_jsonb(value)
 
 
