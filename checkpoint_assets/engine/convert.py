@@ -10,6 +10,8 @@ pydantic models, dataclasses and enums pass through as the bytes they were.
 from __future__ import annotations
 
 import json
+
+import ormsgpack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,12 @@ from checkpoint_assets.engine.codec import (
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.metadata import MetadataChange, jsonb_metadata, parse_metadata
+from checkpoint_assets.engine.metadata import (
+    MetadataChange,
+    jsonb_metadata,
+    jsonb_ready_text,
+    parse_metadata,
+)
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 
 PLAIN_TYPES = ("msgpack", "json")
@@ -108,12 +115,29 @@ def decode_checkpoint(row: CheckpointRow, cipher: Cipher | None) -> DecodedCheck
         raise MigrationError(f"Checkpoint {checkpoint_key(row)} is not a LangGraph checkpoint.",
                              "The source row is damaged; restore the database from a backup.")
     header = {k: v for k, v in raw.items() if k not in ("channel_values", "pending_sends")}
-    if not json_safe_structure(header):
+    if not header_survives_jsonb(header):
         raise MigrationError(
             f"Checkpoint {checkpoint_key(row)} has ids or versions JSONB cannot hold.",
             "Report this with the row; it is not migrated to avoid any loss.")
     return DecodedCheckpoint(header, dict(raw.get("channel_values") or {}), base, cipher_name,
                              raw.get("pending_sends"))
+
+
+def header_survives_jsonb(header: dict[str, Any]) -> bool:
+    """True when the checkpoint's ids, timestamps and versions fit JSONB unchanged.
+
+    Fast path: msgpack refuses non-str keys and unknown objects without OPT_NON_STR_KEYS,
+    and the JSON text shows NUL, NaN and risky floats; only then the exact walk runs.
+    """
+    try:
+        ormsgpack.packb(header)
+        text = json.dumps(header, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, ormsgpack.MsgpackEncodeError):
+        return False
+    if any(p in text for p in ("\\u0000", "e+", "E+", "-0.", "\\ud", "\\uD")) \
+            or not text.isascii():
+        return json_safe_structure(header)
+    return True
 
 
 def channel_blob(
@@ -176,15 +200,31 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
             blob_owner[key] = (decoded.family, value, row.checkpoint_id)
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
-        document = dict(decoded.header)
-        document["channel_values"] = inline
-        metadata, changes = jsonb_metadata(_metadata_of(row))
-        out.metadata_changes.extend(
-            ((row.thread_id, row.checkpoint_ns, row.checkpoint_id), c) for c in changes)
+        metadata_text = jsonb_ready_text(row.metadata)
+        if metadata_text is None:
+            metadata, changes = jsonb_metadata(_metadata_of(row))
+            out.metadata_changes.extend(
+                ((row.thread_id, row.checkpoint_ns, row.checkpoint_id), c) for c in changes)
+            metadata_text = json.dumps(metadata, ensure_ascii=False)
         out.checkpoints.append((row.thread_id, row.checkpoint_ns, row.checkpoint_id,
-                                row.parent_checkpoint_id, document, metadata))
+                                row.parent_checkpoint_id,
+                                JsonText(checkpoint_document(decoded.header, inline)),
+                                JsonText(metadata_text)))
     out.writes = [convert_write(w) for w in thread.writes]
     return out
+
+
+class JsonText(str):
+    """JSON already serialised: sent to a JSONB column as it is."""
+
+
+def checkpoint_document(header: dict[str, Any], inline: dict[str, Any]) -> str:
+    """The ``checkpoints.checkpoint`` JSONB text: the header plus inline channel values."""
+    text = json.dumps(header, ensure_ascii=False, separators=(",", ":"))
+    values = json.dumps(inline, ensure_ascii=False, separators=(",", ":"))
+    if text == "{}":
+        return '{"channel_values":' + values + "}"
+    return text[:-1] + ',"channel_values":' + values + "}"
 
 
 def convert_write(row: WriteRow) -> tuple:

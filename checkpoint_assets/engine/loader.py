@@ -21,8 +21,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from checkpoint_assets.engine.convert import ConvertedThread, convert_thread, split_type
+from checkpoint_assets.engine.convert import (
+    ConvertedThread,
+    JsonText,
+    convert_thread,
+    split_type,
+)
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
@@ -220,10 +226,20 @@ def _cols(table: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(name) for name, _ in COLUMNS[table])
 
 
+def _as_jsonb(value: Any) -> Any:
+    return Jsonb(value, dumps=_text_as_is) if isinstance(value, JsonText) else value
+
+
+def _text_as_is(text: str) -> str:
+    return text
+
+
 def _copy(conn: psycopg.Connection, relation: sql.Composable, table: str,
           rows: Sequence[tuple]) -> None:
     if not rows:
         return
+    if table == "checkpoints":
+        rows = [(*row[:4], _as_jsonb(row[4]), _as_jsonb(row[5])) for row in rows]
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         relation, _cols(table))
     with conn.cursor().copy(statement) as copy:

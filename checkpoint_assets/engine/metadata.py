@@ -28,6 +28,29 @@ class MetadataChange:
     stored: str
 
 
+# Byte patterns after which metadata JSON text needs a closer look: a NUL or an unpaired
+# surrogate escape, NaN/Infinity, a negative zero, or a float with a positive exponent.
+_SUSPECT = (b"\\u0000", b"\\ud", b"\\uD", b"NaN", b"Infinity", b"-0.", b"-0e", b"-0E",
+            b"e+", b"E+")
+
+
+def jsonb_ready_text(raw: bytes | None) -> str | None:
+    """The metadata text itself when PostgreSQL JSONB will hold it unchanged, else None.
+
+    A fast path: clean text (no pattern of ``_SUSPECT``) goes to PostgreSQL as it is,
+    which parses it into JSONB. Anything suspect takes the exact route of
+    :func:`jsonb_metadata` (possibly a false alarm, never a miss).
+    """
+    if raw is None:
+        return "{}"
+    if any(pattern in raw for pattern in _SUSPECT):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_metadata(raw: bytes | None) -> Any:
     """Parse SqliteSaver's metadata bytes the way ``SqliteSaver.list`` does."""
     if raw is None:
