@@ -33,6 +33,9 @@ from checkpoint_assets.progress import progress
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
+EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"
+QUICKSTART_ENV_FILE = "quickstart.env"
+QUICKSTART_BATCH_SIZE = 50  # small batches so the sample shows several partitions
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
 
 
@@ -110,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart",
                        help="write a sample database, start an embedded PostgreSQL and migrate")
     p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"))
+
+    p = sub.add_parser("ui", help="start the Dagster UI (dagster dev) for this project")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
+                   help="where the quick start keeps its settings (quickstart.env)")
     return parser
 
 
@@ -125,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "target"):
             dsn = args.target or os.environ.get(DSN_ENV, "")
-            if not dsn and args.command != "quickstart":
-                raise MigrationError(f"No target given.", f"Pass --target or set ${DSN_ENV}.")
+            if not dsn:
+                raise MigrationError("No target given.", f"Pass --target or set ${DSN_ENV}.")
         return COMMANDS[args.command](args, dsn)
     except ConflictError as exc:
         print(f"CONFLICT: {scrub(str(exc), dsn)}", file=sys.stderr)
@@ -267,21 +276,28 @@ def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
         source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
         batch_size=args.batch_size, readback_all=args.readback_all)
     _emit(args, result.to_json(), result.render())
-    return EXIT_OK if result.passed else EXIT_MISMATCH
+    if result.passed:
+        return EXIT_OK
+    return EXIT_CONFLICT if result.conflicted_batches else EXIT_MISMATCH
 
 
 def cmd_checks(args: argparse.Namespace, dsn: str) -> int:
     """checks: the latest evaluation of every asset check, from the Dagster instance."""
-    from checkpoint_assets.runner import latest_check_evaluations, project_instance
+    from checkpoint_assets.runner import (
+        latest_check_evaluations,
+        project_instance,
+        render_check_rows,
+    )
 
     with project_instance() as instance:
         rows = latest_check_evaluations(instance)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        print(render_table(rows))
-    all_passed = bool(rows) and all(r.get("passed") for r in rows)
-    return EXIT_OK if all_passed else EXIT_MISMATCH
+        print(render_check_rows(rows))
+    # "ok": passed, or a warning-severity check (a reported risk, not a failure).
+    all_ok = bool(rows) and all(r.get("ok") for r in rows)
+    return EXIT_OK if all_ok else EXIT_MISMATCH
 
 
 def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
@@ -289,7 +305,7 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
     from checkpoint_assets.embedded_postgres import ensure_database, start_embedded
     from checkpoint_assets.sample import write_sample_database
 
-    workdir: Path = args.workdir
+    workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / "sample_checkpoints.sqlite"
     if not source.exists():
@@ -298,11 +314,62 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
               f"{sample.thread_count} threads -> {source}")
     admin = start_embedded(workdir / "postgres")
     dsn = ensure_database(admin, "checkpoints")
-    os.environ[DSN_ENV] = dsn
+    settings = {"CHECKPOINT_ASSETS_SOURCE": str(source), DSN_ENV: dsn,
+                "CHECKPOINT_ASSETS_BATCH_SIZE": str(QUICKSTART_BATCH_SIZE),
+                "CHECKPOINT_ASSETS_READBACK_THREADS": "all",
+                EMBEDDED_PG_ENV: str(workdir / "postgres")}
+    write_env_file(workdir / QUICKSTART_ENV_FILE, settings)
+    os.environ.update(settings)
     args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
-                              batch_size=50, readback_all=True, json=False, report=None,
-                              aes_key_env=AES_KEY_ENV)
-    return cmd_migrate(args, dsn)
+                              batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
+                              report=None, aes_key_env=AES_KEY_ENV)
+    status = cmd_migrate(args, dsn)
+    print("\nSee it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
+          "http://127.0.0.1:3000)")
+    return status
+
+
+def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
+    """ui: `dagster dev` on this project's code location and persistent Dagster home.
+
+    Settings not in the environment come from the quick start's env file, and its embedded
+    PostgreSQL is started again if it is not running.
+    """
+    from checkpoint_assets.project import ensure_dagster_home
+
+    env_file = args.workdir.resolve() / QUICKSTART_ENV_FILE
+    if env_file.exists():
+        for name, value in read_env_file(env_file).items():
+            os.environ.setdefault(name, value)
+    if os.environ.get(EMBEDDED_PG_ENV):
+        from checkpoint_assets.embedded_postgres import start_embedded
+
+        start_embedded(os.environ[EMBEDDED_PG_ENV])
+    ensure_dagster_home()
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-m", "checkpoint_assets.definitions",
+               "-h", args.host, "-p", str(args.port)]
+    print("Starting: " + " ".join(command), flush=True)
+    os.execv(command[0], command)
+    return EXIT_OK  # not reached
+
+
+def write_env_file(path: Path, settings: dict[str, str]) -> None:
+    """Write NAME=value lines, owner-only (a DSN may carry a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
+    os.fchmod(fd, OWNER_ONLY)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}={value}\n" for name, value in settings.items())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read NAME=value lines (blank lines and # comments ignored)."""
+    settings = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            settings[name.strip()] = value.strip()
+    return settings
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
@@ -325,7 +392,8 @@ def write_private_json(path: Path, data: dict[str, Any]) -> None:
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
-            "migrate": cmd_migrate, "checks": cmd_checks, "quickstart": cmd_quickstart}
+            "migrate": cmd_migrate, "checks": cmd_checks, "quickstart": cmd_quickstart,
+            "ui": cmd_ui}
 
 
 if __name__ == "__main__":

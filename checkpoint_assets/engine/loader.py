@@ -33,7 +33,7 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
 from checkpoint_assets.engine.metadata import MetadataChange
-from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.target import Target, TargetUnreachableError, scrub
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
@@ -159,7 +159,7 @@ def load_batch(
                 ) from None
             time.sleep(backoff_seconds * 2 ** (attempt - 1))
         except MigrationError as exc:
-            if "Cannot connect" in exc.problem and attempt < attempts:
+            if isinstance(exc, TargetUnreachableError) and attempt < attempts:
                 time.sleep(backoff_seconds * 2 ** (attempt - 1))
                 continue
             raise
@@ -208,7 +208,7 @@ def _load_rows(
         ).format(table=sql.Identifier(table), stage=stage, cols=_cols(table)))
         inserted[table] = cursor.rowcount
         present[table] = len(table_rows) - cursor.rowcount
-        _raise_on_conflict(conn, table, stage, cipher)
+        raise_on_conflict(conn, table, stage, cipher)
     return inserted, present
 
 
@@ -248,8 +248,9 @@ def _copy(conn: psycopg.Connection, relation: sql.Composable, table: str,
             copy.write_row(row)
 
 
-def _raise_on_conflict(conn: psycopg.Connection, table: str, stage: sql.Composable,
-                       cipher: Cipher | None) -> None:
+def raise_on_conflict(conn: psycopg.Connection, table: str, stage: sql.Composable,
+                      cipher: Cipher | None) -> None:
+    """Raise ConflictError if a row of ``stage`` differs from the ``table`` row with its key."""
     keys = PRIMARY_KEYS[table]
     join = sql.SQL(" AND ").join(
         sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in keys)

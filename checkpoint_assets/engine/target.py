@@ -43,6 +43,10 @@ def scrub(text: str, dsn: str) -> str:
     return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
 
+class TargetUnreachableError(MigrationError):
+    """The target PostgreSQL refused or did not answer the connection."""
+
+
 class Target:
     """Where the migration writes: a DSN and an optional schema for PostgresSaver's tables."""
 
@@ -66,7 +70,7 @@ class Target:
         try:
             conn = psycopg.connect(conninfo, autocommit=autocommit)
         except psycopg.OperationalError as exc:
-            raise MigrationError(
+            raise TargetUnreachableError(
                 f"Cannot connect to the target {self.display}: "
                 f"{scrub(str(exc).strip(), self.dsn)}",
                 "Check host, port, database name, user and password (set them in the DSN "

@@ -1,0 +1,159 @@
+"""The export file asset: SQLite source -> a self-verifying export file, one partition per batch."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from checkpoint_assets.assets.metadata import check_metadata, error_text, failure
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_file import ExportManifest, verify_export, write_export
+from checkpoint_assets.engine.source import SourceCounts
+from checkpoint_assets.partitions import (
+    BATCH_PARTITIONS_NAME,
+    EXPORT_ASSET,
+    EXPORT_COUNTS_MATCH_SOURCE,
+    EXPORT_FILE_VERIFIES,
+    GROUP_NAME,
+    SQLITE_KIND,
+)
+from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
+
+
+@dg.asset(
+    key=EXPORT_ASSET,
+    group_name=GROUP_NAME,
+    kinds={SQLITE_KIND, "file"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            EXPORT_COUNTS_MATCH_SOURCE, asset=EXPORT_ASSET, blocking=True,
+            description="The export holds as many checkpoints, writes and threads as the "
+                        "SQLite source."),
+        dg.AssetCheckSpec(
+            EXPORT_FILE_VERIFIES, asset=EXPORT_ASSET, blocking=True,
+            description="Every line, thread and batch of the export file matches the "
+                        "digests in its own footer."),
+    ],
+)
+def checkpoint_export(
+    context: dg.AssetExecutionContext,
+    source: SqliteSourceResource,
+    export_file: ExportFileResource,
+) -> Iterator[Any]:
+    """A snapshot of the SqliteSaver database as an export file (JSON Lines, owner-only).
+
+    Reads the source read-only in one consistent snapshot, groups whole threads into
+    batches of about ``batch_size`` checkpoints, and writes every row with per-thread,
+    per-batch and whole-file digests. Each batch becomes one dynamic partition of the
+    imported batches asset; keys are deterministic (``batch-00001``, ...), so exporting
+    the same source twice yields the same partitions. Partitions of an earlier export
+    that this one no longer has are removed.
+    """
+    path = export_file.resolve_path(source.path)
+    started = time.perf_counter()
+    try:
+        manifest = write_export(source.path, path, batch_size=export_file.batch_size)
+        counts = source.counts()
+    except MigrationError as exc:
+        message = error_text(exc, None)
+        for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
+            yield dg.AssetCheckResult(
+                check_name=name, passed=False,
+                metadata=check_metadata(expected="an export of the source", actual=message))
+        raise failure(f"Export of {source.path} failed: {message}") from None
+    seconds = time.perf_counter() - started
+
+    count_check = _counts_check(manifest, counts)
+    file_check = _file_check(path)
+    if not (count_check.passed and file_check.passed):
+        yield count_check
+        yield file_check
+        raise failure(
+            f"The export {path} does not match its source or its own digests; no batch "
+            "partitions were registered.",
+            {"export_path": str(path)})
+
+    added, removed = _register_partitions(context.instance, manifest)
+    context.log.info(f"Exported {manifest.checkpoints} checkpoints in "
+                     f"{len(manifest.batches)} batches to {path} ({seconds:.2f} s)")
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "source": dg.MetadataValue.path(str(source.path)),
+            "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
+            "checkpoints": dg.MetadataValue.int(manifest.checkpoints),
+            "writes": dg.MetadataValue.int(manifest.writes),
+            "threads": dg.MetadataValue.int(manifest.threads),
+            "batches": dg.MetadataValue.int(len(manifest.batches)),
+            "batch_size": dg.MetadataValue.int(export_file.batch_size),
+            "size_bytes": dg.MetadataValue.int(manifest.size_bytes),
+            "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
+            "file_sha256": dg.MetadataValue.text(manifest.file_sha256),
+            "types": dg.MetadataValue.json(manifest.types),
+            "seconds": dg.MetadataValue.float(round(seconds, 3)),
+            "partitions_added": dg.MetadataValue.int(len(added)),
+            "partitions_removed": dg.MetadataValue.json(removed),
+            "batch_table": _batch_table(manifest),
+        },
+        check_results=[count_check, file_check],
+    )
+
+
+def _counts_check(manifest: ExportManifest, counts: SourceCounts) -> dg.AssetCheckResult:
+    exported = {"checkpoints": manifest.checkpoints, "writes": manifest.writes,
+                "threads": manifest.threads}
+    in_source = {"checkpoints": counts.checkpoints, "writes": counts.writes,
+                 "threads": counts.threads}
+    differing = [{"count": name, "export": exported[name], "sqlite": in_source[name]}
+                 for name in exported if exported[name] != in_source[name]]
+    return dg.AssetCheckResult(
+        check_name=EXPORT_COUNTS_MATCH_SOURCE, passed=not differing,
+        metadata=check_metadata(
+            expected=in_source, actual=exported, mismatches=differing,
+            notes=["The source changed while or after it was exported: stop the writer and "
+                   "export again."] if differing else []))
+
+
+def _file_check(path: Any) -> dg.AssetCheckResult:
+    try:
+        verified = verify_export(path)
+    except MigrationError as exc:
+        return dg.AssetCheckResult(
+            check_name=EXPORT_FILE_VERIFIES, passed=False,
+            metadata=check_metadata(expected="every digest in the footer matches",
+                                    actual=error_text(exc, None),
+                                    mismatches=[{"file": str(path)}]))
+    return dg.AssetCheckResult(
+        check_name=EXPORT_FILE_VERIFIES, passed=True,
+        metadata=check_metadata(
+            expected=verified.file_sha256, actual=verified.file_sha256,
+            batches_verified=len(verified.batches), content_sha256=verified.content_sha256))
+
+
+def _register_partitions(
+    instance: dg.DagsterInstance, manifest: ExportManifest
+) -> tuple[list[str], list[str]]:
+    """Make the batch partitions exactly the export's batch keys; return (added, removed)."""
+    keys = [entry.key for entry in manifest.batches]
+    existing = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    added = [key for key in keys if key not in existing]
+    # Idempotent: adding a key that exists is a no-op, so re-exporting is safe.
+    instance.add_dynamic_partitions(BATCH_PARTITIONS_NAME, keys)
+    removed = sorted(existing - set(keys))
+    for key in removed:
+        instance.delete_dynamic_partition(BATCH_PARTITIONS_NAME, key)
+    return added, removed
+
+
+def _batch_table(manifest: ExportManifest) -> dg.MetadataValue:
+    rows = [
+        dg.TableRecord({"batch": b.key, "threads": b.threads, "checkpoints": b.checkpoints,
+                        "writes": b.writes, "sha256": b.sha256[:16]})
+        for b in manifest.batches[:200]
+    ]
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("batch", "string"), dg.TableColumn("threads", "int"),
+        dg.TableColumn("checkpoints", "int"), dg.TableColumn("writes", "int"),
+        dg.TableColumn("sha256", "string")])
+    return dg.MetadataValue.table(rows, schema=schema)

@@ -1,0 +1,100 @@
+"""Typed Dagster metadata for check results and materializations, and the failure path.
+
+Every check result carries what a reviewer needs to act: ``expected``, ``actual``,
+``mismatch_count`` and the keys of the mismatches (``mismatch_keys``), plus notes.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+
+from checkpoint_assets.engine.target import scrub
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-able data (bytes and other objects become strings)."""
+    return json.loads(json.dumps(value, default=_fallback))
+
+
+def _fallback(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def typed(value: Any) -> dg.MetadataValue:
+    """The most specific MetadataValue for ``value``."""
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
+    if isinstance(value, str):
+        return dg.MetadataValue.text(value)
+    if value is None:
+        return dg.MetadataValue.null()
+    return dg.MetadataValue.json(plain(value))
+
+
+def check_metadata(
+    *,
+    expected: Any,
+    actual: Any,
+    mismatches: Sequence[Mapping[str, Any]] = (),
+    mismatch_count: int | None = None,
+    notes: Sequence[str] = (),
+    **extra: Any,
+) -> dict[str, dg.MetadataValue]:
+    """The metadata of one check result."""
+    metadata = {
+        "expected": typed(expected),
+        "actual": typed(actual),
+        "mismatch_count": dg.MetadataValue.int(
+            len(mismatches) if mismatch_count is None else mismatch_count),
+        "mismatch_keys": dg.MetadataValue.json(plain(list(mismatches))),
+    }
+    if notes:
+        metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
+    metadata.update({key: typed(value) for key, value in extra.items()})
+    return metadata
+
+
+def error_text(exc: BaseException, dsn: str | None) -> str:
+    """The exception's message with any password removed."""
+    text = str(exc) or type(exc).__name__
+    return scrub(text, dsn) if dsn else text
+
+
+def scrubbed_traceback(dsn: str | None) -> str:
+    """The traceback being handled, password-free (Dagster stores failures verbatim)."""
+    text = traceback.format_exc()
+    return scrub(text, dsn) if dsn else text
+
+
+def failure(
+    description: str, metadata: Mapping[str, Any] | None = None
+) -> dg.Failure:
+    """A step failure that Dagster does not retry (the cause will not go away by itself)."""
+    return dg.Failure(
+        description=description,
+        metadata={key: typed(value) for key, value in (metadata or {}).items()},
+        allow_retries=False,
+    )
+
+
+@contextmanager
+def preview_silenced() -> Iterator[None]:
+    """Silence Dagster's Preview warning for a feature this project uses on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        yield

@@ -1,0 +1,136 @@
+"""The verification asset: PostgreSQL compared with the export and with the SQLite source."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from checkpoint_assets.assets.metadata import (
+    check_metadata,
+    error_text,
+    failure,
+    plain,
+    scrubbed_traceback,
+)
+from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.verify import CheckOutcome, VerificationReport, verify_migration
+from checkpoint_assets.partitions import (
+    BATCHES_ASSET,
+    CHECK_DESCRIPTIONS,
+    COUNT_MATCH,
+    GROUP_NAME,
+    POSTGRES_KIND,
+    SQLITE_KIND,
+    TARGET_POOL,
+    VERIFICATION_ASSET,
+    VERIFICATION_CHECK_NAMES,
+    VERIFICATION_WARNING_CHECKS,
+)
+from checkpoint_assets.resources import (
+    ExportFileResource,
+    PostgresTargetResource,
+    SqliteSourceResource,
+)
+
+# Blocking: a failed check fails the step, so nothing downstream (publish) runs in that run.
+# Warning checks report a risk (severity WARN) and block nothing.
+VERIFICATION_CHECKS = [
+    dg.AssetCheckSpec(name, asset=VERIFICATION_ASSET,
+                      blocking=name not in VERIFICATION_WARNING_CHECKS,
+                      description=CHECK_DESCRIPTIONS[name])
+    for name in VERIFICATION_CHECK_NAMES
+]
+
+
+@dg.asset(
+    key=VERIFICATION_ASSET,
+    group_name=GROUP_NAME,
+    kinds={SQLITE_KIND, POSTGRES_KIND},
+    deps=[dg.AssetDep(BATCHES_ASSET, partition_mapping=dg.AllPartitionMapping())],
+    pool=TARGET_POOL,
+    check_specs=VERIFICATION_CHECKS,
+)
+def migration_verification(
+    context: dg.AssetExecutionContext,
+    source: SqliteSourceResource,
+    export_file: ExportFileResource,
+    target: PostgresTargetResource,
+) -> Iterator[Any]:
+    """Proof that PostgreSQL holds exactly what the SQLite source holds.
+
+    Compares every batch in PostgreSQL (the staging schema in staging mode) with the export,
+    and the export with the SQLite source, then reads a sample of threads back through the
+    official savers (SqliteSaver.list vs PostgresSaver.list). One asset check per question:
+    checkpoint counts (PostgreSQL = export = SQLite), content integrity (channel values,
+    parent links, pending writes), metadata integrity (values PostgreSQL cannot hold are
+    reported by key), the source still matching the export, and the official read-back.
+    Each result names expected, actual and the keys of every mismatch.
+    """
+    load_target = target.load_target()
+    try:
+        manifest = read_manifest(export_file.resolve_path(source.path))
+        report = verify_migration(manifest, load_target, source_path=source.path,
+                                  cipher=source.cipher(),
+                                  readback_threads=target.readback_sample())
+    except Exception as exc:
+        message = error_text(exc, target.dsn)
+        for name in VERIFICATION_CHECK_NAMES:
+            yield dg.AssetCheckResult(
+                check_name=name, passed=False,
+                severity=(dg.AssetCheckSeverity.WARN if name in VERIFICATION_WARNING_CHECKS
+                          else dg.AssetCheckSeverity.ERROR),
+                metadata=check_metadata(expected=CHECK_DESCRIPTIONS[name],
+                                        actual=f"verification could not run: {message}"))
+        raise failure(f"Verification against {load_target.display} could not run: "
+                      f"{message}", {"traceback": scrubbed_traceback(target.dsn)}) from None
+
+    failed = [name for name, outcome in report.checks.items()
+              if not outcome.passed and name not in VERIFICATION_WARNING_CHECKS]
+    context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
+                     + ("all checks passed" if not failed else f"FAILED {failed}"))
+    yield dg.MaterializeResult(
+        metadata=_report_metadata(report, manifest.content_sha256, load_target.display),
+        check_results=[_check_result(report.checks[name], report)
+                       for name in VERIFICATION_CHECK_NAMES],
+    )
+
+
+def _check_result(outcome: CheckOutcome, report: VerificationReport) -> dg.AssetCheckResult:
+    extra: dict[str, Any] = {}
+    if outcome.name == COUNT_MATCH:
+        extra["counts"] = report.counts
+    return dg.AssetCheckResult(
+        check_name=outcome.name, passed=outcome.passed,
+        severity=(dg.AssetCheckSeverity.WARN if outcome.name in VERIFICATION_WARNING_CHECKS
+                  else dg.AssetCheckSeverity.ERROR),
+        description=outcome.description,
+        metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
+                                mismatches=outcome.mismatches,
+                                mismatch_count=outcome.mismatch_count,
+                                notes=outcome.notes, **extra))
+
+
+def _report_metadata(report: VerificationReport, content_sha256: str,
+                     display: str) -> dict[str, dg.MetadataValue]:
+    counts = report.counts
+    sqlite = counts.get("sqlite", {})
+    return {
+        "dagster/row_count": dg.MetadataValue.int(counts["target"]["checkpoints"]),
+        "sqlite_checkpoints": dg.MetadataValue.int(sqlite.get("checkpoints", -1)),
+        "sqlite_writes": dg.MetadataValue.int(sqlite.get("checkpoint_writes", -1)),
+        "export_checkpoints": dg.MetadataValue.int(counts["export"]["checkpoints"]),
+        "export_writes": dg.MetadataValue.int(counts["export"]["checkpoint_writes"]),
+        "postgres_checkpoints": dg.MetadataValue.int(counts["target"]["checkpoints"]),
+        "postgres_writes": dg.MetadataValue.int(counts["target"]["checkpoint_writes"]),
+        "postgres_blobs": dg.MetadataValue.int(counts["target"]["checkpoint_blobs"]),
+        "counts": dg.MetadataValue.json(plain(counts)),
+        "export_content_sha256": dg.MetadataValue.text(content_sha256),
+        "batch_digests": dg.MetadataValue.json(
+            {b.key: {"expected": b.expected_digest, "actual": b.actual_digest}
+             for b in report.batches}),
+        "metadata_changes": dg.MetadataValue.int(len(report.metadata_changes)),
+        "metadata_changes_by_key": dg.MetadataValue.json(plain(report.metadata_changes[:50])),
+        "passed": dg.MetadataValue.bool(report.passed),
+        "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+        "target": dg.MetadataValue.text(display),
+    }

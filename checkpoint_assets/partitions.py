@@ -1,0 +1,105 @@
+"""The contract of the Dagster layer: partitions, asset keys, check names, pool, env vars.
+
+Everything another module (assets, runner, CLI, tests) needs to agree on lives here and is
+imported, never repeated as a literal.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
+# The engine's check names are the contract; re-exported here for the Dagster layer.
+from checkpoint_assets.engine.verify import (  # noqa: F401
+    CHECK_DESCRIPTIONS,
+    CHECK_NAMES,
+    CONTENT_INTEGRITY,
+    COUNT_MATCH,
+    METADATA_INTEGRITY,
+    OFFICIAL_READBACK,
+    SOURCE_MATCHES_EXPORT,
+    WARNING_CHECKS,
+)
+
+# --------------------------------------------------------------------------- partitions
+
+# One dynamic partition per export batch (whole threads, DEFAULT_BATCH_SIZE checkpoints).
+# Keys are the export's deterministic batch keys: batch-00001, batch-00002, ...
+BATCH_PARTITIONS_NAME = "checkpoint_batches"
+batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS_NAME)
+
+# --------------------------------------------------------------------------- assets
+
+GROUP_NAME = "checkpoint_migration"
+SQLITE_KIND = "sqlite"
+POSTGRES_KIND = "postgres"
+
+EXPORT_ASSET = dg.AssetKey("checkpoint_export")
+BATCHES_ASSET = dg.AssetKey("imported_checkpoint_batches")
+VERIFICATION_ASSET = dg.AssetKey("migration_verification")
+PUBLISH_ASSET = dg.AssetKey("published_checkpoints")
+
+# --------------------------------------------------------------------------- checks
+
+EXPORT_COUNTS_MATCH_SOURCE = "export_counts_match_source"
+EXPORT_FILE_VERIFIES = "export_file_verifies"
+BATCH_MATCHES_EXPORT = "batch_matches_export"
+PUBLISHED_MATCHES_EXPORT = "published_matches_export"
+
+EXPORT_CHECK_NAMES = (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES)
+VERIFICATION_CHECK_NAMES = CHECK_NAMES  # the engine's names are the contract
+# Checks that report a risk with severity WARN: they never block and never fail a migration.
+VERIFICATION_WARNING_CHECKS = WARNING_CHECKS
+
+# --------------------------------------------------------------------------- concurrency
+
+# Every step that talks to the target PostgreSQL claims a slot in this pool, whichever front
+# end started it (dagster dev, a backfill, `checkpoint-assets migrate`). The shipped
+# dagster.yaml limits pools to DEFAULT_POOL_LIMIT; change it per deployment with
+# `dagster instance concurrency set checkpoint_assets_postgres N`.
+TARGET_POOL = "checkpoint_assets_postgres"
+DEFAULT_POOL_LIMIT = 4
+
+# --------------------------------------------------------------------------- retries
+
+# Two layers, on purpose. The engine retries a transient error (connection lost, deadlock,
+# serialization failure) ENGINE_ATTEMPTS times within seconds, reusing the batch it already
+# read and converted. If that is not enough (a server restart, a failover), Dagster retries
+# the step BATCH_MAX_RETRIES more times after BATCH_RETRY_DELAY_SECONDS, doubling each time.
+# Every other failure (conflict, digest mismatch, bad input) is not retried.
+ENGINE_ATTEMPTS = 3
+ENGINE_BACKOFF_SECONDS = 1.0
+BATCH_MAX_RETRIES = 2
+BATCH_RETRY_DELAY_SECONDS = 10.0
+batch_retry_policy = dg.RetryPolicy(
+    max_retries=BATCH_MAX_RETRIES,
+    delay=BATCH_RETRY_DELAY_SECONDS,
+    backoff=dg.Backoff.EXPONENTIAL,
+)
+
+# --------------------------------------------------------------------------- run tags
+
+FRONT_END_TAG = "checkpoint_assets/front_end"
+MIGRATION_ID_TAG = "checkpoint_assets/migration_id"
+
+# --------------------------------------------------------------------------- environment
+
+SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
+EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
+TARGET_DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
+TARGET_SCHEMA_ENV = "CHECKPOINT_ASSETS_TARGET_SCHEMA"
+STAGING_SCHEMA_ENV = "CHECKPOINT_ASSETS_STAGING_SCHEMA"
+BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
+READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
+AES_KEY_ENV = "LANGGRAPH_AES_KEY"
+LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
+# Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
+DAGSTER_PG_ENV = {
+    "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",
+    "port": "CHECKPOINT_ASSETS_DAGSTER_PG_PORT",
+    "username": "CHECKPOINT_ASSETS_DAGSTER_PG_USER",
+    "password": "CHECKPOINT_ASSETS_DAGSTER_PG_PASSWORD",
+    "db_name": "CHECKPOINT_ASSETS_DAGSTER_PG_DB",
+}
+DAGSTER_PG_HOST_ENV = DAGSTER_PG_ENV["hostname"]
+

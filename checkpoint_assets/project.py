@@ -1,0 +1,74 @@
+"""Where the project keeps its files: project root, working directory, Dagster home.
+
+The Dagster home holds the audit trail (runs, materializations, check results), so it must
+survive restarts: unless DAGSTER_HOME is set, it is ``<project root>/.dagster_home``, created
+with the shipped dagster.yaml (SQLite storage), or with the PostgreSQL-storage variant when
+CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from checkpoint_assets.partitions import DAGSTER_PG_HOST_ENV
+
+SHIPPED_HOME = Path(__file__).parent / "dagster_home"
+SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
+POSTGRES_INSTANCE_YAML = SHIPPED_HOME / "dagster-postgres.yaml"
+HOME_DIR_NAME = ".dagster_home"
+WORKDIR_NAME = ".checkpoint_assets"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest directory (from ``start`` or the cwd, upwards) with this project's
+    pyproject.toml or workspace.yaml; the starting directory itself if there is none."""
+    start = (start or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        if (directory / "workspace.yaml").is_file() or (directory / "pyproject.toml").is_file():
+            return directory
+    return start
+
+
+def default_export_path(source_path: str | Path, root: Path | None = None) -> Path:
+    """Where the export of ``source_path`` goes when no export path is configured."""
+    stem = Path(source_path).name
+    return project_root(root) / WORKDIR_NAME / "exports" / f"{stem}.export.jsonl"
+
+
+def instance_yaml_for_environment() -> Path:
+    """The shipped dagster.yaml variant the environment asks for."""
+    return POSTGRES_INSTANCE_YAML if os.environ.get(DAGSTER_PG_HOST_ENV) else SQLITE_INSTANCE_YAML
+
+
+def ensure_dagster_home(root: Path | None = None) -> Path:
+    """Make sure a persistent Dagster home exists, set DAGSTER_HOME to it, and return it.
+
+    - DAGSTER_HOME set: that directory is used. A dagster.yaml is written into it only if
+      the directory is new or empty (an existing home is never reconfigured).
+    - DAGSTER_HOME unset: ``<project root>/.dagster_home`` is used and DAGSTER_HOME is set
+      for this process (and the Dagster processes it starts).
+    - The dagster.yaml written is the PostgreSQL-storage variant when
+      CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set, else the SQLite one. A home whose dagster.yaml
+      is an unmodified copy of the other variant is switched; an edited one is left alone.
+    """
+    configured = os.environ.get("DAGSTER_HOME")
+    home = Path(configured) if configured else project_root(root) / HOME_DIR_NAME
+    home = home.expanduser().resolve()
+    ours = not configured or not home.exists() or not any(home.iterdir())
+    home.mkdir(parents=True, exist_ok=True)
+    wanted = instance_yaml_for_environment()
+    current = home / "dagster.yaml"
+    if not current.exists():
+        if ours:
+            shutil.copyfile(wanted, current)
+    elif _is_shipped_copy(current) and current.read_bytes() != wanted.read_bytes():
+        shutil.copyfile(wanted, current)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _is_shipped_copy(path: Path) -> bool:
+    data = path.read_bytes()
+    return data in (SQLITE_INSTANCE_YAML.read_bytes(), POSTGRES_INSTANCE_YAML.read_bytes())

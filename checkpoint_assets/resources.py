@@ -1,0 +1,213 @@
+"""Dagster resources: the SQLite source, the export file, the target PostgreSQL.
+
+All configuration comes from the environment (see ``build_resources``), so partitioned
+assets need no run config (UI backfills cannot supply any) and no secret is ever part of
+run config. The DSN is only ever read through ``dg.EnvVar``: the UI shows the variable's
+name, never its value, and messages use ``Target.display`` (password-free).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+from langgraph.checkpoint.postgres import PostgresSaver
+from pydantic import Field
+
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.source import SourceCounts, open_source
+from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.partitions import (
+    AES_KEY_ENV,
+    BATCH_SIZE_ENV,
+    DEFAULT_BATCH_SIZE,
+    EXPORT_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    STAGING_SCHEMA_ENV,
+    TARGET_DSN_ENV,
+    TARGET_SCHEMA_ENV,
+)
+from checkpoint_assets.project import default_export_path
+
+SETUP_LOCK_ID = 0x43484B5054534554  # "CHKPTSET": serialises PostgresSaver.setup()
+SETUP_LOCK_POLL_SECONDS = 0.2
+SETUP_LOCK_TIMEOUT_SECONDS = 300.0
+
+
+class SqliteSourceResource(dg.ConfigurableResource):
+    """The LangGraph SqliteSaver database to migrate. Opened read-only; never written."""
+
+    path: str = Field(description="Path of the SqliteSaver database file "
+                                  f"(env {SOURCE_ENV}).")
+    aes_key: str | None = Field(
+        default=None,
+        description=f"EncryptedSerializer AES key for encrypted sources (env {AES_KEY_ENV}); "
+                    "unset for unencrypted sources.")
+
+    def cipher(self) -> Cipher | None:
+        """The cipher for ``msgpack+aes`` rows, or None for an unencrypted source."""
+        return Cipher(self.aes_key.encode()) if self.aes_key else None
+
+    def counts(self) -> SourceCounts:
+        """Checkpoints, writes and threads in the source right now."""
+        source = open_source(self.path)
+        try:
+            return source.counts()
+        finally:
+            source.close()
+
+
+class ExportFileResource(dg.ConfigurableResource):
+    """Where the export file (JSON Lines, owner-only) is written, and how it is batched."""
+
+    path: str | None = Field(
+        default=None,
+        description=f"Export file path (env {EXPORT_ENV}); default "
+                    "<project>/.checkpoint_assets/exports/<source name>.export.jsonl.")
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        description=f"Checkpoints per batch (env {BATCH_SIZE_ENV}); whole threads per batch, "
+                    "so one partition per batch.")
+
+    def resolve_path(self, source_path: str) -> Path:
+        """The configured export path, or the default one for this source."""
+        return Path(self.path) if self.path else default_export_path(source_path)
+
+
+class PostgresTargetResource(dg.ConfigurableResource):
+    """The PostgreSQL database PostgresSaver will read: DSN, schema, optional staging schema.
+
+    In direct mode batches load straight into ``target_schema``. In staging mode
+    (``staging_schema`` set) they load into the staging schema, and the publish asset moves
+    everything into ``target_schema`` in one transaction once every check has passed.
+    """
+
+    dsn: str = Field(description=f"libpq DSN of the target (env {TARGET_DSN_ENV}, never shown).")
+    target_schema: str | None = Field(
+        default=None,
+        description=f"Schema for PostgresSaver's tables (env {TARGET_SCHEMA_ENV}); default "
+                    "the DSN's search_path (usually public).")
+    staging_schema: str | None = Field(
+        default=None,
+        description=f"Staging schema (env {STAGING_SCHEMA_ENV}); set it to enable staging "
+                    "mode.")
+    readback_threads: int = Field(
+        default=DEFAULT_READBACK_SAMPLE,
+        description=f"Threads read back through the official savers during verification "
+                    f"(env {READBACK_THREADS_ENV}, a number or 'all'); 0 or less reads back "
+                    "every thread.")
+
+    @property
+    def staging(self) -> bool:
+        """True in staging mode."""
+        return bool(self.staging_schema)
+
+    def final_target(self) -> Target:
+        """The schema PostgresSaver will read in production."""
+        return Target(self.dsn, self.target_schema or None)
+
+    def load_target(self) -> Target:
+        """Where batches are loaded and verified: the staging schema or the final target."""
+        if not self.staging:
+            return self.final_target()
+        if self.staging_schema == (self.target_schema or "public"):
+            raise MigrationError(
+                f"The staging schema {self.staging_schema!r} is the target schema.",
+                f"Set {STAGING_SCHEMA_ENV} to a separate schema, e.g. checkpoints_staging.")
+        return Target(self.dsn, self.staging_schema)
+
+    def readback_sample(self) -> int | None:
+        """Threads to read back (None: all)."""
+        return self.readback_threads if self.readback_threads > 0 else None
+
+
+def tables_ready(target: Target) -> bool:
+    """True when PostgresSaver's tables exist in ``target`` at the library's latest version."""
+    with target.connect(autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return False
+    return row is not None and row[0] is not None and row[0] >= len(PostgresSaver.MIGRATIONS) - 1
+
+
+def ensure_tables(target: Target) -> None:
+    """Create or upgrade PostgresSaver's tables in ``target`` unless they are up to date.
+
+    Checking first means a user without CREATE privilege can load into tables an owner set
+    up. Concurrent batch loads on a fresh database would race in PostgresSaver.setup(), so
+    setup runs under an advisory lock, polled (pg_try_advisory_lock) rather than waited for:
+    a waiting session then holds no snapshot that CREATE INDEX CONCURRENTLY would wait on.
+    """
+    if tables_ready(target):
+        return
+    deadline = time.monotonic() + SETUP_LOCK_TIMEOUT_SECONDS
+    with target.connect(autocommit=True) as conn:
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK_ID,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise MigrationError(
+                    f"Another process held the table-setup lock on {target.display} for "
+                    f"{SETUP_LOCK_TIMEOUT_SECONDS:.0f} s.",
+                    "Check pg_locks for a stuck session, then re-run the batch.")
+            time.sleep(SETUP_LOCK_POLL_SECONDS)
+        try:
+            target.setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
+
+
+def _env_or(name: str, default: Any, *, as_int: bool = False) -> Any:
+    """``dg.EnvVar(name)`` if the variable is set (the UI shows its name), else ``default``."""
+    if os.environ.get(name):
+        return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
+    return default
+
+
+def _readback_from_env() -> Any:
+    """CHECKPOINT_ASSETS_READBACK_THREADS: a number of threads, or ``all`` (0)."""
+    if os.environ.get(READBACK_THREADS_ENV, "").strip().lower() == "all":
+        return 0
+    return _env_or(READBACK_THREADS_ENV, DEFAULT_READBACK_SAMPLE, as_int=True)
+
+
+def build_resources(
+    *,
+    source: str | None = None,
+    export: str | None = None,
+    target_schema: str | None = None,
+    staging_schema: str | None = None,
+    batch_size: int | None = None,
+    readback_threads: int | None = None,
+) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location. Explicit arguments win over the environment.
+
+    The DSN is always ``dg.EnvVar(CHECKPOINT_ASSETS_TARGET_DSN)``, resolved when a run
+    starts; it is never an argument here.
+    """
+    return {
+        "source": SqliteSourceResource(
+            path=source if source is not None else dg.EnvVar(SOURCE_ENV),
+            aes_key=_env_or(AES_KEY_ENV, None),
+        ),
+        "export_file": ExportFileResource(
+            path=export if export is not None else _env_or(EXPORT_ENV, None),
+            batch_size=batch_size if batch_size is not None
+            else _env_or(BATCH_SIZE_ENV, DEFAULT_BATCH_SIZE, as_int=True),
+        ),
+        "target": PostgresTargetResource(
+            dsn=dg.EnvVar(TARGET_DSN_ENV),
+            target_schema=target_schema if target_schema is not None
+            else _env_or(TARGET_SCHEMA_ENV, None),
+            staging_schema=staging_schema if staging_schema is not None
+            else _env_or(STAGING_SCHEMA_ENV, None),
+            readback_threads=readback_threads if readback_threads is not None
+            else _readback_from_env(),
+        ),
+    }

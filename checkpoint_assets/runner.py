@@ -1,0 +1,405 @@
+"""Run the migration's assets in-process against a Dagster instance (what the CLI calls).
+
+``checkpoint-assets migrate`` materializes the same assets, with the same checks, that
+``dagster dev`` shows, against the same persistent instance: one run for the export, one run
+per batch partition (so each partition has its own materialization and a failure stays with
+its partition, exactly as a UI backfill leaves it), and one run for the verification (plus
+publish in staging mode). The runs appear in the UI with the tag
+``checkpoint_assets/front_end=cli``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from checkpoint_assets.assets.batches import CONFLICT_MARKER
+from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.engine.target import scrub
+from checkpoint_assets.partitions import (
+    BATCH_PARTITIONS_NAME,
+    BATCHES_ASSET,
+    EXPORT_ASSET,
+    FRONT_END_TAG,
+    LOG_LEVEL_ENV,
+    MIGRATION_ID_TAG,
+    PUBLISH_ASSET,
+    STAGING_SCHEMA_ENV,
+    TARGET_DSN_ENV,
+    VERIFICATION_ASSET,
+    batch_partitions,
+)
+from checkpoint_assets.project import ensure_dagster_home
+from checkpoint_assets.resources import build_resources
+
+
+def project_instance() -> dg.DagsterInstance:
+    """The project's persistent Dagster instance (use it as a context manager).
+
+    DAGSTER_HOME defaults to ``<project root>/.dagster_home``, created with the shipped
+    dagster.yaml (PostgreSQL storage when CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set).
+    """
+    ensure_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+@dataclass
+class RunOutcome:
+    """One run the migration started."""
+
+    step: str
+    run_id: str
+    success: bool
+    partition: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class MigrationResult:
+    """What ``migrate_in_process`` did, and the latest result of every check afterwards."""
+
+    migration_id: str
+    runs: list[RunOutcome] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def failed_batches(self) -> list[str]:
+        """Partition keys whose run failed."""
+        return [r.partition for r in self.runs if r.step == "batch" and not r.success
+                and r.partition]
+
+    @property
+    def conflicted_batches(self) -> list[str]:
+        """Partition keys that failed because the target holds conflicting rows."""
+        return [r.partition for r in self.runs if r.step == "batch" and not r.success
+                and r.partition and r.error and CONFLICT_MARKER in r.error]
+
+    @property
+    def passed(self) -> bool:
+        """Every run succeeded, nothing was skipped, and every check's latest result passed."""
+        return (bool(self.runs) and all(r.success for r in self.runs) and not self.skipped
+                and bool(self.checks) and all(c["ok"] for c in self.checks))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able summary (no secrets: errors are scrubbed)."""
+        return {"command": "migrate", "ok": self.passed, "migration_id": self.migration_id,
+                "seconds": round(self.seconds, 3), "failed_batches": self.failed_batches,
+                "conflicted_batches": self.conflicted_batches,
+                "skipped": self.skipped, "runs": [asdict(r) for r in self.runs],
+                "checks": self.checks}
+
+    def render(self) -> str:
+        """Human-readable summary."""
+        batches = [r for r in self.runs if r.step == "batch"]
+        lines = [f"Migration {self.migration_id}: " + ("PASSED" if self.passed else "FAILED")
+                 + f" in {self.seconds:.1f} s",
+                 f"  batches: {sum(r.success for r in batches)}/{len(batches)} loaded"]
+        for run in self.runs:
+            if not run.success:
+                lines.append(f"  FAILED {run.step} {run.partition or ''} (run {run.run_id}): "
+                             f"{run.error}")
+        lines += [f"  skipped: {s}" for s in self.skipped]
+        lines.append("")
+        lines.append(render_check_rows(self.checks))
+        return "\n".join(lines)
+
+
+def migrate_in_process(
+    *,
+    source: str | None = None,
+    export: str | None = None,
+    target_dsn: str | None = None,
+    schema: str | None = None,
+    staging_schema: str | None = None,
+    batch_size: int | None = None,
+    readback_all: bool = False,
+    readback_threads: int | None = None,
+    instance: dg.DagsterInstance | None = None,
+    front_end: str = "cli",
+) -> MigrationResult:
+    """Export, load every batch and verify (and publish, in staging mode), as asset runs.
+
+    Arguments left None come from the environment (see resources.build_resources).
+    ``target_dsn``, if given, is exported as CHECKPOINT_ASSETS_TARGET_DSN for the duration
+    (the resources read the DSN only through dg.EnvVar). Without ``instance`` the project's
+    persistent instance is used. Every batch is loaded again even if it was loaded before
+    (safe: rows already present are skipped and compared). Failures do not raise: they are
+    in the result, and in the instance as failed runs, FAILED partitions and failed checks.
+    """
+    return _run(locals(), export_first=True, only_failed_and_missing=False)
+
+
+def backfill_in_process(
+    *,
+    source: str | None = None,
+    export: str | None = None,
+    target_dsn: str | None = None,
+    schema: str | None = None,
+    staging_schema: str | None = None,
+    batch_size: int | None = None,
+    readback_all: bool = False,
+    readback_threads: int | None = None,
+    instance: dg.DagsterInstance | None = None,
+    front_end: str = "cli",
+) -> MigrationResult:
+    """Load only the FAILED and missing batch partitions of the current export, then verify.
+
+    The in-process equivalent of the UI's "Backfill only failed and missing partitions
+    within selection"; arguments as for ``migrate_in_process`` (the export is not re-run).
+    """
+    return _run(locals(), export_first=False, only_failed_and_missing=True)
+
+
+def _run(settings: dict[str, Any], *, export_first: bool,
+         only_failed_and_missing: bool) -> MigrationResult:
+    started = time.perf_counter()
+    result = MigrationResult(migration_id=uuid.uuid4().hex[:12])
+    tags = {FRONT_END_TAG: settings["front_end"], MIGRATION_ID_TAG: result.migration_id}
+    staging_schema = settings["staging_schema"]
+    resources = build_resources(
+        source=settings["source"], export=settings["export"], target_schema=settings["schema"],
+        staging_schema=staging_schema, batch_size=settings["batch_size"],
+        readback_threads=0 if settings["readback_all"] else settings["readback_threads"])
+    defs = build_definitions(
+        resources, staging=bool(staging_schema) if staging_schema is not None else None)
+    job = defs.resolve_implicit_global_asset_job_def()
+    with _dsn_in_environment(settings["target_dsn"]), _instance(settings["instance"]) as inst:
+        dsn = os.environ.get(TARGET_DSN_ENV, "")
+
+        def run(step: str, assets: Sequence[dg.AssetKey], partition: str | None = None) -> bool:
+            outcome = _execute(job, inst, step, assets, partition, tags, dsn)
+            result.runs.append(outcome)
+            return outcome.success
+
+        if export_first and not run("export", [EXPORT_ASSET]):
+            result.skipped.append("batches and verification: the export failed")
+        else:
+            statuses = partition_statuses(inst)
+            keys = sorted(k for k, status in statuses.items()
+                          if not only_failed_and_missing or status in ("FAILED", "MISSING"))
+            loaded = [run("batch", [BATCHES_ASSET], key) for key in keys]
+            if not statuses:
+                result.skipped.append("batches and verification: no batch partitions "
+                                      "(materialize the export first)")
+            elif all(loaded):
+                final = [VERIFICATION_ASSET]
+                if PUBLISH_ASSET in defs.resolve_asset_graph().get_all_asset_keys():
+                    final.append(PUBLISH_ASSET)
+                run("verification", final)
+            else:
+                result.skipped.append(
+                    f"verification: {loaded.count(False)} of {len(keys)} batches failed; "
+                    "remove the cause, then backfill the failed partitions")
+        result.checks = latest_check_evaluations(inst, defs)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def partition_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Every current batch partition and its status: MATERIALIZED, FAILED, IN_PROGRESS or
+    MISSING (never materialized)."""
+    keys = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    if not keys:
+        return {}
+    statuses = instance.get_status_by_partition(BATCHES_ASSET, keys, batch_partitions) or {}
+    return {key: statuses[key].value if statuses.get(key) else "MISSING" for key in keys}
+
+
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
+             assets: Sequence[dg.AssetKey], partition: str | None, tags: dict[str, str],
+             dsn: str) -> RunOutcome:
+    started = time.perf_counter()
+    run = job.execute_in_process(instance=instance, asset_selection=list(assets),
+                                 partition_key=partition, tags=tags, raise_on_error=False,
+                                 run_config=_console_log_level())
+    error = None if run.success else scrub(_failure_message(run), dsn)
+    return RunOutcome(step, run.run_id, run.success, partition, error,
+                      round(time.perf_counter() - started, 3))
+
+
+def _failure_message(run: dg.ExecuteInProcessResult) -> str:
+    for event in run.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                return data.error.message.strip()
+    return "the run failed (see its events in the Dagster UI)"
+
+
+def _console_log_level() -> dict[str, Any]:
+    """Console logging for in-process runs: the assets' own messages (INFO), not every
+    Dagster event (DEBUG). Every event is stored in the instance either way. Override with
+    CHECKPOINT_ASSETS_LOG_LEVEL."""
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
+@contextmanager
+def _dsn_in_environment(dsn: str | None) -> Iterator[None]:
+    previous = os.environ.get(TARGET_DSN_ENV)
+    if dsn:
+        os.environ[TARGET_DSN_ENV] = dsn
+    try:
+        yield
+    finally:
+        if dsn:
+            if previous is None:
+                os.environ.pop(TARGET_DSN_ENV, None)
+            else:
+                os.environ[TARGET_DSN_ENV] = previous
+
+
+@contextmanager
+def _instance(instance: dg.DagsterInstance | None) -> Iterator[dg.DagsterInstance]:
+    if instance is not None:
+        yield instance
+        return
+    with project_instance() as own:
+        yield own
+
+
+# --------------------------------------------------------------------------- check evidence
+
+
+def declared_check_keys(defs: dg.Definitions | None = None) -> list[dg.AssetCheckKey]:
+    """Every asset check the definitions declare, in lineage order."""
+    defs = defs or build_definitions()
+    order = [EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET]
+    keys = defs.resolve_asset_graph().asset_check_keys
+    return sorted(keys, key=lambda k: (order.index(k.asset_key) if k.asset_key in order
+                                       else len(order), k.name))
+
+
+def latest_check_evaluations(
+    instance: dg.DagsterInstance, defs: dg.Definitions | None = None
+) -> list[dict[str, Any]]:
+    """The latest evaluation of every declared asset check, as rows for a table.
+
+    Row keys: asset, check, passed (None: never evaluated), severity (ERROR or WARN), ok
+    (passed, or a failed warning: nothing to block on), partitions (for the per-batch
+    check: how many current batches passed), summary (expected/actual/mismatches), when
+    (UTC), run_id. The publish check is listed when the definitions are in staging mode
+    or the instance has a result for it.
+    """
+    if defs is None:
+        defs = build_definitions(staging=bool(os.environ.get(STAGING_SCHEMA_ENV)))
+    keys = declared_check_keys(defs)
+    publish_keys = declared_check_keys(build_definitions(staging=True))
+    for key in publish_keys:
+        if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
+            keys.append(key)
+    return [_check_row(instance, key) for key in keys]
+
+
+def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> dict[str, Any]:
+    row: dict[str, Any] = {"asset": key.asset_key.to_user_string(), "check": key.name,
+                           "passed": None, "severity": "ERROR", "ok": False, "partitions": "",
+                           "summary": "never evaluated", "when": "", "run_id": ""}
+    record = instance.get_latest_asset_check_evaluation_record(key)
+    prefix = ""
+    if key.asset_key == BATCHES_ASSET:
+        # Per-batch check: it passes when the latest result of every current batch passed;
+        # otherwise show the first batch that did not pass.
+        current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+        infos = instance.event_log_storage.get_asset_check_partition_info([key])
+        passed = {i.partition_key for i in infos
+                  if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+        row["partitions"] = f"{len(current & passed)}/{len(current)} passed"
+        failing = sorted(current - passed)
+        if failing:
+            prefix = f"{failing[0]}: "
+            record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [key], partition_filter=PartitionKeyFilter(key=failing[0])).get(key)
+            if record is None:
+                row["passed"], row["summary"] = False, f"{failing[0]}: never evaluated"
+                return row
+    if record is None:
+        return row
+    row["when"] = dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC).isoformat(
+        timespec="seconds")
+    row["run_id"] = record.run_id
+    row["passed"] = record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+    if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+        row["passed"], row["summary"] = None, "in progress"
+    evaluation = record.event.asset_check_evaluation if record.event else None
+    if evaluation is not None:
+        row["summary"] = prefix + _summary(evaluation.metadata)
+        row["severity"] = evaluation.severity.value
+    row["ok"] = row["passed"] is True or (row["passed"] is False and row["severity"] == "WARN")
+    return row
+
+
+def _summary(metadata: dict[str, Any]) -> str:
+    """expected / actual / mismatches of a check result, short enough for a table cell."""
+    def raw(name: str) -> Any:
+        value = metadata.get(name)
+        return getattr(value, "value", value)
+
+    expected, actual, count = raw("expected"), raw("actual"), raw("mismatch_count")
+    counts = raw("counts")
+    if isinstance(counts, dict) and "export" in counts:  # checkpoint_count_match
+        text = "; ".join(
+            f"{table}: sqlite {counts.get('sqlite', {}).get(table, '-')}, export "
+            f"{counts['export'].get(table, '-')}, postgres {counts['target'].get(table, '-')}"
+            for table in ("checkpoints", "checkpoint_writes"))
+    elif isinstance(expected, dict) and isinstance(actual, dict) and "counts" in expected:
+        same = expected == actual
+        text = (f"counts {_compact(actual['counts'])}, digest {str(actual['digest'])[:12]}"
+                + (" (= export)" if same else f"; export: {_compact(expected['counts'])}, "
+                   f"digest {str(expected['digest'])[:12]}"))
+    elif expected == actual:
+        text = f"expected = actual = {_compact(actual)}"
+    else:
+        text = f"expected {_compact(expected)}; actual {_compact(actual)}"
+    if count:
+        keys = raw("mismatch_keys") or []
+        text += f"; {count} mismatch(es)" + (f", first {_compact(keys[0], 80)}" if keys else "")
+    return text
+
+
+def _compact(value: Any, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str,
+                                                           separators=(",", ":"))
+    if len(text) <= limit:
+        return text
+    if isinstance(value, dict):
+        return f"{{{len(value)} entries}}"
+    return text[:limit - 3] + "..."
+
+
+def render_check_rows(rows: list[dict[str, Any]]) -> str:
+    """The check rows as a plain-text table."""
+    if not rows:
+        return "(no asset checks)"
+    headers = ["asset", "check", "passed", "severity", "partitions", "when", "run_id",
+               "summary"]
+    cells = [[_cell(h, r[h]) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(header: str, value: Any) -> str:
+    if header == "passed":
+        return {True: "PASS", False: "FAIL", None: "-"}[value]
+    if header == "run_id" and value:
+        return str(value)[:8]
+    return str(value)

@@ -1,0 +1,109 @@
+"""Helpers shared by the Dagster-layer tests: real corpora, asset runs, table snapshots.
+
+Corpora are written by a real LangGraph graph on a real SqliteSaver (checkpoint_assets.sample);
+runs go through the code location's own asset job against a real Dagster instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.embedded_postgres import dsn_for_database
+from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.partitions import (
+    BATCH_PARTITIONS_NAME,
+    BATCHES_ASSET,
+    EXPORT_ASSET,
+    VERIFICATION_ASSET,
+)
+from checkpoint_assets.resources import build_resources
+from checkpoint_assets.sample import write_sample_database
+
+
+def write_corpus(path: Path, threads: int = 6) -> Path:
+    """A SqliteSaver database written by the sample support-agent graph."""
+    write_sample_database(path, threads=threads)
+    return path
+
+
+def definitions(source: Path, export: Path, *, batch_size: int, schema: str | None = None,
+                staging_schema: str | None = None, readback_threads: int = 0) -> dg.Definitions:
+    """The code location's definitions with explicit, non-secret settings."""
+    resources = build_resources(source=str(source), export=str(export), batch_size=batch_size,
+                                target_schema=schema, staging_schema=staging_schema,
+                                readback_threads=readback_threads)
+    return build_definitions(resources, staging=staging_schema is not None)
+
+
+def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, *assets: dg.AssetKey,
+                partition: str | None = None) -> dg.ExecuteInProcessResult:
+    """One run of the code location's asset job for ``assets`` (and their checks)."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(instance=instance, asset_selection=list(assets),
+                                  partition_key=partition, raise_on_error=False)
+
+
+def migrate(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, Any]:
+    """Export, every partition (one run each), verification; return the runs by step."""
+    runs: dict[str, Any] = {"export": materialize(defs, instance, EXPORT_ASSET)}
+    keys = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    runs["batches"] = {k: materialize(defs, instance, BATCHES_ASSET, partition=k) for k in keys}
+    runs["verification"] = materialize(defs, instance, VERIFICATION_ASSET)
+    return runs
+
+
+def check_results(run: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's check evaluations by check name."""
+    return {e.check_name: e for e in run.get_asset_check_evaluations()}
+
+
+def sqlite_counts(path: Path) -> dict[str, int]:
+    """Row counts straight from the SQLite file (independent of the engine)."""
+    with sqlite3.connect(path) as conn:
+        return {"checkpoints": conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0],
+                "writes": conn.execute("SELECT count(*) FROM writes").fetchone()[0]}
+
+
+def table_snapshot(dsn: str, schema: str = "public") -> dict[str, str]:
+    """A digest per table of every row with its xmin and ctid: changes if any row is
+    inserted, deleted or rewritten (an UPDATE, even to the same values, changes xmin)."""
+    digests = {}
+    with psycopg.connect(dsn) as conn:
+        for table in TABLES:
+            rows = conn.execute(sql.SQL(
+                "SELECT xmin::text, ctid::text, t::text FROM {} t ORDER BY 1, 2").format(
+                    sql.Identifier(schema, table))).fetchall()
+            digests[table] = hashlib.sha256(repr(rows).encode()).hexdigest() + f":{len(rows)}"
+    return digests
+
+
+@contextmanager
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    """A new, empty database on the test server (dropped afterwards)."""
+    name = f"ca_dagster_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield dsn_for_database(admin_dsn, name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+def with_password(dsn: str, password: str) -> str:
+    """The same DSN carrying a password (the test servers trust local users and ignore it)."""
+    return make_conninfo(dsn, password=password)
+

@@ -1,0 +1,163 @@
+"""The same failure and recovery through a real ``dagster dev`` (webserver + daemon), driven
+only through its GraphQL API, as a user in the UI would.
+
+Under test: ``dagster dev`` loads the code location from workspace.yaml with every asset and
+check; a partition backfill of the batches asset (the daemon path: one run per partition)
+leaves the batch with a planted conflict FAILED with a failed check; after the conflict is
+removed, re-executing the backfill FROM_FAILURE runs only that partition; the verification
+launched from the UI then passes every check. The export was taken in-process by the CLI
+runner against the same DAGSTER_HOME beforehand: one history for both front ends.
+
+Slow by nature: the backfill daemon wakes every 30 s, and a re-execution needs the first
+backfill to be finished, so this needs about three daemon ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from checkpoint_assets.partitions import (
+    BATCH_MATCHES_EXPORT,
+    BATCH_SIZE_ENV,
+    BATCHES_ASSET,
+    EXPORT_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    TARGET_DSN_ENV,
+    VERIFICATION_ASSET,
+    VERIFICATION_CHECK_NAMES,
+)
+from checkpoint_assets.project import SQLITE_INSTANCE_YAML
+from checkpoint_assets.runner import migrate_in_process, partition_statuses, project_instance
+from checkpoint_assets_tests.dagster_dev_support import (
+    CHECK_EXECUTIONS,
+    LAUNCH_BACKFILL,
+    LAUNCH_RUN,
+    LOCATION,
+    PARTITION_STATUSES,
+    REEXECUTE_BACKFILL,
+    DagsterDev,
+    asset_key,
+    finished_backfill,
+    finished_runs,
+    run_status,
+    tag,
+    wait_for,
+)
+from checkpoint_assets_tests.dagster_support import write_corpus
+from checkpoint_assets_tests.test_dagster_backfill import plant_conflict
+
+FAILING = "batch-00002"
+BACKFILL_SECONDS = 120
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def dev_project(tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        dict[str, Any]]:
+    """A persistent DAGSTER_HOME with the shipped dagster.yaml, a corpus exported through
+    the CLI runner into it, and a conflict planted in the target for batch FAILING."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes(SQLITE_INSTANCE_YAML.read_bytes())
+    source = write_corpus(tmp_path / "support.sqlite", threads=5)
+    export = tmp_path / "export.jsonl"
+    env = {SOURCE_ENV: str(source), EXPORT_ENV: str(export), BATCH_SIZE_ENV: "12",
+           READBACK_THREADS_ENV: "0", TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    first = migrate_in_process()  # export + batches + verification, all from the CLI path
+    assert first.passed, first.render()
+    with psycopg.connect(target_dsn) as conn:  # start over on an empty target
+        conn.execute("TRUNCATE checkpoints, checkpoint_blobs, checkpoint_writes")
+    planted = plant_conflict(target_dsn, export, FAILING)
+    yield {"env": {**os.environ, **env}, "dsn": target_dsn, "planted": planted,
+           "cwd": tmp_path}
+
+
+def test_backfill_then_reexecute_from_failure_through_dagster_dev(
+    dev_project: dict[str, Any]
+) -> None:
+    """Backfill all batches -> FAILING fails; fix; re-execute FROM_FAILURE -> only FAILING
+    runs; launch the verification -> every check passes."""
+    started = time.monotonic()
+    dev = DagsterDev(dev_project["cwd"], dev_project["env"], dev_project["cwd"] / "dev.log")
+    try:
+        dev.wait_until_serving()
+        ready = time.monotonic()
+
+        backfill = dev.gql(LAUNCH_BACKFILL, {"params": {
+            "assetSelection": [asset_key(BATCHES_ASSET)], "allPartitions": True,
+            "title": "load every batch"}})["launchPartitionBackfill"]
+        assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+        first = wait_for(lambda: finished_backfill(dev, backfill["backfillId"]),
+                         BACKFILL_SECONDS, "the first backfill", dev)
+        assert first["status"] == "COMPLETED_FAILED", first
+        failed_runs = [r for r in first["runs"] if r["status"] == "FAILURE"]
+        assert [tag(r, "dagster/partition") for r in failed_runs] == [FAILING]
+        statuses = partition_statuses_of(dev)
+        assert statuses["failedPartitions"] == [FAILING]
+        assert FAILING not in statuses["materializedPartitions"]
+        execution = dev.gql(CHECK_EXECUTIONS, {"key": asset_key(BATCHES_ASSET),
+                                               "name": BATCH_MATCHES_EXPORT,
+                                               "partition": FAILING})["assetCheckExecutions"]
+        assert execution[0]["evaluation"]["success"] is False
+        assert execution[0]["runId"] == failed_runs[0]["runId"]
+        labels = {m["label"] for m in execution[0]["evaluation"]["metadataEntries"]}
+        assert {"expected", "actual", "mismatch_keys"} <= labels
+        first_done = time.monotonic()
+
+        with psycopg.connect(dev_project["dsn"]) as conn:  # remove the cause
+            conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id = %s",
+                         (dev_project["planted"]["thread_id"],
+                          dev_project["planted"]["checkpoint_id"]))
+        retry = dev.gql(REEXECUTE_BACKFILL, {"params": {
+            "parentRunId": backfill["backfillId"], "strategy": "FROM_FAILURE"}})
+        retry = retry["reexecutePartitionBackfill"]
+        assert retry["__typename"] == "LaunchBackfillSuccess", retry
+        runs = wait_for(lambda: finished_runs(dev, retry["backfillId"]), BACKFILL_SECONDS,
+                        "the re-executed partition", dev)
+        assert [(tag(r, "dagster/partition"), r["status"]) for r in runs] == [
+            (FAILING, "SUCCESS")], "only the failed partition runs again"
+        assert not partition_statuses_of(dev)["failedPartitions"]
+        second_done = time.monotonic()
+
+        launched = dev.gql(LAUNCH_RUN, {"params": {"selector": {
+            "repositoryLocationName": LOCATION, "repositoryName": "__repository__",
+            "jobName": "__ASSET_JOB", "assetSelection": [asset_key(VERIFICATION_ASSET)]}}})
+        launched = launched["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        status = wait_for(lambda: run_status(dev, run_id), BACKFILL_SECONDS,
+                          "the verification run", dev)
+        assert status == "SUCCESS", dev.tail()
+        for name in VERIFICATION_CHECK_NAMES:
+            execution = dev.gql(CHECK_EXECUTIONS, {"key": asset_key(VERIFICATION_ASSET),
+                                                   "name": name})["assetCheckExecutions"]
+            assert execution[0]["runId"] == run_id
+            assert execution[0]["evaluation"]["success"] is True, name
+        print(f"\ndagster dev: ready {ready - started:.1f} s, first backfill "
+              f"{first_done - ready:.1f} s, re-execution {second_done - first_done:.1f} s, "
+              f"verification {time.monotonic() - second_done:.1f} s")
+    finally:
+        dev.stop()
+    # The UI's runs and the CLI's runs are one history in one instance.
+    with project_instance() as instance:
+        assert set(partition_statuses(instance).values()) == {"MATERIALIZED"}
+        front_ends = {r.dagster_run.tags.get("checkpoint_assets/front_end")
+                      for r in instance.get_run_records()}
+        assert front_ends == {"cli", None}  # None: launched from the UI / daemon
+
+
+def partition_statuses_of(dev: DagsterDev) -> dict[str, list[str]]:
+    """The batches asset's partition statuses, as the UI shows them."""
+    node = dev.gql(PARTITION_STATUSES, {"key": asset_key(BATCHES_ASSET)})["assetNodeOrError"]
+    return node["assetPartitionStatuses"]
