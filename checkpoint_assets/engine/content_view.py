@@ -164,10 +164,19 @@ def target_view(
             found = blob_index.get((thread_id, ns, channel, str(version)))
             if found is None or found[0] == "empty":
                 continue
-            value = blob_value(found[0], found[1], cipher)
+            type_tag, blob = found
+            if type_tag == "msgpack":
+                # The common case, compared by its stored bytes without decoding it.
+                data = blob or b""
+                if inline.get(channel) is not True and might_be_delta_snapshot(data) \
+                        and is_delta_snapshot(unpack_opaque(data)):
+                    continue
+                channels[channel] = data
+                continue
+            value = blob_value(type_tag, blob, cipher)
             if is_delta_snapshot(value) and inline.get(channel) is not True:
                 continue
-            channels[channel] = blob_canonical_bytes(found[0], found[1], value, cipher)
+            channels[channel] = blob_canonical_bytes(type_tag, blob, value, cipher)
         view.checkpoints[(thread_id, ns, cid)] = CheckpointView(
             parent, canonical_json(header), tuple(sorted(channels.items())),
             canonical_json(metadata))
@@ -175,6 +184,16 @@ def target_view(
         view.writes[(thread_id, ns, cid, task_id, idx)] = (task_path, channel, type_,
                                                            bytes(blob))
     return view
+
+
+# msgpack's ext formats: fixext 1/2/4/8/16 put the type code at byte 1, ext 8/16/32 at 2/3/5.
+_EXT_CODE_OFFSET = {0xD4: 1, 0xD5: 1, 0xD6: 1, 0xD7: 1, 0xD8: 1, 0xC7: 2, 0xC8: 3, 0xC9: 5}
+
+
+def might_be_delta_snapshot(data: bytes) -> bool:
+    """Cheap test on raw msgpack: is this a top-level extension with code 7?"""
+    offset = _EXT_CODE_OFFSET.get(data[0]) if data else None
+    return offset is not None and len(data) > offset and data[offset] == 7
 
 
 def blob_canonical_bytes(type_tag: str, blob: bytes | None, value: Any,

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.convert import (
@@ -242,7 +243,9 @@ def _copy(conn: psycopg.Connection, relation: sql.Composable, table: str,
         rows = [(*row[:4], _as_jsonb(row[4]), _as_jsonb(row[5])) for row in rows]
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         relation, _cols(table))
-    with conn.cursor().copy(statement) as copy:
+    cursor = conn.cursor()
+    # A writer thread sends the data while this thread formats the next rows.
+    with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         copy.set_types([pg_type for _, pg_type in COLUMNS[table]])
         for row in rows:
             copy.write_row(row)

@@ -15,10 +15,12 @@ Checks (their names are the contract with the Dagster layer and the CLI):
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,25 +141,87 @@ def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, l
     return out[0], out[1], out[2]
 
 
+@dataclass(frozen=True)
+class ExpectedBatch:
+    """What the target must hold for one batch: its digest, counts and findings."""
+
+    digest: str
+    counts: dict[str, int]
+    thread_ids: list[str]
+    metadata_changes: list[dict]
+    resume_hazards: list[dict]
+
+
+# Bump when the view's definition changes: cached expectations of older versions are ignored.
+VIEW_VERSION = 1
+
+
+def _cache_path(manifest: ExportManifest, batch_sha: str) -> Path:
+    return (manifest.path.parent / f".{manifest.path.name}.views"
+            / f"{batch_sha}-v{VIEW_VERSION}.json")
+
+
+def expected_batch(manifest: ExportManifest, key: str,
+                   cipher: Cipher | None = None) -> ExpectedBatch:
+    """The expected view summary of one batch, computed once and cached beside the export.
+
+    The cache is keyed by the batch's SHA-256 (checked against the export's bytes when it is
+    computed), so the per-batch check and the final verification decode the batch once.
+    Cache files are owner-only: they name threads and list metadata values.
+    """
+    entry = manifest.batch(key)
+    path = _cache_path(manifest, entry.sha256)
+    try:
+        return ExpectedBatch(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    threads = list(read_batch(manifest, key))
+    view = source_view(threads, cipher)
+    expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
+                             view.metadata_changes, view.resume_hazards)
+    _write_private(path, json.dumps(asdict(expected)))
+    return expected
+
+
+def _write_private(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except OSError:
+        pass  # a read-only export directory only costs recomputation
+
+
 def compare_batch(
     target: Target, manifest: ExportManifest, key: str, cipher: Cipher | None = None,
     conn: Any = None,
 ) -> BatchComparison:
-    """Compare one batch of the export with what the target holds for its threads."""
-    threads = list(read_batch(manifest, key))
-    expected = source_view(threads, cipher)
-    ids = [t.thread_id for t in threads]
+    """Compare one batch of the export with what the target holds for its threads.
+
+    The target's rows are always read and digested; the export side comes from
+    :func:`expected_batch`. Only when the digests differ is the batch decoded again to
+    name every mismatching checkpoint and write.
+    """
+    expected = expected_batch(manifest, key, cipher)
     if conn is None:
         with target.connect() as own:
-            rows = target_rows(own, ids)
+            rows = target_rows(own, expected.thread_ids)
     else:
-        rows = target_rows(conn, ids)
+        rows = target_rows(conn, expected.thread_ids)
     actual = target_view(*rows, cipher=cipher)
-    content, metadata = _view_mismatches(expected, actual)
+    actual_digest = actual.digest()
+    content: list[dict] = []
+    metadata: list[dict] = []
+    if actual_digest != expected.digest:
+        full = source_view(read_batch(manifest, key), cipher)
+        content, metadata = _view_mismatches(full, actual)
     return BatchComparison(
         key=key,
-        expected_counts=_view_counts(expected), actual_counts=_view_counts(actual),
-        expected_digest=expected.digest(), actual_digest=actual.digest(),
+        expected_counts=expected.counts, actual_counts=_view_counts(actual),
+        expected_digest=expected.digest, actual_digest=actual_digest,
         content_mismatches=content, metadata_mismatches=metadata,
         metadata_changes=expected.metadata_changes,
         resume_hazards=expected.resume_hazards,
