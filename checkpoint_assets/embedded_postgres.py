@@ -5,6 +5,7 @@ and for tests on machines where no server runs. Nothing to install, nothing to c
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,9 +22,10 @@ def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: boo
     data directory). With ``keep_running`` the server outlives this process, so the
     Dagster UI started later finds the migrated data.
     """
+    if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver's platformdirs wants a private one
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
     import pgserver  # imported here: only the embedded path needs it
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

@@ -33,11 +33,11 @@ def _shared_server_answers() -> bool:
 @pytest.fixture(scope="session")
 def embedded_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An embedded PostgreSQL of this test session (always started on demand)."""
-    import pgserver
-
     data_dir = tmp_path_factory.mktemp("embedded-pg")
     dsn = start_embedded(data_dir, keep_running=False)
     yield dsn
+    import pgserver
+
     pgserver.get_server(data_dir).cleanup()
 
 
