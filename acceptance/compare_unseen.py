@@ -1,10 +1,15 @@
 """Independent comparison: every thread via SqliteSaver.list vs PostgresSaver.list, and
 paused threads resumed on both backends."""
-import json, shutil, sqlite3, sys
+import json
+import shutil
+import sqlite3
+import sys
+
+import make_unseen as mu
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
-import make_unseen as mu
+
 src, dsn = sys.argv[1], sys.argv[2]
 paused = json.load(open(sys.argv[3] if len(sys.argv) > 3 else "paused.json"))
 s = SqliteSaver(sqlite3.connect(src, check_same_thread=False))

@@ -1,14 +1,18 @@
 """Unseen corpora: graphs the test-suite never uses (prebuilt ReAct agent, map-reduce,
 nested subgraphs with Command(goto), interrupts inside tools)."""
-import operator, sqlite3, sys, uuid
-from typing import Annotated, Literal, TypedDict
+import operator
+import sqlite3
+import sys
+from typing import Annotated, TypedDict
+
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.graph import StateGraph, START, END
+from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import create_react_agent
 from langgraph.types import Command, Send, interrupt
+
 
 @tool
 def get_weather(city: str) -> str:

@@ -21,14 +21,17 @@ from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import (
     OWNER_ONLY,
     ExportManifest,
-    read_manifest,
     verify_export,
     write_export,
 )
-from checkpoint_assets.engine.pipeline import ImportSummary, import_export
+from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target, scrub
-from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport, verify_migration
+from checkpoint_assets.engine.verify import (
+    DEFAULT_READBACK_SAMPLE,
+    VerificationReport,
+    verify_migration,
+)
 from checkpoint_assets.progress import progress
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4

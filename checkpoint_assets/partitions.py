@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
+
 # The engine's check names are the contract; re-exported here for the Dagster layer.
 from checkpoint_assets.engine.verify import (  # noqa: F401
     CHECK_DESCRIPTIONS,

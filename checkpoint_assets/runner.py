@@ -22,7 +22,9 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
 
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
 from checkpoint_assets.definitions import build_definitions

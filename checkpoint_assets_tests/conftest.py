@@ -8,15 +8,13 @@ for the session. Every test that needs a database gets a fresh one, dropped afte
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from checkpoint_assets.embedded_postgres import dsn_for_database, start_embedded
+from checkpoint_assets.embedded_postgres import start_embedded, temporary_database
 
 SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -49,28 +47,18 @@ def admin_dsn(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("embedded_admin_dsn")
 
 
-def _fresh_database(admin: str) -> Iterator[str]:
-    name = f"ca_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield dsn_for_database(admin, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-
-
 @pytest.fixture
 def target_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh, empty database for one test."""
-    yield from _fresh_database(admin_dsn)
+    with temporary_database(admin_dsn, "ca_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
 def embedded_target_dsn(embedded_admin_dsn: str) -> Iterator[str]:
     """A fresh database on the embedded server, whatever else runs on this machine."""
-    yield from _fresh_database(embedded_admin_dsn)
+    with temporary_database(embedded_admin_dsn, "ca_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.embedded_postgres import dsn_for_database
+from checkpoint_assets.embedded_postgres import temporary_database
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
@@ -89,18 +86,9 @@ def table_snapshot(dsn: str, schema: str = "public") -> dict[str, str]:
     return digests
 
 
-@contextmanager
-def fresh_database(admin_dsn: str) -> Iterator[str]:
+def fresh_database(admin_dsn: str) -> Any:
     """A new, empty database on the test server (dropped afterwards)."""
-    name = f"ca_dagster_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield dsn_for_database(admin_dsn, name)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+    return temporary_database(admin_dsn, "ca_dagster")
 
 
 def with_password(dsn: str, password: str) -> str:

@@ -12,7 +12,9 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.export_file import read_batch, read_manifest

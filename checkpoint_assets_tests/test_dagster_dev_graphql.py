@@ -35,7 +35,11 @@ from checkpoint_assets.partitions import (
     VERIFICATION_CHECK_NAMES,
 )
 from checkpoint_assets.project import SQLITE_INSTANCE_YAML
-from checkpoint_assets.runner import migrate_in_process, partition_statuses, project_instance
+from checkpoint_assets.runner import (
+    migrate_in_process,
+    partition_statuses,
+    project_instance,
+)
 from checkpoint_assets_tests.dagster_dev_support import (
     CHECK_EXECUTIONS,
     LAUNCH_BACKFILL,

@@ -14,7 +14,11 @@ from checkpoint_assets.assets.metadata import (
 )
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_manifest
-from checkpoint_assets.engine.loader import BatchLoadResult, TransientLoadError, load_batch
+from checkpoint_assets.engine.loader import (
+    BatchLoadResult,
+    TransientLoadError,
+    load_batch,
+)
 from checkpoint_assets.engine.target import TABLES, Target, TargetUnreachableError
 from checkpoint_assets.engine.verify import BatchComparison, compare_batch
 from checkpoint_assets.partitions import (

@@ -8,7 +8,11 @@ import dagster as dg
 
 from checkpoint_assets.assets.metadata import check_metadata, error_text, failure
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import ExportManifest, verify_export, write_export
+from checkpoint_assets.engine.export_file import (
+    ExportManifest,
+    verify_export,
+    write_export,
+)
 from checkpoint_assets.engine.source import SourceCounts
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,

@@ -4,7 +4,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
 
 from checkpoint_assets.assets.metadata import (
     check_metadata,
@@ -14,6 +16,7 @@ from checkpoint_assets.assets.metadata import (
 )
 from checkpoint_assets.engine.errors import ConflictError
 from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.publish import publish
 from checkpoint_assets.engine.verify import compare_batch
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
@@ -35,7 +38,6 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
-from checkpoint_assets.engine.publish import publish
 
 
 @dg.asset(

@@ -13,7 +13,11 @@ from checkpoint_assets.assets.metadata import (
     scrubbed_traceback,
 )
 from checkpoint_assets.engine.export_file import read_manifest
-from checkpoint_assets.engine.verify import CheckOutcome, VerificationReport, verify_migration
+from checkpoint_assets.engine.verify import (
+    CheckOutcome,
+    VerificationReport,
+    verify_migration,
+)
 from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     CHECK_DESCRIPTIONS,

@@ -10,10 +10,10 @@ pydantic models, dataclasses and enums pass through as the bytes they were.
 from __future__ import annotations
 
 import json
-
-import ormsgpack
 from dataclasses import dataclass, field
 from typing import Any
+
+import ormsgpack
 
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.export_file import (
@@ -35,7 +37,6 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target
-from psycopg import sql
 
 COUNT_MATCH = "checkpoint_count_match"
 CONTENT_INTEGRITY = "content_integrity"
