@@ -129,9 +129,9 @@ def edit_footer_counts(path: Path) -> None:
 
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (truncate, "truncated"),
-    "one byte flipped": (flip_byte, "digest"),
-    "line duplicated": (duplicate_line, "digest"),
-    "lines reordered": (reorder_lines, "digest"),
+    "one byte flipped": (flip_byte, "changed, added, removed or reordered"),
+    "line duplicated": (duplicate_line, "changed, added, removed or reordered"),
+    "lines reordered": (reorder_lines, "changed, added, removed or reordered"),
     "wrong format version": (wrong_version, "format version 99"),
     "empty": (empty, "empty"),
     "not UTF-8": (not_utf8, "UTF-8"),

@@ -393,36 +393,73 @@ def _manifest_from_footer(
 
 
 def verify_export(path: str | Path) -> ExportManifest:
-    """Read the whole file and check every digest, count and the order of every row.
+    """Check the whole file against its footer: the file digest, every batch's byte range
+    and digest, and every thread, batch and total count.
 
-    Returns the manifest when the file is intact; raises MigrationError naming the first
-    problem (with its line number) otherwise.
+    One pass over the bytes; row lines are counted, not decoded (any change to them already
+    breaks the file digest, and :func:`read_batch` checks each thread's digest when the
+    batch is loaded). Returns the manifest when the file is intact; raises MigrationError
+    naming the first problem otherwise.
     """
     manifest = read_manifest(path)
     path = manifest.path
+    batches = iter(manifest.batches)
+    entry = next(batches, None)
     file_hash = hashlib.sha256()
+    batch_hash = hashlib.sha256()
+    rows = {"checkpoint": 0, "write": 0}
+    seen = {"threads": 0, "checkpoints": 0, "writes": 0}
+    offset = 0
     with path.open("rb") as handle:
-        remaining = manifest.footer_offset
-        while remaining > 0:
-            block = handle.read(min(remaining, 1 << 20))
-            file_hash.update(block)
-            remaining -= len(block)
-    if file_hash.hexdigest() != manifest.file_sha256:
+        for line_no, raw in enumerate(handle, start=1):
+            if offset == manifest.footer_offset:
+                break
+            file_hash.update(raw)
+            in_batch = entry is not None and entry.offset <= offset < entry.offset + entry.length
+            if in_batch:
+                batch_hash.update(raw)
+            offset += len(raw)
+            kind = _line_kind(raw)
+            if kind in rows:
+                rows[kind] += 1
+            elif kind == "thread_end":
+                record = _parse_line(path, raw, line_no)
+                if (record.get("checkpoints"), record.get("writes")) != (
+                        rows["checkpoint"], rows["write"]):
+                    raise _bad(path, f"thread {record.get('thread_id')!r} does not have the "
+                                     "rows its summary line states (a line was changed, "
+                                     "added, removed or reordered)", line_no)
+                seen["threads"] += 1
+                seen["checkpoints"] += rows["checkpoint"]
+                seen["writes"] += rows["write"]
+                rows = {"checkpoint": 0, "write": 0}
+            elif kind == "batch_end":
+                if entry is None or offset - len(raw) != entry.offset + entry.length \
+                        or batch_hash.hexdigest() != entry.sha256:
+                    raise _bad(path, "a batch does not match its digest or byte range "
+                                     "(a line was changed, added, removed or reordered)",
+                               line_no)
+                entry = next(batches, None)
+                batch_hash = hashlib.sha256()
+            elif kind not in ("header", "batch"):
+                raise _bad(path, "a line is not an export record", line_no)
+    if file_hash.hexdigest() != manifest.file_sha256 or offset != manifest.footer_offset:
         raise _bad(path, "its contents do not match the digest in its footer "
                          "(a line was changed, added, removed or reordered)")
-    expected_offset = None
-    for entry in manifest.batches:
-        for _ in read_batch(manifest, entry.key):
-            pass
-        if expected_offset is not None and entry.offset < expected_offset:
-            raise _bad(path, f"batch {entry.key} overlaps the batch before it")
-        expected_offset = entry.offset + entry.length
-    totals = (sum(b.threads for b in manifest.batches),
-              sum(b.checkpoints for b in manifest.batches),
-              sum(b.writes for b in manifest.batches))
-    if totals != (manifest.threads, manifest.checkpoints, manifest.writes):
-        raise _bad(path, "the batch counts do not add up to the file's totals")
+    if entry is not None:
+        raise _bad(path, f"batch {entry.key} named in the footer is missing")
+    if (seen["threads"], seen["checkpoints"], seen["writes"]) != (
+            manifest.threads, manifest.checkpoints, manifest.writes):
+        raise _bad(path, "its rows do not add up to the totals in its footer")
     return manifest
+
+
+def _line_kind(raw: bytes) -> str | None:
+    """The ``kind`` of an export line, read from its fixed prefix without parsing it."""
+    if not raw.startswith(b'{"kind":"'):
+        return None
+    end = raw.find(b'"', 9)
+    return raw[9:end].decode("ascii", "replace") if end > 0 else None
 
 
 def read_batch(manifest: ExportManifest, key: str) -> Iterator[ThreadRows]:

@@ -35,6 +35,7 @@ from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
 from checkpoint_assets.engine.metadata import MetadataChange
 from checkpoint_assets.engine.target import Target, TargetUnreachableError, scrub
+from checkpoint_assets.engine.verify import expected_batch
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
@@ -99,7 +100,8 @@ def convert_batch(
     rows: dict[str, list[tuple]] = {t: [] for t in COLUMNS}
     changes: list = []
     pickled: list[dict[str, str]] = []
-    for thread in read_batch(manifest, key):
+    parsed = list(read_batch(manifest, key))
+    for thread in parsed:
         threads.append(thread.thread_id)
         pickled.extend(
             {"thread_id": r.thread_id, "checkpoint_ns": r.checkpoint_ns,
@@ -120,6 +122,8 @@ def convert_batch(
             "Re-save those threads with the msgpack serializer in the application, export "
             "again, or delete them from the source if they are not needed.",
         )
+    # The batch check and the verification compare the target with this (see verify).
+    expected_batch(manifest, key, cipher, threads=parsed)
     return threads, rows, changes
 
 

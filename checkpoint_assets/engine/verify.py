@@ -35,6 +35,7 @@ from checkpoint_assets.engine.export_file import (
     read_batch,
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
+from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target
 
@@ -162,13 +163,14 @@ def _cache_path(manifest: ExportManifest, batch_sha: str) -> Path:
             / f"{batch_sha}-v{VIEW_VERSION}.json")
 
 
-def expected_batch(manifest: ExportManifest, key: str,
-                   cipher: Cipher | None = None) -> ExpectedBatch:
+def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
+                   threads: Sequence[ThreadRows] | None = None) -> ExpectedBatch:
     """The expected view summary of one batch, computed once and cached beside the export.
 
     The cache is keyed by the batch's SHA-256 (checked against the export's bytes when it is
     computed), so the per-batch check and the final verification decode the batch once.
-    Cache files are owner-only: they name threads and list metadata values.
+    Cache files are owner-only: they name threads and list metadata values. ``threads``,
+    if given, must be the batch's threads as :func:`read_batch` yielded them.
     """
     entry = manifest.batch(key)
     path = _cache_path(manifest, entry.sha256)
@@ -176,7 +178,8 @@ def expected_batch(manifest: ExportManifest, key: str,
         return ExpectedBatch(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         pass
-    threads = list(read_batch(manifest, key))
+    if threads is None:  # a loader that already read the batch passes its threads
+        threads = list(read_batch(manifest, key))
     view = source_view(threads, cipher)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
                              view.metadata_changes, view.resume_hazards)
