@@ -94,6 +94,7 @@ BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
 READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
+WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch runs `migrate` runs at once
 # Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
 DAGSTER_PG_ENV = {
     "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",
