@@ -64,6 +64,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from checkpoint_assets.engine.private_files import write_private_json
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmarks" / ".cache"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
@@ -71,7 +73,6 @@ DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CHECKPOINTS_PER_THREAD = 11.4  # build_scaled_corpus: 12 per thread, 7 for every eighth
 SMOKE_SIZE = 300
 RESULT_MARK = "BENCH_RESULT "
-OWNER_ONLY = 0o600
 
 STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate",
          "dagster_backfill")
@@ -771,15 +772,6 @@ def render_targets(targets: list[dict[str, Any]]) -> str:
         lines.append(f"{t['status']:<5} {t['target']:<58} {t['size']!s:<14} "
                      f"{value:>8}  {t['limit']}{detail}")
     return "\n".join(lines)
-
-
-def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-    os.fchmod(fd, OWNER_ONLY)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
 
 
 def environment() -> dict[str, Any]:

@@ -19,12 +19,15 @@ from checkpoint_assets import __version__
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import (
-    OWNER_ONLY,
     ExportManifest,
     verify_export,
     write_export,
 )
 from checkpoint_assets.engine.pipeline import import_export
+from checkpoint_assets.engine.private_files import (
+    write_private_json,
+    write_private_text,
+)
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
@@ -359,10 +362,7 @@ def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
 
 def write_env_file(path: Path, settings: dict[str, str]) -> None:
     """Write NAME=value lines, owner-only (a DSN may carry a password)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-    os.fchmod(fd, OWNER_ONLY)
-    with os.fdopen(fd, "w") as handle:
-        handle.writelines(f"{name}={value}\n" for name, value in settings.items())
+    write_private_text(path, "".join(f"{name}={value}\n" for name, value in settings.items()))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -383,15 +383,6 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
     report: Path | None = getattr(args, "report", None)
     if report is not None:
         write_private_json(report, summary)
-
-
-def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON readable by the owner only (reports name users' threads)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-    os.fchmod(fd, OWNER_ONLY)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,

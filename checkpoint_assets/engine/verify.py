@@ -16,7 +16,6 @@ Checks (their names are the contract with the Dagster layer and the CLI):
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from checkpoint_assets.engine.export_file import (
     export_thread_digests,
     read_batch,
 )
+from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
@@ -189,12 +189,7 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
 
 def _write_private(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temp, path)
+        write_private_text(path, text)
     except OSError:
         pass  # a read-only export directory only costs recomputation
 
