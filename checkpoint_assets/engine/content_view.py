@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,11 @@ from checkpoint_assets.engine.codec import (
     primitive_survives_jsonb,
     unpack_opaque,
 )
-from checkpoint_assets.engine.convert import decode_checkpoint, split_type
+from checkpoint_assets.engine.convert import (
+    DecodedCheckpoint,
+    decode_thread,
+    split_type,
+)
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.metadata import jsonb_metadata, parse_metadata
 from checkpoint_assets.engine.rows import ThreadRows
@@ -82,33 +86,39 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None) -> BatchView:
-    """The view of source rows, as PostgreSQL should give them back."""
+def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
+                decoded: Mapping[str, list[DecodedCheckpoint]] | None = None) -> BatchView:
+    """The view of source rows, as PostgreSQL should give them back.
+
+    ``decoded`` may map thread ids to their :func:`decode_thread` result, so a caller that
+    already decoded the rows (the loader) does not decode them twice.
+    """
     view = BatchView({}, {})
     for thread in threads:
+        known = decoded.get(thread.thread_id) if decoded is not None else None
+        thread_decoded = known if known is not None else decode_thread(thread, cipher)
         # PostgreSQL keeps one blob per (namespace, channel, version): the first value
         # written at a version is the one every checkpoint naming that version reads.
         first_blob: dict[tuple[str, str, str], bytes] = {}
         latest: dict[str, tuple] = {}
-        for row in thread.checkpoints:
-            decoded = decode_checkpoint(row, cipher)
-            versions = decoded.header.get("channel_versions") or {}
+        for row, decoded_row in zip(thread.checkpoints, thread_decoded):
+            versions = decoded_row.header.get("channel_versions") or {}
             channel_bytes = {}
-            for channel, value in decoded.values.items():
+            for channel, value in decoded_row.values.items():
                 plain = pack_opaque(value)
-                if decoded.cipher_name or not primitive_survives_jsonb(value):
+                if decoded_row.cipher_name or not primitive_survives_jsonb(value):
                     key = (row.checkpoint_ns, channel, str(versions.get(channel)))
                     plain = first_blob.setdefault(key, plain)
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
-            latest[row.checkpoint_ns] = (row, decoded.values)
+            latest[row.checkpoint_ns] = (row, decoded_row.values)
             stored_metadata, changes = jsonb_metadata(parse_metadata(row.metadata))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
                  "checkpoint_id": row.checkpoint_id, "path": c.path, "reason": c.reason,
                  "original": c.original, "stored": c.stored} for c in changes)
             view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
-                CheckpointView(row.parent_checkpoint_id, canonical_json(decoded.header),
+                CheckpointView(row.parent_checkpoint_id, canonical_json(decoded_row.header),
                                channels, canonical_json(stored_metadata))
         view.blob_rows += len(first_blob)
         for row, values in latest.values():

@@ -158,21 +158,28 @@ def channel_blob(
     return f"{base}+{cipher_name}", cipher.encrypt(cipher_name, payload)
 
 
-def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> ConvertedThread:
+def decode_thread(thread: ThreadRows, cipher: Cipher | None = None) -> list[DecodedCheckpoint]:
+    """Decode every checkpoint of a thread, in row order (for callers that need it twice)."""
+    return [decode_checkpoint(row, cipher) for row in thread.checkpoints]
+
+
+def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
+                   decoded: list[DecodedCheckpoint] | None = None) -> ConvertedThread:
     """Convert one thread's rows to the PostgresSaver layout.
 
     Raises MigrationError if a row cannot be converted losslessly, or if two checkpoints of
     the thread give one channel version two different values (PostgreSQL keeps one blob per
-    version).
+    version). ``decoded``, if given, is :func:`decode_thread` of this thread.
     """
     out = ConvertedThread()
     blob_owner: dict[tuple[str, str, str], tuple[str, Any, str]] = {}
-    for row in thread.checkpoints:
-        decoded = decode_checkpoint(row, cipher)
+    if decoded is None:
+        decoded = decode_thread(thread, cipher)
+    for row, decoded_row in zip(thread.checkpoints, decoded):
         inline: dict[str, Any] = {}
-        versions = decoded.header.get("channel_versions") or {}
-        for channel, value in decoded.values.items():
-            keep_inline = decoded.cipher_name is None and primitive_survives_jsonb(value)
+        versions = decoded_row.header.get("channel_versions") or {}
+        for channel, value in decoded_row.values.items():
+            keep_inline = decoded_row.cipher_name is None and primitive_survives_jsonb(value)
             if keep_inline:
                 inline[channel] = value
                 continue
@@ -184,11 +191,11 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
             version = str(versions[channel])
             if is_delta_snapshot(value):
                 inline[channel] = True
-            type_tag, payload = channel_blob(value, decoded.family, decoded.cipher_name, cipher)
+            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name, cipher)
             key = (row.checkpoint_ns, channel, version)
             seen = blob_owner.get(key)
             if seen is not None:
-                if seen[0] == decoded.family and not same_value(seen[1], value):
+                if seen[0] == decoded_row.family and not same_value(seen[1], value):
                     raise MigrationError(
                         f"Thread {row.thread_id!r}: channel {channel!r} at version {version} "
                         f"has different values in checkpoints {seen[2]} and {row.checkpoint_id}"
@@ -197,7 +204,7 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
                 # The same value in another encoding (a set's order; json rows before an
                 # upgrade, msgpack after): the first blob serves every checkpoint.
                 continue
-            blob_owner[key] = (decoded.family, value, row.checkpoint_id)
+            blob_owner[key] = (decoded_row.family, value, row.checkpoint_id)
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
         metadata_text = jsonb_ready_text(row.metadata)
@@ -208,7 +215,7 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None) -> Converte
             metadata_text = json.dumps(metadata, ensure_ascii=False)
         out.checkpoints.append((row.thread_id, row.checkpoint_ns, row.checkpoint_id,
                                 row.parent_checkpoint_id,
-                                JsonText(checkpoint_document(decoded.header, inline)),
+                                JsonText(checkpoint_document(decoded_row.header, inline)),
                                 JsonText(metadata_text)))
     out.writes = [convert_write(w) for w in thread.writes]
     return out

@@ -28,6 +28,7 @@ from checkpoint_assets.engine.convert import (
     ConvertedThread,
     JsonText,
     convert_thread,
+    decode_thread,
     split_type,
 )
 from checkpoint_assets.engine.crypto import Cipher
@@ -101,6 +102,7 @@ def convert_batch(
     changes: list = []
     pickled: list[dict[str, str]] = []
     parsed = list(read_batch(manifest, key))
+    decoded: dict[str, list] = {}
     for thread in parsed:
         threads.append(thread.thread_id)
         pickled.extend(
@@ -109,7 +111,8 @@ def convert_batch(
             for r in thread.checkpoints if split_type(r.type)[0] == "pickle")
         if pickled:
             continue
-        converted: ConvertedThread = convert_thread(thread, cipher)
+        decoded[thread.thread_id] = decode_thread(thread, cipher)
+        converted: ConvertedThread = convert_thread(thread, cipher, decoded[thread.thread_id])
         rows["checkpoints"].extend(converted.checkpoints)
         rows["checkpoint_blobs"].extend(converted.blobs)
         rows["checkpoint_writes"].extend(converted.writes)
@@ -123,7 +126,7 @@ def convert_batch(
             "again, or delete them from the source if they are not needed.",
         )
     # The batch check and the verification compare the target with this (see verify).
-    expected_batch(manifest, key, cipher, threads=parsed)
+    expected_batch(manifest, key, cipher, threads=parsed, decoded=decoded)
     return threads, rows, changes
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,13 +164,15 @@ def _cache_path(manifest: ExportManifest, batch_sha: str) -> Path:
 
 
 def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
-                   threads: Sequence[ThreadRows] | None = None) -> ExpectedBatch:
+                   threads: Sequence[ThreadRows] | None = None,
+                   decoded: Mapping[str, list] | None = None) -> ExpectedBatch:
     """The expected view summary of one batch, computed once and cached beside the export.
 
     The cache is keyed by the batch's SHA-256 (checked against the export's bytes when it is
     computed), so the per-batch check and the final verification decode the batch once.
     Cache files are owner-only: they name threads and list metadata values. ``threads``,
-    if given, must be the batch's threads as :func:`read_batch` yielded them.
+    if given, must be the batch's threads as :func:`read_batch` yielded them, and
+    ``decoded`` their :func:`decode_thread` results by thread id.
     """
     entry = manifest.batch(key)
     path = _cache_path(manifest, entry.sha256)
@@ -180,7 +182,7 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
         pass
     if threads is None:  # a loader that already read the batch passes its threads
         threads = list(read_batch(manifest, key))
-    view = source_view(threads, cipher)
+    view = source_view(threads, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
                              view.metadata_changes, view.resume_hazards)
     _write_private(path, json.dumps(asdict(expected)))
