@@ -67,6 +67,9 @@ CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
 MAX_CONFLICT_KEYS = 20
 TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.errors.SerializationFailure,
                     psycopg.errors.DeadlockDetected)
+# OperationalError subclasses that the same rows always raise again (e.g. an index row over
+# the btree size limit): retrying cannot help, so they fail at once like any other error.
+PERMANENT_ERRORS = (psycopg.errors.ProgramLimitExceeded,)
 
 
 @dataclass
@@ -157,6 +160,12 @@ def load_batch(
             break
         except ConflictError:
             raise
+        except PERMANENT_ERRORS as exc:
+            raise MigrationError(
+                f"Loading batch {key} into {target.display} failed: "
+                f"{scrub(str(exc).strip(), target.dsn)}",
+                "Nothing of this batch was written. Fix the cause and re-run this batch.",
+            ) from None
         except TRANSIENT_ERRORS as exc:
             if attempt == attempts:
                 raise TransientLoadError(

@@ -70,7 +70,13 @@ def _sanitize(value: Any, path: str, changes: list[MetadataChange]) -> Any:
         result = {}
         for key, item in value.items():
             safe_key = _sanitize_text(key, f"{path}[key {key!r}]", changes)
-            result[safe_key] = _sanitize(item, f"{path}.{safe_key}", changes)
+            safe_item = _sanitize(item, f"{path}.{safe_key}", changes)
+            if safe_key in result:  # e.g. "a" and "a\x00": one value has to go
+                changes.append(MetadataChange(
+                    f"{path}.{safe_key}", "two keys are equal once repaired; the value of "
+                    f"the first ({result[safe_key]!r}) was dropped",
+                    repr(result[safe_key]), repr(safe_item)))
+            result[safe_key] = safe_item
         return result
     if isinstance(value, list):
         return [_sanitize(item, f"{path}[{i}]", changes) for i, item in enumerate(value)]
