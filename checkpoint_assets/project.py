@@ -12,7 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from checkpoint_assets.partitions import DAGSTER_PG_HOST_ENV
+import dagster as dg
+
+from checkpoint_assets.partitions import DAGSTER_PG_HOST_ENV, TARGET_POOL
 
 SHIPPED_HOME = Path(__file__).parent / "dagster_home"
 SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
@@ -72,3 +74,18 @@ def ensure_dagster_home(root: Path | None = None) -> Path:
 def _is_shipped_copy(path: Path) -> bool:
     data = path.read_bytes()
     return data in (SQLITE_INSTANCE_YAML.read_bytes(), POSTGRES_INSTANCE_YAML.read_bytes())
+
+
+def initialize_target_pool(instance: dg.DagsterInstance) -> None:
+    """Create the target pool's limit row (from the instance's default) if it is missing.
+
+    Dagster creates it lazily, on the first step that claims the pool. Two runs that start
+    at once on a fresh PostgreSQL-backed instance then both insert it; the loser's aborted
+    transaction fails its whole run (dagster 1.13 retries with an UPDATE inside the aborted
+    transaction). Creating the row once, before any batch run starts, removes the race.
+    """
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    if TARGET_POOL not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(TARGET_POOL)

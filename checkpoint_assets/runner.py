@@ -46,7 +46,7 @@ from checkpoint_assets.partitions import (
     WORKERS_ENV,
     batch_partitions,
 )
-from checkpoint_assets.project import ensure_dagster_home
+from checkpoint_assets.project import ensure_dagster_home, initialize_target_pool
 from checkpoint_assets.resources import build_resources
 
 
@@ -197,6 +197,7 @@ def _run(settings: dict[str, Any], *, export_first: bool,
             statuses = partition_statuses(inst)
             keys = sorted(k for k, status in statuses.items()
                           if not only_failed_and_missing or status in ("FAILED", "MISSING"))
+            initialize_target_pool(inst)
             outcomes = _load_batches(settings, job, inst, keys, tags, dsn)
             result.runs.extend(outcomes)
             loaded = [o.success for o in outcomes]

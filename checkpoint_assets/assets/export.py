@@ -22,6 +22,7 @@ from checkpoint_assets.partitions import (
     GROUP_NAME,
     SQLITE_KIND,
 )
+from checkpoint_assets.project import initialize_target_pool
 from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
 
 
@@ -79,6 +80,7 @@ def checkpoint_export(
             {"export_path": str(path)})
 
     added, removed = _register_partitions(context.instance, manifest)
+    initialize_target_pool(context.instance)  # before a backfill starts batch runs at once
     context.log.info(f"Exported {manifest.checkpoints} checkpoints in "
                      f"{len(manifest.batches)} batches to {path} ({seconds:.2f} s)")
     yield dg.MaterializeResult(
