@@ -82,6 +82,9 @@ batch_retry_policy = dg.RetryPolicy(
 
 FRONT_END_TAG = "checkpoint_assets/front_end"
 MIGRATION_ID_TAG = "checkpoint_assets/migration_id"
+# "<host>:<pid>:<process start time>" of the process that executes an in-process run, so a
+# later command can tell a run whose process was killed from one still going.
+PROCESS_TAG = "checkpoint_assets/process"
 
 # --------------------------------------------------------------------------- environment
 

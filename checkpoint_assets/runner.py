@@ -29,6 +29,7 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
+from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.target import scrub
@@ -81,6 +82,7 @@ class MigrationResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    abandoned_runs: list[str] = field(default_factory=list)  # killed earlier, marked failed
 
     @property
     def failed_batches(self) -> list[str]:
@@ -105,7 +107,8 @@ class MigrationResult:
         return {"command": "migrate", "ok": self.passed, "migration_id": self.migration_id,
                 "seconds": round(self.seconds, 3), "failed_batches": self.failed_batches,
                 "conflicted_batches": self.conflicted_batches,
-                "skipped": self.skipped, "runs": [asdict(r) for r in self.runs],
+                "skipped": self.skipped, "abandoned_runs": self.abandoned_runs,
+                "runs": [asdict(r) for r in self.runs],
                 "checks": self.checks}
 
     def render(self) -> str:
@@ -114,6 +117,9 @@ class MigrationResult:
         lines = [f"Migration {self.migration_id}: " + ("PASSED" if self.passed else "FAILED")
                  + f" in {self.seconds:.1f} s",
                  f"  batches: {sum(r.success for r in batches)}/{len(batches)} loaded"]
+        if self.abandoned_runs:
+            lines.append(f"  marked failed: {len(self.abandoned_runs)} earlier run(s) whose "
+                         f"process had been killed ({', '.join(self.abandoned_runs)})")
         for run in self.runs:
             if not run.success:
                 lines.append(f"  FAILED {run.step} {run.partition or ''} (run {run.run_id}): "
@@ -191,6 +197,7 @@ def _run(settings: dict[str, Any], *, export_first: bool,
             result.runs.append(outcome)
             return outcome.success
 
+        result.abandoned_runs = fail_abandoned_runs(inst)
         if export_first and not run("export", [EXPORT_ASSET]):
             result.skipped.append("batches and verification: the export failed")
         else:
@@ -286,7 +293,8 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
              dsn: str) -> RunOutcome:
     started = time.perf_counter()
     run = job.execute_in_process(instance=instance, asset_selection=list(assets),
-                                 partition_key=partition, tags=tags, raise_on_error=False,
+                                 partition_key=partition, tags={**tags, **process_tag()},
+                                 raise_on_error=False,
                                  run_config=_console_log_level())
     error = None if run.success else scrub(_failure_message(run), dsn)
     return RunOutcome(step, run.run_id, run.success, partition, error,
