@@ -289,9 +289,17 @@ def _pg_ctl(server: object, *args: str) -> None:
                     user=server.system_user, timeout=60)  # type: ignore[attr-defined]
 
 
-def _start_again(server: object) -> None:
-    with server._lock:  # type: ignore[attr-defined]
-        server.ensure_postgres_running()  # type: ignore[attr-defined]
+def _start_again(server: object, tries: int = 3) -> None:
+    """Start the stopped server again; on a loaded machine pg_ctl's first start can fail."""
+    for attempt in range(tries):
+        try:
+            with server._lock:  # type: ignore[attr-defined]
+                server.ensure_postgres_running()  # type: ignore[attr-defined]
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            time.sleep(1.0)
 
 
 def test_server_restarts_between_and_during_batches(
@@ -311,7 +319,7 @@ def test_server_restarts_between_and_during_batches(
     _pg_ctl(server, "-m", "fast", "stop")
     starter = threading.Timer(1.0, _start_again, args=(server,))
     starter.start()
-    result = load_batch(target, manifest, second, attempts=6, backoff_seconds=0.5)
+    result = load_batch(target, manifest, second, attempts=8, backoff_seconds=0.5)
     starter.join()
     assert result.attempts > 1
     assert _batch_state(target, manifest, second) == "complete"
