@@ -27,6 +27,7 @@ from checkpoint_assets.engine.convert import (
     decode_thread,
     split_type,
 )
+from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.metadata import jsonb_metadata, parse_metadata
 from checkpoint_assets.engine.rows import ThreadRows
@@ -83,7 +84,7 @@ class BatchView:
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys: equal for equal values whatever their key order."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return jsontext.dumps(value, sort_keys=True)
 
 
 def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,

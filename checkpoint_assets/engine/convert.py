@@ -15,6 +15,7 @@ from typing import Any
 
 import ormsgpack
 
+from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
     json_safe_structure,
@@ -227,8 +228,8 @@ class JsonText(str):
 
 def checkpoint_document(header: dict[str, Any], inline: dict[str, Any]) -> str:
     """The ``checkpoints.checkpoint`` JSONB text: the header plus inline channel values."""
-    text = json.dumps(header, ensure_ascii=False, separators=(",", ":"))
-    values = json.dumps(inline, ensure_ascii=False, separators=(",", ":"))
+    text = jsontext.dumps(header)
+    values = jsontext.dumps(inline)
     if text == "{}":
         return '{"channel_values":' + values + "}"
     return text[:-1] + ',"channel_values":' + values + "}"

@@ -155,7 +155,7 @@ class ExpectedBatch:
 
 
 # Bump when the view's definition changes: cached expectations of older versions are ignored.
-VIEW_VERSION = 1
+VIEW_VERSION = 2  # 2: canonical JSON written through jsontext (orjson)
 
 
 def _cache_path(manifest: ExportManifest, batch_sha: str) -> Path:
