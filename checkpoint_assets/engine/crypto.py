@@ -14,8 +14,14 @@ class Cipher:
         if len(key) not in (16, 24, 32):
             raise MigrationError("The AES key must be 16, 24 or 32 bytes long.",
                                  "Pass the same key the application gives EncryptedSerializer.")
+        self._key = key
         self.serializer = EncryptedSerializer.from_pycryptodome_aes(key=key)
         self._cipher = self.serializer.cipher
+
+    def __reduce__(self) -> tuple:
+        # Batch loader processes rebuild the cipher from the key (the AES objects do not
+        # pickle); the key travels only through the pool's local pipe.
+        return (Cipher, (self._key,))
 
     def decrypt(self, cipher_name: str, data: bytes, where: object = None) -> bytes:
         """Decrypt ``data``; raise MigrationError if the key does not fit."""

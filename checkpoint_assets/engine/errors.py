@@ -15,6 +15,10 @@ class MigrationError(Exception):
         self.hint = hint
         super().__init__(f"{problem}\n  What to do: {hint}" if hint else problem)
 
+    def __reduce__(self) -> tuple:
+        # Keeps problem and hint apart when the error crosses a process boundary.
+        return (self.__class__, (self.problem, self.hint))
+
 
 class ConflictError(MigrationError):
     """The target already holds rows with the same keys but different content."""
@@ -22,3 +26,6 @@ class ConflictError(MigrationError):
     def __init__(self, problem: str, hint: str, keys: list[dict]) -> None:
         super().__init__(problem, hint)
         self.keys = keys
+
+    def __reduce__(self) -> tuple:
+        return (self.__class__, (self.problem, self.hint, self.keys))
