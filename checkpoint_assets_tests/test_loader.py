@@ -11,6 +11,7 @@ import pytest
 from checkpoint_assets.engine.errors import ConflictError
 from checkpoint_assets.engine.export_file import ExportManifest, write_export
 from checkpoint_assets.engine.loader import load_batch
+from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import compare_batch
 
@@ -19,7 +20,7 @@ TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 def _table_snapshot(dsn: str) -> dict[str, list]:
     with psycopg.connect(dsn) as conn:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4, 5").fetchall()
                 for t in TABLES}
 
 
@@ -118,4 +119,38 @@ def test_schema_option_puts_tables_in_a_named_schema(
             "SELECT table_schema FROM information_schema.tables "
             "WHERE table_name = 'checkpoints'")}
     assert schemas == {"agent's \"memory\""}
+    assert compare_batch(target, exported, exported.batches[0].key).passed
+
+
+def test_loading_in_two_processes_gives_the_same_rows_as_one(
+        exported: ExportManifest, target_dsn: str, admin_dsn: str) -> None:
+    """import_export with two worker processes: every batch lands and matches the export,
+    and the tables hold exactly what a one-process import writes."""
+    from checkpoint_assets.embedded_postgres import temporary_database
+
+    parallel = import_export(exported, Target(target_dsn), workers=2)
+    assert [b.key for b in parallel.batches] == [e.key for e in exported.batches]
+    with temporary_database(admin_dsn, "ca_serial") as serial_dsn:
+        import_export(exported, Target(serial_dsn), workers=1)
+        assert _table_snapshot(target_dsn) == _table_snapshot(serial_dsn)
+
+
+def test_a_conflict_in_a_worker_process_arrives_whole(
+        exported: ExportManifest, target: Target, target_dsn: str) -> None:
+    """A ConflictError raised in a loader process reaches the caller with its keys and
+    hint; the other batches still load, the conflicting one writes nothing."""
+    entry = exported.batches[-1]
+    load_batch(target, exported, entry.key)
+    with psycopg.connect(target_dsn) as conn:
+        thread_id, ns, cid = conn.execute(
+            "SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints "
+            "ORDER BY checkpoint_id LIMIT 1").fetchone()
+        conn.execute("UPDATE checkpoints SET metadata = '{\"planted\": true}' "
+                     "WHERE thread_id = %s AND checkpoint_ns = %s AND checkpoint_id = %s",
+                     (thread_id, ns, cid))
+    with pytest.raises(ConflictError) as excinfo:
+        import_export(exported, target, workers=2)
+    assert {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid} in \
+        excinfo.value.keys
+    assert excinfo.value.hint
     assert compare_batch(target, exported, exported.batches[0].key).passed
