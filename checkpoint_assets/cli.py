@@ -20,6 +20,7 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
+    require_same_source,
     verify_export,
     write_export,
 )
@@ -58,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_source(p: argparse.ArgumentParser) -> None:
+    def add_source(p: argparse.ArgumentParser, required: bool = True,
+                   help_text: str = "SqliteSaver database file (env CHECKPOINT_ASSETS_SOURCE)"
+                   ) -> None:
         p.add_argument("--source", default=os.environ.get("CHECKPOINT_ASSETS_SOURCE"),
-                       required="CHECKPOINT_ASSETS_SOURCE" not in os.environ,
-                       help="SqliteSaver database file (env CHECKPOINT_ASSETS_SOURCE)")
+                       required=required and "CHECKPOINT_ASSETS_SOURCE" not in os.environ,
+                       help=help_text)
 
     def add_export(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("--export", default=os.environ.get("CHECKPOINT_ASSETS_EXPORT"),
@@ -91,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="load an export file into PostgreSQL")
     add_export(p)
+    add_source(p, required=False,
+               help_text="optional: the SqliteSaver database file the export must have "
+                         "been taken from; the import stops if the export came from "
+                         "another file (env CHECKPOINT_ASSETS_SOURCE)")
     add_target(p)
     add_report(p)
 
@@ -188,8 +195,11 @@ def _export_text(manifest: ExportManifest) -> str:
 
 
 def cmd_import(args: argparse.Namespace, dsn: str) -> int:
-    """import: export file -> PostgreSQL, batch by batch."""
+    """import: export file -> PostgreSQL, batch by batch (checked against --source, if
+    given, before anything is written)."""
     manifest = verify_export(args.export)
+    if args.source:
+        require_same_source(manifest, args.source)
     target = Target(dsn, args.schema)
     with progress("import", manifest.checkpoints) as advance:
         summary = import_export(manifest, target, cipher=_cipher(args),
@@ -210,8 +220,9 @@ def _batch_json(result: Any) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
-    """verify: PostgreSQL vs export vs SQLite."""
+    """verify: PostgreSQL vs export vs SQLite (the export must come from --source)."""
     manifest = verify_export(args.export)
+    require_same_source(manifest, args.source)
     target = Target(dsn, args.schema)
     with progress("verify", manifest.checkpoints) as advance:
         report = verify_migration(

@@ -129,13 +129,14 @@ class PostgresTargetResource(dg.ConfigurableResource):
 
 
 def tables_ready(target: Target) -> bool:
-    """True when PostgresSaver's tables exist in ``target`` at the library's latest version."""
+    """True when PostgresSaver's tables exist in ``target`` at exactly the library's latest
+    version (a newer one goes to Target.setup(), which refuses it)."""
     with target.connect(autocommit=True) as conn:
         try:
             row = conn.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()
         except psycopg.errors.UndefinedTable:
             return False
-    return row is not None and row[0] is not None and row[0] >= len(PostgresSaver.MIGRATIONS) - 1
+    return row is not None and row[0] is not None and row[0] == len(PostgresSaver.MIGRATIONS) - 1
 
 
 def ensure_tables(target: Target) -> None:

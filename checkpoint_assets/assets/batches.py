@@ -13,7 +13,11 @@ from checkpoint_assets.assets.metadata import (
     scrubbed_traceback,
 )
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export_file import ExportManifest, read_manifest
+from checkpoint_assets.engine.export_file import (
+    ExportManifest,
+    read_manifest,
+    require_same_source,
+)
 from checkpoint_assets.engine.loader import (
     BatchLoadResult,
     TransientLoadError,
@@ -69,7 +73,8 @@ def imported_checkpoint_batches(
 ) -> Iterator[Any]:
     """One batch of whole threads, loaded into PostgreSQL in a single transaction.
 
-    The batch's bytes are checked against the export's digests before anything is written;
+    The export must have been taken from the configured source, and the batch's bytes are
+    checked against the export's digests, before anything is written;
     rows already present with the same content are skipped, so re-running a partition is
     safe and changes nothing. A row present with different content (a conflict), a digest
     mismatch after loading, or a database error that outlasts the retries leaves the
@@ -83,6 +88,7 @@ def imported_checkpoint_batches(
     cipher = source.cipher()
     try:
         manifest = read_manifest(export_file.resolve_path(source.path))
+        require_same_source(manifest, source.path)
         entry = manifest.batch(key)
         ensure_tables(load_target)
         result = load_batch(load_target, manifest, key, cipher=cipher,

@@ -361,6 +361,31 @@ def read_manifest(path: str | Path) -> ExportManifest:
     return _manifest_from_footer(path, header, footer, size, size - len(last))
 
 
+def require_same_source(manifest: ExportManifest, source_path: str | Path) -> None:
+    """Raise MigrationError unless the export was taken from the SQLite file ``source_path``.
+
+    The export's header records the resolved path of its source. Loading or verifying an
+    export of another database against this source would migrate (or compare) the wrong
+    checkpoints, so the two must name the same file: the same resolved path, or the same
+    file reached through another path (a hard link or bind mount).
+    """
+    source = Path(source_path).resolve()
+    recorded = (manifest.header.get("source") or {}).get("path")
+    if recorded is not None and Path(recorded) == source:
+        return
+    if recorded is not None and source.exists() and Path(recorded).exists() \
+            and os.path.samefile(recorded, source):
+        return
+    taken_from = recorded if recorded is not None else "an unrecorded source"
+    raise MigrationError(
+        f"Export {manifest.path} was taken from {taken_from}, not from the configured "
+        f"source {source}.",
+        "Export again from the configured source (checkpoint-assets export; in Dagster, "
+        "re-materialize the checkpoint_export asset), or point --source "
+        "(CHECKPOINT_ASSETS_SOURCE) at the database the export was taken from.",
+    )
+
+
 def _last_line(handle: BinaryIO, size: int) -> bytes:
     chunk = 1 << 16
     end = size

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -14,7 +15,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from checkpoint_assets.engine.errors import MigrationError
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+MIGRATIONS_TABLE = "checkpoint_migrations"
+# The schema version PostgresSaver.setup() leaves: the index of its last migration.
+LATEST_SCHEMA_VERSION = len(PostgresSaver.MIGRATIONS) - 1
+# What loading needs on tables an owner set up: read the version, read and add rows.
+REQUIRED_PRIVILEGES = ((MIGRATIONS_TABLE, "SELECT"),
+                       *((table, privilege) for table in TABLES
+                         for privilege in ("SELECT", "INSERT")))
 CONNECT_TIMEOUT_SECONDS = 10
+# libpq's wording when the server rejects the login itself (not the network).
+AUTHENTICATION_FAILURES = ("authentication failed", "no password supplied")
 
 
 def redact_dsn(dsn: str) -> str:
@@ -47,6 +57,13 @@ class TargetUnreachableError(MigrationError):
     """The target PostgreSQL refused or did not answer the connection."""
 
 
+class TargetAuthenticationError(MigrationError):
+    """The target PostgreSQL rejected the DSN's user name or password.
+
+    Not a TargetUnreachableError: retrying with the same credentials cannot succeed.
+    """
+
+
 class Target:
     """Where the migration writes: a DSN and an optional schema for PostgresSaver's tables."""
 
@@ -70,6 +87,16 @@ class Target:
         try:
             conn = psycopg.connect(conninfo, autocommit=autocommit)
         except psycopg.OperationalError as exc:
+            reason = scrub(str(exc).strip(), self.dsn)
+            if any(marker in reason for marker in AUTHENTICATION_FAILURES):
+                raise TargetAuthenticationError(
+                    f"The target {self.display} rejected the login (authentication "
+                    f"failed): {reason}",
+                    "Check the user name and password in the target DSN (--target or "
+                    "$CHECKPOINT_ASSETS_TARGET_DSN; percent-encode special characters in a "
+                    "postgresql:// URL), and that pg_hba.conf lets this user connect with a "
+                    "password.",
+                ) from None
             raise TargetUnreachableError(
                 f"Cannot connect to the target {self.display}: "
                 f"{scrub(str(exc).strip(), self.dsn)}",
@@ -88,11 +115,31 @@ class Target:
     def setup(self) -> None:
         """Create (or upgrade) PostgresSaver's tables with the library's own migrations.
 
-        Uses an autocommit connection: some of PostgresSaver's migrations run
+        Raises MigrationError, before anything is written, when the target's
+        ``checkpoint_migrations`` records a version newer than this library knows (it was
+        set up by a newer langgraph-checkpoint-postgres), or when the tables are up to date
+        but the user may not read or add rows to them. Tables already at the latest version
+        are left alone, so a user without CREATE privilege can load into tables an owner
+        set up. Uses an autocommit connection: some of PostgresSaver's migrations run
         CREATE INDEX CONCURRENTLY, which cannot run inside a transaction.
         """
         with self.connect(autocommit=True) as conn:
             try:
+                version = self._schema_version(conn)
+                if version is not None and version > LATEST_SCHEMA_VERSION:
+                    raise MigrationError(
+                        f"PostgresSaver's tables in {self.display} are at schema version "
+                        f"{version} ({MIGRATIONS_TABLE}), newer than the version "
+                        f"{LATEST_SCHEMA_VERSION} this tool's langgraph-checkpoint-postgres "
+                        f"{_library_version()} knows: a newer langgraph-checkpoint-postgres "
+                        "set them up. Nothing was written.",
+                        "Upgrade langgraph-checkpoint-postgres in this tool's environment "
+                        "(its pin in pyproject.toml) to the version your application runs, "
+                        "then import again; or import into a database or schema of its own.",
+                    )
+                if version == LATEST_SCHEMA_VERSION:
+                    self._require_privileges(conn)
+                    return
                 if self.schema:
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                         sql.Identifier(self.schema)))
@@ -100,11 +147,17 @@ class Target:
                         sql.Identifier(self.schema)))
                 PostgresSaver(conn).setup()  # type: ignore[arg-type]
             except psycopg.errors.InsufficientPrivilege as exc:
+                user = sql.Identifier(conn.info.user).as_string(conn)
+                schema = sql.Identifier(self.schema or "public").as_string(conn)
                 raise MigrationError(
-                    f"The target user may not create PostgresSaver's tables in "
-                    f"{self.display}: {scrub(str(exc).strip(), self.dsn)}",
-                    "Grant CREATE on the database/schema to this user, or have an owner run "
-                    "`checkpoint-assets setup-target` (or PostgresSaver.setup()) once.",
+                    f"The target user {user} may not create or upgrade PostgresSaver's "
+                    f"tables in {self.display} ({scrub(_primary_message(exc), self.dsn)}); "
+                    "no checkpoint was written.",
+                    f"Either have an owner grant it: GRANT CREATE ON SCHEMA {schema} TO "
+                    f"{user}; (and CREATE on the database if the schema does not exist "
+                    "yet). Or have the schema's owner create the tables once, by running "
+                    "this import or PostgresSaver.setup() as the owner, and then run: "
+                    f"{_grant_statement(user)}",
                 ) from None
             except psycopg.Error as exc:
                 raise MigrationError(
@@ -112,3 +165,52 @@ class Target:
                     f"{scrub(str(exc).strip(), self.dsn)}",
                     "Check the database's state; the library's own migrations failed.",
                 ) from None
+
+    def _schema_version(self, conn: psycopg.Connection) -> int | None:
+        """The highest version in ``checkpoint_migrations`` (None: no table or no row)."""
+        exists = conn.execute("SELECT to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone()
+        if exists is None or exists[0] is None:
+            return None
+        self._require_privileges(conn, [(MIGRATIONS_TABLE, "SELECT")])
+        row = conn.execute(sql.SQL("SELECT max(v) FROM {}").format(
+            sql.Identifier(MIGRATIONS_TABLE))).fetchone()
+        return None if row is None else row[0]
+
+    def _require_privileges(
+        self, conn: psycopg.Connection,
+        required: Sequence[tuple[str, str]] = REQUIRED_PRIVILEGES,
+    ) -> None:
+        """Raise MigrationError naming every (table, privilege) the user lacks."""
+        missing = conn.execute(
+            "SELECT name, privilege FROM unnest(%s::text[], %s::text[]) AS r(name, privilege) "
+            "WHERE NOT has_table_privilege(to_regclass(name), privilege)",
+            ([name for name, _ in required], [privilege for _, privilege in required]),
+        ).fetchall()
+        if not missing:
+            return
+        user = sql.Identifier(conn.info.user).as_string(conn)
+        lacking = ", ".join(f"{privilege} on {name}" for name, privilege in missing)
+        raise MigrationError(
+            f"The target user {user} lacks privileges on PostgresSaver's tables in "
+            f"{self.display}: {lacking}. Nothing was written.",
+            f"Have the tables' owner run: {_grant_statement(user)} Or import as the owner.",
+        )
+
+
+def _primary_message(exc: psycopg.Error) -> str:
+    """The server's one-line message (no statement excerpt), or the whole text."""
+    return exc.diag.message_primary or str(exc).strip()
+
+
+def _grant_statement(user: str) -> str:
+    """The GRANTs that let ``user`` (already quoted) load into tables an owner set up."""
+    return (f"GRANT SELECT, INSERT ON {', '.join(TABLES)} TO {user}; "
+            f"GRANT SELECT ON {MIGRATIONS_TABLE} TO {user};")
+
+
+def _library_version() -> str:
+    """The installed langgraph-checkpoint-postgres version, for messages."""
+    try:
+        return importlib.metadata.version("langgraph-checkpoint-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
