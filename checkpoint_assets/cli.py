@@ -24,7 +24,12 @@ from checkpoint_assets.engine.export_file import (
     verify_export,
     write_export,
 )
-from checkpoint_assets.engine.pipeline import import_export
+from checkpoint_assets.engine.pipeline import (
+    PARALLEL_IMPORT_MIN_BATCHES,
+    WORKERS_ENV,
+    import_export,
+    import_workers,
+)
 from checkpoint_assets.engine.private_files import (
     write_private_json,
     write_private_text,
@@ -99,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "been taken from; the import stops if the export came from "
                          "another file (env CHECKPOINT_ASSETS_SOURCE)")
     add_target(p)
+    p.add_argument("--workers", type=int, default=_env_int(WORKERS_ENV, 0),
+                   help="batches loaded at once, each in its own process (env "
+                        f"{WORKERS_ENV}; default: 2 on a multi-core machine for exports of "
+                        f"{PARALLEL_IMPORT_MIN_BATCHES} or more batches, else 1)")
     add_report(p)
 
     p = sub.add_parser("verify", help="compare PostgreSQL with the export and the source")
@@ -113,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_report(p)
 
     p = sub.add_parser("migrate", help="export, import and verify, as Dagster asset runs")
+    add_source(p)
+    add_export(p, required=False)
+    add_target(p)
+    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
+    p.add_argument("--readback-all", action="store_true")
+    add_report(p)
+
+    p = sub.add_parser("backfill",
+                       help="load only the FAILED and missing batch partitions of the current "
+                            "export, then verify (the UI's 'backfill failed and missing')")
     add_source(p)
     add_export(p, required=False)
     add_target(p)
@@ -135,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_int(name: str) -> int:
+def _env_int(name: str, default: int = 1000) -> int:
     value = os.environ.get(name)
-    return int(value) if value else 1000
+    return int(value) if value else default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +222,7 @@ def cmd_import(args: argparse.Namespace, dsn: str) -> int:
     target = Target(dsn, args.schema)
     with progress("import", manifest.checkpoints) as advance:
         summary = import_export(manifest, target, cipher=_cipher(args),
+                                workers=args.workers or import_workers(manifest),
                                 on_batch=lambda r: advance(
                                     r.inserted["checkpoints"] + r.already_present["checkpoints"]))
     report = {"command": "import", "ok": True, "target": target.display,
@@ -289,9 +309,21 @@ def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
     """migrate: export + import + verify, run as the Dagster assets against the instance."""
     from checkpoint_assets.runner import migrate_in_process
 
-    result = migrate_in_process(
+    return _migration_status(args, migrate_in_process(
         source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
-        batch_size=args.batch_size, readback_all=args.readback_all)
+        batch_size=args.batch_size, readback_all=args.readback_all))
+
+
+def cmd_backfill(args: argparse.Namespace, dsn: str) -> int:
+    """backfill: only the FAILED and missing batch partitions, then the verification."""
+    from checkpoint_assets.runner import backfill_in_process
+
+    return _migration_status(args, backfill_in_process(
+        source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
+        batch_size=args.batch_size, readback_all=args.readback_all))
+
+
+def _migration_status(args: argparse.Namespace, result: Any) -> int:
     _emit(args, result.to_json(), result.render())
     if result.passed:
         return EXIT_OK
@@ -397,8 +429,8 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
-            "migrate": cmd_migrate, "checks": cmd_checks, "quickstart": cmd_quickstart,
-            "ui": cmd_ui}
+            "migrate": cmd_migrate, "backfill": cmd_backfill, "checks": cmd_checks,
+            "quickstart": cmd_quickstart, "ui": cmd_ui}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
+from checkpoint_assets.engine.pipeline import WORKERS_ENV  # noqa: F401 (batch runs at once)
 
 # The engine's check names are the contract; re-exported here for the Dagster layer.
 from checkpoint_assets.engine.verify import (  # noqa: F401
@@ -97,7 +98,6 @@ BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
 READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
-WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch runs `migrate` runs at once
 # Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
 DAGSTER_PG_ENV = {
     "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",

@@ -78,6 +78,7 @@ class MigrationResult:
     """What ``migrate_in_process`` did, and the latest result of every check afterwards."""
 
     migration_id: str
+    command: str = "migrate"  # or "backfill"
     runs: list[RunOutcome] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,7 +105,7 @@ class MigrationResult:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary (no secrets: errors are scrubbed)."""
-        return {"command": "migrate", "ok": self.passed, "migration_id": self.migration_id,
+        return {"command": self.command, "ok": self.passed, "migration_id": self.migration_id,
                 "seconds": round(self.seconds, 3), "failed_batches": self.failed_batches,
                 "conflicted_batches": self.conflicted_batches,
                 "skipped": self.skipped, "abandoned_runs": self.abandoned_runs,
@@ -179,7 +180,8 @@ def backfill_in_process(
 def _run(settings: dict[str, Any], *, export_first: bool,
          only_failed_and_missing: bool) -> MigrationResult:
     started = time.perf_counter()
-    result = MigrationResult(migration_id=uuid.uuid4().hex[:12])
+    result = MigrationResult(migration_id=uuid.uuid4().hex[:12],
+                             command="migrate" if export_first else "backfill")
     tags = {FRONT_END_TAG: settings["front_end"], MIGRATION_ID_TAG: result.migration_id}
     staging_schema = settings["staging_schema"]
     resources = build_resources(

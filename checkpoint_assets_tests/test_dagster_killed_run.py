@@ -9,6 +9,7 @@ loads it and passes every check.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,10 +26,11 @@ from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import compare_batch
 from checkpoint_assets.partitions import TARGET_DSN_ENV, WORKERS_ENV
-from checkpoint_assets.runner import backfill_in_process, partition_statuses
+from checkpoint_assets.runner import partition_statuses
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _dbname, _wait_for_backend
 
+CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 KILLED = "batch-00002"
 BATCH_SIZE = 12
 
@@ -45,14 +47,13 @@ def test_killed_run_leaves_a_failed_partition_that_a_backfill_completes(
     Target(target_dsn).setup()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS")}
     env.update({"DAGSTER_HOME": str(home), TARGET_DSN_ENV: target_dsn, WORKERS_ENV: "1"})
-    settings = {"source": str(source), "export": str(export), "batch_size": BATCH_SIZE}
 
     with psycopg.connect(target_dsn, autocommit=True) as gate, \
             psycopg.connect(target_dsn, autocommit=True) as watch:
         gate.execute("SELECT pg_advisory_lock(%s)",
                      (_lock_id(None, manifest.batch(KILLED).sha256),))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "checkpoint_assets.cli", "migrate", "--source", str(source),
+            [*CLI, "migrate", "--source", str(source),
              "--export", str(export), "--batch-size", str(BATCH_SIZE)],
             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -82,10 +83,15 @@ def test_killed_run_leaves_a_failed_partition_that_a_backfill_completes(
         assert killed_run.tags.get("dagster/partition") == KILLED
         assert partition_statuses(instance)[KILLED] == "FAILED"
 
-        result = backfill_in_process(**settings, instance=instance)
-        assert result.abandoned_runs == []
-        assert result.passed, result.render()
-        assert [r.partition for r in result.runs if r.step == "batch"] == [
+        # The user's next command: load the failed and missing partitions, then verify.
+        backfill = subprocess.run(
+            [*CLI, "backfill", "--source", str(source), "--export", str(export),
+             "--batch-size", str(BATCH_SIZE), "--json"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+        result = json.loads(backfill.stdout)
+        assert result["command"] == "backfill" and result["ok"]
+        assert [r["partition"] for r in result["runs"] if r["step"] == "batch"] == [
             k for k, s in before.items() if s != "MATERIALIZED"]
         assert set(partition_statuses(instance).values()) == {"MATERIALIZED"}
     assert compare_batch(target, read_manifest(export), KILLED).passed

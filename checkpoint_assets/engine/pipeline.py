@@ -37,6 +37,17 @@ class ImportSummary:
         return rows
 
 
+WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
+# A loader process takes a second or two to start; below this many batches it does not pay.
+PARALLEL_IMPORT_MIN_BATCHES = 10
+
+
+def import_workers(manifest: ExportManifest) -> int:
+    """Loader processes for importing ``manifest`` when the user did not say: the
+    default for a multi-core machine once the export is big enough to gain from it."""
+    return default_workers() if len(manifest.batches) >= PARALLEL_IMPORT_MIN_BATCHES else 1
+
+
 def default_workers() -> int:
     """Batch loaders to run at once: one per core, at most two.
 
