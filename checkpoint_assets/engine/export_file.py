@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE, BatchPlanner, batch_key
 from checkpoint_assets.engine.codec import pack_opaque
 from checkpoint_assets.engine.errors import MigrationError
@@ -313,16 +315,25 @@ def _bad(path: Path, problem: str, line: int | None = None) -> MigrationError:
 
 def _parse_line(path: Path, raw: bytes, line_no: int | None) -> dict[str, Any]:
     try:
+        # Fast path. orjson refuses what it would read differently from json (NaN
+        # literals, lone surrogate escapes, integers beyond 64 bits); json decides those.
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = _parse_line_strictly(path, raw, line_no)
+    if not isinstance(obj, dict) or "kind" not in obj:
+        raise _bad(path, "a line is not an export record", line_no)
+    return obj
+
+
+def _parse_line_strictly(path: Path, raw: bytes, line_no: int | None) -> Any:
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad(path, "it is not UTF-8 text", line_no) from None
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise _bad(path, f"a line is not valid JSON ({exc.msg})", line_no) from None
-    if not isinstance(obj, dict) or "kind" not in obj:
-        raise _bad(path, "a line is not an export record", line_no)
-    return obj
 
 
 def read_manifest(path: str | Path) -> ExportManifest:
@@ -516,17 +527,22 @@ def _parse_batch(manifest: ExportManifest, entry: BatchEntry) -> Iterator[Thread
     path = manifest.path
     with path.open("rb") as handle:
         handle.seek(entry.offset)
-        first = _parse_line(path, handle.readline(), None)
+        line = handle.readline()
+        first = _parse_line(path, line, None)
         if first.get("kind") != "batch" or first.get("key") != entry.key:
             raise _bad(path, f"batch {entry.key} does not start where the footer says")
-        end = entry.offset + entry.length
+        position, end = entry.offset + len(line), entry.offset + entry.length
         counts = [0, 0, 0]
         previous_thread: str | None = None
         checkpoints: list[CheckpointRow] = []
         writes: list[WriteRow] = []
         digest = ThreadDigest()
-        while handle.tell() < end:
-            record = _parse_line(path, handle.readline(), None)
+        while position < end:
+            line = handle.readline()
+            if not line:
+                raise _bad(path, f"batch {entry.key} ends early (the file was truncated)")
+            position += len(line)
+            record = _parse_line(path, line, None)
             kind = record["kind"]
             if kind == "checkpoint":
                 row = _checkpoint_row(path, record)
@@ -595,6 +611,6 @@ def export_thread_digests(manifest: ExportManifest) -> Iterator[tuple[str, str, 
     with manifest.path.open("rb") as handle:
         for raw in handle:
             if raw.startswith(marker):
-                record = json.loads(raw)
+                record = _parse_line(manifest.path, raw, None)
                 yield (record["thread_id"], record["sha256"], record["checkpoints"],
                        record["writes"])
