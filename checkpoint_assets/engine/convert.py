@@ -132,10 +132,11 @@ def header_survives_jsonb(header: dict[str, Any]) -> bool:
     """
     try:
         ormsgpack.packb(header)
-        text = json.dumps(header, ensure_ascii=False, allow_nan=False)
+        text = jsontext.dumps(header)
     except (TypeError, ValueError, ormsgpack.MsgpackEncodeError):
         return False
-    if any(p in text for p in ("\\u0000", "e+", "E+", "-0.", "\\ud", "\\uD")) \
+    if any(p in text for p in ("\\u0000", "e+", "E+", "-0.", "\\ud", "\\uD", "NaN",
+                               "Infinity")) \
             or not text.isascii():
         return json_safe_structure(header)
     return True

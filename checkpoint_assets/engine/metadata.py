@@ -51,10 +51,18 @@ def jsonb_ready_text(raw: bytes | None) -> str | None:
         return None
 
 
+# First bytes that make json.loads(bytes) detect another encoding than plain UTF-8: a BOM
+# (EF, FE, FF) or a NUL byte of UTF-16/32 text.
+_ENCODING_MARKERS = (b"\xef", b"\xfe", b"\xff", b"\x00")
+
+
 def parse_metadata(raw: bytes | None) -> Any:
     """Parse SqliteSaver's metadata bytes the way ``SqliteSaver.list`` does."""
     if raw is None:
         return {}
+    if raw[:1] not in _ENCODING_MARKERS and raw[1:2] != b"\x00":
+        # What json.loads(bytes) does for UTF-8 without its slow encoding detection.
+        return json.loads(raw.decode("utf-8", "surrogatepass"))
     return json.loads(raw)
 
 
