@@ -18,6 +18,12 @@ from typing import Any
 from checkpoint_assets import __version__
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.evidence import (
+    EVIDENCE_SUFFIX,
+    default_evidence_path,
+    every_mismatch,
+    render_evidence,
+)
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     require_same_source,
@@ -42,6 +48,7 @@ from checkpoint_assets.engine.verify import (
     verify_migration,
 )
 from checkpoint_assets.progress import progress
+from checkpoint_assets.project import default_export_path
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
@@ -90,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    def add_evidence(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--evidence", type=Path, metavar="FILE.md",
+                       help="write the evidence report (Markdown, mode 0600: counts per "
+                            "table, every check with what it proves and cannot, per-batch "
+                            "load times, every mismatch and changed metadata value by key) "
+                            f"to this file (default: <export>{EVIDENCE_SUFFIX}, beside "
+                            "the export file)")
+
     p = sub.add_parser("export", help="write the export file from the SQLite source")
     add_source(p)
     add_export(p)
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readback-all", action="store_true",
                    help="read back every thread through the official savers")
     add_report(p)
+    add_evidence(p)
 
     p = sub.add_parser("migrate", help="export, import and verify, as Dagster asset runs")
     add_source(p)
@@ -128,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
     p.add_argument("--readback-all", action="store_true")
     add_report(p)
+    add_evidence(p)
 
     p = sub.add_parser("backfill",
                        help="load only the FAILED and missing batch partitions of the current "
@@ -138,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
     p.add_argument("--readback-all", action="store_true")
     add_report(p)
+    add_evidence(p)
 
     p = sub.add_parser("checks", help="print the latest result of every asset check")
     p.add_argument("--json", action="store_true")
@@ -240,7 +258,8 @@ def _batch_json(result: Any) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
-    """verify: PostgreSQL vs export vs SQLite (the export must come from --source)."""
+    """verify: PostgreSQL vs export vs SQLite (the export must come from --source); the
+    evidence report goes beside the export (or to --evidence)."""
     manifest = verify_export(args.export)
     require_same_source(manifest, args.source)
     target = Target(dsn, args.schema)
@@ -248,10 +267,35 @@ def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
         report = verify_migration(
             manifest, target, source_path=args.source, cipher=_cipher(args),
             readback_threads=None if args.readback_all else args.readback, progress=advance)
+    evidence = write_evidence(
+        _evidence_path(args, manifest.path),
+        render_evidence(report, manifest=manifest, target_display=target.display))
     summary = {"command": "verify", "ok": report.passed, "target": target.display,
-               **manifest_summary(manifest), **verification_json(report)}
+               **manifest_summary(manifest), **verification_json(report),
+               "evidence": str(evidence)}
     _emit(args, summary, render_verification(report))
+    _print_evidence_path(args, evidence)
     return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def _evidence_path(args: argparse.Namespace, export_path: str | Path) -> Path:
+    """--evidence, or ``<export>.evidence.md`` beside the export file."""
+    return args.evidence or default_evidence_path(export_path)
+
+
+def write_evidence(path: Path, markdown: str) -> Path:
+    """Write the evidence report, owner-only (it names threads and metadata values)."""
+    try:
+        write_private_text(path, markdown)
+    except OSError as exc:
+        raise MigrationError(f"Cannot write the evidence report {path}: {exc}",
+                             "Pass --evidence FILE.md in a writable directory.") from None
+    return path
+
+
+def _print_evidence_path(args: argparse.Namespace, path: Path) -> None:
+    if not getattr(args, "json", False):  # with --json the path is in the JSON
+        print(f"\nEvidence report (Markdown): {path}")
 
 
 def verification_json(report: VerificationReport) -> dict[str, Any]:
@@ -260,7 +304,8 @@ def verification_json(report: VerificationReport) -> dict[str, Any]:
         "passed": report.passed,
         "checks": {name: {"passed": c.passed, "description": c.description,
                           "expected": c.expected, "actual": c.actual,
-                          "mismatch_count": c.mismatch_count, "mismatches": c.mismatches,
+                          "mismatch_count": c.mismatch_count,
+                          "mismatches": every_mismatch(report, name),
                           "notes": c.notes}
                    for name, c in report.checks.items()},
         "counts": report.counts,
@@ -306,7 +351,15 @@ def render_verification(report: VerificationReport) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
-    """migrate: export + import + verify, run as the Dagster assets against the instance."""
+    """migrate: export + import + verify, run as the Dagster assets against the instance;
+    the verification's evidence report is written beside the export (or to --evidence)."""
+    status = _migrate(args, dsn)
+    _print_evidence_path(args, _migration_evidence_path(args))
+    return status
+
+
+def _migrate(args: argparse.Namespace, dsn: str) -> int:
+    """Run the migration, write its evidence report, print its summary; the exit status."""
     from checkpoint_assets.runner import migrate_in_process
 
     return _migration_status(args, migrate_in_process(
@@ -315,19 +368,39 @@ def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace, dsn: str) -> int:
-    """backfill: only the FAILED and missing batch partitions, then the verification."""
+    """backfill: only the FAILED and missing batch partitions, then the verification (and
+    its evidence report, as for migrate)."""
     from checkpoint_assets.runner import backfill_in_process
 
-    return _migration_status(args, backfill_in_process(
+    status = _migration_status(args, backfill_in_process(
         source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
         batch_size=args.batch_size, readback_all=args.readback_all))
+    _print_evidence_path(args, _migration_evidence_path(args))
+    return status
 
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:
-    _emit(args, result.to_json(), result.render())
+    """Write the run's evidence report, print the summary, return the exit status."""
+    evidence = write_evidence(_migration_evidence_path(args), result.evidence
+                              or _unverified_evidence(result))
+    _emit(args, {**result.to_json(), "evidence": str(evidence)}, result.render())
     if result.passed:
         return EXIT_OK
     return EXIT_CONFLICT if result.conflicted_batches else EXIT_MISMATCH
+
+
+def _migration_evidence_path(args: argparse.Namespace) -> Path:
+    """--evidence, or beside the export the migration's assets use (the same default)."""
+    export = args.export or default_export_path(args.source)
+    return _evidence_path(args, export)
+
+
+def _unverified_evidence(result: Any) -> str:
+    """The evidence file of a migration whose verification did not materialize: why,
+    instead of a previous run's report."""
+    return (f"# Migration evidence: FAILED\n\nMigration {result.migration_id} has no "
+            "verification: it did not run to the end. What happened:\n\n"
+            "```\n" + result.render() + "\n```\n")
 
 
 def cmd_checks(args: argparse.Namespace, dsn: str) -> int:
@@ -371,10 +444,14 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
     os.environ.update(settings)
     args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
                               batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
-                              report=None, aes_key_env=AES_KEY_ENV)
-    status = cmd_migrate(args, dsn)
+                              report=None, evidence=None, aes_key_env=AES_KEY_ENV)
+    status = _migrate(args, dsn)
     print("\nSee it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
-          "http://127.0.0.1:3000)")
+          "http://127.0.0.1:3000); the migration_verification asset shows the same "
+          "evidence report.")
+    print(f"Evidence report ({'PASSED' if status == EXIT_OK else 'FAILED'}; counts per "
+          "table, what each check proves, per-batch load times, every mismatch by key): "
+          f"{_migration_evidence_path(args)}")
     return status
 
 

@@ -31,6 +31,7 @@ from dagster._core.storage.asset_check_execution_record import (
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
+from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.target import scrub
 from checkpoint_assets.partitions import (
@@ -84,6 +85,9 @@ class MigrationResult:
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     abandoned_runs: list[str] = field(default_factory=list)  # killed earlier, marked failed
+    # The evidence report (Markdown) of this migration's verification run; None when the
+    # verification did not run or did not get as far as materializing.
+    evidence: str | None = None
 
     @property
     def failed_batches(self) -> list[str]:
@@ -218,6 +222,9 @@ def _run(settings: dict[str, Any], *, export_first: bool,
                 if PUBLISH_ASSET in defs.resolve_asset_graph().get_all_asset_keys():
                     final.append(PUBLISH_ASSET)
                 run("verification", final)
+                # Read even when the run failed: a failed blocking check fails the step
+                # after the materialization, with its evidence, was recorded.
+                result.evidence = verification_evidence(inst, result.runs[-1].run_id)
             else:
                 result.skipped.append(
                     f"verification: {loaded.count(False)} of {len(keys)} batches failed; "
@@ -344,6 +351,19 @@ def _instance(instance: dg.DagsterInstance | None) -> Iterator[dg.DagsterInstanc
         return
     with project_instance() as own:
         yield own
+
+
+def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The evidence report (Markdown) that this run's materialization of the verification
+    asset carries, or None if the run did not materialize it."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in reversed(records):
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == VERIFICATION_ASSET \
+                and EVIDENCE_METADATA in materialization.metadata:
+            return str(materialization.metadata[EVIDENCE_METADATA].value)
+    return None
 
 
 # --------------------------------------------------------------------------- check evidence

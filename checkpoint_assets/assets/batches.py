@@ -135,8 +135,12 @@ def _load_metadata(result: BatchLoadResult, manifest: ExportManifest, checkpoint
                    load_target: Target) -> dict[str, dg.MetadataValue]:
     rows = result.rows
     total = sum(rows.values())
+    # One number per table (rows_checkpoints, ...): the UI plots numeric metadata across
+    # partitions, never values inside a JSON entry.
+    rows_per_table = {f"rows_{table}": dg.MetadataValue.int(rows[table]) for table in TABLES}
     return {
         "dagster/row_count": dg.MetadataValue.int(total),
+        **rows_per_table,
         "rows": dg.MetadataValue.json(rows),
         "inserted": dg.MetadataValue.json(result.inserted),
         "already_present": dg.MetadataValue.json(result.already_present),

@@ -12,7 +12,8 @@ from checkpoint_assets.assets.metadata import (
     plain,
     scrubbed_traceback,
 )
-from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
+from checkpoint_assets.engine.export_file import ExportManifest, read_manifest
 from checkpoint_assets.engine.verify import (
     CheckOutcome,
     VerificationReport,
@@ -35,6 +36,9 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
+
+# The materialization's metadata entry holding the evidence report (Markdown).
+EVIDENCE_METADATA = "evidence"
 
 # Blocking: a failed check fails the step, so nothing downstream (publish) runs in that run.
 # Warning checks report a risk (severity WARN) and block nothing.
@@ -68,7 +72,9 @@ def migration_verification(
     checkpoint counts (PostgreSQL = export = SQLite), content integrity (channel values,
     parent links, pending writes), metadata integrity (values PostgreSQL cannot hold are
     reported by key), the source still matching the export, and the official read-back.
-    Each result names expected, actual and the keys of every mismatch.
+    Each result names expected, actual and the keys of every mismatch. The ``evidence``
+    metadata entry is the whole report as Markdown (counts, checks, per-batch load times,
+    mismatches and changed metadata values by key).
     """
     load_target = target.load_target()
     try:
@@ -92,8 +98,11 @@ def migration_verification(
               if not outcome.passed and name not in VERIFICATION_WARNING_CHECKS]
     context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
                      + ("all checks passed" if not failed else f"FAILED {failed}"))
+    evidence = render_evidence(report, manifest=manifest, target_display=load_target.display,
+                               batches=batch_timings(context.instance, manifest))
     yield dg.MaterializeResult(
-        metadata=_report_metadata(report, manifest.content_sha256, load_target.display),
+        metadata={**_report_metadata(report, manifest.content_sha256, load_target.display),
+                  EVIDENCE_METADATA: dg.MetadataValue.md(evidence)},
         check_results=[_check_result(report.checks[name], report)
                        for name in VERIFICATION_CHECK_NAMES],
     )
@@ -138,3 +147,51 @@ def _report_metadata(report: VerificationReport, content_sha256: str,
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "target": dg.MetadataValue.text(display),
     }
+
+
+# Storage ids per query: well below SQLite's bound on query parameters and Dagster's record
+# limit, so a few queries cover a thousand partitions.
+_IDS_PER_QUERY = 500
+
+
+def batch_timings(instance: dg.DagsterInstance, manifest: ExportManifest) -> list[BatchTiming]:
+    """Load times of the export's batches, from the latest materialization of each partition.
+
+    Two kinds of query, whatever the number of partitions: one for the latest
+    materialization id of every partition, then the records themselves by id (in chunks).
+    Materializations of another export (a different content digest) are left out.
+    """
+    keys = {entry.key for entry in manifest.batches}
+    latest = instance.get_latest_storage_id_by_partition(
+        BATCHES_ASSET, dg.DagsterEventType.ASSET_MATERIALIZATION, keys)
+    ids = sorted(storage_id for key, storage_id in latest.items() if key in keys)
+    timings = []
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start:start + _IDS_PER_QUERY]
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=BATCHES_ASSET, storage_ids=chunk),
+            limit=len(chunk)).records
+        for record in records:
+            timing = _timing(record)
+            if timing is not None and _metadata_value(
+                    record, "export_content_sha256") == manifest.content_sha256:
+                timings.append(timing)
+    return sorted(timings, key=lambda t: t.key)
+
+
+def _timing(record: dg.EventLogRecord) -> BatchTiming | None:
+    """The batch's load time and rows, from its materialization's metadata."""
+    rows = _metadata_value(record, "rows")
+    seconds = _metadata_value(record, "seconds")
+    if record.partition_key is None or not isinstance(rows, dict) or seconds is None:
+        return None
+    return BatchTiming(key=record.partition_key, checkpoints=rows.get("checkpoints", 0),
+                       writes=rows.get("checkpoint_writes", 0), seconds=float(seconds),
+                       blobs=rows.get("checkpoint_blobs", 0))
+
+
+def _metadata_value(record: dg.EventLogRecord, name: str) -> Any:
+    materialization = record.asset_materialization
+    if materialization is None or name not in materialization.metadata:
+        return None
+    return materialization.metadata[name].value

@@ -65,6 +65,19 @@ CHECK_DESCRIPTIONS = {
                            "and 1e20-style floats change). A warning: the migrated data is "
                            "intact either way.",
 }
+# What each check cannot prove (README "What each check proves (and what it cannot)");
+# "-": nothing beyond what the check states.
+CHECK_LIMITS = {
+    COUNT_MATCH: "Content: equal counts can hide changed values (content_integrity "
+                 "compares them).",
+    CONTENT_INTEGRITY: "The behaviour of your application code on the migrated state.",
+    METADATA_INTEGRITY: "-",
+    SOURCE_MATCHES_EXPORT: "Writes to SQLite after the check ran.",
+    OFFICIAL_READBACK: "Classes your application would need to deserialize that are not "
+                       "importable where the check runs; threads outside the sample "
+                       "(unless every thread was read back).",
+    RESUMABLE_ON_POSTGRES: "-",
+}
 MAX_LISTED = 50
 DEFAULT_READBACK_SAMPLE = 25
 
@@ -85,6 +98,11 @@ class CheckOutcome:
     def description(self) -> str:
         """What this check proves."""
         return CHECK_DESCRIPTIONS.get(self.name, self.name)
+
+    @property
+    def cannot_prove(self) -> str:
+        """What this check cannot prove ("-": nothing beyond what it states)."""
+        return CHECK_LIMITS.get(self.name, "-")
 
 
 @dataclass
