@@ -1,0 +1,339 @@
+"""The Dagster UI in a real browser: what a user sees and clicks in ``dagster dev``.
+
+``dagster dev`` is started as the README says (the code location from workspace.yaml, the
+configuration only in the environment: CHECKPOINT_ASSETS_SOURCE, ..._TARGET_DSN, a
+persistent DAGSTER_HOME with the shipped dagster.yaml), and headless Chromium (Debian's
+``chromium`` package at /usr/bin/chromium, driven by Playwright; never a browser downloaded
+by a test tool) is pointed at it. Launches in the UI are clicks on buttons found by their
+visible text, and every result is read from the rendered page, not from the API:
+
+- on the asset graph, a user materializes the export, then backfills every batch partition
+  from the partition dialog (the daemon of ``dagster dev`` runs the backfill), then
+  materializes the verification, and the graph ends with every asset check passed;
+- a batch that failed on a conflicting row planted in the target (loaded by the
+  command-line runner into the same DAGSTER_HOME) shows, on its partition page and its
+  "View logs", the loader's conflict message.
+
+Screenshots go to the test's tmp_path and to ``.checkpoint_assets/screenshots/`` in the
+repository (git-ignored). Without /usr/bin/chromium the tests are skipped (scripts/test.sh
+installs Debian's chromium when it runs as root).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpoint_assets.assets.batches import CONFLICT_MARKER
+from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.partitions import (
+    BATCH_SIZE_ENV,
+    BATCHES_ASSET,
+    EXPORT_ASSET,
+    EXPORT_CHECK_NAMES,
+    EXPORT_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    TARGET_DSN_ENV,
+    VERIFICATION_ASSET,
+    VERIFICATION_CHECK_NAMES,
+)
+from checkpoint_assets.project import SQLITE_INSTANCE_YAML
+from checkpoint_assets.runner import backfill_in_process, project_instance
+from checkpoint_assets_tests.dagster_dev_support import REPO, DagsterDev
+from checkpoint_assets_tests.dagster_support import definitions, materialize, write_corpus
+from checkpoint_assets_tests.test_dagster_backfill import plant_conflict
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium misbehaves on a closed network; a fresh,
+# empty profile directory is given by launch_persistent_context.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1600, "height": 1000}
+SCREENSHOTS = REPO / ".checkpoint_assets" / "screenshots"
+
+GRAPH = "/asset-groups"  # "Lineage" in the navigation: the global asset graph
+ASSET_NODE = "[class*='assetNodeContainer']"  # one box of the graph, its text starts with the name
+EXPECTED_CHECKS = {EXPORT_ASSET: len(EXPORT_CHECK_NAMES), BATCHES_ASSET: 1,
+                   VERIFICATION_ASSET: len(VERIFICATION_CHECK_NAMES)}
+RUN_SECONDS = 90        # one run: queued, a process, a step subprocess, the work
+BACKFILL_SECONDS = 150  # the daemon's backfill tick (30 s) plus the partitions' runs
+RELOAD_EVERY_SECONDS = 20  # the graph updates itself; a reload now and then is a safety net
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Debian Chromium with a fresh, empty profile; skipped when not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package "
+                    "(scripts/test.sh does, when it runs as root with apt-get)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True,
+            viewport=VIEWPORT)
+        context.set_default_timeout(30_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser: Any, tmp_path: Path) -> Iterator[Any]:
+    """A new tab for one test; what it showed last is kept in tmp_path (for a failure)."""
+    tab = browser.new_page()
+    yield tab
+    with suppress(Exception):  # only a debugging aid: never an error of its own
+        tab.screenshot(path=str(tmp_path / "last-page.png"))
+    tab.close()
+
+
+@dataclass
+class Project:
+    """A fresh corpus, export path, target database and DAGSTER_HOME (the shipped
+    dagster.yaml), and the environment that configures them, as the README says."""
+
+    tmp: Path
+    source: Path
+    export: Path
+    dsn: str
+    settings: dict[str, str]
+
+
+def new_project(tmp_path: Path, target_dsn: str, *, threads: int, batch_size: int) -> Project:
+    """A corpus of ``threads`` threads (10 checkpoints each, written by the sample graph)
+    cut into batches of ``batch_size`` checkpoints, over an empty target and a new home."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes(SQLITE_INSTANCE_YAML.read_bytes())
+    # The "Join the Dagster community" dialog, as after a user's first visit: already seen.
+    (home / ".nux").mkdir()
+    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
+    source = write_corpus(tmp_path / "support.sqlite", threads=threads)
+    export = tmp_path / "export.jsonl"
+    settings = {SOURCE_ENV: str(source), EXPORT_ENV: str(export),
+                BATCH_SIZE_ENV: str(batch_size), READBACK_THREADS_ENV: "0",
+                TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
+    return Project(tmp=tmp_path, source=source, export=export, dsn=target_dsn,
+                   settings=settings)
+
+
+@contextmanager
+def running_dagster_dev(project: Project) -> Iterator[DagsterDev]:
+    """``dagster dev`` (webserver + daemon) on the project, serving its code location."""
+    started = time.monotonic()
+    dev = DagsterDev(project.tmp, {**os.environ, **project.settings}, project.tmp / "dev.log")
+    try:
+        dev.wait_until_serving()
+        print(f"\ndagster dev serving after {time.monotonic() - started:.1f} s")
+        yield dev
+    finally:
+        dev.stop()
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_materialize_everything_from_the_asset_graph_until_every_check_passes(
+    page: Any, tmp_path: Path, target_dsn: str
+) -> None:
+    """On the asset graph: select the export, "Materialize selected"; select the batches,
+    "Materialize selected…", All partitions, "Launch backfill"; select the verification,
+    "Materialize selected". The graph then shows every asset materialized (every
+    partition filled) and every asset check of every asset passed."""
+    project = new_project(tmp_path, target_dsn, threads=4, batch_size=20)
+    with running_dagster_dev(project) as dev:
+        batches = materialize_export(page, dev, project)
+        assert len(batches) >= 2, "the corpus is meant to give several partitions"
+
+        open_graph(page, dev)
+        select_node(page, BATCHES_ASSET)
+        page.get_by_role("button", name="Materialize selected").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("button", name="All", exact=True).click()
+        dialog.get_by_text(f"{len(batches)} partitions", exact=True).wait_for()
+        dialog.get_by_role("button", name="Launch backfill").click()
+        page.get_by_text("Created backfill").wait_for()
+
+        def batches_loaded() -> bool:
+            node = asset_nodes(page).get(BATCHES_ASSET.to_user_string(), "")
+            assert_no_failure(node)
+            return "100% filled" in node and passed_checks(node) == (1, 1)
+
+        open_graph(page, dev)
+        wait_on_page(page, dev, batches_loaded, BACKFILL_SECONDS,
+                     "every batch partition loaded with its check passed", tmp_path)
+
+        select_node(page, VERIFICATION_ASSET)
+        page.get_by_role("button", name="Materialize selected").click()
+        page.get_by_text("Launched run").wait_for()
+
+        def all_green() -> dict[str, str] | None:
+            nodes = asset_nodes(page)
+            for node in nodes.values():
+                assert_no_failure(node)
+            for key, count in EXPECTED_CHECKS.items():
+                if passed_checks(nodes.get(key.to_user_string(), "")) != (count, count):
+                    return None
+            done = ("Materialized" in nodes[EXPORT_ASSET.to_user_string()]
+                    and "100% filled" in nodes[BATCHES_ASSET.to_user_string()]
+                    and "Materialized" in nodes[VERIFICATION_ASSET.to_user_string()])
+            return nodes if done else None
+
+        open_graph(page, dev)
+        nodes = wait_on_page(page, dev, all_green, RUN_SECONDS,
+                             "every asset materialized with every check passed", tmp_path)
+        save_screenshot(page, tmp_path, "ui-every-check-passed.png")
+    assert set(nodes) == {key.to_user_string() for key in EXPECTED_CHECKS}
+    assert f"{len(batches)} partitions" in nodes[BATCHES_ASSET.to_user_string()]
+
+
+def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
+    page: Any, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target already holds one of the batch's checkpoints with other content, and the
+    batch was loaded by the command-line runner (same assets, same DAGSTER_HOME). In the UI,
+    the partition's page says its run failed and did not materialize the asset, and its
+    "View logs" shows the loader's reason: the batch conflicts with rows in the target,
+    naming the planted checkpoint."""
+    project = new_project(tmp_path, target_dsn, threads=2, batch_size=100)
+    for name, value in project.settings.items():
+        monkeypatch.setenv(name, value)
+
+    def export_plant_and_load() -> tuple[str, dict[str, str], Any]:
+        with project_instance() as instance:
+            code = definitions(project.source, project.export, batch_size=100)
+            assert materialize(code, instance, EXPORT_ASSET).success
+            [key] = [batch.key for batch in read_manifest(project.export).batches]
+            planted = plant_conflict(project.dsn, project.export, key)
+            return key, planted, backfill_in_process(instance=instance)
+
+    failing, planted, loaded = without_event_loop(export_plant_and_load)
+    assert loaded.conflicted_batches == [failing], loaded.render()
+
+    with running_dagster_dev(project) as dev:
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}"
+                  f"?view=partitions&partition={failing}")
+        banner = page.get_by_text("failed, and did not materialize this asset")
+        wait_on_page(page, dev, banner.is_visible, RUN_SECONDS,
+                     f"partition {failing} shown as failed", tmp_path)
+        save_screenshot(page, tmp_path, "ui-failed-partition.png")
+
+        page.get_by_role("button", name="View logs").click()
+        reason = page.get_by_role("dialog").get_by_text(f"Batch {failing} {CONFLICT_MARKER}")
+        reason.last.wait_for()
+        reason_text = reason.last.inner_text()
+        save_screenshot(page, tmp_path, "ui-failed-partition-logs.png")
+    assert "same keys but different content" in reason_text
+    assert planted["checkpoint_id"] in reason_text
+
+
+def without_event_loop(work: Callable[[], Any]) -> Any:
+    """Run ``work`` in a thread of its own: Playwright's sync API keeps an asyncio loop in
+    this one, and Dagster's in-process runs want to manage their own."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+# --------------------------------------------------------------------------- page helpers
+
+def open_graph(page: Any, dev: DagsterDev) -> None:
+    """The global asset graph, with every asset's node loaded."""
+    page.goto(dev.url + GRAPH)
+    page.locator(ASSET_NODE).nth(len(EXPECTED_CHECKS) - 1).wait_for()
+    page.wait_for_function(
+        "sel => [...document.querySelectorAll(sel)].every("
+        "n => !n.innerText.includes('Loading...'))", arg=ASSET_NODE)
+
+
+def select_node(page: Any, key: Any) -> None:
+    """Click the asset's node in the graph (selects it; the launch button follows)."""
+    page.locator(f"{ASSET_NODE} [data-tooltip='{key.to_user_string()}']").click()
+
+
+def asset_nodes(page: Any) -> dict[str, str]:
+    """The rendered text of every asset node on the graph, by asset name."""
+    return {text.split("\n", 1)[0]: text for text in page.locator(ASSET_NODE).all_inner_texts()}
+
+
+def passed_checks(node_text: str) -> tuple[int, int] | None:
+    """(passed, total) from a node's "Asset checks  N / M Passed" row."""
+    found = re.search(r"Asset checks\s+(\d+) / (\d+) Passed", node_text)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def assert_no_failure(node_text: str) -> None:
+    """Fail at once (not after the timeout) when a node shows a failure."""
+    assert not re.search(r"\bfailed\b", node_text, re.IGNORECASE), node_text
+
+
+def materialize_export(page: Any, dev: DagsterDev, project: Project) -> list[str]:
+    """Graph -> select the export -> "Materialize selected"; wait until the page shows it
+    materialized with its checks passed and the batches' partitions; return their keys."""
+    open_graph(page, dev)
+    select_node(page, EXPORT_ASSET)
+    page.get_by_role("button", name="Materialize selected").click()
+    page.get_by_text("Launched run").wait_for()
+    count = EXPECTED_CHECKS[EXPORT_ASSET]
+
+    def exported() -> bool:
+        node = asset_nodes(page).get(EXPORT_ASSET.to_user_string(), "")
+        assert_no_failure(node)
+        return "Materialized" in node and passed_checks(node) == (count, count)
+
+    open_graph(page, dev)
+    wait_on_page(page, dev, exported, RUN_SECONDS, "the export materialized", project.tmp)
+    keys = [batch.key for batch in read_manifest(project.export).batches]
+    wait_on_page(page, dev, lambda: f"{len(keys)} partition" in asset_nodes(page).get(
+        BATCHES_ASSET.to_user_string(), ""), RUN_SECONDS, "the batch partitions", project.tmp)
+    return keys
+
+
+def wait_on_page(page: Any, dev: DagsterDev, condition: Callable[[], Any], seconds: float,
+                 what: str, tmp_path: Path) -> Any:
+    """Poll ``condition`` (which reads the rendered page) until it returns something truthy.
+
+    The UI refreshes itself; the page is reloaded every RELOAD_EVERY_SECONDS as a safety
+    net. On timeout the error carries the page's text and dagster dev's log, and a
+    screenshot is saved."""
+    started = time.monotonic()
+    deadline = started + seconds
+    reloaded = started
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            print(f"\n{what}: shown after {time.monotonic() - started:.1f} s")
+            return value
+        if time.monotonic() - reloaded > RELOAD_EVERY_SECONDS:
+            page.reload()
+            page.wait_for_load_state()
+            reloaded = time.monotonic()
+        page.wait_for_timeout(1000)
+    save_screenshot(page, tmp_path, "ui-timeout.png")
+    raise TimeoutError(f"timed out after {seconds} s waiting for {what}; the page shows:\n"
+                       f"{page.inner_text('body')[:3000]}\n--- dagster dev:\n{dev.tail()}")
+
+
+def save_screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    """Save a screenshot to tmp_path and copy it to <repo>/.checkpoint_assets/screenshots/."""
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, SCREENSHOTS / name)
+    return path
