@@ -5,7 +5,7 @@ postgresql://postgres@127.0.0.1:5432/postgres):
 
     .venv/bin/python -m benchmarks.run [--sizes 10000,50000,100000] [--skip-dagster]
                                        [--dagster-sizes 10000] [--api-prefix 10000]
-                                       [--profile-import 50000]
+                                       [--profile-import 50000] [--scale-out]
                                        [--out benchmarks/results/latest.json]
     .venv/bin/python -m benchmarks.run --smoke --out /tmp/smoke.json   # ~300 checkpoints
 
@@ -21,6 +21,8 @@ For each size, in this one run on this machine:
   ``verify`` (``verify_migration`` with the source and the default read-back sample);
 - ``migrate``: ``checkpoint-assets migrate`` end to end through the console script, with a
   fresh DAGSTER_HOME and a fresh target database;
+- with ``--scale-out``: the import again with 1, 2 and 4 concurrent batch loader processes
+  (``import_N_loaders``), each into a fresh database;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
   in-process (benchmarks/backfill_paths.py's machinery).
@@ -281,19 +283,22 @@ def step_export(source: str, export: str) -> dict[str, Any]:
             "batches": len(manifest.batches), "export_bytes": manifest.size_bytes}
 
 
-def step_import(export: str, dsn: str) -> dict[str, Any]:
-    """read_manifest + import_export into an empty database."""
+def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, Any]:
+    """read_manifest + import_export into an empty database, with ``workers`` concurrent
+    batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
     from checkpoint_assets.engine.export_file import read_manifest
-    from checkpoint_assets.engine.pipeline import import_export
+    from checkpoint_assets.engine.pipeline import import_export, import_workers
     from checkpoint_assets.engine.target import Target
 
     started = time.perf_counter()
-    summary = import_export(read_manifest(export), Target(dsn))
+    manifest = read_manifest(export)
+    workers = workers or import_workers(manifest)
+    summary = import_export(manifest, Target(dsn), workers=workers)
     seconds = time.perf_counter() - started
     rows = {r["table"]: r["imported"] for r in summary.table_rows()}
     return {"seconds": seconds, "checkpoints": rows["checkpoints"],
             "writes": rows["checkpoint_writes"], "blobs": rows["checkpoint_blobs"],
-            "batches": len(summary.batches)}
+            "batches": len(summary.batches), "workers": workers}
 
 
 def step_profile_import(export: str, dsn: str) -> dict[str, Any]:
@@ -420,7 +425,9 @@ STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-CHILD_PROCESS_STEPS = frozenset({"migrate", "dagster_backfill"})
+CHILD_PROCESS_STEPS = frozenset({"import", "migrate", "dagster_backfill"})
+# Scale-out: the import with this many concurrent batch loader processes (issue: 1, 2, 4).
+SCALE_OUT_LOADERS = (1, 2, 4)
 SAMPLE_SECONDS = 0.2
 
 
@@ -530,11 +537,12 @@ def worker_main(step: str) -> None:
                    "cpu_seconds_self": own.ru_utime + own.ru_stime,
                    "cpu_seconds_children": children.ru_utime + children.ru_stime})
     if sampler:
-        peak, command = sampler.peak()
+        peak, command = max(sampler.peak(), (vm_hwm_mb(), "the step process itself"))
         result.update({"peak_rss_mb": peak, "peak_rss_process": command,
-                       "peak_rss_tree_sum_mb": sampler.peak_tree_sum_mb,
-                       "peak_rss_how": f"largest VmHWM of the processes this step started, "
-                                      f"sampled every {SAMPLE_SECONDS} s"})
+                       "peak_rss_tree_sum_mb": sampler.peak_tree_sum_mb + vm_hwm_mb(),
+                       "peak_rss_how": f"largest VmHWM of the step process and the processes "
+                                      f"it started (sampled every {SAMPLE_SECONDS} s); the "
+                                      "tree sum adds the step process's own peak"})
     else:
         result.update({"peak_rss_mb": result["self_peak_rss_mb"],
                        "peak_rss_how": "VmHWM of the step process"})
@@ -599,6 +607,11 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                 if "verify" in steps:
                     results["verify"] = run("verify", {"source": source, "export": export,
                                                        "dsn": dsn})
+        if args.scale_out and "import" in steps:
+            for loaders in SCALE_OUT_LOADERS:
+                with fresh_database(admin, f"loaders{loaders}") as dsn:
+                    results[f"import_{loaders}_loaders"] = run(
+                        "import", {"export": export, "dsn": dsn, "workers": loaders})
         if args.profile_import == size:
             with fresh_database(admin, "profile") as dsn:
                 print(f"  [{size}] import under cProfile (not a timing) ...", flush=True)
@@ -744,7 +757,8 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for size in sorted(sizes):
         steps = sizes[size]["steps"]
-        for name in STEPS:
+        scale_out = [f"import_{n}_loaders" for n in SCALE_OUT_LOADERS]
+        for name in (*STEPS, *scale_out):
             r = steps.get(name)
             if r is None:
                 continue
@@ -810,6 +824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(0: the whole corpus)")
     parser.add_argument("--profile-import", type=int, default=None, metavar="SIZE",
                         help="also run the import of this size under cProfile (untimed)")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="also time the import with 1, 2 and 4 concurrent batch loader "
+                             "processes against the one PostgreSQL")
     parser.add_argument("--smoke", action="store_true",
                         help=f"~{SMOKE_SIZE} checkpoints in a temp dir, no dagster dev")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
