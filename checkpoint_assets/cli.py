@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dotenv import load_dotenv
+
 from checkpoint_assets import __version__
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
@@ -54,6 +56,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 
 DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"
 QUICKSTART_ENV_FILE = "quickstart.env"
+ENV_FILE = ".env"  # read from the working directory, like dagster dev
 QUICKSTART_BATCH_SIZE = 50  # small batches so the sample shows several partitions
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
 
@@ -66,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(PostgreSQL) losslessly, and prove it.",
         epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
                "environment, 4 conflict with existing target rows. The target DSN is best "
-               f"given through ${DSN_ENV} so the password never appears in a process list.",
+               f"given through ${DSN_ENV} so the password never appears in a process list. "
+               f"Environment variables may also come from a {ENV_FILE} file in the working "
+               "directory (variables already set win).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_env_file(path: Path = Path(ENV_FILE)) -> None:
+    """Read settings from ``.env`` in the working directory, as ``dagster dev`` does.
+
+    Variables already set in the environment win, so a one-off ``VAR=... checkpoint-assets``
+    overrides the file. Keep the file owner-only if it holds the target DSN's password.
+    """
+    if path.is_file():
+        load_dotenv(path, override=False)
+
+
 def _env_int(name: str, default: int = 1000) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
@@ -179,6 +194,7 @@ def _env_int(name: str, default: int = 1000) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    load_env_file()
     args = build_parser().parse_args(argv)
     dsn = ""
     try:

@@ -19,12 +19,13 @@ SECRET = "s3cr3t-Pa55word"
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the CLI with a clean environment plus ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS")}
     full_env.update(env or {})
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env,
-                          timeout=300)
+                          timeout=300, cwd=cwd)
 
 
 def with_password(dsn: str, password: str = SECRET) -> str:
@@ -117,3 +118,25 @@ def test_help_and_version() -> None:
     """--help documents exit statuses; --version prints the version."""
     assert "Exit status" in run("--help").stdout
     assert run("--version").stdout.startswith("checkpoint-assets ")
+
+
+def test_settings_come_from_a_dotenv_file_and_the_environment_wins(
+        sample_db: Path, tmp_path: Path, target_dsn: str) -> None:
+    """A .env file in the working directory supplies source, export and target DSN; a
+    variable already set in the environment overrides the file's value."""
+    export = tmp_path / "from-dotenv.export"
+    (tmp_path / ".env").write_text(
+        f"CHECKPOINT_ASSETS_SOURCE={sample_db}\n"
+        f"CHECKPOINT_ASSETS_EXPORT={tmp_path / 'overridden.export'}\n"
+        f"CHECKPOINT_ASSETS_TARGET_DSN='{with_password(target_dsn)}'\n")
+    (tmp_path / ".env").chmod(0o600)
+
+    exported = run("export", cwd=tmp_path,
+                   env={"CHECKPOINT_ASSETS_EXPORT": str(export)})
+    assert exported.returncode == 0, exported.stderr
+    assert export.is_file() and not (tmp_path / "overridden.export").exists()
+
+    imported = run("import", "--export", str(export), "--json", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout)["checkpoints"] > 0
+    assert SECRET not in imported.stdout + imported.stderr
