@@ -21,6 +21,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from checkpoint_assets.engine.target import scrub
+
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 
 
@@ -124,3 +126,18 @@ def test_conflicting_and_mismatching_runs_leak_no_password(
     assert {p.name for p in reports} >= {"import-ok.json", "verify.json", "migrate.json"}
     for report in reports:
         assert stat.S_IMODE(report.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("password, message, expected", [
+    ("hunter2", "login for u:hunter2 refused; password=hunter2",
+     "login for u:*** refused; password=***"),
+    # a password that is also a common word hides that word, not parts of other words
+    ("postgres", "Cannot connect to postgresql://u@h:5432/postgres_db",
+     "Cannot connect to postgresql://u@h:5432/postgres_db"),
+    ("p", "Export /x does not exist. Pass the right --export path",
+     "Export /x does not exist. Pass the right --export path"),
+])
+def test_scrub_removes_the_password_without_garbling_the_message(
+        password: str, message: str, expected: str) -> None:
+    """scrub hides the password wherever it stands alone, and only there."""
+    assert scrub(message, f"host=h user=u password={password}") == expected

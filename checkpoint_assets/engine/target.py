@@ -48,7 +48,9 @@ def scrub(text: str, dsn: str) -> str:
     except psycopg.ProgrammingError:
         password = None
     if password:
-        text = text.replace(str(password), "***")
+        # Only where it stands alone: a password that is also a common word ("postgres")
+        # must not garble "postgresql://" or every other word of the message.
+        text = re.sub(rf"(?<!\w){re.escape(str(password))}(?!\w)", "***", text)
     text = re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
     return re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
