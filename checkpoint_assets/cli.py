@@ -83,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                        required=required and "CHECKPOINT_ASSETS_SOURCE" not in os.environ,
                        help=help_text)
 
-    def add_export(p: argparse.ArgumentParser, required: bool = True) -> None:
+    def add_export(p: argparse.ArgumentParser) -> None:
         p.add_argument("--export", default=os.environ.get("CHECKPOINT_ASSETS_EXPORT"),
-                       required=required and "CHECKPOINT_ASSETS_EXPORT" not in os.environ,
-                       help="export file path (env CHECKPOINT_ASSETS_EXPORT)")
+                       help="export file path (env CHECKPOINT_ASSETS_EXPORT; default "
+                            ".checkpoint_assets/exports/<source file name>.export.jsonl in "
+                            "the project, the same file migrate and the Dagster assets use)")
 
     def add_target(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=None,
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="export, import and verify, as Dagster asset runs")
     add_source(p)
-    add_export(p, required=False)
+    add_export(p)
     add_target(p)
     p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
     p.add_argument("--readback-all", action="store_true")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="load only the FAILED and missing batch partitions of the current "
                             "export, then verify (the UI's 'backfill failed and missing')")
     add_source(p)
-    add_export(p, required=False)
+    add_export(p)
     add_target(p)
     p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
     p.add_argument("--readback-all", action="store_true")
@@ -175,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
                    help="where the quick start keeps its settings (quickstart.env)")
     return parser
+
+
+def _default_export(args: argparse.Namespace) -> Path:
+    """The export path migrate and the assets use for ``--source`` (needs a source)."""
+    if not getattr(args, "source", None):
+        raise MigrationError("No export file given.",
+                             "Pass --export FILE (or --source DB for its default export path).")
+    return default_export_path(args.source)
 
 
 def load_env_file(path: Path = Path(ENV_FILE)) -> None:
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dsn = ""
     try:
+        if args.command in ("export", "import", "verify"):
+            args.export = args.export or _default_export(args)
         if hasattr(args, "target"):
             dsn = args.target or os.environ.get(DSN_ENV, "")
             if not dsn:
