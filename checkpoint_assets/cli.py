@@ -143,25 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_report(p)
     add_evidence(p)
 
-    p = sub.add_parser("migrate", help="export, import and verify, as Dagster asset runs")
-    add_source(p)
-    add_export(p)
-    add_target(p)
-    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
-    p.add_argument("--readback-all", action="store_true")
-    add_report(p)
-    add_evidence(p)
-
-    p = sub.add_parser("backfill",
-                       help="load only the FAILED and missing batch partitions of the current "
-                            "export, then verify (the UI's 'backfill failed and missing')")
-    add_source(p)
-    add_export(p)
-    add_target(p)
-    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
-    p.add_argument("--readback-all", action="store_true")
-    add_report(p)
-    add_evidence(p)
+    for name, help_text in (
+            ("migrate", "export, import and verify, as Dagster asset runs"),
+            ("backfill", "load only the FAILED and missing batch partitions of the current "
+                         "export, then verify (the UI's 'backfill failed and missing')")):
+        p = sub.add_parser(name, help=help_text)
+        add_source(p)
+        add_export(p)
+        add_target(p)
+        p.add_argument("--batch-size", type=int,
+                       default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
+        p.add_argument("--readback-all", action="store_true",
+                       help="read back every thread through the official savers")
+        add_report(p)
+        add_evidence(p)
 
     p = sub.add_parser("checks", help="print the latest result of every asset check")
     p.add_argument("--json", action="store_true")

@@ -113,6 +113,17 @@ def verify(source: Path, export: Path, *extra: str) -> int:
 # --------------------------------------------------------------------------- verify
 
 
+
+def passed_evidence(evidence: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The evidence file the command printed last: owner-only, PASSED, no password."""
+    output = capsys.readouterr()
+    assert output.out.rstrip().endswith(str(evidence))
+    assert stat.S_IMODE(evidence.stat().st_mode) == 0o600
+    text = evidence.read_text()
+    assert text.startswith("# Migration evidence: PASSED")
+    assert SECRET not in text + output.out + output.err
+    return text
+
 def test_verify_writes_an_owner_only_evidence_file_beside_the_export(
         sample_db: Path, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,13 +136,7 @@ def test_verify_writes_an_owner_only_evidence_file_beside_the_export(
     assert cli.main(["import", "--export", str(export)]) == 0
     assert verify(sample_db, export, "--readback-all") == cli.EXIT_OK
 
-    evidence = tmp_path / "x.export.evidence.md"
-    output = capsys.readouterr()
-    assert output.out.rstrip().endswith(str(evidence))
-    assert stat.S_IMODE(evidence.stat().st_mode) == 0o600
-    text = evidence.read_text()
-    assert text.startswith("# Migration evidence: PASSED")
-    assert SECRET not in text + output.out + output.err
+    text = passed_evidence(tmp_path / "x.export.evidence.md", capsys)
 
     sqlite = sqlite_counts(sample_db)
     counts = by_first_column(table(section(text, "Rows per table")))
@@ -282,13 +287,7 @@ def test_migrate_writes_the_verification_evidence_beside_the_export(
     assert cli.main(["migrate", "--source", str(sample_db), "--export", str(export),
                      "--batch-size", str(BATCH_SIZE)]) == cli.EXIT_OK
 
-    evidence = tmp_path / "x.export.evidence.md"
-    output = capsys.readouterr()
-    assert output.out.rstrip().endswith(str(evidence))
-    assert stat.S_IMODE(evidence.stat().st_mode) == 0o600
-    text = evidence.read_text()
-    assert text.startswith("# Migration evidence: PASSED")
-    assert SECRET not in text + output.out + output.err
+    text = passed_evidence(tmp_path / "x.export.evidence.md", capsys)
     timings = by_first_column(table(section(text, "Batch timings")))
     batches = sorted(key for key in timings if key.startswith("batch-"))
     assert len(batches) >= 2 and f"total ({len(batches)} batches)" in timings
