@@ -421,16 +421,23 @@ def test_an_older_postgres_saver_schema_is_upgraded_then_imported_and_verified(
         assert table_rows(target_dsn)["checkpoints"] == manifest.checkpoints + 1
 
 
+def set_up_by_a_newer_library(dsn: str) -> int:
+    """PostgresSaver's tables, with checkpoint_migrations recording a version this
+    langgraph-checkpoint-postgres does not know; returns that version."""
+    Target(dsn).setup()
+    newer = LATEST_SCHEMA_VERSION + 5
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO checkpoint_migrations (v) VALUES (%s)", (newer,))
+    return newer
+
+
 def test_a_schema_newer_than_this_library_is_refused_before_writing(
         target_dsn: str, exported: tuple[Path, ExportManifest]) -> None:
     """checkpoint_migrations records a version this langgraph-checkpoint-postgres does not
     know (a newer one set the tables up): exit 3, the message says so and to upgrade the
     pin, and nothing is written, not even to checkpoint_migrations."""
     _, manifest = exported
-    Target(target_dsn).setup()
-    newer = LATEST_SCHEMA_VERSION + 5
-    with psycopg.connect(target_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO checkpoint_migrations (v) VALUES (%s)", (newer,))
+    newer = set_up_by_a_newer_library(target_dsn)
     before = table_rows(target_dsn)
 
     refused = run_cli("import", "--export", str(manifest.path), dsn=target_dsn)
@@ -496,10 +503,7 @@ def test_dagster_batch_refuses_a_schema_newer_than_this_library(
     """The batch asset checks the schema version too: a newer checkpoint_migrations fails
     the partition with a failed batch check naming the version, and nothing is written."""
     source, manifest = exported
-    Target(target_dsn).setup()
-    newer = LATEST_SCHEMA_VERSION + 5
-    with psycopg.connect(target_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO checkpoint_migrations (v) VALUES (%s)", (newer,))
+    newer = set_up_by_a_newer_library(target_dsn)
     before = table_rows(target_dsn)
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     key = manifest.batches[0].key
