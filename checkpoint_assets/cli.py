@@ -193,7 +193,14 @@ def load_env_file(path: Path = Path(ENV_FILE)) -> None:
 
 def _env_int(name: str, default: int = 1000) -> int:
     value = os.environ.get(name)
-    return int(value) if value else default
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        print(f"checkpoint-assets: error: {name}={value!r} is not a whole number; fix or "
+              "unset it (environment or .env).", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def main(argv: list[str] | None = None) -> int:
