@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -205,7 +206,8 @@ def test_materialize_everything_from_the_asset_graph_until_every_check_passes(
 
 
 def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
-    page: Any, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch
+    page: Any, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The target already holds one of the batch's checkpoints with other content, and the
     batch was loaded by the command-line runner (same assets, same DAGSTER_HOME). In the UI,
@@ -213,6 +215,7 @@ def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
     "View logs" shows the loader's reason: the batch conflicts with rows in the target,
     naming the planted checkpoint."""
     project = new_project(tmp_path, target_dsn, threads=2, batch_size=100)
+    request.addfinalizer(lambda: stop_log_tails(project.settings["DAGSTER_HOME"]))
     for name, value in project.settings.items():
         monkeypatch.setenv(name, value)
 
@@ -242,6 +245,12 @@ def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
         save_screenshot(page, tmp_path, "ui-failed-partition-logs.png")
     assert "same keys but different content" in reason_text
     assert planted["checkpoint_id"] in reason_text
+
+
+def stop_log_tails(home: str) -> None:
+    """Stop the ``tail -F`` processes Dagster's compute-log capture started for runs under
+    ``home``: runs executed in a worker thread leave them behind when the test ends."""
+    subprocess.run(["pkill", "-f", f"tail -F -c +0 {home}/"], check=False)
 
 
 def without_event_loop(work: Callable[[], Any]) -> Any:
