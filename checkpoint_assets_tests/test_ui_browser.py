@@ -250,7 +250,7 @@ def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
 def stop_log_tails(home: str) -> None:
     """Stop the ``tail -F`` processes Dagster's compute-log capture started for runs under
     ``home``: runs executed in a worker thread leave them behind when the test ends."""
-    subprocess.run(["pkill", "-f", f"tail -F -c +0 {home}/"], check=False)
+    subprocess.run(["pkill", "-f", f"^tail -F .*{home}/"], check=False)  # a regex
 
 
 def without_event_loop(work: Callable[[], Any]) -> Any:
