@@ -391,9 +391,7 @@ def _migrate(args: argparse.Namespace, dsn: str) -> int:
     """Run the migration, write its evidence report, print its summary; the exit status."""
     from checkpoint_assets.runner import migrate_in_process
 
-    return _migration_status(args, migrate_in_process(
-        source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
-        batch_size=args.batch_size, readback_all=args.readback_all))
+    return _migration_status(args, migrate_in_process(**_runner_arguments(args, dsn)))
 
 
 def cmd_backfill(args: argparse.Namespace, dsn: str) -> int:
@@ -401,11 +399,16 @@ def cmd_backfill(args: argparse.Namespace, dsn: str) -> int:
     its evidence report, as for migrate)."""
     from checkpoint_assets.runner import backfill_in_process
 
-    status = _migration_status(args, backfill_in_process(
-        source=args.source, export=args.export, target_dsn=dsn, schema=args.schema,
-        batch_size=args.batch_size, readback_all=args.readback_all))
+    status = _migration_status(args, backfill_in_process(**_runner_arguments(args, dsn)))
     _print_evidence_path(args, _migration_evidence_path(args))
     return status
+
+
+def _runner_arguments(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+    """What migrate and backfill pass to the in-process runner."""
+    return {"source": args.source, "export": args.export, "target_dsn": dsn,
+            "schema": args.schema, "batch_size": args.batch_size,
+            "readback_all": args.readback_all}
 
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:
@@ -420,8 +423,7 @@ def _migration_status(args: argparse.Namespace, result: Any) -> int:
 
 def _migration_evidence_path(args: argparse.Namespace) -> Path:
     """--evidence, or beside the export the migration's assets use (the same default)."""
-    export = args.export or default_export_path(args.source)
-    return _evidence_path(args, export)
+    return _evidence_path(args, args.export or _default_export(args))
 
 
 def _unverified_evidence(result: Any) -> str:

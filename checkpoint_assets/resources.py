@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psycopg
-from langgraph.checkpoint.postgres import PostgresSaver
 from pydantic import Field
 
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.source import SourceCounts, open_source
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.target import LATEST_SCHEMA_VERSION, Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
 from checkpoint_assets.partitions import (
     AES_KEY_ENV,
@@ -131,12 +129,7 @@ class PostgresTargetResource(dg.ConfigurableResource):
 def tables_ready(target: Target) -> bool:
     """True when PostgresSaver's tables exist in ``target`` at exactly the library's latest
     version (a newer one goes to Target.setup(), which refuses it)."""
-    with target.connect(autocommit=True) as conn:
-        try:
-            row = conn.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()
-        except psycopg.errors.UndefinedTable:
-            return False
-    return row is not None and row[0] is not None and row[0] == len(PostgresSaver.MIGRATIONS) - 1
+    return target.schema_version() == LATEST_SCHEMA_VERSION
 
 
 def ensure_tables(target: Target) -> None:

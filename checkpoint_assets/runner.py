@@ -33,6 +33,7 @@ from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.engine.pipeline import default_workers
 from checkpoint_assets.engine.target import scrub
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
@@ -244,7 +245,7 @@ def batch_workers() -> int:
     configured = os.environ.get(WORKERS_ENV)
     if configured:
         return max(1, int(configured))
-    return max(1, min(2, os.cpu_count() or 1))
+    return default_workers()
 
 
 def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,

@@ -21,10 +21,16 @@ from checkpoint_assets.embedded_postgres import temporary_database
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
+    BATCH_SIZE_ENV,
     BATCHES_ASSET,
     EXPORT_ASSET,
+    EXPORT_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
 )
+from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.sample import write_sample_database
 
@@ -95,3 +101,20 @@ def with_password(dsn: str, password: str) -> str:
     """The same DSN carrying a password (the test servers trust local users and ignore it)."""
     return make_conninfo(dsn, password=password)
 
+
+def dagster_dev_project(root: Path, target_dsn: str, *, threads: int,
+                        batch_size: int) -> tuple[Path, Path, dict[str, str]]:
+    """(source, export path, environment) of a project under ``root`` as ``dagster dev``
+    serves it: a corpus of ``threads`` threads, a persistent DAGSTER_HOME with the shipped
+    dagster.yaml (the "Join the Dagster community" dialog already seen, as after a user's
+    first visit), the settings only in the environment, no read-back sample."""
+    home = root / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes(SQLITE_INSTANCE_YAML.read_bytes())
+    (home / ".nux").mkdir()
+    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
+    source = write_corpus(root / "support.sqlite", threads=threads)
+    export = root / "export.jsonl"
+    env = {SOURCE_ENV: str(source), EXPORT_ENV: str(export), BATCH_SIZE_ENV: str(batch_size),
+           READBACK_THREADS_ENV: "0", TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
+    return source, export, env

@@ -25,16 +25,10 @@ import pytest
 
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
-    BATCH_SIZE_ENV,
     BATCHES_ASSET,
-    EXPORT_ENV,
-    READBACK_THREADS_ENV,
-    SOURCE_ENV,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
 )
-from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.runner import (
     migrate_in_process,
     partition_statuses,
@@ -55,7 +49,7 @@ from checkpoint_assets_tests.dagster_dev_support import (
     tag,
     wait_for,
 )
-from checkpoint_assets_tests.dagster_support import write_corpus
+from checkpoint_assets_tests.dagster_support import dagster_dev_project
 from checkpoint_assets_tests.test_dagster_backfill import plant_conflict
 
 FAILING = "batch-00002"
@@ -69,13 +63,7 @@ def dev_project(tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch
         dict[str, Any]]:
     """A persistent DAGSTER_HOME with the shipped dagster.yaml, a corpus exported through
     the CLI runner into it, and a conflict planted in the target for batch FAILING."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_bytes(SQLITE_INSTANCE_YAML.read_bytes())
-    source = write_corpus(tmp_path / "support.sqlite", threads=5)
-    export = tmp_path / "export.jsonl"
-    env = {SOURCE_ENV: str(source), EXPORT_ENV: str(export), BATCH_SIZE_ENV: "12",
-           READBACK_THREADS_ENV: "0", TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
+    _, export, env = dagster_dev_project(tmp_path, target_dsn, threads=5, batch_size=12)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     first = migrate_in_process()  # export + batches + verification, all from the CLI path

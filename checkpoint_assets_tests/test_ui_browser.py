@@ -38,21 +38,19 @@ import pytest
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.partitions import (
-    BATCH_SIZE_ENV,
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
-    EXPORT_ENV,
-    READBACK_THREADS_ENV,
-    SOURCE_ENV,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
 )
-from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.runner import backfill_in_process, project_instance
 from checkpoint_assets_tests.dagster_dev_support import REPO, DagsterDev
-from checkpoint_assets_tests.dagster_support import definitions, materialize, write_corpus
+from checkpoint_assets_tests.dagster_support import (
+    dagster_dev_project,
+    definitions,
+    materialize,
+)
 from checkpoint_assets_tests.test_dagster_backfill import plant_conflict
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -121,17 +119,8 @@ class Project:
 def new_project(tmp_path: Path, target_dsn: str, *, threads: int, batch_size: int) -> Project:
     """A corpus of ``threads`` threads (10 checkpoints each, written by the sample graph)
     cut into batches of ``batch_size`` checkpoints, over an empty target and a new home."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_bytes(SQLITE_INSTANCE_YAML.read_bytes())
-    # The "Join the Dagster community" dialog, as after a user's first visit: already seen.
-    (home / ".nux").mkdir()
-    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
-    source = write_corpus(tmp_path / "support.sqlite", threads=threads)
-    export = tmp_path / "export.jsonl"
-    settings = {SOURCE_ENV: str(source), EXPORT_ENV: str(export),
-                BATCH_SIZE_ENV: str(batch_size), READBACK_THREADS_ENV: "0",
-                TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
+    source, export, settings = dagster_dev_project(tmp_path, target_dsn, threads=threads,
+                                                   batch_size=batch_size)
     return Project(tmp=tmp_path, source=source, export=export, dsn=target_dsn,
                    settings=settings)
 

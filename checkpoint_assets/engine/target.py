@@ -127,7 +127,7 @@ class Target:
         """
         with self.connect(autocommit=True) as conn:
             try:
-                version = self._schema_version(conn)
+                version = self._schema_version_on(conn)
                 if version is not None and version > LATEST_SCHEMA_VERSION:
                     raise MigrationError(
                         f"PostgresSaver's tables in {self.display} are at schema version "
@@ -168,7 +168,13 @@ class Target:
                     "Check the database's state; the library's own migrations failed.",
                 ) from None
 
-    def _schema_version(self, conn: psycopg.Connection) -> int | None:
+    def schema_version(self) -> int | None:
+        """The version PostgresSaver's ``checkpoint_migrations`` records (None: no tables
+        yet); LATEST_SCHEMA_VERSION means up to date."""
+        with self.connect(autocommit=True) as conn:
+            return self._schema_version_on(conn)
+
+    def _schema_version_on(self, conn: psycopg.Connection) -> int | None:
         """The highest version in ``checkpoint_migrations`` (None: no table or no row)."""
         exists = conn.execute("SELECT to_regclass(%s)", (MIGRATIONS_TABLE,)).fetchone()
         if exists is None or exists[0] is None:
