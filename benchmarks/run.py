@@ -287,12 +287,13 @@ def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, 
     """read_manifest + import_export into an empty database, with ``workers`` concurrent
     batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
     from checkpoint_assets.engine.export_file import read_manifest
-    from checkpoint_assets.engine.pipeline import import_export, import_workers
+    from checkpoint_assets.engine.pipeline import import_export
+    from checkpoint_assets.engine.workers import workers_for
     from checkpoint_assets.engine.target import Target
 
     started = time.perf_counter()
     manifest = read_manifest(export)
-    workers = workers or import_workers(manifest)
+    workers = workers or workers_for(manifest)
     summary = import_export(manifest, Target(dsn), workers=workers)
     seconds = time.perf_counter() - started
     rows = {r["table"]: r["imported"] for r in summary.table_rows()}

@@ -32,12 +32,7 @@ from checkpoint_assets.engine.export_file import (
     verify_export,
     write_export,
 )
-from checkpoint_assets.engine.pipeline import (
-    PARALLEL_IMPORT_MIN_BATCHES,
-    WORKERS_ENV,
-    import_export,
-    import_workers,
-)
+from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.private_files import (
     write_private_json,
     write_private_text,
@@ -49,6 +44,7 @@ from checkpoint_assets.engine.verify import (
     VerificationReport,
     verify_migration,
 )
+from checkpoint_assets.engine.workers import PARALLEL_MIN_BATCHES, WORKERS_ENV, workers_for
 from checkpoint_assets.progress import progress
 from checkpoint_assets.project import default_export_path
 
@@ -99,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="environment variable holding the EncryptedSerializer AES key, "
                             f"for encrypted sources (default {AES_KEY_ENV})")
 
+    def add_workers(p: argparse.ArgumentParser, done: str) -> None:
+        p.add_argument("--workers", type=int, default=_env_int(WORKERS_ENV, 0),
+                       help=f"batches {done} at once, each in its own process (env "
+                            f"{WORKERS_ENV}; default: 2 on a multi-core machine for exports "
+                            f"of {PARALLEL_MIN_BATCHES} or more batches, else 1)")
+
     def add_report(p: argparse.ArgumentParser) -> None:
         p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -125,10 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "been taken from; the import stops if the export came from "
                          "another file (env CHECKPOINT_ASSETS_SOURCE)")
     add_target(p)
-    p.add_argument("--workers", type=int, default=_env_int(WORKERS_ENV, 0),
-                   help="batches loaded at once, each in its own process (env "
-                        f"{WORKERS_ENV}; default: 2 on a multi-core machine for exports of "
-                        f"{PARALLEL_IMPORT_MIN_BATCHES} or more batches, else 1)")
+    add_workers(p, "loaded")
     add_report(p)
 
     p = sub.add_parser("verify", help="compare PostgreSQL with the export and the source")
@@ -140,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_READBACK_SAMPLE})")
     p.add_argument("--readback-all", action="store_true",
                    help="read back every thread through the official savers")
+    add_workers(p, "compared")
     add_report(p)
     add_evidence(p)
 
@@ -269,7 +269,7 @@ def cmd_import(args: argparse.Namespace, dsn: str) -> int:
     target = Target(dsn, args.schema)
     with progress("import", manifest.checkpoints) as advance:
         summary = import_export(manifest, target, cipher=_cipher(args),
-                                workers=args.workers or import_workers(manifest),
+                                workers=args.workers or workers_for(manifest),
                                 on_batch=lambda r: advance(
                                     r.inserted["checkpoints"] + r.already_present["checkpoints"]))
     report = {"command": "import", "ok": True, "target": target.display,
@@ -295,7 +295,8 @@ def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
     with progress("verify", manifest.checkpoints) as advance:
         report = verify_migration(
             manifest, target, source_path=args.source, cipher=_cipher(args),
-            readback_threads=None if args.readback_all else args.readback, progress=advance)
+            readback_threads=None if args.readback_all else args.readback, progress=advance,
+            workers=args.workers or workers_for(manifest))
     evidence = write_evidence(
         _evidence_path(args, manifest.path),
         render_evidence(report, manifest=manifest, target_display=target.display))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
-from checkpoint_assets.engine.pipeline import WORKERS_ENV  # noqa: F401 (batch runs at once)
+from checkpoint_assets.engine.workers import WORKERS_ENV  # noqa: F401 (batch runs at once)
 
 # The engine's check names are the contract; re-exported here for the Dagster layer.
 from checkpoint_assets.engine.verify import (  # noqa: F401
@@ -29,6 +29,10 @@ from checkpoint_assets.engine.verify import (  # noqa: F401
 # Keys are the export's deterministic batch keys: batch-00001, batch-00002, ...
 BATCH_PARTITIONS_NAME = "checkpoint_batches"
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS_NAME)
+# A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
+# per Dagster run, each batch still in its own transaction with its own materialization and
+# check result: a run costs about half a second in-process and seconds under dagster dev.
+BATCHES_PER_RUN = 10
 
 # --------------------------------------------------------------------------- assets
 

@@ -2,9 +2,10 @@
 
 ``checkpoint-assets migrate`` materializes the same assets, with the same checks, that
 ``dagster dev`` shows, against the same persistent instance: one run for the export, one run
-per batch partition (so each partition has its own materialization and a failure stays with
-its partition, exactly as a UI backfill leaves it), and one run for the verification (plus
-publish in staging mode). The runs appear in the UI with the tag
+per range of up to BATCHES_PER_RUN consecutive batch partitions, as a UI backfill launches
+them (each batch still has its own transaction, materialization and check result, and a
+failure stays with its partition), and one run for the verification (plus publish in
+staging mode). The runs appear in the UI with the tag
 ``checkpoint_assets/front_end=cli``.
 """
 
@@ -28,16 +29,21 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
-from checkpoint_assets.assets.batches import CONFLICT_MARKER
+from checkpoint_assets.assets.batches import CONFLICT_MARKER, FAILED_BATCHES_METADATA
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.pipeline import default_workers
+from checkpoint_assets.engine.workers import default_workers
 from checkpoint_assets.engine.target import scrub
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
+    BATCHES_PER_RUN,
     EXPORT_ASSET,
     FRONT_END_TAG,
     LOG_LEVEL_ENV,
@@ -251,15 +257,40 @@ def batch_workers() -> int:
 def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,
                   instance: dg.DagsterInstance, keys: Sequence[str], tags: dict[str, str],
                   dsn: str) -> list[RunOutcome]:
-    """One run per batch partition: here, or in worker processes sharing the instance."""
+    """Runs of consecutive batch partitions: here, or in worker processes sharing the
+    instance. One outcome per partition."""
     workers = min(batch_workers(), len(keys))
+    runs = batch_runs(keys, instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME), workers)
     if workers <= 1 or instance.is_ephemeral:
-        return [_execute(job, instance, "batch", [BATCHES_ASSET], key, tags, dsn)
-                for key in keys]
-    context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_batch_in_worker, repeat(_worker_settings(settings)),
-                             repeat(instance.get_ref()), keys, repeat(tags), repeat(dsn)))
+        outcomes = [_execute_batches(job, instance, run, tags, dsn) for run in runs]
+    else:
+        context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            outcomes = list(pool.map(_batches_in_worker, repeat(_worker_settings(settings)),
+                                     repeat(instance.get_ref()), runs, repeat(tags),
+                                     repeat(dsn)))
+    return [outcome for run in outcomes for outcome in run]
+
+
+def batch_runs(keys: Sequence[str], partitions: Sequence[str],
+               workers: int = 1) -> list[list[str]]:
+    """``keys`` cut into runs as a multi-run backfill cuts them: each run a contiguous range
+    of ``partitions`` (so it covers no batch outside ``keys``), at most BATCHES_PER_RUN long,
+    and short enough that ``workers`` processes all get a share."""
+    wanted = set(keys)
+    per_run = max(1, min(BATCHES_PER_RUN, -(-len(wanted) // max(1, workers))))
+    runs: list[list[str]] = []
+    current: list[str] = []
+    for key in partitions:
+        if key in wanted and len(current) < per_run:
+            current.append(key)
+            continue
+        if current:
+            runs.append(current)
+        current = [key] if key in wanted else []
+    if current:
+        runs.append(current)
+    return runs
 
 
 def _worker_settings(settings: dict[str, Any]) -> dict[str, Any]:
@@ -270,9 +301,10 @@ def _worker_settings(settings: dict[str, Any]) -> dict[str, Any]:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _batch_in_worker(settings: dict[str, Any], instance_ref: Any, key: str,
-                     tags: dict[str, str], dsn: str) -> RunOutcome:
-    """Run one batch partition in a worker process (the DSN arrives via the environment)."""
+def _batches_in_worker(settings: dict[str, Any], instance_ref: Any, keys: list[str],
+                       tags: dict[str, str], dsn: str) -> list[RunOutcome]:
+    """Run one range of batch partitions in a worker process (the DSN arrives via the
+    environment)."""
     if "job" not in _WORKER_STATE:
         resources = build_resources(
             source=settings["source"], export=settings["export"],
@@ -284,8 +316,48 @@ def _batch_in_worker(settings: dict[str, Any], instance_ref: Any, key: str,
                                  staging=bool(staging) if staging is not None else None)
         _WORKER_STATE["job"] = defs.resolve_implicit_global_asset_job_def()
         _WORKER_STATE["instance"] = dg.DagsterInstance.from_ref(instance_ref)
-    return _execute(_WORKER_STATE["job"], _WORKER_STATE["instance"], "batch", [BATCHES_ASSET],
-                    key, tags, dsn)
+    return _execute_batches(_WORKER_STATE["job"], _WORKER_STATE["instance"], keys, tags, dsn)
+
+
+def _execute_batches(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list[str],
+                     tags: dict[str, str], dsn: str) -> list[RunOutcome]:
+    """One run for the consecutive partitions ``keys`` (a partition range when more than
+    one, as the UI's backfill launches it); an outcome per partition, failed where the run
+    recorded no materialization of it."""
+    started = time.perf_counter()
+    range_tags = {} if len(keys) == 1 else {ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                                            ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    run = job.execute_in_process(instance=instance, asset_selection=[BATCHES_ASSET],
+                                 partition_key=keys[0] if len(keys) == 1 else None,
+                                 tags={**tags, **range_tags, **process_tag()},
+                                 raise_on_error=False, run_config=_console_log_level())
+    seconds = round((time.perf_counter() - started) / len(keys), 3)
+    loaded = materialized_partitions(instance, run.run_id)
+    reasons = {} if run.success else _failed_batches(run)
+    run_error = None if run.success else _failure_message(run)
+    return [RunOutcome("batch", run.run_id, key in loaded, key,
+                       None if key in loaded else scrub(reasons.get(key) or run_error
+                                                        or "not loaded", dsn), seconds)
+            for key in keys]
+
+
+def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The batch partitions that run ``run_id`` materialized."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {m.partition for m in (r.event_log_entry.asset_materialization for r in records)
+            if m is not None and m.asset_key == BATCHES_ASSET and m.partition}
+
+
+def _failed_batches(run: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """{partition key: why} from the step failure of a batch run."""
+    for event in run.all_events:
+        if event.is_step_failure and event.step_failure_data.user_failure_data:
+            value = event.step_failure_data.user_failure_data.metadata.get(
+                FAILED_BATCHES_METADATA)
+            if value is not None and isinstance(value.value, dict):
+                return {str(k): str(v) for k, v in value.value.items()}
+    return {}
 
 
 def partition_statuses(instance: dg.DagsterInstance) -> dict[str, str]:

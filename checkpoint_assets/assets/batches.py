@@ -1,6 +1,7 @@
 """The imported batches asset: one dynamic partition per export batch, loaded into PostgreSQL."""
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -29,6 +30,7 @@ from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCH_MAX_RETRIES,
     BATCHES_ASSET,
+    BATCHES_PER_RUN,
     ENGINE_ATTEMPTS,
     ENGINE_BACKOFF_SECONDS,
     EXPORT_ASSET,
@@ -46,6 +48,8 @@ from checkpoint_assets.resources import (
 )
 
 CONFLICT_MARKER = "conflicts with rows in"  # in the failure text of a conflicting batch
+# Failure metadata of a run whose batches did not all load: {partition key: why}.
+FAILED_BATCHES_METADATA = "failed_batches"
 
 with preview_silenced():
     # Partitioned check specs are Preview in Dagster 1.13; they give one result per batch.
@@ -55,15 +59,31 @@ with preview_silenced():
                     "export's counts and content digest.")
 
 
-@dg.asset(
-    key=BATCHES_ASSET,
-    group_name=GROUP_NAME,
-    kinds={POSTGRES_KIND},
-    partitions_def=batch_partitions,
-    deps=[EXPORT_ASSET],
+@dataclass
+class BatchProblem:
+    """Why one batch of a run was not loaded (password-free)."""
+
+    key: str
+    message: str
+    error: BaseException
+    transient: bool = False  # Dagster retries the step for it
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dg.multi_asset(
+    name=BATCHES_ASSET.path[-1],
+    specs=[dg.AssetSpec(
+        BATCHES_ASSET, group_name=GROUP_NAME, kinds={POSTGRES_KIND},
+        partitions_def=batch_partitions, deps=[EXPORT_ASSET],
+        description="The export's checkpoints in PostgreSQL, one partition per batch of "
+                    "whole threads, each loaded in its own transaction.")],
+    check_specs=[BATCH_CHECK],
+    # Every batch records its own materialization and check result as soon as its
+    # transaction commits, so the step yields no output; can_subset makes that legal.
+    can_subset=True,
     pool=TARGET_POOL,
     retry_policy=batch_retry_policy,
-    check_specs=[BATCH_CHECK],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCHES_PER_RUN),
 )
 def imported_checkpoint_batches(
     context: dg.AssetExecutionContext,
@@ -71,58 +91,122 @@ def imported_checkpoint_batches(
     export_file: ExportFileResource,
     target: PostgresTargetResource,
 ) -> Iterator[Any]:
-    """One batch of whole threads, loaded into PostgreSQL in a single transaction.
+    """The run's batches (one partition, or a range of up to BATCHES_PER_RUN from a
+    backfill), each loaded into PostgreSQL in its own transaction.
 
-    The export must have been taken from the configured source, and the batch's bytes are
+    The export must have been taken from the configured source, and each batch's bytes are
     checked against the export's digests, before anything is written;
     rows already present with the same content are skipped, so re-running a partition is
-    safe and changes nothing. A row present with different content (a conflict), a digest
-    mismatch after loading, or a database error that outlasts the retries leaves the
-    partition FAILED with a failed ``batch_matches_export`` result, so a backfill of
-    "failed and missing" partitions picks it up again once the cause is removed.
-    Transient database errors are retried by the engine (seconds) and then by Dagster
-    (exponential backoff). In staging mode the batch lands in the staging schema.
+    safe and changes nothing. Each batch that commits and reads back equal to the export is
+    recorded at once as a materialization of its partition with a passed
+    ``batch_matches_export`` result. A row present with different content (a conflict), a
+    digest mismatch after loading, or a database error that outlasts the retries gives
+    that batch a failed result and leaves its partition FAILED, while the run's other
+    batches still load; a backfill of "failed and missing" partitions picks it up again
+    once the cause is removed. Transient database errors are retried by the engine
+    (seconds) and then by Dagster (exponential backoff; batches already loaded by the run
+    are not loaded again). In staging mode the batches land in the staging schema.
     """
-    key = context.partition_key
     load_target = target.load_target()
-    cipher = source.cipher()
+    keys = _keys_still_to_load(context)
     try:
         manifest = read_manifest(export_file.resolve_path(source.path))
         require_same_source(manifest, source.path)
-        entry = manifest.batch(key)
         ensure_tables(load_target)
+        cipher = source.cipher()
+    except Exception as exc:  # nothing can load: every batch of the run failed the same way
+        problems = [_record_problem(context, key, load_target, exc) for key in keys]
+    else:
+        problems = [problem for key in keys
+                    if (problem := _load_and_record(context, key, manifest, load_target,
+                                                    cipher)) is not None]
+    yield from ()  # results were logged batch by batch; see can_subset above
+    _raise_for(problems, len(keys))
+
+
+def _keys_still_to_load(context: dg.AssetExecutionContext) -> list[str]:
+    """The run's partition keys, minus those an earlier attempt of this run loaded."""
+    keys = list(context.partition_keys)
+    if context.retry_number == 0:
+        return keys
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    loaded = {r.event_log_entry.asset_materialization.partition for r in records
+              if r.event_log_entry.asset_materialization is not None}
+    return [key for key in keys if key not in loaded]
+
+
+def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: ExportManifest,
+                     load_target: Target, cipher: Any) -> BatchProblem | None:
+    """Load one batch in its own transaction, compare it with the export, and log its
+    materialization and check result; the problem if it did not load."""
+    try:
+        entry = manifest.batch(key)
         result = load_batch(load_target, manifest, key, cipher=cipher,
                             attempts=ENGINE_ATTEMPTS, backoff_seconds=ENGINE_BACKOFF_SECONDS)
         comparison = compare_batch(load_target, manifest, key, cipher)
-    except ConflictError as exc:
-        yield _failed_check(key, load_target, "conflict with rows already in the target", exc,
-                            mismatches=exc.keys)
-        raise failure(f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
-                      f"{error_text(exc, target.dsn)}",
-                      {"conflicting_keys": exc.keys[:50]}) from None
-    except MigrationError as exc:  # bad input, or a database error the engine gave up on
-        if not _transient(exc):
-            yield _failed_check(key, load_target, type(exc).__name__, exc)
-            raise failure(f"Batch {key} failed: {error_text(exc, target.dsn)}") from None
-        if context.retry_number < BATCH_MAX_RETRIES:
-            context.log.warning(f"Batch {key}: {error_text(exc, target.dsn)}; Dagster retries "
-                                f"the step ({context.retry_number + 1}/{BATCH_MAX_RETRIES}).")
-            raise
-        yield _failed_check(key, load_target, "database error after retries", exc)
-        raise failure(f"Batch {key} failed: {error_text(exc, target.dsn)}") from None
-    except Exception as exc:  # a bug or an unexpected error: not retried either
-        yield _failed_check(key, load_target, type(exc).__name__, exc)
-        raise failure(f"Batch {key} failed: {error_text(exc, target.dsn)}",
-                      {"traceback": scrubbed_traceback(target.dsn)}) from None
-
+    except Exception as exc:
+        return _record_problem(context, key, load_target, exc)
     check = _comparison_check(comparison, load_target)
     if not comparison.passed:
-        yield check
-        raise failure(f"Batch {key} was loaded but PostgreSQL does not match the export "
-                      f"({load_target.display}).")
-    yield dg.MaterializeResult(metadata=_load_metadata(result, manifest, entry.checkpoints,
-                                                       load_target),
-                               check_results=[check])
+        context.log_event(check)
+        message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
+                   f"({load_target.display}).")
+        return BatchProblem(key, message, MigrationError(message))
+    context.log_event(dg.AssetMaterialization(
+        BATCHES_ASSET, partition=key,
+        metadata=_load_metadata(result, manifest, entry.checkpoints, load_target)))
+    context.log_event(check)
+    return None
+
+
+def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Target,
+                    exc: BaseException) -> BatchProblem:
+    """Log the failed check result for ``key`` (unless Dagster will retry it) and describe
+    the problem."""
+    dsn = load_target.dsn
+    text = error_text(exc, dsn)
+    if isinstance(exc, ConflictError):
+        context.log_event(_failed_check(key, load_target,
+                                        "conflict with rows already in the target", exc,
+                                        mismatches=exc.keys))
+        return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
+                                 f"{text}", exc, metadata={"conflicting_keys": exc.keys[:50]})
+    if isinstance(exc, MigrationError) and _transient(exc):
+        if context.retry_number < BATCH_MAX_RETRIES:
+            context.log.warning(f"Batch {key}: {text}; Dagster retries the step "
+                                f"({context.retry_number + 1}/{BATCH_MAX_RETRIES}).")
+            return BatchProblem(key, f"Batch {key} failed: {text}", exc, transient=True)
+        context.log_event(_failed_check(key, load_target, "database error after retries",
+                                        exc))
+        return BatchProblem(key, f"Batch {key} failed: {text}", exc)
+    context.log_event(_failed_check(key, load_target, type(exc).__name__, exc))
+    if isinstance(exc, MigrationError):  # bad input, or a database error the engine gave up on
+        return BatchProblem(key, f"Batch {key} failed: {text}", exc)
+    # A bug or an unexpected error: not retried either; the traceback helps to report it.
+    return BatchProblem(key, f"Batch {key} failed: {text}", exc,
+                        metadata={"traceback": scrubbed_traceback(dsn)})
+
+
+def _raise_for(problems: list[BatchProblem], batches: int) -> None:
+    """Fail the step when a batch did not load: retryably if one of them can be retried,
+    else with every problem in the description and per batch in ``failed_batches``."""
+    if not problems:
+        return
+    retry = next((p for p in problems if p.transient), None)
+    if retry is not None:
+        raise retry.error  # the RetryPolicy retries the step; loaded batches are skipped
+    failed = {p.key: p.message for p in problems}
+    if len(problems) == 1:
+        description = problems[0].message
+    else:
+        description = (f"{len(problems)} of {batches} batches of this run failed:\n"
+                       + "\n".join(failed.values()))
+    metadata: dict[str, Any] = {FAILED_BATCHES_METADATA: failed}
+    for problem in problems:
+        for name, value in problem.metadata.items():
+            metadata.setdefault(name, value)
+    raise failure(description, metadata) from None
 
 
 def _transient(exc: MigrationError) -> bool:
@@ -164,14 +248,22 @@ def _rows_markdown(result: BatchLoadResult) -> str:
     return "\n".join(lines)
 
 
-def _comparison_check(comparison: BatchComparison, load_target: Target) -> dg.AssetCheckResult:
+def _check_evaluation(key: str, passed: bool,
+                      metadata: dict[str, dg.MetadataValue]) -> dg.AssetCheckEvaluation:
+    """``batch_matches_export``'s result for partition ``key`` (logged as the batch
+    finishes, so each partition of a ranged run has its own)."""
+    return dg.AssetCheckEvaluation(asset_key=BATCHES_ASSET, check_name=BATCH_MATCHES_EXPORT,
+                                   passed=passed, metadata=metadata, partition=key)
+
+
+def _comparison_check(comparison: BatchComparison,
+                      load_target: Target) -> dg.AssetCheckEvaluation:
     mismatches = comparison.content_mismatches + comparison.metadata_mismatches
     if comparison.expected_counts != comparison.actual_counts:
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
-    return dg.AssetCheckResult(
-        check_name=BATCH_MATCHES_EXPORT, passed=comparison.passed,
-        metadata=check_metadata(
+    return _check_evaluation(
+        comparison.key, comparison.passed, check_metadata(
             expected={"counts": comparison.expected_counts,
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
@@ -180,10 +272,9 @@ def _comparison_check(comparison: BatchComparison, load_target: Target) -> dg.As
 
 
 def _failed_check(key: str, load_target: Target, problem: str, exc: BaseException,
-                  mismatches: list[dict] | None = None) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=BATCH_MATCHES_EXPORT, passed=False,
-        metadata=check_metadata(
+                  mismatches: list[dict] | None = None) -> dg.AssetCheckEvaluation:
+    return _check_evaluation(
+        key, False, check_metadata(
             expected=f"batch {key} loaded and equal to the export",
             actual=f"{problem}: {error_text(exc, load_target.dsn)}",
             mismatches=(mismatches or [])[:50],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -35,27 +34,6 @@ class ImportSummary:
                          "already_present": present, "conflicts": 0,
                          "seconds": round(self.seconds, 3)})
         return rows
-
-
-WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
-# A loader process takes a second or two to start; below this many batches it does not pay.
-PARALLEL_IMPORT_MIN_BATCHES = 10
-
-
-def import_workers(manifest: ExportManifest) -> int:
-    """Loader processes for importing ``manifest`` when the user did not say: the
-    default for a multi-core machine once the export is big enough to gain from it."""
-    return default_workers() if len(manifest.batches) >= PARALLEL_IMPORT_MIN_BATCHES else 1
-
-
-def default_workers() -> int:
-    """Batch loaders to run at once: one per core, at most two.
-
-    Each loader spends about two thirds of its time in Python (parsing, converting) and the
-    rest waiting for PostgreSQL, so two processes on two cores keep both busy; more only
-    queue up behind each other and the server.
-    """
-    return max(1, min(2, os.cpu_count() or 1))
 
 
 def import_export(

@@ -16,10 +16,13 @@ Checks (their names are the contract with the Dagster layer and the CLI):
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.workers import workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
 CONTENT_INTEGRITY = "content_integrity"
@@ -358,32 +362,33 @@ def verify_migration(
     cipher: Cipher | None = None,
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
     progress: Any = None,
+    workers: int | None = None,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
     ``readback_threads`` None reads back every thread through the official savers.
+    ``workers`` processes compare batches at once (None: as many as an import of this
+    export would use, since comparing also spends most of its time in Python).
     """
     started = time.perf_counter()
-    comparisons = []
-    for entry in manifest.batches:
-        comparisons.append(compare_batch(target, manifest, entry.key, cipher))
-        if progress is not None:
-            progress(entry.checkpoints)
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        # The SQLite side (counts, per-thread digests) is read while the batches compare.
+        source_state = beside.submit(_source_state, source_path, manifest) \
+            if source_path is not None else None
+        comparisons = compare_batches(
+            manifest, target, cipher,
+            workers=workers_for(manifest) if workers is None else workers,
+            progress=progress)
+        sqlite_counts, drift = source_state.result() if source_state is not None \
+            else (None, {"changed": [], "added": [], "removed": []})
     checks: dict[str, CheckOutcome] = {}
     expected = _sum_counts(c.expected_counts for c in comparisons)
     actual = _sum_counts(c.actual_counts for c in comparisons)
     export_counts = {"checkpoints": manifest.checkpoints, "checkpoint_writes": manifest.writes}
     counts = {"export": export_counts, "expected_target": expected, "target": actual,
               "target_tables": target_table_counts(target)}
-    drift: dict[str, list[str]] = {"changed": [], "added": [], "removed": []}
-    if source_path is not None:
-        src = open_source(source_path)
-        try:
-            sc = src.counts()
-        finally:
-            src.close()
-        counts["sqlite"] = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
-        drift = source_drift(source_path, manifest)
+    if sqlite_counts is not None:
+        counts["sqlite"] = sqlite_counts
     count_mismatches = [
         {"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts}
         for c in comparisons if c.expected_counts != c.actual_counts]
@@ -443,6 +448,40 @@ def verify_migration(
                "dict/list channel (stored as a blob)."] if hazards else [])
     return VerificationReport(checks=checks, counts=counts, metadata_changes=changes,
                               seconds=time.perf_counter() - started, batches=comparisons)
+
+
+def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | None = None,
+                    *, workers: int = 1, progress: Any = None) -> list[BatchComparison]:
+    """:func:`compare_batch` for every batch of the export, in export order, in ``workers``
+    processes; ``progress(checkpoints)`` after each batch."""
+    keys = [entry.key for entry in manifest.batches]
+    if workers <= 1 or len(keys) <= 1:
+        results = (compare_batch(target, manifest, key, cipher) for key in keys)
+        return [_progressed(result, manifest, progress) for result in results]
+    context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
+    with ProcessPoolExecutor(max_workers=min(workers, len(keys)), mp_context=context) as pool:
+        results = pool.map(compare_batch, repeat(target), repeat(manifest), keys,
+                           repeat(cipher))
+        return [_progressed(result, manifest, progress) for result in results]
+
+
+def _progressed(comparison: BatchComparison, manifest: ExportManifest,
+                progress: Any) -> BatchComparison:
+    if progress is not None:
+        progress(manifest.batch(comparison.key).checkpoints)
+    return comparison
+
+
+def _source_state(source_path: str | Path,
+                  manifest: ExportManifest) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The SQLite source's counts now, and its threads that differ from the export."""
+    src = open_source(source_path)
+    try:
+        sc = src.counts()
+    finally:
+        src.close()
+    counts = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
+    return counts, source_drift(source_path, manifest)
 
 
 def _sum_counts(items: Any) -> dict[str, int]:
