@@ -175,3 +175,13 @@ def run_status(dev: DagsterDev, run_id: str) -> str | None:
 def tag(run: dict[str, Any], key: str) -> str | None:
     """A tag of a GraphQL run."""
     return next((t["value"] for t in run["tags"] if t["key"] == key), None)
+
+
+def partition_span(run: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(first, last) partition key a GraphQL run covers: a range from a multi-run
+    backfill, or one partition as (key, key)."""
+    single = tag(run, "dagster/partition")
+    if single is not None:
+        return single, single
+    return (tag(run, "dagster/asset_partition_range_start"),
+            tag(run, "dagster/asset_partition_range_end"))

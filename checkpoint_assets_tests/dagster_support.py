@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -56,6 +60,16 @@ def materialize(defs: dg.Definitions, instance: dg.DagsterInstance, *assets: dg.
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(instance=instance, asset_selection=list(assets),
                                   partition_key=partition, raise_on_error=False)
+
+
+def materialize_range(defs: dg.Definitions, instance: dg.DagsterInstance, asset: dg.AssetKey,
+                      first: str, last: str) -> dg.ExecuteInProcessResult:
+    """One run for the partitions ``first``..``last`` of ``asset``, as a backfill with a
+    multi-run policy launches it."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=instance, asset_selection=[asset], raise_on_error=False,
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
 
 
 def migrate(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, Any]:
