@@ -670,6 +670,12 @@ def extrapolate(result: dict[str, Any], total: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- targets
 
 
+def in_process_batches_wall(in_process: dict[str, Any]) -> float:
+    """Wall seconds of loading every batch in-process (the backfill minus its verification
+    run; the per-partition seconds overlap in parallel workers, so their sum is not it)."""
+    return in_process["wall_seconds_including_verification"] - in_process["verification_seconds"]
+
+
 def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """PASS/MISS (or n/a) for every target of the issue, per size where it applies."""
     targets: list[dict[str, Any]] = []
@@ -708,15 +714,20 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                     f"<= {MAX_RSS_MB:.0f} MB", rss(result) <= MAX_RSS_MB,
                     "sum over its processes" if "peak_rss_tree_sum_mb" in result else "")
         dag = step(size, "dagster_backfill")
+        if dag and mig:
+            ratio = dag["seconds"] / mig["seconds"]
+            add("dagster backfill <= 3x in-process migrate", size, ratio,
+                f"<= {DAGSTER_MAX_X_IN_PROCESS}", ratio <= DAGSTER_MAX_X_IN_PROCESS,
+                "the issue's wording: dagster dev launch -> all partition runs done, against "
+                "`checkpoint-assets migrate` end to end")
         if dag:
-            base = dag["in_process"]["batches_seconds"]
+            base = in_process_batches_wall(dag["in_process"])
             ratio = dag["seconds"] / base if base else None
-            add("dagster backfill <= 3x in-process", size, ratio,
+            add("dagster backfill <= 3x the same batches in-process", size, ratio,
                 f"<= {DAGSTER_MAX_X_IN_PROCESS}",
                 None if ratio is None else ratio <= DAGSTER_MAX_X_IN_PROCESS,
-                "dagster dev: launch -> all partition runs done; in-process: the same "
-                "partitions as in-process runs (backfill_paths.py), verification excluded "
-                "from both")
+                "stricter, like for like: the same partitions loaded by in-process runs "
+                "(backfill_paths.py), wall time, verification excluded from both")
     ordered = sorted(sizes)
     for name in ("import", "migrate"):
         present = [s for s in ordered if step(s, name)]
@@ -768,7 +779,8 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
             if r.get("extrapolated"):
                 note = f"extrapolated from the first {r['measured_checkpoints']} checkpoints"
             if name == "dagster_backfill":
-                note = f"in-process same partitions: {r['in_process']['batches_seconds']:.1f} s"
+                note = (f"in-process same partitions: "
+                        f"{in_process_batches_wall(r['in_process']):.1f} s wall")
             if "peak_rss_tree_sum_mb" in r:
                 note += tree_note.format(r["peak_rss_mb"], r["peak_rss_tree_sum_mb"])
             lines.append(
