@@ -81,9 +81,14 @@ def migrate(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, Any
     return runs
 
 
-def check_results(run: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    """The run's check evaluations by check name."""
-    return {e.check_name: e for e in run.get_asset_check_evaluations()}
+def check_results(run: dg.ExecuteInProcessResult,
+                  instance: dg.DagsterInstance) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's check evaluations by check name, as the instance stored them (a run's
+    in-process result leaves out those a failing step logged before it raised)."""
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return {e.check_name: e for e in (r.event_log_entry.dagster_event.event_specific_data
+                                      for r in records)}
 
 
 def sqlite_counts(path: Path) -> dict[str, int]:

@@ -488,9 +488,9 @@ def test_dagster_batch_fails_when_the_export_was_taken_from_another_source(
         instance.add_dynamic_partitions(BATCH_PARTITIONS_NAME, [e.key for e in manifest.batches])
         code = definitions(other_source, manifest.path, batch_size=BATCH_SIZE)
         run = materialize(code, instance, BATCHES_ASSET, partition=key)
+        evaluation = check_results(run, instance)[BATCH_MATCHES_EXPORT]
 
     assert not run.success
-    evaluation = check_results(run)[BATCH_MATCHES_EXPORT]
     assert not evaluation.passed and evaluation.partition == key
     actual = evaluation.metadata["actual"].value
     assert "was taken from" in actual and str(other_source.resolve()) in actual
@@ -511,9 +511,9 @@ def test_dagster_batch_refuses_a_schema_newer_than_this_library(
         instance.add_dynamic_partitions(BATCH_PARTITIONS_NAME, [e.key for e in manifest.batches])
         run = materialize(definitions(source, manifest.path, batch_size=BATCH_SIZE), instance,
                           BATCHES_ASSET, partition=key)
+        evaluation = check_results(run, instance)[BATCH_MATCHES_EXPORT]
 
     assert not run.success
-    evaluation = check_results(run)[BATCH_MATCHES_EXPORT]
     assert not evaluation.passed
     assert f"schema version {newer}" in evaluation.metadata["actual"].value
     assert table_rows(target_dsn) == before

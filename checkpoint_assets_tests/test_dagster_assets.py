@@ -128,16 +128,16 @@ def migrated(admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_full_migration_passes_every_check(migrated: dict[str, Any]) -> None:
     """Export, every partition and the verification succeed, and every check passes."""
-    runs = migrated["runs"]
+    runs, instance = migrated["runs"], migrated["instance"]
     assert runs["export"].success
-    assert set(check_results(runs["export"])) == set(EXPORT_CHECK_NAMES)
-    assert all(e.passed for e in check_results(runs["export"]).values())
+    assert set(check_results(runs["export"], instance)) == set(EXPORT_CHECK_NAMES)
+    assert all(e.passed for e in check_results(runs["export"], instance).values())
     assert len(runs["batches"]) >= 3, "the corpus should span several batches"
     for key, run in runs["batches"].items():
         assert run.success, key
-        evaluation = check_results(run)[BATCH_MATCHES_EXPORT]
+        evaluation = check_results(run, instance)[BATCH_MATCHES_EXPORT]
         assert evaluation.passed and evaluation.partition == key
-    verification = check_results(runs["verification"])
+    verification = check_results(runs["verification"], instance)
     assert set(verification) == set(VERIFICATION_CHECK_NAMES)
     assert all(e.passed for e in verification.values()), {
         n: e.metadata for n, e in verification.items() if not e.passed}
@@ -172,7 +172,7 @@ def test_rematerializing_a_loaded_partition_changes_no_rows(migrated: dict[str, 
     metadata = run.asset_materializations_for_node("imported_checkpoint_batches")[0].metadata
     assert set(metadata["inserted"].value.values()) == {0}
     assert sum(metadata["already_present"].value.values()) == metadata["dagster/row_count"].value
-    assert check_results(run)[BATCH_MATCHES_EXPORT].passed
+    assert check_results(run, migrated["instance"])[BATCH_MATCHES_EXPORT].passed
     assert table_snapshot(migrated["dsn"]) == before
 
 
@@ -226,7 +226,7 @@ def test_staging_mode_publishes_verified_batches_in_one_step(
         assert early.success
         refused = materialize(code, instance, PUBLISH_ASSET)
         assert not refused.success, "publish must refuse before verification"
-        assert not check_results(refused)[PUBLISHED_MATCHES_EXPORT].passed
+        assert not check_results(refused, instance)[PUBLISHED_MATCHES_EXPORT].passed
 
         result = migrate_in_process(
             source=str(source), export=str(tmp_path / "export.jsonl"), schema="checkpoints_live",
