@@ -702,12 +702,15 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
             ratio = mig["ratio_to_copy_ceiling"]
             add("migrate <= 8x copy ceiling", size, ratio, f"<= {MIGRATE_MAX_X_CEILING}",
                 ratio <= MIGRATE_MAX_X_CEILING)
-        if mig and api:
-            speedup = api["seconds"] / mig["seconds"]
-            add("migrate >= 20x faster than the API loop", size, speedup,
-                f">= {MIGRATE_MIN_X_FASTER_THAN_API}",
-                speedup >= MIGRATE_MIN_X_FASTER_THAN_API,
-                "API loop extrapolated from a prefix" if api.get("extrapolated") else "")
+        for name, result in (("migrate", mig), ("import", imp)):
+            if result and api:
+                # The issue does not say which step; import is like for like (the API loop
+                # only loads), migrate also exports and verifies.
+                speedup = api["seconds"] / result["seconds"]
+                add(f"{name} >= 20x faster than the API loop", size, speedup,
+                    f">= {MIGRATE_MIN_X_FASTER_THAN_API}",
+                    speedup >= MIGRATE_MIN_X_FASTER_THAN_API,
+                    "API loop extrapolated from a prefix" if api.get("extrapolated") else "")
         for name, result in (("import", imp), ("migrate", mig)):
             if result:
                 add(f"{name} peak RSS <= 1 GB", size, rss(result),
