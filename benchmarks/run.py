@@ -4,7 +4,7 @@ Run from the repository root (PostgreSQL admin DSN from $BENCH_ADMIN_DSN, defaul
 postgresql://postgres@127.0.0.1:5432/postgres):
 
     .venv/bin/python -m benchmarks.run [--sizes 10000,50000,100000] [--skip-dagster]
-                                       [--dagster-sizes 10000] [--api-prefix 10000]
+                                       [--dagster-sizes 10000,100000] [--api-prefix 10000]
                                        [--profile-import 50000] [--scale-out]
                                        [--out benchmarks/results/latest.json]
     .venv/bin/python -m benchmarks.run --smoke --out /tmp/smoke.json   # ~300 checkpoints

@@ -35,11 +35,15 @@ from dagster._core.storage.tags import (
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
-from checkpoint_assets.assets.batches import CONFLICT_MARKER, FAILED_BATCHES_METADATA
+from checkpoint_assets.assets.batches import (
+    CONFLICT_MARKER,
+    FAILED_BATCHES_METADATA,
+    materialized_partitions,
+)
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.workers import default_workers
 from checkpoint_assets.engine.target import scrub
+from checkpoint_assets.engine.workers import configured_workers, default_workers
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -52,7 +56,6 @@ from checkpoint_assets.partitions import (
     STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
     VERIFICATION_ASSET,
-    WORKERS_ENV,
     batch_partitions,
 )
 from checkpoint_assets.project import ensure_dagster_home, initialize_target_pool
@@ -71,14 +74,14 @@ def project_instance() -> dg.DagsterInstance:
 
 @dataclass
 class RunOutcome:
-    """One run the migration started."""
+    """One run the migration started; for batches, one partition of a (ranged) run."""
 
     step: str
     run_id: str
     success: bool
     partition: str | None = None
     error: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # a batch's share of its run's wall time
 
 
 @dataclass
@@ -205,8 +208,8 @@ def _run(settings: dict[str, Any], *, export_first: bool,
     with _dsn_in_environment(settings["target_dsn"]), _instance(settings["instance"]) as inst:
         dsn = os.environ.get(TARGET_DSN_ENV, "")
 
-        def run(step: str, assets: Sequence[dg.AssetKey], partition: str | None = None) -> bool:
-            outcome = _execute(job, inst, step, assets, partition, tags, dsn)
+        def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
+            outcome = _execute(job, inst, step, assets, tags, dsn)
             result.runs.append(outcome)
             return outcome.success
 
@@ -244,14 +247,12 @@ def _run(settings: dict[str, Any], *, export_first: bool,
 def batch_workers() -> int:
     """How many batch runs ``migrate`` runs at once (env CHECKPOINT_ASSETS_WORKERS).
 
-    Each in-process Dagster run spends most of a second on its own bookkeeping, so two
-    worker processes on a two-core machine load batches nearly twice as fast. The pool
-    ``checkpoint_assets_postgres`` still bounds what reaches the database.
+    Loading a batch is mostly Python work (parsing, converting, digesting), so two worker
+    processes on a two-core machine load batches nearly twice as fast (benchmarks: 1 / 2 / 4
+    loaders). The pool ``checkpoint_assets_postgres`` still bounds what reaches the
+    database.
     """
-    configured = os.environ.get(WORKERS_ENV)
-    if configured:
-        return max(1, int(configured))
-    return default_workers()
+    return configured_workers() or default_workers()
 
 
 def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,
@@ -341,14 +342,6 @@ def _execute_batches(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: 
             for key in keys]
 
 
-def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[str]:
-    """The batch partitions that run ``run_id`` materialized."""
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    return {m.partition for m in (r.event_log_entry.asset_materialization for r in records)
-            if m is not None and m.asset_key == BATCHES_ASSET and m.partition}
-
-
 def _failed_batches(run: dg.ExecuteInProcessResult) -> dict[str, str]:
     """{partition key: why} from the step failure of a batch run."""
     for event in run.all_events:
@@ -371,15 +364,14 @@ def partition_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
-             assets: Sequence[dg.AssetKey], partition: str | None, tags: dict[str, str],
-             dsn: str) -> RunOutcome:
+             assets: Sequence[dg.AssetKey], tags: dict[str, str], dsn: str) -> RunOutcome:
+    """One run of the unpartitioned ``assets`` (export, verification, publish)."""
     started = time.perf_counter()
     run = job.execute_in_process(instance=instance, asset_selection=list(assets),
-                                 partition_key=partition, tags={**tags, **process_tag()},
-                                 raise_on_error=False,
+                                 tags={**tags, **process_tag()}, raise_on_error=False,
                                  run_config=_console_log_level())
     error = None if run.success else scrub(_failure_message(run), dsn)
-    return RunOutcome(step, run.run_id, run.success, partition, error,
+    return RunOutcome(step, run.run_id, run.success, None, error,
                       round(time.perf_counter() - started, 3))
 
 

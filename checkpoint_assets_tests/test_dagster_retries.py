@@ -16,6 +16,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from checkpoint_assets.assets.batches import materialized_partitions
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
@@ -28,7 +29,7 @@ from checkpoint_assets.partitions import (
     EXPORT_ASSET,
     TARGET_DSN_ENV,
 )
-from checkpoint_assets.runner import materialized_partitions, partition_statuses
+from checkpoint_assets.runner import partition_statuses
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,

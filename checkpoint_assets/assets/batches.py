@@ -129,11 +129,16 @@ def _keys_still_to_load(context: dg.AssetExecutionContext) -> list[str]:
     keys = list(context.partition_keys)
     if context.retry_number == 0:
         return keys
-    records = context.instance.get_records_for_run(
-        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    loaded = {r.event_log_entry.asset_materialization.partition for r in records
-              if r.event_log_entry.asset_materialization is not None}
+    loaded = materialized_partitions(context.instance, context.run_id)
     return [key for key in keys if key not in loaded]
+
+
+def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The batch partitions that run ``run_id`` materialized."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {m.partition for m in (r.event_log_entry.asset_materialization for r in records)
+            if m is not None and m.asset_key == BATCHES_ASSET and m.partition}
 
 
 def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: ExportManifest,

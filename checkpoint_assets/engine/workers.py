@@ -12,9 +12,18 @@ PARALLEL_MIN_BATCHES = 10
 
 
 def workers_for(manifest: ExportManifest) -> int:
-    """Processes for importing or verifying ``manifest`` when the user did not say: the
-    default for a multi-core machine once the export is big enough to gain from it."""
+    """Processes for importing or verifying ``manifest``: CHECKPOINT_ASSETS_WORKERS if set,
+    else the default for a multi-core machine once the export is big enough to gain."""
+    configured = configured_workers()
+    if configured is not None:
+        return configured
     return default_workers() if len(manifest.batches) >= PARALLEL_MIN_BATCHES else 1
+
+
+def configured_workers() -> int | None:
+    """CHECKPOINT_ASSETS_WORKERS (at least 1), or None when it is not set."""
+    value = os.environ.get(WORKERS_ENV)
+    return max(1, int(value)) if value else None
 
 
 def default_workers() -> int:
