@@ -2,7 +2,7 @@
 only through its GraphQL API, as a user in the UI would.
 
 Under test: ``dagster dev`` loads the code location from workspace.yaml with every asset and
-check; a partition backfill of the batches asset (the daemon path: one run per partition)
+check; a partition backfill of the batches asset (the daemon path: runs of partition ranges)
 leaves the batch with a planted conflict FAILED with a failed check; after the conflict is
 removed, re-executing the backfill FROM_FAILURE runs only that partition; the verification
 launched from the UI then passes every check. The export was taken in-process by the CLI
