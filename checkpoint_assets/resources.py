@@ -126,12 +126,6 @@ class PostgresTargetResource(dg.ConfigurableResource):
         return self.readback_threads if self.readback_threads > 0 else None
 
 
-def tables_ready(target: Target) -> bool:
-    """True when PostgresSaver's tables exist in ``target`` at exactly the library's latest
-    version (a newer one goes to Target.setup(), which refuses it)."""
-    return target.schema_version() == LATEST_SCHEMA_VERSION
-
-
 def ensure_tables(target: Target) -> None:
     """Create or upgrade PostgresSaver's tables in ``target`` unless they are up to date.
 
@@ -140,8 +134,8 @@ def ensure_tables(target: Target) -> None:
     setup runs under an advisory lock, polled (pg_try_advisory_lock) rather than waited for:
     a waiting session then holds no snapshot that CREATE INDEX CONCURRENTLY would wait on.
     """
-    if tables_ready(target):
-        return
+    if target.schema_version() == LATEST_SCHEMA_VERSION:
+        return  # a newer version goes on to Target.setup(), which refuses it
     deadline = time.monotonic() + SETUP_LOCK_TIMEOUT_SECONDS
     with target.connect(autocommit=True) as conn:
         while not conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK_ID,)).fetchone()[0]:

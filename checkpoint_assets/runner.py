@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing
 import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
@@ -43,7 +41,11 @@ from checkpoint_assets.assets.batches import (
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.target import scrub
-from checkpoint_assets.engine.workers import configured_workers, default_workers
+from checkpoint_assets.engine.workers import (
+    configured_workers,
+    default_workers,
+    process_pool,
+)
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -265,8 +267,7 @@ def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,
     if workers <= 1 or instance.is_ephemeral:
         outcomes = [_execute_batches(job, instance, run, tags, dsn) for run in runs]
     else:
-        context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with process_pool(workers) as pool:
             outcomes = list(pool.map(_batches_in_worker, repeat(_worker_settings(settings)),
                                      repeat(instance.get_ref()), runs, repeat(tags),
                                      repeat(dsn)))

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from itertools import islice
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
+from itertools import islice
 
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.loader import BatchLoadResult, load_batch
 from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.workers import process_pool
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
@@ -77,9 +77,8 @@ def _load_in_processes(summary: ImportSummary, manifest: ExportManifest, target:
                        keys: list[str], cipher: Cipher | None,
                        on_batch: Callable[[BatchLoadResult], None] | None,
                        workers: int) -> None:
-    context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
     pending = iter(keys)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         running = {pool.submit(load_batch, target, manifest, key, cipher=cipher)
                    for key in islice(pending, workers)}
         failure: BaseException | None = None

@@ -16,11 +16,10 @@ Checks (their names are the contract with the Dagster layer and the CLI):
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
@@ -41,7 +40,7 @@ from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.workers import workers_for
+from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
 CONTENT_INTEGRITY = "content_integrity"
@@ -458,8 +457,7 @@ def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | N
     if workers <= 1 or len(keys) <= 1:
         results = (compare_batch(target, manifest, key, cipher) for key in keys)
         return [_progressed(result, manifest, progress) for result in results]
-    context = multiprocessing.get_context("spawn")  # a clean interpreter, no forked locks
-    with ProcessPoolExecutor(max_workers=min(workers, len(keys)), mp_context=context) as pool:
+    with process_pool(min(workers, len(keys))) as pool:
         results = pool.map(compare_batch, repeat(target), repeat(manifest), keys,
                            repeat(cipher))
         return [_progressed(result, manifest, progress) for result in results]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
+from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest
 
 WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
@@ -23,7 +26,14 @@ def workers_for(manifest: ExportManifest) -> int:
 def configured_workers() -> int | None:
     """CHECKPOINT_ASSETS_WORKERS (at least 1), or None when it is not set."""
     value = os.environ.get(WORKERS_ENV)
-    return max(1, int(value)) if value else None
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise MigrationError(f"{WORKERS_ENV}={value!r} is not a whole number.",
+                             "Set it to the number of worker processes (e.g. 2), or unset "
+                             "it for the default.") from None
 
 
 def default_workers() -> int:
@@ -34,3 +44,10 @@ def default_workers() -> int:
     queue up behind each other and the server.
     """
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes started with spawn: clean interpreters that inherit
+    no lock held by another thread at fork time (Dagster's, psycopg's)."""
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("spawn"))
