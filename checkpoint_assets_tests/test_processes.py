@@ -19,7 +19,9 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -35,6 +37,7 @@ from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _batch_state, _dbname, _wait_for_backend
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
+IMPORT_TWO_WORKERS = [*CLI, "import", "--workers", "2", "--export"]
 BATCH_SIZE = 12
 EXIT_INTERRUPTED = 130
 # Generous bounds for "stops": far above what any of these takes, far below "for ever".
@@ -103,11 +106,29 @@ def _hold_batch_mid_load(dsn: str, manifest: ExportManifest, key: str,
                          watch: psycopg.Connection) -> None:
     """Let batch ``key`` write its checkpoints and blobs, then hold it waiting for a lock on
     checkpoint_writes (its transaction open); ``gate`` held the batch's advisory lock."""
-    dbname = _dbname(dsn)
-    _wait_for_backend(watch, dbname, "SELECT pg_advisory_xact_lock%", "advisory")
+    _wait_for_advisory_wait(watch, dsn)
     table_lock.execute("LOCK TABLE checkpoint_writes IN SHARE MODE")
     gate.execute("SELECT pg_advisory_unlock_all()")
-    _wait_for_backend(watch, dbname, 'COPY "checkpoint_writes"%')
+    _wait_for_backend(watch, _dbname(dsn), 'COPY "checkpoint_writes"%')
+
+
+@contextmanager
+def _command(args: list[str], env: dict[str, str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """A command in a process group of its own (as a terminal starts it), killed with its
+    group should the test fail first."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for_advisory_wait(watch: psycopg.Connection, dsn: str) -> None:
+    """Until a loader waits for a batch's advisory lock (inside its transaction)."""
+    _wait_for_backend(watch, _dbname(dsn), "SELECT pg_advisory_xact_lock%", "advisory")
 
 
 def _gate(dsn: str, manifest: ExportManifest, key: str) -> psycopg.Connection:
@@ -192,18 +213,11 @@ def test_ctrl_c_during_batches_stops_with_whole_batches_and_backfill_completes(
     with _gate(target_dsn, manifest, held) as gate, \
             psycopg.connect(target_dsn) as table_lock, \
             psycopg.connect(target_dsn, autocommit=True) as watch:
-        proc = subprocess.Popen(_migrate_args("migrate", source, export),
-                                env=_env(home, target_dsn, workers=2), cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
+        with _command(_migrate_args("migrate", source, export),
+                      _env(home, target_dsn, workers=2), cwd=tmp_path) as proc:
             _hold_batch_mid_load(target_dsn, manifest, held, gate, table_lock, watch)
             os.killpg(proc.pid, signal.SIGINT)
             out, err = proc.communicate(timeout=STOP_TIMEOUT_SECONDS)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
         table_lock.rollback()
     assert proc.returncode == EXIT_INTERRUPTED, out[-3000:] + err[-3000:]
     assert "INTERRUPTED: Migrate" in err and "batches are loaded, each whole" in err
@@ -236,22 +250,13 @@ def test_second_ctrl_c_stops_at_once(corpus: tuple[Path, ExportManifest],
     Target(target_dsn).setup()
     with _gate(target_dsn, manifest, held) as gate, \
             psycopg.connect(target_dsn, autocommit=True) as watch:
-        proc = subprocess.Popen([*CLI, "import", "--export", str(manifest.path),
-                                 "--workers", "2"],
-                                env=_env(Path("unused"), target_dsn, workers=2),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _wait_for_backend(watch, _dbname(target_dsn), "SELECT pg_advisory_xact_lock%",
-                              "advisory")
+        with _command(IMPORT_TWO_WORKERS + [str(manifest.path)],
+                      _env(Path("unused"), target_dsn, workers=2)) as proc:
+            _wait_for_advisory_wait(watch, target_dsn)
             os.killpg(proc.pid, signal.SIGINT)  # the blocked loader does not stop by itself
             time.sleep(1.0)
             os.killpg(proc.pid, signal.SIGINT)
             out, err = proc.communicate(timeout=STOP_TIMEOUT_SECONDS)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
         gate.execute("SELECT pg_advisory_unlock_all()")
     assert proc.returncode == EXIT_INTERRUPTED, out[-3000:] + err[-3000:]
     assert "stopped at once (second Ctrl-C)" in err
@@ -270,21 +275,13 @@ def test_sigkilled_import_leaves_no_worker_process(corpus: tuple[Path, ExportMan
     Target(target_dsn).setup()
     with _gate(target_dsn, manifest, manifest.batches[0].key) as gate, \
             psycopg.connect(target_dsn, autocommit=True) as watch:
-        proc = subprocess.Popen([*CLI, "import", "--export", str(manifest.path),
-                                 "--workers", "2"],
-                                env=_env(Path("unused"), target_dsn, workers=2),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_for_backend(watch, _dbname(target_dsn), "SELECT pg_advisory_xact_lock%",
-                              "advisory")
+        with _command(IMPORT_TWO_WORKERS + [str(manifest.path)],
+                      _env(Path("unused"), target_dsn, workers=2)) as proc:
+            _wait_for_advisory_wait(watch, target_dsn)
             started = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
             assert len(started) >= 2  # the loaders (and the resource tracker)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT_SECONDS)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         gate.execute("SELECT pg_advisory_unlock_all()")
     assert _wait_until_gone(started) == set()
 
