@@ -275,7 +275,7 @@ def _interrupted(instance: dg.DagsterInstance, result: MigrationResult,
     loaded = sum(status == "MATERIALIZED" for status in statuses.values())
     return Interrupted(
         f"{what}: {loaded} of {len(statuses)} batches are loaded, each whole (the batches "
-        "being loaded were rolled back); the verification did not run.",
+        "being loaded were rolled back); the verification did not finish.",
         "Run `checkpoint-assets backfill` with the same settings: it loads the batches "
         "that are FAILED or missing and then verifies.")
 

@@ -41,6 +41,8 @@ def stop_on_ctrl_c(at_once: Callable[[], None], at_once_message: str) -> Iterato
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _requested.clear()
+    _raised.clear()
     reader, writer = socket.socketpair()
     writer.setblocking(False)
     previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
