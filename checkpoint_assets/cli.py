@@ -2,7 +2,7 @@
 
 Exit status: 0 success (for verify/migrate: every check passed); 1 verification ran and
 found a mismatch; 2 usage error; 3 bad input or environment (MigrationError);
-4 conflict with rows already in the target.
+4 conflict with rows already in the target; 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dotenv import load_dotenv
 
 from checkpoint_assets import __version__
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.errors import ConflictError, Interrupted, MigrationError
 from checkpoint_assets.engine.evidence import (
     EVIDENCE_SUFFIX,
     default_evidence_path,
@@ -44,7 +44,13 @@ from checkpoint_assets.engine.verify import (
     VerificationReport,
     verify_migration,
 )
-from checkpoint_assets.engine.workers import PARALLEL_MIN_BATCHES, WORKERS_ENV, workers_for
+from checkpoint_assets.engine.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
+from checkpoint_assets.engine.workers import (
+    PARALLEL_MIN_BATCHES,
+    WORKERS_ENV,
+    kill_workers,
+    workers_for,
+)
 from checkpoint_assets.progress import progress
 from checkpoint_assets.project import default_export_path
 
@@ -55,6 +61,13 @@ QUICKSTART_ENV_FILE = "quickstart.env"
 ENV_FILE = ".env"  # read from the working directory, like dagster dev
 QUICKSTART_BATCH_SIZE = 50  # small batches so the sample shows several partitions
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
+STOPPED = ("Stopped (Ctrl-C) before the command finished. Every batch in the target is whole "
+           "(a batch being loaded was rolled back).\n  What to do: run the command again.")
+STOPPED_AT_ONCE = ("\nINTERRUPTED: stopped at once (second Ctrl-C). Every batch in the target "
+                   "is whole (batches being loaded were rolled back).\n  What to do: "
+                   "`checkpoint-assets backfill` (after migrate) or the same `import` again "
+                   "loads the rest; runs left in progress are marked failed by the next "
+                   "migrate or backfill.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Move LangGraph checkpoints from SqliteSaver (SQLite) to PostgresSaver "
                     "(PostgreSQL) losslessly, and prove it.",
         epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
-               "environment, 4 conflict with existing target rows. The target DSN is best "
-               f"given through ${DSN_ENV} so the password never appears in a process list. "
+               "environment, 4 conflict with existing target rows, 130 stopped by Ctrl-C. "
+               f"The target DSN is best given through ${DSN_ENV} so the password never "
+               "appears in a process list. "
                f"Environment variables may also come from a {ENV_FILE} file in the working "
                "directory (variables already set win).",
     )
@@ -215,7 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             dsn = args.target or os.environ.get(DSN_ENV, "")
             if not dsn:
                 raise MigrationError("No target given.", f"Pass --target or set ${DSN_ENV}.")
-        return COMMANDS[args.command](args, dsn)
+        with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
+            return COMMANDS[args.command](args, dsn)
+    except Interrupted as exc:
+        print(f"INTERRUPTED: {scrub(str(exc), dsn)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"INTERRUPTED: {STOPPED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ConflictError as exc:
         print(f"CONFLICT: {scrub(str(exc), dsn)}", file=sys.stderr)
         return EXIT_CONFLICT

@@ -8,8 +8,11 @@ CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +24,10 @@ SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
 POSTGRES_INSTANCE_YAML = SHIPPED_HOME / "dagster-postgres.yaml"
 HOME_DIR_NAME = ".dagster_home"
 WORKDIR_NAME = ".checkpoint_assets"
+# Held (flock) while a process creates the home or opens its storage: two commands started at
+# once on a fresh home would otherwise both create Dagster's SQLite tables and stamp their
+# alembic version twice, which breaks the home for every later command.
+HOME_LOCK_NAME = ".checkpoint_assets.lock"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -58,17 +65,45 @@ def ensure_dagster_home(root: Path | None = None) -> Path:
     configured = os.environ.get("DAGSTER_HOME")
     home = Path(configured) if configured else project_root(root) / HOME_DIR_NAME
     home = home.expanduser().resolve()
-    ours = not configured or not home.exists() or not any(home.iterdir())
     home.mkdir(parents=True, exist_ok=True)
-    wanted = instance_yaml_for_environment()
-    current = home / "dagster.yaml"
-    if not current.exists():
-        if ours:
+    with home_lock(home):
+        ours = not configured or not any(p.name != HOME_LOCK_NAME for p in home.iterdir())
+        wanted = instance_yaml_for_environment()
+        current = home / "dagster.yaml"
+        if not current.exists():
+            if ours:
+                shutil.copyfile(wanted, current)
+        elif _is_shipped_copy(current) and current.read_bytes() != wanted.read_bytes():
             shutil.copyfile(wanted, current)
-    elif _is_shipped_copy(current) and current.read_bytes() != wanted.read_bytes():
-        shutil.copyfile(wanted, current)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+@contextmanager
+def home_lock(home: Path) -> Iterator[None]:
+    """Hold the home's exclusive lock (a lock file in it; released when the process ends,
+    however it ends)."""
+    with open(home / HOME_LOCK_NAME, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def open_project_instance() -> dg.DagsterInstance:
+    """The project's persistent Dagster instance, its storage created once.
+
+    Opening an instance creates its storage (tables, alembic version) when the home is new;
+    the home's lock makes a second process wait until the first has finished, after which
+    it finds the storage complete.
+    """
+    home = ensure_dagster_home()
+    with home_lock(home):
+        instance = dg.DagsterInstance.get()
+        # Every storage is created here, under the lock, if it is not yet (some lazily).
+        _ = (instance.run_storage, instance.event_log_storage, instance.schedule_storage)
+    return instance
 
 
 def _is_shipped_copy(path: Path) -> bool:

@@ -133,11 +133,13 @@ def ensure_tables(target: Target) -> None:
     up. Concurrent batch loads on a fresh database would race in PostgresSaver.setup(), so
     setup runs under an advisory lock, polled (pg_try_advisory_lock) rather than waited for:
     a waiting session then holds no snapshot that CREATE INDEX CONCURRENTLY would wait on.
+    The check, the lock and the setup share one connection.
     """
-    if target.schema_version() == LATEST_SCHEMA_VERSION:
-        return  # a newer version goes on to Target.setup(), which refuses it
     deadline = time.monotonic() + SETUP_LOCK_TIMEOUT_SECONDS
+    # One connection throughout: a role limited to one connection can set up its tables.
     with target.connect(autocommit=True) as conn:
+        if target.schema_version(conn) == LATEST_SCHEMA_VERSION:
+            return  # a newer version goes on to Target.setup(), which refuses it
         while not conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK_ID,)).fetchone()[0]:
             if time.monotonic() > deadline:
                 raise MigrationError(
@@ -146,7 +148,7 @@ def ensure_tables(target: Target) -> None:
                     "Check pg_locks for a stuck session, then re-run the batch.")
             time.sleep(SETUP_LOCK_POLL_SECONDS)
         try:
-            target.setup()
+            target.setup(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
 

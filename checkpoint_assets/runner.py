@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
 )
 from dagster._core.storage.tags import (
@@ -40,6 +41,8 @@ from checkpoint_assets.assets.batches import (
 )
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.engine.errors import Interrupted
+from checkpoint_assets.engine.interrupts import stop_requested
 from checkpoint_assets.engine.target import scrub
 from checkpoint_assets.engine.workers import (
     configured_workers,
@@ -60,7 +63,7 @@ from checkpoint_assets.partitions import (
     VERIFICATION_ASSET,
     batch_partitions,
 )
-from checkpoint_assets.project import ensure_dagster_home, initialize_target_pool
+from checkpoint_assets.project import initialize_target_pool, open_project_instance
 from checkpoint_assets.resources import build_resources
 
 
@@ -70,8 +73,7 @@ def project_instance() -> dg.DagsterInstance:
     DAGSTER_HOME defaults to ``<project root>/.dagster_home``, created with the shipped
     dagster.yaml (PostgreSQL storage when CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set).
     """
-    ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    return open_project_instance()
 
 
 @dataclass
@@ -195,7 +197,7 @@ def backfill_in_process(
 
 def _run(settings: dict[str, Any], *, export_first: bool,
          only_failed_and_missing: bool) -> MigrationResult:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time() - CLOCK_MARGIN_SECONDS
     result = MigrationResult(migration_id=uuid.uuid4().hex[:12],
                              command="migrate" if export_first else "backfill")
     tags = {FRONT_END_TAG: settings["front_end"], MIGRATION_ID_TAG: result.migration_id}
@@ -213,37 +215,69 @@ def _run(settings: dict[str, Any], *, export_first: bool,
         def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
             outcome = _execute(job, inst, step, assets, tags, dsn)
             result.runs.append(outcome)
+            _raise_if_stop_requested()
             return outcome.success
 
-        result.abandoned_runs = fail_abandoned_runs(inst)
-        if export_first and not run("export", [EXPORT_ASSET]):
-            result.skipped.append("batches and verification: the export failed")
-        else:
-            statuses = partition_statuses(inst)
-            keys = sorted(k for k, status in statuses.items()
-                          if not only_failed_and_missing or status in ("FAILED", "MISSING"))
-            initialize_target_pool(inst)
-            outcomes = _load_batches(settings, job, inst, keys, tags, dsn)
-            result.runs.extend(outcomes)
-            loaded = [o.success for o in outcomes]
-            if not statuses:
-                result.skipped.append("batches and verification: no batch partitions "
-                                      "(materialize the export first)")
-            elif all(loaded):
-                final = [VERIFICATION_ASSET]
-                if PUBLISH_ASSET in defs.resolve_asset_graph().get_all_asset_keys():
-                    final.append(PUBLISH_ASSET)
-                run("verification", final)
-                # Read even when the run failed: a failed blocking check fails the step
-                # after the materialization, with its evidence, was recorded.
-                result.evidence = verification_evidence(inst, result.runs[-1].run_id)
+        try:
+            result.abandoned_runs = fail_abandoned_runs(inst)
+            if export_first and not run("export", [EXPORT_ASSET]):
+                result.skipped.append("batches and verification: the export failed")
             else:
-                result.skipped.append(
-                    f"verification: {loaded.count(False)} of {len(keys)} batches failed; "
-                    "remove the cause, then backfill the failed partitions")
-        result.checks = latest_check_evaluations(inst, defs)
+                statuses = partition_statuses(inst)
+                keys = sorted(k for k, status in statuses.items()
+                              if not only_failed_and_missing or status in ("FAILED", "MISSING"))
+                initialize_target_pool(inst)
+                outcomes = _load_batches(settings, job, inst, keys, tags, dsn)
+                result.runs.extend(outcomes)
+                loaded = [o.success for o in outcomes]
+                if not statuses:
+                    result.skipped.append("batches and verification: no batch partitions "
+                                          "(materialize the export first)")
+                elif all(loaded):
+                    final = [VERIFICATION_ASSET]
+                    if PUBLISH_ASSET in defs.resolve_asset_graph().get_all_asset_keys():
+                        final.append(PUBLISH_ASSET)
+                    run("verification", final)
+                    # Read even when the run failed: a failed blocking check fails the step
+                    # after the materialization, with its evidence, was recorded.
+                    result.evidence = verification_evidence(inst, result.runs[-1].run_id)
+                else:
+                    result.skipped.append(
+                        f"verification: {loaded.count(False)} of {len(keys)} batches failed; "
+                        "remove the cause, then backfill the failed partitions")
+        except KeyboardInterrupt:  # Ctrl-C; the workers, if any, have stopped
+            raise _interrupted(inst, result, export_first) from None
+        # This command's own results: another migration on the same instance may be
+        # evaluating the same checks right now.
+        result.checks = latest_check_evaluations(
+            inst, defs, run_ids={r.run_id for r in result.runs}, since=started_at)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _raise_if_stop_requested() -> None:
+    """Stop between runs after a Ctrl-C that Dagster turned into the failure of the run in
+    this process (it then returns normally)."""
+    if stop_requested():
+        raise KeyboardInterrupt
+
+
+def _interrupted(instance: dg.DagsterInstance, result: MigrationResult,
+                 export_first: bool) -> Interrupted:
+    """What a Ctrl-C left behind, and how to go on. Runs of workers that had to be killed
+    are marked failed now, so their partitions show FAILED rather than in progress."""
+    fail_abandoned_runs(instance)
+    what = f"{result.command.capitalize()} {result.migration_id} stopped (Ctrl-C)"
+    if export_first and not any(r.step == "export" and r.success for r in result.runs):
+        return Interrupted(f"{what} before the export was complete; nothing was loaded.",
+                           "Run the same `checkpoint-assets migrate` again.")
+    statuses = partition_statuses(instance)
+    loaded = sum(status == "MATERIALIZED" for status in statuses.values())
+    return Interrupted(
+        f"{what}: {loaded} of {len(statuses)} batches are loaded, each whole (the batches "
+        "being loaded were rolled back); the verification did not finish.",
+        "Run `checkpoint-assets backfill` with the same settings: it loads the batches "
+        "that are FAILED or missing and then verifies.")
 
 
 def batch_workers() -> int:
@@ -265,7 +299,10 @@ def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,
     workers = min(batch_workers(), len(keys))
     runs = batch_runs(keys, instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME), workers)
     if workers <= 1 or instance.is_ephemeral:
-        outcomes = [_execute_batches(job, instance, run, tags, dsn) for run in runs]
+        outcomes = []
+        for run in runs:
+            outcomes.append(_execute_batches(job, instance, run, tags, dsn))
+            _raise_if_stop_requested()
     else:
         with process_pool(workers) as pool:
             outcomes = list(pool.map(_batches_in_worker, repeat(_worker_settings(settings)),
@@ -445,7 +482,8 @@ def declared_check_keys(defs: dg.Definitions | None = None) -> list[dg.AssetChec
 
 
 def latest_check_evaluations(
-    instance: dg.DagsterInstance, defs: dg.Definitions | None = None
+    instance: dg.DagsterInstance, defs: dg.Definitions | None = None, *,
+    run_ids: Collection[str] | None = None, since: float = 0.0,
 ) -> list[dict[str, Any]]:
     """The latest evaluation of every declared asset check, as rows for a table.
 
@@ -454,6 +492,11 @@ def latest_check_evaluations(
     check: how many current batches passed), summary (expected/actual/mismatches), when
     (UTC), run_id. The publish check is listed when the definitions are in staging mode
     or the instance has a result for it.
+
+    With ``run_ids`` (the runs of one command, started at or after ``since``, a Unix time),
+    each check's row is its latest evaluation in those runs; a check or batch those runs did
+    not evaluate (a backfill's batches loaded earlier) shows its latest finished
+    evaluation, never another command's evaluation still in progress.
     """
     if defs is None:
         defs = build_definitions(staging=bool(os.environ.get(STAGING_SCHEMA_ENV)))
@@ -462,28 +505,89 @@ def latest_check_evaluations(
     for key in publish_keys:
         if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
             keys.append(key)
-    return [_check_row(instance, key) for key in keys]
+    evaluations = _Evaluations(instance, run_ids, since)
+    return [_check_row(instance, key, evaluations) for key in keys]
 
 
-def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> dict[str, Any]:
+_FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+_HISTORY_PAGE = 500
+# A command's runs are looked for in check records created after its start, less this
+# margin (the records' timestamps come from the storage's clock).
+CLOCK_MARGIN_SECONDS = 60.0
+
+
+class _Evaluations:
+    """Which evaluation of a check a row shows: the instance's latest, or, given the run ids
+    of one command, that command's own."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_ids: Collection[str] | None,
+                 since: float) -> None:
+        self.storage = instance.event_log_storage
+        self.run_ids = None if run_ids is None else set(run_ids)
+        self.since = since
+        self._own: dict[dg.AssetCheckKey, dict[str | None, AssetCheckExecutionRecord]] = {}
+
+    def record(self, key: dg.AssetCheckKey,
+               partition: str | None = None) -> AssetCheckExecutionRecord | None:
+        """The evaluation of ``key`` (for one partition of a partitioned check) to show."""
+        partitions = PartitionKeyFilter(key=partition) if partition else None
+        if self.run_ids is None:
+            return self.storage.get_latest_asset_check_execution_by_key(
+                [key], partition_filter=partitions).get(key)
+        own = self._own_records(key).get(partition)
+        if own is not None:
+            return own
+        finished = self.storage.get_asset_check_execution_history(
+            key, limit=1, status=_FINISHED, partition_filter=partitions)
+        return finished[0] if finished else None
+
+    def passed_partitions(self, key: dg.AssetCheckKey, partitions: Collection[str]) -> set[str]:
+        """The partitions of ``key`` whose evaluation to show passed."""
+        if self.run_ids is None:
+            infos = self.storage.get_asset_check_partition_info([key])
+            return {i.partition_key for i in infos if i.partition_key in partitions
+                    and i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+        return {p for p in partitions if (record := self.record(key, p)) is not None
+                and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+
+    def _own_records(self, key: dg.AssetCheckKey
+                     ) -> dict[str | None, AssetCheckExecutionRecord]:
+        """{partition: latest record of the command's runs}, and under None the latest of
+        all; reads the check's history back to the command's start."""
+        if key not in self._own:
+            own: dict[str | None, AssetCheckExecutionRecord] = {}
+            cursor = None
+            while True:
+                page = self.storage.get_asset_check_execution_history(
+                    key, limit=_HISTORY_PAGE, cursor=cursor)
+                for record in page:
+                    if record.run_id in (self.run_ids or ()):
+                        own.setdefault(record.partition, record)
+                        own.setdefault(None, record)  # the newest of any partition
+                if len(page) < _HISTORY_PAGE or page[-1].create_timestamp < self.since:
+                    break
+                cursor = page[-1].id
+            self._own[key] = own
+        return self._own[key]
+
+
+def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
+               evaluations: _Evaluations) -> dict[str, Any]:
     row: dict[str, Any] = {"asset": key.asset_key.to_user_string(), "check": key.name,
                            "passed": None, "severity": "ERROR", "ok": False, "partitions": "",
                            "summary": "never evaluated", "when": "", "run_id": ""}
-    record = instance.get_latest_asset_check_evaluation_record(key)
+    record = evaluations.record(key)
     prefix = ""
     if key.asset_key == BATCHES_ASSET:
         # Per-batch check: it passes when the latest result of every current batch passed;
         # otherwise show the first batch that did not pass.
         current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-        infos = instance.event_log_storage.get_asset_check_partition_info([key])
-        passed = {i.partition_key for i in infos
-                  if i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+        passed = evaluations.passed_partitions(key, current)
         row["partitions"] = f"{len(current & passed)}/{len(current)} passed"
         failing = sorted(current - passed)
         if failing:
             prefix = f"{failing[0]}: "
-            record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [key], partition_filter=PartitionKeyFilter(key=failing[0])).get(key)
+            record = evaluations.record(key, failing[0])
             if record is None:
                 row["passed"], row["summary"] = False, f"{failing[0]}: never evaluated"
                 return row

@@ -29,3 +29,7 @@ class ConflictError(MigrationError):
 
     def __reduce__(self) -> tuple:
         return (self.__class__, (self.problem, self.hint, self.keys))
+
+
+class Interrupted(MigrationError):
+    """The user stopped the command (Ctrl-C); what was written is whole, and how to go on."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import Interrupted
 from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.loader import BatchLoadResult, load_batch
 from checkpoint_assets.engine.target import Target
@@ -49,18 +50,27 @@ def import_export(
     With ``workers`` > 1, batches load in that many processes at once (each batch is still
     one transaction under its own advisory lock). If a batch fails, no new batch is
     started, the ones already loading finish, and the first failure is raised; the batches
-    that committed stay, and a re-run skips them.
+    that committed stay, and a re-run skips them. A Ctrl-C raises Interrupted once the
+    workers have stopped (a batch being loaded rolls back).
     """
     started = time.perf_counter()
     target.setup()
     summary = ImportSummary()
     keys = [entry.key for entry in manifest.batches]
-    if workers <= 1 or len(keys) <= 1:
-        for key in keys:
-            _record(summary, load_batch(target, manifest, key, cipher=cipher), on_batch)
-    else:
-        _load_in_processes(summary, manifest, target, keys, cipher, on_batch,
-                           min(workers, len(keys)))
+    try:
+        if workers <= 1 or len(keys) <= 1:
+            for key in keys:
+                _record(summary, load_batch(target, manifest, key, cipher=cipher), on_batch)
+        else:
+            _load_in_processes(summary, manifest, target, keys, cipher, on_batch,
+                               min(workers, len(keys)))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"Import stopped (Ctrl-C): {len(summary.batches)} of {len(keys)} batches are "
+            f"loaded into {target.display}, each whole; the batches being loaded were "
+            "rolled back.",
+            "Run the same `checkpoint-assets import` again to load the rest (batches "
+            "already loaded are skipped), then `checkpoint-assets verify`.") from None
     summary.batches.sort(key=lambda result: result.key)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -87,7 +97,7 @@ def _load_in_processes(summary: ImportSummary, manifest: ExportManifest, target:
             for future in done:
                 try:
                     _record(summary, future.result(), on_batch)
-                except BaseException as exc:  # raised below, once the others finished
+                except Exception as exc:  # raised below, once the others finished
                     failure = failure or exc
             if failure is None:
                 running |= {pool.submit(load_batch, target, manifest, key, cipher=cipher)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -25,6 +26,13 @@ REQUIRED_PRIVILEGES = ((MIGRATIONS_TABLE, "SELECT"),
 CONNECT_TIMEOUT_SECONDS = 10
 # libpq's wording when the server rejects the login itself (not the network).
 AUTHENTICATION_FAILURES = ("authentication failed", "no password supplied")
+# PostgreSQL's wording when the role's CONNECTION LIMIT, or the server's max_connections
+# (less the slots reserved for superusers), is used up.
+ROLE_LIMIT_REACHED = "too many connections for role"
+SERVER_SLOTS_FULL = ("remaining connection slots are reserved", "too many clients already")
+# A connection this process just closed may still count against the limit for a moment.
+CONNECTION_LIMIT_RETRIES = 5
+CONNECTION_LIMIT_RETRY_SECONDS = 0.2
 
 
 def redact_dsn(dsn: str) -> str:
@@ -66,6 +74,12 @@ class TargetAuthenticationError(MigrationError):
     """
 
 
+class TargetConnectionLimitError(MigrationError):
+    """The target refused a connection because the role's or the server's connection limit
+    is reached. Not a TargetUnreachableError: waiting for minutes does not free slots that
+    this tool's own workers hold."""
+
+
 class Target:
     """Where the migration writes: a DSN and an optional schema for PostgresSaver's tables."""
 
@@ -86,25 +100,7 @@ class Target:
         except psycopg.ProgrammingError:
             raise MigrationError("The target DSN cannot be parsed.",
                                  "Use postgresql://user:password@host:port/dbname.") from None
-        try:
-            conn = psycopg.connect(conninfo, autocommit=autocommit)
-        except psycopg.OperationalError as exc:
-            reason = scrub(str(exc).strip(), self.dsn)
-            if any(marker in reason for marker in AUTHENTICATION_FAILURES):
-                raise TargetAuthenticationError(
-                    f"The target {self.display} rejected the login (authentication "
-                    f"failed): {reason}",
-                    "Check the user name and password in the target DSN (--target or "
-                    "$CHECKPOINT_ASSETS_TARGET_DSN; percent-encode special characters in a "
-                    "postgresql:// URL), and that pg_hba.conf lets this user connect with a "
-                    "password.",
-                ) from None
-            raise TargetUnreachableError(
-                f"Cannot connect to the target {self.display}: "
-                f"{scrub(str(exc).strip(), self.dsn)}",
-                "Check host, port, database name, user and password (set them in the DSN "
-                "environment variable), and that the server accepts connections.",
-            ) from None
+        conn = self._open(conninfo, autocommit)
         try:
             if self.schema:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
@@ -114,7 +110,57 @@ class Target:
         finally:
             conn.close()
 
-    def setup(self) -> None:
+    def _open(self, conninfo: str, autocommit: bool) -> psycopg.Connection:
+        """A new connection, or a MigrationError that names why there is none."""
+        for attempt in range(CONNECTION_LIMIT_RETRIES + 1):
+            try:
+                return psycopg.connect(conninfo, autocommit=autocommit)
+            except psycopg.OperationalError as exc:
+                reason = scrub(str(exc).strip(), self.dsn)
+                limited = ROLE_LIMIT_REACHED in reason or any(
+                    marker in reason for marker in SERVER_SLOTS_FULL)
+                if not limited or attempt == CONNECTION_LIMIT_RETRIES:
+                    raise self._connect_error(reason) from None
+                time.sleep(CONNECTION_LIMIT_RETRY_SECONDS)
+        raise AssertionError("not reached")  # the last attempt returns or raises
+
+    def _connect_error(self, reason: str) -> MigrationError:
+        if any(marker in reason for marker in AUTHENTICATION_FAILURES):
+            return TargetAuthenticationError(
+                f"The target {self.display} rejected the login (authentication "
+                f"failed): {reason}",
+                "Check the user name and password in the target DSN (--target or "
+                "$CHECKPOINT_ASSETS_TARGET_DSN; percent-encode special characters in a "
+                "postgresql:// URL), and that pg_hba.conf lets this user connect with a "
+                "password.",
+            )
+        if ROLE_LIMIT_REACHED in reason:
+            return TargetConnectionLimitError(
+                f"The target {self.display} refused a connection: the role's connection "
+                f"limit is reached ({reason}). checkpoint-assets opens one connection per "
+                "worker process; other sessions of the role count too. Nothing more was "
+                "written.",
+                "Run with one worker (--workers 1, or CHECKPOINT_ASSETS_WORKERS=1 for "
+                "migrate and backfill), close the role's other sessions, or raise the limit "
+                "(ALTER ROLE ... CONNECTION LIMIT n); then run the command again "
+                "(backfill after migrate).",
+            )
+        if any(marker in reason for marker in SERVER_SLOTS_FULL):
+            return TargetConnectionLimitError(
+                f"The target server {self.display} refused a connection: all its "
+                f"connection slots are in use (max_connections; {reason}). Nothing more "
+                "was written.",
+                "Run with fewer workers (--workers 1, or CHECKPOINT_ASSETS_WORKERS=1), close "
+                "other sessions, or raise max_connections on the server; then run the "
+                "command again (backfill after migrate).",
+            )
+        return TargetUnreachableError(
+            f"Cannot connect to the target {self.display}: {reason}",
+            "Check host, port, database name, user and password (set them in the DSN "
+            "environment variable), and that the server accepts connections.",
+        )
+
+    def setup(self, conn: psycopg.Connection | None = None) -> None:
         """Create (or upgrade) PostgresSaver's tables with the library's own migrations.
 
         Raises MigrationError, before anything is written, when the target's
@@ -122,57 +168,63 @@ class Target:
         set up by a newer langgraph-checkpoint-postgres), or when the tables are up to date
         but the user may not read or add rows to them. Tables already at the latest version
         are left alone, so a user without CREATE privilege can load into tables an owner
-        set up. Uses an autocommit connection: some of PostgresSaver's migrations run
-        CREATE INDEX CONCURRENTLY, which cannot run inside a transaction.
+        set up. Uses an autocommit connection (``conn`` if given, e.g. one that holds a
+        lock; else its own): some of PostgresSaver's migrations run CREATE INDEX
+        CONCURRENTLY, which cannot run inside a transaction.
         """
-        with self.connect(autocommit=True) as conn:
-            try:
-                version = self._schema_version_on(conn)
-                if version is not None and version > LATEST_SCHEMA_VERSION:
-                    raise MigrationError(
-                        f"PostgresSaver's tables in {self.display} are at schema version "
-                        f"{version} ({MIGRATIONS_TABLE}), newer than the version "
-                        f"{LATEST_SCHEMA_VERSION} this tool's langgraph-checkpoint-postgres "
-                        f"{_library_version()} knows: a newer langgraph-checkpoint-postgres "
-                        "set them up. Nothing was written.",
-                        "Upgrade langgraph-checkpoint-postgres in this tool's environment "
-                        "(its pin in pyproject.toml) to the version your application runs, "
-                        "then import again; or import into a database or schema of its own.",
-                    )
-                if version == LATEST_SCHEMA_VERSION:
-                    self._require_privileges(conn)
-                    return
-                if self.schema:
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        sql.Identifier(self.schema)))
-                    conn.execute(sql.SQL("SET search_path TO {}").format(
-                        sql.Identifier(self.schema)))
-                PostgresSaver(conn).setup()  # type: ignore[arg-type]
-            except psycopg.errors.InsufficientPrivilege as exc:
-                user = sql.Identifier(conn.info.user).as_string(conn)
-                schema = sql.Identifier(self.schema or "public").as_string(conn)
+        if conn is None:
+            with self.connect(autocommit=True) as own:
+                self.setup(own)
+            return
+        try:
+            version = self._schema_version_on(conn)
+            if version is not None and version > LATEST_SCHEMA_VERSION:
                 raise MigrationError(
-                    f"The target user {user} may not create or upgrade PostgresSaver's "
-                    f"tables in {self.display} ({scrub(_primary_message(exc), self.dsn)}); "
-                    "no checkpoint was written.",
-                    f"Either have an owner grant it: GRANT CREATE ON SCHEMA {schema} TO "
-                    f"{user}; (and CREATE on the database if the schema does not exist "
-                    "yet). Or have the schema's owner create the tables once, by running "
-                    "this import or PostgresSaver.setup() as the owner, and then run: "
-                    f"{_grant_statement(user)}",
-                ) from None
-            except psycopg.Error as exc:
-                raise MigrationError(
-                    f"Setting up PostgresSaver's tables in {self.display} failed: "
-                    f"{scrub(str(exc).strip(), self.dsn)}",
-                    "Check the database's state; the library's own migrations failed.",
-                ) from None
+                    f"PostgresSaver's tables in {self.display} are at schema version "
+                    f"{version} ({MIGRATIONS_TABLE}), newer than the version "
+                    f"{LATEST_SCHEMA_VERSION} this tool's langgraph-checkpoint-postgres "
+                    f"{_library_version()} knows: a newer langgraph-checkpoint-postgres "
+                    "set them up. Nothing was written.",
+                    "Upgrade langgraph-checkpoint-postgres in this tool's environment "
+                    "(its pin in pyproject.toml) to the version your application runs, "
+                    "then import again; or import into a database or schema of its own.",
+                )
+            if version == LATEST_SCHEMA_VERSION:
+                self._require_privileges(conn)
+                return
+            if self.schema:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.schema)))
+                conn.execute(sql.SQL("SET search_path TO {}").format(
+                    sql.Identifier(self.schema)))
+            PostgresSaver(conn).setup()  # type: ignore[arg-type]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            user = sql.Identifier(conn.info.user).as_string(conn)
+            schema = sql.Identifier(self.schema or "public").as_string(conn)
+            raise MigrationError(
+                f"The target user {user} may not create or upgrade PostgresSaver's "
+                f"tables in {self.display} ({scrub(_primary_message(exc), self.dsn)}); "
+                "no checkpoint was written.",
+                f"Either have an owner grant it: GRANT CREATE ON SCHEMA {schema} TO "
+                f"{user}; (and CREATE on the database if the schema does not exist "
+                "yet). Or have the schema's owner create the tables once, by running "
+                "this import or PostgresSaver.setup() as the owner, and then run: "
+                f"{_grant_statement(user)}",
+            ) from None
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"Setting up PostgresSaver's tables in {self.display} failed: "
+                f"{scrub(str(exc).strip(), self.dsn)}",
+                "Check the database's state; the library's own migrations failed.",
+            ) from None
 
-    def schema_version(self) -> int | None:
+    def schema_version(self, conn: psycopg.Connection | None = None) -> int | None:
         """The version PostgresSaver's ``checkpoint_migrations`` records (None: no tables
-        yet); LATEST_SCHEMA_VERSION means up to date."""
-        with self.connect(autocommit=True) as conn:
+        yet); LATEST_SCHEMA_VERSION means up to date. On ``conn`` if given."""
+        if conn is not None:
             return self._schema_version_on(conn)
+        with self.connect(autocommit=True) as own:
+            return self._schema_version_on(own)
 
     def _schema_version_on(self, conn: psycopg.Connection) -> int | None:
         """The highest version in ``checkpoint_migrations`` (None: no table or no row)."""
