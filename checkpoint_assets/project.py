@@ -22,6 +22,8 @@ from checkpoint_assets.partitions import DAGSTER_PG_HOST_ENV, TARGET_POOL
 SHIPPED_HOME = Path(__file__).parent / "dagster_home"
 SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
 POSTGRES_INSTANCE_YAML = SHIPPED_HOME / "dagster-postgres.yaml"
+# Several hosts sharing one PostgreSQL-backed instance (copied by hand; README).
+DISTRIBUTED_INSTANCE_YAML = SHIPPED_HOME / "dagster-distributed.yaml"
 HOME_DIR_NAME = ".dagster_home"
 WORKDIR_NAME = ".checkpoint_assets"
 # Held (flock) while a process creates the home or opens its storage: two commands started at
