@@ -12,6 +12,9 @@ Three differences are legitimate and normalised, each counted in the notes:
   sibling checkpoint that shares the version;
 - metadata values JSONB cannot hold (NUL characters, NaN...) are compared as changed by
   :func:`jsonb_metadata`; each such change is listed in the report's metadata_changes.
+
+A row either saver cannot deserialize is a finding, reported by its checkpoint's key with
+the saver's error; only database errors stop the comparison.
 """
 
 from __future__ import annotations
