@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-OWNER_ONLY = 0o600
 PARTIAL_SUFFIX = ".partial"
 
 
