@@ -339,7 +339,8 @@ def write_evidence(path: Path, markdown: str) -> Path:
     try:
         write_private_text(path, markdown)
     except OSError as exc:
-        raise MigrationError(f"Cannot write the evidence report {path}: {exc}",
+        raise MigrationError(f"Cannot write the evidence report {path}: "
+                             f"{exc.strerror or exc}.",
                              "Pass --evidence FILE.md in a writable directory.") from None
     return path
 
@@ -555,7 +556,11 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
         print(text)
     report: Path | None = getattr(args, "report", None)
     if report is not None:
-        write_private_json(report, summary)
+        try:
+            write_private_json(report, summary)
+        except OSError as exc:
+            raise MigrationError(f"Cannot write the report {report}: {exc.strerror or exc}.",
+                                 "Pass --report FILE.json in a writable directory.") from None
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -20,12 +21,13 @@ CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI with a clean environment plus ``env``."""
+        cwd: Path | None = None, **popen: Any) -> subprocess.CompletedProcess:
+    """Run the CLI with a clean environment plus ``env`` (``popen``: more subprocess.run
+    arguments, e.g. ``preexec_fn``)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS")}
     full_env.update(env or {})
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full_env,
-                          timeout=300, cwd=cwd)
+                          timeout=300, cwd=cwd, **popen)
 
 
 def with_password(dsn: str, password: str = SECRET) -> str:

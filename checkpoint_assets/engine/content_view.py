@@ -24,12 +24,13 @@ from checkpoint_assets.engine.codec import (
 )
 from checkpoint_assets.engine.convert import (
     DecodedCheckpoint,
+    checkpoint_metadata,
     decode_thread,
     split_type,
 )
 from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.metadata import jsonb_metadata, parse_metadata
+from checkpoint_assets.engine.metadata import jsonb_metadata
 from checkpoint_assets.engine.rows import ThreadRows
 
 CheckpointKey = tuple[str, str, str]
@@ -113,7 +114,7 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
             latest[row.checkpoint_ns] = (row, decoded_row.values)
-            stored_metadata, changes = jsonb_metadata(parse_metadata(row.metadata))
+            stored_metadata, changes = jsonb_metadata(checkpoint_metadata(row))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
                  "checkpoint_id": row.checkpoint_id, "path": c.path, "reason": c.reason,

@@ -98,13 +98,13 @@ def decode_checkpoint(row: CheckpointRow, cipher: Cipher | None) -> DecodedCheck
                 "Set LANGGRAPH_AES_KEY (or --aes-key-env) to the key the application uses.")
         data = cipher.decrypt(cipher_name, data, checkpoint_key(row))
     if base == "msgpack":
-        raw = unpack_opaque(data)
+        raw = _decoded(row, "checkpoint blob", "msgpack", unpack_opaque, data)
         if pack_opaque(raw) != data:
             raise MigrationError(
                 f"Checkpoint {checkpoint_key(row)} does not re-encode byte-exactly.",
                 "Report this with the row; it is not migrated to avoid any loss.")
     elif base == "json":
-        raw = json.loads(data)
+        raw = _decoded(row, "checkpoint blob", "JSON", json.loads, data)
     elif base in REFUSED_TYPES:
         raise MigrationError(
             f"Checkpoint {checkpoint_key(row)} is stored with pickle.",
@@ -122,6 +122,32 @@ def decode_checkpoint(row: CheckpointRow, cipher: Cipher | None) -> DecodedCheck
             "Report this with the row; it is not migrated to avoid any loss.")
     return DecodedCheckpoint(header, dict(raw.get("channel_values") or {}), base, cipher_name,
                              raw.get("pending_sends"))
+
+
+# What SqliteSaver's serializer says when a damaged row cannot be read back: the same row
+# would fail there too, so it is refused by key rather than copied or approximated.
+DAMAGED_ROW_HINT = ("SqliteSaver cannot read this row either. Restore it from a backup, or "
+                    "delete it (a checkpoint together with its writes) in the source, then "
+                    "export again.")
+
+
+def _decoded(row: CheckpointRow | WriteRow, what: str, format_name: str, decode: Any,
+             data: bytes) -> Any:
+    """``decode(data)``, or a MigrationError naming the row when ``data`` is damaged."""
+    try:
+        return decode(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise MigrationError(
+            f"{_row_name(row)} has a {what} that is not valid {format_name} ({exc}).",
+            DAMAGED_ROW_HINT) from None
+
+
+def _row_name(row: CheckpointRow | WriteRow) -> str:
+    if isinstance(row, WriteRow):
+        return (f"Write {{'thread_id': {row.thread_id!r}, 'checkpoint_ns': "
+                f"{row.checkpoint_ns!r}, 'checkpoint_id': {row.checkpoint_id!r}, "
+                f"'task_id': {row.task_id!r}, 'idx': {row.idx}}} (channel {row.channel!r})")
+    return f"Checkpoint {checkpoint_key(row)}"
 
 
 def header_survives_jsonb(header: dict[str, Any]) -> bool:
@@ -211,7 +237,7 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
                               payload))
         metadata_text = jsonb_ready_text(row.metadata)
         if metadata_text is None:
-            metadata, changes = jsonb_metadata(_metadata_of(row))
+            metadata, changes = jsonb_metadata(checkpoint_metadata(row))
             out.metadata_changes.extend(
                 ((row.thread_id, row.checkpoint_ns, row.checkpoint_id), c) for c in changes)
             metadata_text = json.dumps(metadata, ensure_ascii=False)
@@ -219,7 +245,7 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
                                 row.parent_checkpoint_id,
                                 JsonText(checkpoint_document(decoded_row.header, inline)),
                                 JsonText(metadata_text)))
-    out.writes = [convert_write(w) for w in thread.writes]
+    out.writes = [convert_write(w, cipher) for w in thread.writes]
     return out
 
 
@@ -236,17 +262,41 @@ def checkpoint_document(header: dict[str, Any], inline: dict[str, Any]) -> str:
     return text[:-1] + ',"channel_values":' + values + "}"
 
 
-def convert_write(row: WriteRow) -> tuple:
-    """A writes row in ``checkpoint_writes`` column order; a NULL value becomes b''."""
+def convert_write(row: WriteRow, cipher: Cipher | None = None) -> tuple:
+    """A writes row in ``checkpoint_writes`` column order; a NULL value becomes b''.
+
+    The value is copied byte for byte, after checking that LangGraph's serializer can read
+    it: a msgpack or JSON value (decrypted first when encrypted and a key is given) that
+    does not decode would make both savers fail on its checkpoint, so it is refused by key.
+    """
+    check_write_value(row, cipher)
     return (row.thread_id, row.checkpoint_ns, row.checkpoint_id, row.task_id, row.task_path,
             row.idx, row.channel, row.type, row.value if row.value is not None else b"")
 
 
-def _metadata_of(row: CheckpointRow) -> Any:
+def check_write_value(row: WriteRow, cipher: Cipher | None = None) -> None:
+    """Raise MigrationError naming the write if its value cannot be decoded (see
+    :func:`convert_write`); pickle, bytes, null and unknown types are not looked into."""
+    base, cipher_name = split_type(row.type)
+    if base not in PLAIN_TYPES or row.value is None:
+        return
+    data = row.value
+    if cipher_name is not None:
+        if cipher is None:
+            return  # nothing to check it with; the encrypted bytes are copied as they are
+        data = cipher.decrypt(cipher_name, data, _row_name(row))
+    if base == "msgpack":
+        _decoded(row, "value", "msgpack", unpack_opaque, data)
+    else:
+        _decoded(row, "value", "JSON", json.loads, data)
+
+
+def checkpoint_metadata(row: CheckpointRow) -> Any:
+    """The row's metadata parsed as SqliteSaver does; MigrationError naming the checkpoint
+    if it is not JSON."""
     try:
         return parse_metadata(row.metadata)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MigrationError(
             f"Checkpoint {checkpoint_key(row)} has metadata that is not JSON ({exc}).",
-            "SqliteSaver could not read this row either; repair or delete it in the source."
-        ) from None
+            DAMAGED_ROW_HINT) from None

@@ -34,12 +34,12 @@ import orjson
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE, BatchPlanner, batch_key
 from checkpoint_assets.engine.codec import pack_opaque
 from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.private_files import private_file
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.source import SourceDatabase, open_source
 
 FORMAT_NAME = "checkpoint-assets-export"
 FORMAT_VERSION = 1
-OWNER_ONLY = 0o600
 REEXPORT_HINT = "Export again from the SQLite source (checkpoint-assets export)."
 
 
@@ -171,27 +171,35 @@ def write_export(
 ) -> ExportManifest:
     """Stream a SqliteSaver database into an export file and return its manifest.
 
-    The file is written under a temporary name with owner-only permissions and renamed into
-    place only once complete, so a crash never leaves a half-written file at ``export_path``.
-    ``progress``, if given, is called with the number of checkpoints just written.
+    The file is written under a fresh temporary name with owner-only permissions and
+    renamed into place only once complete (see :func:`private_file`), so a crash, a full
+    disk or a second export of the same file never leaves a half-written file at
+    ``export_path``. ``progress``, if given, is called with the number of checkpoints just
+    written. Raises MigrationError when the file cannot be written (read-only or full
+    filesystem, no permission), leaving nothing behind.
     """
     export_path = Path(export_path)
-    export_path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = export_path.with_name(f".{export_path.name}.partial")
     source = open_source(source_path)
     try:
         with source.snapshot():
-            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-            os.fchmod(fd, OWNER_ONLY)
-            with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
-                _write_body(source, handle, batch_size, progress)
-        os.replace(temp_path, export_path)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise
+            try:
+                with private_file(export_path, buffering=1 << 20) as handle:
+                    _write_body(source, handle, batch_size, progress)
+            except OSError as exc:
+                raise cannot_write_export(export_path, exc) from None
     finally:
         source.close()
     return read_manifest(export_path)
+
+
+def cannot_write_export(export_path: Path, exc: OSError) -> MigrationError:
+    """The error for an export file the filesystem refused (space, permission, read-only)."""
+    reason = exc.strerror or str(exc)
+    return MigrationError(
+        f"Cannot write the export {export_path}: {reason}. Nothing was left at that path.",
+        "Free space on that filesystem, or pass --export FILE (CHECKPOINT_ASSETS_EXPORT) in a "
+        "directory you may write to, on a filesystem with room for at least the size of the "
+        "SQLite database.")
 
 
 def _write_body(
@@ -264,8 +272,6 @@ def _write_body(
     }
     footer["footer_sha256"] = _footer_digest(footer)
     writer.write(footer, in_batch=False)
-    handle.flush()
-    os.fsync(handle.fileno())
     return footer
 
 

@@ -1,24 +1,48 @@
-"""Files that hold users' data (reports, caches) are created readable by the owner only."""
+"""Files that hold users' data (exports, reports) are created readable by the owner only,
+under a temporary name no one else can plant, and renamed into place when complete."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-OWNER_ONLY = 0o600
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextmanager
+def private_file(path: Path, buffering: int = -1) -> Iterator[BinaryIO]:
+    """Yield a new owner-only file that becomes ``path`` when the block ends without error.
+
+    The temporary file beside ``path`` gets a fresh random name, created exclusively
+    (``mkstemp``: O_CREAT|O_EXCL, mode 0600), so a symlink planted at any name is never
+    followed and two processes writing ``path`` at once never share a temporary file. The
+    rename replaces ``path`` itself, even when it is a symlink, never a file it points to;
+    the later writer wins. On any error the temporary file is removed and ``path`` is left
+    as it was. The directory is created 0700 if missing. OSError is the caller's to explain.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX,
+                                dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=buffering) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, mode 0600 (the directory is created 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
-    os.fchmod(fd, OWNER_ONLY)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(temp, path)
+    """Write ``text`` to ``path`` atomically, mode 0600 (see :func:`private_file`)."""
+    with private_file(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def write_private_json(path: Path, data: Any) -> None:

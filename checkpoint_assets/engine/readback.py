@@ -12,6 +12,9 @@ Three differences are legitimate and normalised, each counted in the notes:
   sibling checkpoint that shares the version;
 - metadata values JSONB cannot hold (NUL characters, NaN...) are compared as changed by
   :func:`jsonb_metadata`; each such change is listed in the report's metadata_changes.
+
+A row either saver cannot deserialize is a finding, reported by its checkpoint's key with
+the saver's error; only database errors stop the comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
@@ -30,6 +34,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.rows import dict_row
 
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.metadata import jsonb_metadata
 from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.target import Target
@@ -67,13 +72,56 @@ def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
                     (thread_id,))]
                 for ns in namespaces:
                     config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
-                    left = list(sqlite_saver.list(config))
-                    right = list(pg_saver.list(config))
-                    mismatches.extend(_compare(thread_id, ns, left, right, normalised))
+                    left, right = _listed(sqlite_saver, config), _listed(pg_saver, config)
+                    if isinstance(left, list) and isinstance(right, list):
+                        mismatches.extend(_compare(thread_id, ns, left, right, normalised))
+                        continue
+                    ids = [r[0] for r in sqlite_conn.execute(
+                        "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND "
+                        "checkpoint_ns = ? ORDER BY checkpoint_id DESC", (thread_id, ns))]
+                    for name, saver, listed in (("SqliteSaver", sqlite_saver, left),
+                                                ("PostgresSaver", pg_saver, right)):
+                        if not isinstance(listed, list):
+                            mismatches.extend(_unreadable(name, saver, config, ids, listed))
     finally:
         sqlite_conn.close()
     notes = [f"normalised ({name}): {count}" for name, count in normalised.items() if count]
     return mismatches, notes
+
+
+def _listed(saver: Any, config: dict) -> list | Exception:
+    """``saver.list(config)`` as a list, or the error the saver raised reading a row."""
+    try:
+        return list(saver.list(config))
+    except (psycopg.Error, sqlite3.Error, MigrationError):
+        raise  # the database, not a row: the verification stops with this error
+    except Exception as exc:  # a row the saver cannot deserialize: a finding, named by key
+        return exc
+
+
+def _unreadable(saver_name: str, saver: Any, config: dict, checkpoint_ids: Sequence[str],
+                error: Exception) -> list[dict]:
+    """The checkpoints ``saver`` cannot read (each tried on its own), as mismatches."""
+    thread_id = config["configurable"]["thread_id"]
+    ns = config["configurable"]["checkpoint_ns"]
+    found = []
+    for checkpoint_id in checkpoint_ids:
+        one = {"configurable": {**config["configurable"], "checkpoint_id": checkpoint_id}}
+        try:
+            saver.get_tuple(one)
+        except (psycopg.Error, sqlite3.Error, MigrationError):
+            raise
+        except Exception as exc:  # reported by key, see _listed
+            found.append({"thread_id": thread_id, "checkpoint_ns": ns,
+                          "checkpoint_id": checkpoint_id,
+                          "problem": f"{saver_name} cannot read it ({_error_text(exc)})"})
+    return found or [{"thread_id": thread_id, "checkpoint_ns": ns,
+                      "problem": f"{saver_name} cannot list this thread "
+                                 f"({_error_text(error)})"}]
+
+
+def _error_text(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _compare(thread_id: str, ns: str, left: list, right: list,

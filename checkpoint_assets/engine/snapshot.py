@@ -15,7 +15,6 @@ source and its ``-wal``/``-shm`` byte-identical, the engine reads a private copy
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -54,17 +53,31 @@ def private_snapshot(path: Path, workdir: str | Path | None = None) -> Iterator[
 
     The copy lives in a new owner-only temporary directory and is deleted afterwards.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="checkpoint-assets-", dir=workdir))
-    os.chmod(tmp, 0o700)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="checkpoint-assets-", dir=workdir))
+    except OSError as exc:
+        raise _cannot_copy(path, Path(workdir or tempfile.gettempdir()), exc) from None
     copy = tmp / "source.sqlite"
     try:
-        if _journal_mode(path) == WAL_FORMAT:
-            _copy_wal_database(path, copy)
-        else:
-            _copy_locked(path, copy)
+        try:
+            if _journal_mode(path) == WAL_FORMAT:
+                _copy_wal_database(path, copy)
+            else:
+                _copy_locked(path, copy)
+        except OSError as exc:  # e.g. the temporary directory's filesystem is full
+            raise _cannot_copy(path, tmp.parent, exc) from None
         yield copy
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cannot_copy(path: Path, directory: Path, exc: OSError) -> MigrationError:
+    return MigrationError(
+        f"Cannot copy the source {path} to a private snapshot in {directory}: "
+        f"{exc.strerror or exc}.",
+        "Check that the source is readable and that the temporary directory has room for "
+        "a copy of the database and its -wal file; set TMPDIR to a directory on another "
+        "filesystem if not.")
 
 
 def _copy_wal_database(path: Path, copy: Path) -> None:

@@ -15,31 +15,32 @@ Checks (their names are the contract with the Dagster layer and the CLI):
 
 from __future__ import annotations
 
-import json
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     ThreadDigest,
     export_thread_digests,
     read_batch,
 )
-from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.target import TABLES, Target, scrub
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
@@ -175,46 +176,39 @@ class ExpectedBatch:
     resume_hazards: list[dict]
 
 
-# Bump when the view's definition changes: cached expectations of older versions are ignored.
-VIEW_VERSION = 2  # 2: canonical JSON written through jsontext (orjson)
-
-
-def _cache_path(manifest: ExportManifest, batch_sha: str) -> Path:
-    return (manifest.path.parent / f".{manifest.path.name}.views"
-            / f"{batch_sha}-v{VIEW_VERSION}.json")
+# Expected views this process computed, by (batch SHA-256, with a key?): the batch check
+# right after a load reuses the view the loader computed while converting. Only memory:
+# a cache file beside the export could be edited apart from the export, and a forged
+# expectation would make a tampered target pass, so every process derives what it
+# compares with from the export's digest-verified bytes. Oldest entries go first.
+_EXPECTED_IN_PROCESS: OrderedDict[tuple[str, bool], ExpectedBatch] = OrderedDict()
+_EXPECTED_KEPT = 64
 
 
 def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
                    threads: Sequence[ThreadRows] | None = None,
                    decoded: Mapping[str, list] | None = None) -> ExpectedBatch:
-    """The expected view summary of one batch, computed once and cached beside the export.
+    """The expected view summary of one batch, derived from the export's verified bytes.
 
-    The cache is keyed by the batch's SHA-256 (checked against the export's bytes when it is
-    computed), so the per-batch check and the final verification decode the batch once.
-    Cache files are owner-only: they name threads and list metadata values. ``threads``,
-    if given, must be the batch's threads as :func:`read_batch` yielded them, and
-    ``decoded`` their :func:`decode_thread` results by thread id.
+    Computed once per process and batch digest (the view depends only on the batch's
+    bytes, which :func:`read_batch` checks against that digest, and on whether a key
+    decrypts them), so a load followed by its batch check decodes the batch once.
+    ``threads``, if given, must be the batch's threads as :func:`read_batch` yielded
+    them, and ``decoded`` their :func:`decode_thread` results by thread id.
     """
-    entry = manifest.batch(key)
-    path = _cache_path(manifest, entry.sha256)
-    try:
-        return ExpectedBatch(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        pass
+    memo_key = (manifest.batch(key).sha256, cipher is not None)
+    known = _EXPECTED_IN_PROCESS.get(memo_key)
+    if known is not None:
+        return known
     if threads is None:  # a loader that already read the batch passes its threads
         threads = list(read_batch(manifest, key))
     view = source_view(threads, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
                              view.metadata_changes, view.resume_hazards)
-    _write_private(path, json.dumps(asdict(expected)))
+    _EXPECTED_IN_PROCESS[memo_key] = expected
+    while len(_EXPECTED_IN_PROCESS) > _EXPECTED_KEPT:
+        _EXPECTED_IN_PROCESS.popitem(last=False)
     return expected
-
-
-def _write_private(path: Path, text: str) -> None:
-    try:
-        write_private_text(path, text)
-    except OSError:
-        pass  # a read-only export directory only costs recomputation
 
 
 def compare_batch(
@@ -368,7 +362,41 @@ def verify_migration(
     ``readback_threads`` None reads back every thread through the official savers.
     ``workers`` processes compare batches at once (None: as many as an import of this
     export would use, since comparing also spends most of its time in Python).
+    Raises MigrationError when the target cannot be read: no PostgresSaver tables there,
+    or a database error (the message without the DSN's password).
     """
+    require_target_tables(target)
+    try:
+        return _verify_migration(manifest, target, source_path, cipher, readback_threads,
+                                 progress, workers)
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"Reading the target {target.display} failed during the verification: "
+            f"{scrub(str(exc).strip(), target.dsn)}",
+            "Check that the server is up and that this user may read PostgresSaver's "
+            "tables (GRANT SELECT), then run the verification again.") from None
+
+
+def require_target_tables(target: Target) -> None:
+    """Raise MigrationError unless the target holds every PostgresSaver table to compare."""
+    with target.connect(autocommit=True) as conn:
+        missing = [row[0] for row in conn.execute(
+            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+            (list(TABLES),))]
+    if missing:
+        where = f"schema {target.schema}" if target.schema else "the search_path"
+        raise MigrationError(
+            f"The target {target.display} has no PostgresSaver table {', '.join(missing)} "
+            f"in {where}, so there is nothing to verify the export against.",
+            "Run checkpoint-assets import (or migrate) first, or point --target and --schema "
+            "(CHECKPOINT_ASSETS_TARGET_DSN, CHECKPOINT_ASSETS_TARGET_SCHEMA) at the database "
+            "and schema the checkpoints were imported into.")
+
+
+def _verify_migration(manifest: ExportManifest, target: Target,
+                      source_path: str | Path | None, cipher: Cipher | None,
+                      readback_threads: int | None, progress: Any,
+                      workers: int | None) -> VerificationReport:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
