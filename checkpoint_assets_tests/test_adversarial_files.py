@@ -7,7 +7,8 @@ runs) against real SQLite files written by a LangGraph graph and the real Postgr
 - no file beside the export decides a check: a forged expected-view cache
   (``.<export>.views/``, which earlier versions trusted) cannot make a tampered target pass;
 - a symlink planted at the export's temporary name or at ``.<export>.views`` is never
-  followed, and two writers of one export file do not trip over each other;
+  followed, two writers of one export file do not trip over each other, and what a killed
+  process left (a partial export, a private copy of the source) is removed by the next;
 - a source row that neither saver can read (a checkpoint blob that is not msgpack or is
   truncated, metadata that is not JSON, a write value that is not msgpack) is refused
   naming its thread, namespace and checkpoint, by ``import``, by ``migrate`` (the batch's
@@ -206,6 +207,44 @@ def test_two_writers_of_one_export_file_both_finish_and_leave_one_whole_file(
     assert [type(o).__name__ for o in outcomes] == ["ExportManifest", "ExportManifest"]
     assert verify_export(export).checkpoints == outcomes[0].checkpoints
     assert [p.name for p in export.parent.iterdir()] == ["x.export"]
+
+
+def dead_pid() -> int:
+    """The pid of a real process that has ended (as one killed with SIGKILL has)."""
+    process = subprocess.Popen(["sleep", "30"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+def test_temporaries_of_a_killed_process_are_removed_by_the_next_export(
+        sample_db: Path, tmp_path: Path) -> None:
+    """A process killed mid-export (SIGKILL runs no clean-up) leaves its partial export and
+    its private copy of the source; the next ``export`` removes both, and leaves those of
+    a process still running (this test's) and files that only look alike."""
+    work, scratch = tmp_path / "work", tmp_path / "scratch"
+    work.mkdir()
+    scratch.mkdir()
+    dead, alive = dead_pid(), os.getpid()
+    left_by_killed = [work / f".x.export.{dead}-k1lled.partial",
+                      scratch / f"checkpoint-assets-{dead}-k1lled"]
+    left_by_killed[0].write_bytes(b'{"kind":"header"')
+    left_by_killed[1].mkdir()
+    (left_by_killed[1] / "source.sqlite").write_bytes(b"a copy of the users' data")
+    in_use = [work / f".x.export.{alive}-running.partial",
+              scratch / f"checkpoint-assets-{alive}-running"]
+    in_use[0].write_bytes(b"")
+    in_use[1].mkdir()
+    look_alike = work / ".x.export.views"
+    look_alike.mkdir()
+
+    done = run("export", "--source", str(sample_db), "--export", str(work / "x.export"),
+               "--batch-size", str(BATCH_SIZE), env={"TMPDIR": str(scratch)})
+
+    assert done.returncode == 0, done.stderr
+    assert not any(path.exists() for path in left_by_killed)
+    assert all(path.exists() for path in in_use) and look_alike.is_dir()
+    assert sorted(p.name for p in scratch.iterdir()) == [in_use[1].name]
 
 
 # --------------------------------------------------------------------------- 6. damaged rows

@@ -15,6 +15,7 @@ source and its ``-wal``/``-shm`` byte-identical, the engine reads a private copy
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -24,9 +25,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.private_files import remove_abandoned
 
 WAL_FORMAT = 2
 COPY_ATTEMPTS = 5
+SNAPSHOT_PREFIX = "checkpoint-assets-"  # + "<pid>-<random>": a killed process's is found
 LOCK_TIMEOUT_SECONDS = 10.0
 
 
@@ -51,12 +54,15 @@ def _wal_state(path: Path) -> tuple:
 def private_snapshot(path: Path, workdir: str | Path | None = None) -> Iterator[Path]:
     """Yield the path of a private, consistent copy of the database at ``path``.
 
-    The copy lives in a new owner-only temporary directory and is deleted afterwards.
+    The copy lives in a new owner-only temporary directory and is deleted afterwards;
+    copies left by processes that were killed are deleted first.
     """
+    directory = Path(workdir or tempfile.gettempdir())
+    remove_abandoned(directory, SNAPSHOT_PREFIX)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix="checkpoint-assets-", dir=workdir))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{SNAPSHOT_PREFIX}{os.getpid()}-", dir=directory))
     except OSError as exc:
-        raise _cannot_copy(path, Path(workdir or tempfile.gettempdir()), exc) from None
+        raise _cannot_copy(path, directory, exc) from None
     copy = tmp / "source.sqlite"
     try:
         try:
