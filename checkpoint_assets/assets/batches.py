@@ -13,6 +13,10 @@ from checkpoint_assets.assets.metadata import (
     preview_silenced,
     scrubbed_traceback,
 )
+from checkpoint_assets.assets.staleness import (
+    latest_materialization,
+    verification_out_of_date,
+)
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
@@ -26,10 +30,6 @@ from checkpoint_assets.engine.loader import (
 )
 from checkpoint_assets.engine.target import TABLES, Target, TargetUnreachableError
 from checkpoint_assets.engine.verify import BatchComparison, compare_batch
-from checkpoint_assets.assets.staleness import (
-    latest_materialization,
-    verification_out_of_date,
-)
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
@@ -40,13 +40,13 @@ from checkpoint_assets.partitions import (
     ENGINE_BACKOFF_SECONDS,
     EXPORT_ASSET,
     GROUP_NAME,
-    POSTGRES_KIND,
     OWNERS,
+    POSTGRES_KIND,
     TARGET_POOL,
     batch_key_for,
-    manifest_export_id,
     batch_partitions,
     batch_retry_policy,
+    manifest_export_id,
 )
 from checkpoint_assets.resources import (
     ExportFileResource,
@@ -112,10 +112,10 @@ def imported_checkpoint_batches(
     safe and changes nothing. Each batch that commits and reads back equal to the export is
     recorded at once as a materialization of its partition with a passed
     ``batch_matches_export`` result tied to it. Partition keys name the export
-    (``g<export id>-b00001``), so a re-taken export never inherits these. A row present with different content (a conflict), a
-    digest mismatch after loading, or a database error that outlasts the retries gives
-    that batch a failed result and leaves its partition FAILED, while the run's other
-    batches still load; a backfill of "failed and missing" partitions picks it up again
+    (``g<export id>-b00001``), so a re-taken export never inherits these. A row present
+    with different content (a conflict), a digest mismatch after loading, or a database
+    error that outlasts the retries gives that batch a failed result and leaves its
+    partition FAILED, while the run's other batches still load; a backfill of "failed and missing" partitions picks it up again
     once the cause is removed. Transient database errors are retried by the engine
     (seconds) and then by Dagster (exponential backoff; batches already loaded by the run
     are not loaded again). A run that changed a batch marks the verification's checks
@@ -147,8 +147,8 @@ def imported_checkpoint_batches(
     if BATCH_CHECK.key in context.selected_asset_check_keys:
         # Each batch's result was recorded above as that batch finished; this empty output
         # tells Dagster the step gave its check output (it would log that it did not).
-        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(
-            BATCH_CHECK.key))
+        output = context.assets_def.get_output_name_for_asset_check_key(BATCH_CHECK.key)
+        yield dg.Output(None, output_name=output)
     _raise_for(problems, len(keys))
 
 
