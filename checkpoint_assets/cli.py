@@ -58,6 +58,7 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 
 DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"
 QUICKSTART_ENV_FILE = "quickstart.env"
+EMBEDDED_PG_DIR = "postgres"  # the quick start's embedded server, under its workdir
 ENV_FILE = ".env"  # read from the working directory, like dagster dev
 QUICKSTART_BATCH_SIZE = 50  # small batches so the sample shows several partitions
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"
@@ -184,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
                    help="where the quick start keeps its settings (quickstart.env)")
+
+    p = sub.add_parser("stop-postgres",
+                       help="stop the embedded PostgreSQL of the quick start (and of ui)")
+    p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
+                   help="where the quick start keeps its server (postgres/)")
     return parser
 
 
@@ -488,21 +494,24 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
         sample = write_sample_database(source)
         print(f"Wrote a sample SqliteSaver database: {sample.checkpoint_count} checkpoints, "
               f"{sample.thread_count} threads -> {source}")
-    admin = start_embedded(workdir / "postgres")
+    admin = start_embedded(workdir / EMBEDDED_PG_DIR)
     dsn = ensure_database(admin, "checkpoints")
     settings = {"CHECKPOINT_ASSETS_SOURCE": str(source), DSN_ENV: dsn,
                 "CHECKPOINT_ASSETS_BATCH_SIZE": str(QUICKSTART_BATCH_SIZE),
                 "CHECKPOINT_ASSETS_READBACK_THREADS": "all",
-                EMBEDDED_PG_ENV: str(workdir / "postgres")}
+                EMBEDDED_PG_ENV: str(workdir / EMBEDDED_PG_DIR)}
     write_env_file(workdir / QUICKSTART_ENV_FILE, settings)
     os.environ.update(settings)
     args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
                               batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
                               report=None, evidence=None, aes_key_env=AES_KEY_ENV)
     status = _migrate(args, dsn)
-    print("\nSee it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
+    print(f"\nSettings (source, target DSN, batch size): {workdir / QUICKSTART_ENV_FILE}")
+    print("See it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
           "http://127.0.0.1:3000); the migration_verification asset shows the same "
           "evidence report.")
+    print("The embedded PostgreSQL keeps running for the UI; stop it with "
+          ".venv/bin/checkpoint-assets stop-postgres")
     print(f"Evidence report ({'PASSED' if status == EXIT_OK else 'FAILED'}; counts per "
           "table, what each check proves, per-batch load times, every mismatch by key): "
           f"{_migration_evidence_path(args)}")
@@ -532,6 +541,19 @@ def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
     print("Starting: " + " ".join(command), flush=True)
     os.execv(command[0], command)
     return EXIT_OK  # not reached
+
+
+def cmd_stop_postgres(args: argparse.Namespace, dsn: str) -> int:
+    """stop-postgres: stop the quick start's embedded PostgreSQL (its data stays)."""
+    from checkpoint_assets.embedded_postgres import stop_embedded
+
+    data_dir = args.workdir.resolve() / EMBEDDED_PG_DIR
+    if stop_embedded(data_dir):
+        print(f"Stopped the embedded PostgreSQL in {data_dir} (its data stays; "
+              "`checkpoint-assets ui` or the quick start starts it again).")
+    else:
+        print(f"No embedded PostgreSQL runs in {data_dir}.")
+    return EXIT_OK
 
 
 def write_env_file(path: Path, settings: dict[str, str]) -> None:
@@ -565,7 +587,7 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
             "migrate": cmd_migrate, "backfill": cmd_backfill, "checks": cmd_checks,
-            "quickstart": cmd_quickstart, "ui": cmd_ui}
+            "quickstart": cmd_quickstart, "ui": cmd_ui, "stop-postgres": cmd_stop_postgres}
 
 
 if __name__ == "__main__":

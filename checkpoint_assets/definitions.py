@@ -8,14 +8,32 @@ Staging mode (CHECKPOINT_ASSETS_STAGING_SCHEMA set) adds the publish asset.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 
 from checkpoint_assets.assets import CORE_ASSETS, STAGING_ASSETS
-from checkpoint_assets.partitions import STAGING_SCHEMA_ENV
+from checkpoint_assets.partitions import (
+    AUTOMATION_INTERVAL_SECONDS,
+    AUTOMATION_SENSOR,
+    STAGING_SCHEMA_ENV,
+    VERIFICATION_ASSET,
+)
 from checkpoint_assets.resources import build_resources
+
+# Runs the verification again by itself when batches change (its automation condition).
+# Running by default: under `dagster dev` nobody has to remember to switch it on, and a
+# stale verification never waits for a click. Stop it on the Automation page if needed.
+verification_automation = dg.AutomationConditionSensorDefinition(
+    AUTOMATION_SENSOR,
+    target=dg.AssetSelection.assets(VERIFICATION_ASSET),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    description="Materializes migration_verification once batches were loaded or failed "
+                "after its last run, as soon as none is missing or in progress.",
+)
 
 
 def build_definitions(
@@ -28,7 +46,14 @@ def build_definitions(
     if staging is None:
         staging = bool(os.environ.get(STAGING_SCHEMA_ENV))
     assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ())]
-    return dg.Definitions(assets=assets, resources=dict(resources or build_resources()))
+    with warnings.catch_warnings():  # code references are Beta in Dagster 1.13
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        # The UI links each asset to its source file and line.
+        assets = dg.with_source_code_references(assets)
+    return dg.Definitions(
+        assets=assets,
+        sensors=[verification_automation],
+        resources=dict(resources or build_resources()))
 
 
 defs = build_definitions()

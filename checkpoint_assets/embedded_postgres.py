@@ -16,6 +16,9 @@ import psycopg
 from psycopg import sql
 
 DEFAULT_DATA_DIR = Path(".checkpoint_assets") / "postgres"
+# pgserver's list of processes using the server; it stops the server when the last one
+# leaves, unless the server was started to keep running.
+HANDLE_PIDS_FILE = ".handle_pids.json"
 
 
 def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: bool = True) -> str:
@@ -34,7 +37,33 @@ def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: boo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
-    return server.get_uri()
+    uri = server.get_uri()
+    if keep_running:
+        # A server that outlives us needs no handle of ours: leave pgserver's list now, not
+        # at exit (``checkpoint-assets ui`` replaces this process with dagster dev, and an
+        # exec runs no exit handlers, which left our pid in the list for ever).
+        server.cleanup()
+    return uri
+
+
+def stop_embedded(data_dir: str | Path = DEFAULT_DATA_DIR) -> bool:
+    """Stop the embedded PostgreSQL in ``data_dir`` if it runs; True if it was stopped.
+
+    Whoever else is still connected is disconnected (PostgreSQL's fast shutdown); the data
+    stays in ``data_dir`` and the next quick start or ``ui`` starts the server again.
+    """
+    data_dir = Path(data_dir).resolve()
+    (data_dir / HANDLE_PIDS_FILE).unlink(missing_ok=True)
+    if not (data_dir / "postmaster.pid").exists():
+        return False
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
+    import pgserver
+
+    # pgserver runs the server as the user "pgserver" when started by root.
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
+    return True
 
 
 def ensure_database(admin_dsn: str, name: str) -> str:

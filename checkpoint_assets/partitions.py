@@ -6,9 +6,14 @@ imported, never repeated as a literal.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import dagster as dg
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.workers import WORKERS_ENV  # noqa: F401 (batch runs at once)
 
 # The engine's check names are the contract; re-exported here for the Dagster layer.
@@ -26,9 +31,54 @@ from checkpoint_assets.engine.verify import (  # noqa: F401
 # --------------------------------------------------------------------------- partitions
 
 # One dynamic partition per export batch (whole threads, DEFAULT_BATCH_SIZE checkpoints).
-# Keys are the export's deterministic batch keys: batch-00001, batch-00002, ...
 BATCH_PARTITIONS_NAME = "checkpoint_batches"
 batch_partitions = dg.DynamicPartitionsDefinition(name=BATCH_PARTITIONS_NAME)
+# A partition key names the export it belongs to and the batch's place in it:
+# "g<export id>-b00001", where the export id is a short digest of the export's batches
+# (their content and their cut). The same source and batch size give the same keys; any
+# other export (the source changed, another batch size) gives new keys, so an old
+# materialization never poses as the load of a batch whose content changed. A later sync
+# can add generations of its own keys in the same form. Letters, digits and "-" only.
+EXPORT_ID_LENGTH = 8
+PARTITION_KEY_PREFIX = "g"
+PARTITION_BATCH_MARK = "-b"
+
+
+def export_id(batch_digests: Sequence[str]) -> str:
+    """The short identity of an export: a digest of its batch digests, in order."""
+    return hashlib.sha256("\n".join(batch_digests).encode("ascii")).hexdigest()[
+        :EXPORT_ID_LENGTH]
+
+
+def manifest_export_id(manifest: ExportManifest) -> str:
+    """``export_id`` of an ExportManifest (its footer's batch digests)."""
+    return export_id([entry.sha256 for entry in manifest.batches])
+
+
+def partition_keys_by_batch(manifest: ExportManifest) -> dict[str, str]:
+    """{the export file's batch key (batch-00001): its partition key (g<id>-b00001)}, in
+    the export's order."""
+    prefix = f"{PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}"
+    return {entry.key: f"{prefix}{index:05d}"
+            for index, entry in enumerate(manifest.batches, start=1)}
+
+
+def partition_keys(manifest: ExportManifest) -> list[str]:
+    """The export's batch partition keys, in order."""
+    return list(partition_keys_by_batch(manifest).values())
+
+
+def batch_key_for(manifest: ExportManifest, partition_key: str) -> str:
+    """The export file's batch key of ``partition_key``; a MigrationError when the partition
+    belongs to another export (it was re-taken since the run was launched)."""
+    for batch, partition in partition_keys_by_batch(manifest).items():
+        if partition == partition_key:
+            return batch
+    raise MigrationError(
+        f"Export {manifest.path} has no batch partition {partition_key!r} (its partitions "
+        f"are {PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}...).",
+        "The export was re-taken (another source state or batch size) after this run was "
+        "launched; load the current export's partitions (backfill failed and missing).")
 # A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
 # per Dagster run, each batch still in its own transaction with its own materialization and
 # check result: a run costs about half a second in-process and seconds under dagster dev.
@@ -46,6 +96,17 @@ EXPORT_ASSET = dg.AssetKey("checkpoint_export")
 BATCHES_ASSET = dg.AssetKey("imported_checkpoint_batches")
 VERIFICATION_ASSET = dg.AssetKey("migration_verification")
 PUBLISH_ASSET = dg.AssetKey("published_checkpoints")
+
+# Who answers for the assets in the UI (Dagster's owners: a team or an e-mail address),
+# and the tags to find them by.
+OWNERS = ["team:checkpoint-migration"]
+ASSET_TAGS = {"migration": "langgraph-checkpoints"}
+
+# The verification re-runs on its own when a batch changes (AutomationCondition.eager on
+# the asset), evaluated by this sensor, running by default so `dagster dev` needs no click.
+# Evaluated every AUTOMATION_INTERVAL_SECONDS by the daemon.
+AUTOMATION_SENSOR = "verification_follows_batches"
+AUTOMATION_INTERVAL_SECONDS = 10
 
 # --------------------------------------------------------------------------- checks
 

@@ -131,6 +131,23 @@ query($key: AssetKeyInput!, $name: String!, $partition: String) {
     runId status partition evaluation { success metadataEntries { label } }
   }
 }"""
+# What the check's Partitions view asks (the UI's AssetCheckPartitionHealthQuery).
+CHECK_PARTITION_STATUSES = """
+query($key: AssetKeyInput!, $name: String!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { assetCheckOrError(checkName: $name) {
+    ... on AssetCheck { partitionKeysByDimension { partitionKeys }
+      partitionStatuses { ... on AssetCheckDefaultPartitionStatuses {
+        succeededPartitions failedPartitions inProgressPartitions skippedPartitions
+        executionFailedPartitions } } } } } }
+}"""
+# What the asset's Checks tab and the graph node show per check: the result for the
+# asset's latest materialization.
+LATEST_CHECKS = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { assetChecksOrError {
+    ... on AssetChecks { checks { name executionForLatestMaterialization {
+      runId status evaluation { success description } } } } } } }
+}"""
 LAUNCH_RUN = """
 mutation($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
@@ -139,6 +156,9 @@ mutation($params: ExecutionParams!) {
 }"""
 RUN_STATUS = """
 query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }
+"""
+RUN_TAGS = """
+query($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value } } } }
 """
 TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -170,6 +190,22 @@ def run_status(dev: DagsterDev, run_id: str) -> str | None:
     """The run's status once terminal, else None."""
     status = dev.gql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
     return status if status in TERMINAL_RUN else None
+
+
+def check_partition_statuses(dev: DagsterDev, asset: Any, check: str) -> dict[str, Any]:
+    """The per-partition statuses of a partitioned check, and its partition keys, as the
+    check's Partitions view reads them."""
+    data = dev.gql(CHECK_PARTITION_STATUSES, {"key": asset_key(asset), "name": check})
+    node = data["assetNodeOrError"]["assetCheckOrError"]
+    return {**(node["partitionStatuses"] or {}),
+            "partitionKeys": node["partitionKeysByDimension"][0]["partitionKeys"]}
+
+
+def latest_check_statuses(dev: DagsterDev, asset: Any) -> dict[str, dict[str, Any] | None]:
+    """{check name: its execution for the asset's latest materialization, or None}."""
+    data = dev.gql(LATEST_CHECKS, {"key": asset_key(asset)})["assetNodeOrError"]
+    return {c["name"]: c["executionForLatestMaterialization"]
+            for c in data["assetChecksOrError"]["checks"]}
 
 
 def tag(run: dict[str, Any], key: str) -> str | None:

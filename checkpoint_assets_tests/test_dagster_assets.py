@@ -21,15 +21,20 @@ import dagster as dg
 import psycopg
 import pytest
 
+from checkpoint_assets.assets.batches import ROWS_ALREADY_PRESENT, ROWS_INSERTED
+from checkpoint_assets.assets.staleness import OUT_OF_DATE
 from checkpoint_assets.definitions import build_definitions, defs
 from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.partitions import (
+    ASSET_TAGS,
+    AUTOMATION_SENSOR,
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
     GROUP_NAME,
+    OWNERS,
     PUBLISH_ASSET,
     PUBLISHED_MATCHES_EXPORT,
     TARGET_DSN_ENV,
@@ -38,8 +43,15 @@ from checkpoint_assets.partitions import (
     VERIFICATION_CHECK_NAMES,
     VERIFICATION_WARNING_CHECKS,
     batch_partitions,
+    manifest_export_id,
+    partition_keys,
 )
-from checkpoint_assets.runner import latest_check_evaluations, migrate_in_process
+from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.runner import (
+    latest_check_evaluations,
+    migrate_in_process,
+    partition_statuses,
+)
 from checkpoint_assets_tests.dagster_support import (
     check_results,
     definitions,
@@ -83,6 +95,15 @@ def test_definitions_declare_lineage_groups_kinds_and_checks() -> None:
         (PUBLISH_ASSET, PUBLISHED_MATCHES_EXPORT),
     }
     assert all(graph.get_check_spec(k).description for k in graph.asset_check_keys)
+    for key in (EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET):
+        node = graph.get(key)  # as Dagster users expect: who owns it, where its code is
+        assert node.owners == OWNERS and ASSET_TAGS.items() <= node.tags.items()
+        assert "dagster/code_references" in node.metadata
+    # The verification follows the batches by itself, evaluated by a sensor that runs by
+    # default (nothing to switch on in the UI).
+    assert graph.get(VERIFICATION_ASSET).automation_condition is not None
+    [sensor] = [s for s in defs.sensors if s.name == AUTOMATION_SENSOR]
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     # Direct mode (the default) has no publish step.
     direct = build_definitions(staging=False).resolve_asset_graph()
     assert PUBLISH_ASSET not in direct.get_all_asset_keys()
@@ -145,6 +166,21 @@ def test_full_migration_passes_every_check(migrated: dict[str, Any]) -> None:
     assert rows and all(r["passed"] for r in rows)
 
 
+def test_each_batch_result_is_tied_to_its_materialization(migrated: dict[str, Any]) -> None:
+    """Every batch partition's latest ``batch_matches_export`` result passed and targets
+    the partition's latest materialization: what Dagster's per-partition check status (the
+    check's Partitions view, the asset graph) counts as passed rather than missing."""
+    instance = migrated["instance"]
+    key = dg.AssetCheckKey(BATCHES_ASSET, BATCH_MATCHES_EXPORT)
+    infos = instance.event_log_storage.get_asset_check_partition_info([key])
+    current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    assert {i.partition_key for i in infos} >= current
+    for info in infos:
+        if info.partition_key in current:
+            assert info.is_current and info.latest_target_materialization_storage_id, info
+            assert info.latest_execution_status.value == "SUCCEEDED", info
+
+
 def test_verification_reports_the_sources_counts_and_digests(migrated: dict[str, Any]) -> None:
     """The verification's counts are SQLite's, and its digests are those of the source."""
     run = migrated["runs"]["verification"]
@@ -158,9 +194,10 @@ def test_verification_reports_the_sources_counts_and_digests(migrated: dict[str,
     again = write_export(migrated["source"], migrated["work"] / "again.jsonl",
                          batch_size=BATCH_SIZE)
     assert metadata["export_content_sha256"].value == again.content_sha256
-    digests = metadata["batch_digests"].value
-    assert set(digests) == {b.key for b in again.batches}
-    assert all(d["expected"] == d["actual"] for d in digests.values())
+    digests = metadata["batch_digests"].value.records
+    assert [row.data["batch"] for row in digests] == partition_keys(again)
+    assert all(row.data["equal"] and row.data["export"] == row.data["postgres"]
+               for row in digests)
 
 
 def test_rematerializing_a_loaded_partition_changes_no_rows(migrated: dict[str, Any]) -> None:
@@ -170,14 +207,16 @@ def test_rematerializing_a_loaded_partition_changes_no_rows(migrated: dict[str, 
     run = materialize(migrated["defs"], migrated["instance"], BATCHES_ASSET, partition=key)
     assert run.success
     metadata = run.asset_materializations_for_node("imported_checkpoint_batches")[0].metadata
-    assert set(metadata["inserted"].value.values()) == {0}
-    assert sum(metadata["already_present"].value.values()) == metadata["dagster/row_count"].value
+    assert metadata[ROWS_INSERTED].value == 0
+    assert metadata[ROWS_ALREADY_PRESENT].value == sum(
+        metadata[f"rows_{table}"].value for table in TABLES)
     assert check_results(run, migrated["instance"])[BATCH_MATCHES_EXPORT].passed
     assert table_snapshot(migrated["dsn"]) == before
 
 
 def test_exporting_twice_yields_the_same_partitions(migrated: dict[str, Any]) -> None:
-    """Partition keys and batch digests are deterministic for the same source."""
+    """Partition keys and batch digests are deterministic for the same source and batch
+    size; the keys name the export (g<export id>-b00001, ...)."""
     instance = migrated["instance"]
     first = read_manifest(migrated["export"])
     keys = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
@@ -185,17 +224,30 @@ def test_exporting_twice_yields_the_same_partitions(migrated: dict[str, Any]) ->
     second = read_manifest(migrated["export"])
     assert sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)) == keys
     assert [(b.key, b.sha256) for b in second.batches] == [(b.key, b.sha256) for b in first.batches]
+    export_id = manifest_export_id(first)
+    assert keys == [f"g{export_id}-b{n:05d}" for n in range(1, len(first.batches) + 1)]
 
 
 def test_a_new_batch_size_replaces_stale_partitions(migrated: dict[str, Any]) -> None:
-    """Re-exporting with another batch size leaves exactly the new export's partitions."""
+    """Re-exporting with another batch size leaves exactly the new export's partitions,
+    under new keys that no load has materialized: "failed and missing" is every batch, and
+    the verification's checks are out of date until it runs again."""
     instance = migrated["instance"]
+    old_keys = instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
     bigger = definitions(migrated["source"], migrated["work"] / "big.jsonl", batch_size=10_000)
     run = materialize(bigger, instance, EXPORT_ASSET)
     assert run.success
-    assert instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME) == ["batch-00001"]
+    [new_key] = instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
+    assert new_key == partition_keys(read_manifest(migrated["work"] / "big.jsonl"))[0]
+    assert new_key not in old_keys
+    assert partition_statuses(instance) == {new_key: "MISSING"}
     removed = run.asset_materializations_for_node("checkpoint_export")[0].metadata
-    assert len(removed["partitions_removed"].value) >= 2
+    assert sorted(removed["partitions_removed"].value) == sorted(old_keys)
+    stale = check_results(run, instance)
+    assert set(stale) >= set(VERIFICATION_CHECK_NAMES)
+    assert not any(stale[name].passed for name in VERIFICATION_CHECK_NAMES)
+    assert all(stale[name].description.startswith(OUT_OF_DATE)
+               for name in VERIFICATION_CHECK_NAMES)
     # Put the module's export back for the other tests.
     assert materialize(migrated["defs"], instance, EXPORT_ASSET).success
 

@@ -24,6 +24,7 @@ from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     EXPORT_ASSET,
     TARGET_DSN_ENV,
+    partition_keys_by_batch,
 )
 from checkpoint_assets.runner import (
     backfill_in_process,
@@ -40,11 +41,12 @@ from checkpoint_assets_tests.dagster_support import (
 )
 
 PASSWORD = "pw-not-in-errors"
-FAILING = "batch-00002"
+FAILING_BATCH = "batch-00002"  # the export file's key of the batch that conflicts
 
 
 def plant_conflict(dsn: str, export: Path, key: str) -> dict[str, str]:
-    """Insert a checkpoint row under a key of batch ``key`` with different content."""
+    """Insert a checkpoint row under a key of batch ``key`` (the export file's key, e.g.
+    batch-00002) with different content."""
     thread = next(read_batch(read_manifest(export), key))
     row = thread.checkpoints[0]
     Target(dsn).setup()
@@ -71,28 +73,30 @@ def test_failed_partition_is_backfilled_alone(
         # The export alone, to learn the batches and plant a conflict in one of them.
         code = definitions(source, export, batch_size=settings["batch_size"])
         assert materialize(code, instance, EXPORT_ASSET).success
-        planted = plant_conflict(target_dsn, export, FAILING)
+        planted = plant_conflict(target_dsn, export, FAILING_BATCH)
+        failing = partition_keys_by_batch(read_manifest(export))[FAILING_BATCH]
 
         result = migrate_in_process(**settings, instance=instance)
         assert not result.passed
-        assert result.failed_batches == result.conflicted_batches == [FAILING]
+        assert result.failed_batches == result.conflicted_batches == [failing]
         assert any("verification" in s for s in result.skipped)
-        failed_run = next(r for r in result.runs if r.partition == FAILING)
+        failed_run = next(r for r in result.runs if r.partition == failing)
         assert "conflict" in failed_run.error.lower() and PASSWORD not in failed_run.error
 
-        # The batches are loaded in ranged runs; the rest of FAILING's run still loaded.
+        # The batches are loaded in ranged runs; the rest of the failing run still loaded.
         assert any(r.run_id == failed_run.run_id and r.success for r in result.runs)
         statuses = partition_statuses(instance)
-        assert statuses[FAILING] == "FAILED"
-        assert {s for k, s in statuses.items() if k != FAILING} == {"MATERIALIZED"}
+        assert statuses[failing] == "FAILED"
+        assert {s for k, s in statuses.items() if k != failing} == {"MATERIALIZED"}
         # The failed check is recorded for that partition, naming the conflicting key.
         check_key = dg.AssetCheckKey(BATCHES_ASSET, BATCH_MATCHES_EXPORT)
         info = {i.partition_key: i for i in
                 instance.event_log_storage.get_asset_check_partition_info([check_key])}
-        assert info[FAILING].latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
+        assert info[failing].latest_execution_status == AssetCheckExecutionRecordStatus.FAILED
+        assert info[failing].is_current  # counted as FAILED by Dagster's partition view
         evaluation = next(
             r for r in instance.event_log_storage.get_asset_check_execution_history(
-                check_key, limit=50) if r.partition == FAILING)
+                check_key, limit=50) if r.partition == failing)
         metadata = evaluation.event.asset_check_evaluation.metadata
         assert planted in metadata["mismatch_keys"].value
         assert evaluation.run_id == failed_run.run_id
@@ -107,16 +111,16 @@ def test_failed_partition_is_backfilled_alone(
                    if r["check"] == BATCH_MATCHES_EXPORT)
         assert row["passed"] is False and row["run_id"] == failed_run.run_id
         assert row["partitions"] == f"{len(statuses) - 1}/{len(statuses)} passed"
-        assert row["summary"].startswith(FAILING)
+        assert row["summary"].startswith(failing)
 
-        # Remove the cause; the backfill of failed and missing partitions runs only FAILING.
+        # Remove the cause; the backfill of failed and missing partitions runs only it.
         with psycopg.connect(target_dsn) as conn:
             conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id = %s",
                          (planted["thread_id"], planted["checkpoint_id"]))
         others = table_snapshot(target_dsn)
         backfill = backfill_in_process(**settings, instance=instance)
         assert [(r.step, r.partition) for r in backfill.runs] == [
-            ("batch", FAILING), ("verification", None)]
+            ("batch", failing), ("verification", None)]
         assert backfill.passed, backfill.render()
         assert set(partition_statuses(instance).values()) == {"MATERIALIZED"}
         assert table_snapshot(target_dsn) != others  # the batch's rows were added

@@ -29,13 +29,13 @@ from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import compare_batch
-from checkpoint_assets.partitions import TARGET_DSN_ENV, WORKERS_ENV
+from checkpoint_assets.partitions import TARGET_DSN_ENV, WORKERS_ENV, partition_keys_by_batch
 from checkpoint_assets.runner import partition_statuses
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _dbname, _wait_for_backend
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
-KILLED = "batch-00002"
+KILLED = "batch-00002"  # the export file's key of the batch whose run is killed
 BATCH_SIZE = 12
 
 
@@ -76,18 +76,20 @@ def test_killed_run_leaves_a_failed_partition_that_a_backfill_completes(
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     with dg.DagsterInstance.get() as instance:
+        partitions = partition_keys_by_batch(manifest)
+        killed = partitions[KILLED]
         before = partition_statuses(instance)
-        assert before[KILLED] == "IN_PROGRESS"  # what Dagster alone would show for ever
-        assert before["batch-00001"] == "MATERIALIZED"
+        assert before[killed] == "IN_PROGRESS"  # what Dagster alone would show for ever
+        assert before[partitions["batch-00001"]] == "MATERIALIZED"
 
         # What the next migrate or backfill does first:
         [killed_run_id] = fail_abandoned_runs(instance)
         killed_run = instance.get_run_by_id(killed_run_id)
         assert killed_run.status == dg.DagsterRunStatus.FAILURE
         # The run loaded a range of batches; the one it had committed stays MATERIALIZED.
-        assert killed_run.tags[ASSET_PARTITION_RANGE_START_TAG] <= KILLED \
+        assert killed_run.tags[ASSET_PARTITION_RANGE_START_TAG] <= killed \
             <= killed_run.tags[ASSET_PARTITION_RANGE_END_TAG]
-        assert partition_statuses(instance)[KILLED] == "FAILED"
+        assert partition_statuses(instance)[killed] == "FAILED"
 
         # The user's next command: load the failed and missing partitions, then verify.
         backfill = subprocess.run(

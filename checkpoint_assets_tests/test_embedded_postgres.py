@@ -1,10 +1,17 @@
 """The embedded PostgreSQL (pgserver): the quick start's default and the tests' fallback
-where no server runs. A whole migration must pass on it, whatever else this machine runs."""
+where no server runs. A whole migration must pass on it, whatever else this machine runs,
+and the user can stop it after the quick start and ``checkpoint-assets ui``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
+
+from checkpoint_assets.embedded_postgres import HANDLE_PIDS_FILE
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
@@ -20,3 +27,28 @@ def test_migration_passes_on_the_embedded_server(
     assert sum(b.inserted["checkpoints"] for b in summary.batches) == manifest.checkpoints
     report = verify_migration(manifest, target, source_path=sample_db, readback_threads=None)
     assert report.passed, {n: c.mismatches[:3] for n, c in report.checks.items()}
+
+
+def test_stop_postgres_stops_the_server_that_ui_left_running(tmp_path: Path) -> None:
+    """``checkpoint-assets ui`` starts the embedded server, then replaces itself with
+    ``dagster dev`` (an exec: no exit handlers run). Nothing of it stays in pgserver's list
+    of users, and ``checkpoint-assets stop-postgres`` stops the server; a second call says
+    that none runs."""
+    data_dir = tmp_path / "postgres"
+    as_ui_does = ("import os, sys; from checkpoint_assets.embedded_postgres import "
+                  "start_embedded; start_embedded(sys.argv[1]); os.execv('/bin/true', ['true'])")
+    subprocess.run([sys.executable, "-c", as_ui_does, str(data_dir)], check=True, timeout=120)
+    handles = data_dir / HANDLE_PIDS_FILE
+    assert not handles.exists() or json.loads(handles.read_text()) == []
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    assert psutil.pid_exists(postmaster)
+
+    stop = [sys.executable, "-m", "checkpoint_assets.cli", "stop-postgres",
+            "--workdir", str(tmp_path)]
+    stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("Stopped the embedded PostgreSQL")
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == "zombie"
+    again = subprocess.run(stop, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.startswith("No embedded PostgreSQL runs")

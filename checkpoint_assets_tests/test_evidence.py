@@ -23,7 +23,7 @@ from langgraph.graph import END, START, StateGraph
 
 from checkpoint_assets import cli
 from checkpoint_assets.engine.evidence import MAX_LISTED
-from checkpoint_assets.engine.export_file import write_export
+from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.partitions import (
@@ -33,6 +33,7 @@ from checkpoint_assets.partitions import (
     METADATA_INTEGRITY,
     TARGET_DSN_ENV,
     VERIFICATION_ASSET,
+    partition_keys,
 )
 from checkpoint_assets_tests import corpus_graphs as cg
 from checkpoint_assets_tests.dagster_support import (
@@ -275,6 +276,29 @@ def test_the_verification_asset_carries_the_evidence_with_every_batchs_load_time
     assert timings[f"total ({len(loads)} batches)"]["checkpoints"] == str(total["checkpoints"])
 
 
+def test_after_a_new_batch_size_the_evidence_describes_the_new_export_only(
+        sample_db: Path, tmp_path: Path, target_dsn: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrated with one batch size, exported again with another and loaded: the evidence
+    lists only the new export's batches, and its timing total is its rows per table."""
+    monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
+    export = tmp_path / "x.export"
+    with dg.instance_for_test() as instance:
+        assert migrate(definitions(sample_db, export, batch_size=BATCH_SIZE),
+                       instance)["verification"].success
+        runs = migrate(definitions(sample_db, export, batch_size=BATCH_SIZE * 3), instance)
+        assert runs["verification"].success
+        evidence = runs["verification"].asset_materializations_for_node(
+            VERIFICATION_ASSET.path[-1])[0].metadata["evidence"].value
+    keys = partition_keys(read_manifest(export))
+    timings = by_first_column(table(section(evidence, "Batch timings")))
+    assert set(timings) == {*keys, f"total ({len(keys)} batches)"}
+    counts = by_first_column(table(section(evidence, "Rows per table")))
+    total = timings[f"total ({len(keys)} batches)"]
+    assert total["checkpoints"] == counts["checkpoints"]["PostgreSQL"]
+    assert total["writes"] == counts["checkpoint_writes"]["PostgreSQL"]
+
+
 def test_migrate_writes_the_verification_evidence_beside_the_export(
         sample_db: Path, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -289,8 +313,9 @@ def test_migrate_writes_the_verification_evidence_beside_the_export(
 
     text = passed_evidence(tmp_path / "x.export.evidence.md", capsys)
     timings = by_first_column(table(section(text, "Batch timings")))
-    batches = sorted(key for key in timings if key.startswith("batch-"))
+    batches = partition_keys(read_manifest(export))
     assert len(batches) >= 2 and f"total ({len(batches)} batches)" in timings
+    assert set(timings) == {*batches, f"total ({len(batches)} batches)"}
     assert all(float(timings[key]["seconds"]) > 0 for key in batches)
     checks = by_first_column(table(section(text, "Checks")))
     assert set(checks) == set(CHECK_NAMES)

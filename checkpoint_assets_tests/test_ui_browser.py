@@ -8,11 +8,11 @@ by a test tool) is pointed at it. Launches in the UI are clicks on buttons found
 visible text, and every result is read from the rendered page, not from the API:
 
 - on the asset graph, a user materializes the export, then backfills every batch partition
-  from the partition dialog (the daemon of ``dagster dev`` runs the backfill), then
-  materializes the verification, and the graph ends with every asset check passed;
-- a batch that failed on a conflicting row planted in the target (loaded by the
-  command-line runner into the same DAGSTER_HOME) shows, on its partition page and its
-  "View logs", the loader's conflict message.
+  from the partition dialog (the daemon of ``dagster dev`` runs the backfill); the
+  verification runs by itself, and the graph ends with every asset check passed;
+- a migration walked through a break, a repair and a new export (see that test): the
+  check's Partitions view, the partition pages, the verification's checks and the graph
+  say at each step what is true.
 
 Screenshots go to the test's tmp_path and to ``.checkpoint_assets/screenshots/`` in the
 repository (git-ignored). Without /usr/bin/chromium the tests are skipped (scripts/test.sh
@@ -33,18 +33,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from checkpoint_assets.assets.batches import CONFLICT_MARKER
-from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.assets.staleness import OUT_OF_DATE
+from checkpoint_assets.engine.export_file import read_batch, read_manifest
 from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
+    partition_keys,
+    partition_keys_by_batch,
 )
-from checkpoint_assets.runner import backfill_in_process, project_instance
+from checkpoint_assets.runner import migrate_in_process, project_instance
 from checkpoint_assets_tests.dagster_dev_support import REPO, DagsterDev
 from checkpoint_assets_tests.dagster_support import (
     dagster_dev_project,
@@ -69,6 +73,7 @@ ASSET_NODE = "[class*='assetNodeContainer']"  # one box of the graph, its text s
 EXPECTED_CHECKS = {EXPORT_ASSET: len(EXPORT_CHECK_NAMES), BATCHES_ASSET: 1,
                    VERIFICATION_ASSET: len(VERIFICATION_CHECK_NAMES)}
 RUN_SECONDS = 90        # one run: queued, a process, a step subprocess, the work
+# (and for the verification, the automation sensor's interval before it)
 BACKFILL_SECONDS = 150  # the daemon's backfill tick (30 s) plus the partitions' runs
 RELOAD_EVERY_SECONDS = 20  # the graph updates itself; a reload now and then is a safety net
 
@@ -144,9 +149,9 @@ def test_materialize_everything_from_the_asset_graph_until_every_check_passes(
     page: Any, tmp_path: Path, target_dsn: str
 ) -> None:
     """On the asset graph: select the export, "Materialize selected"; select the batches,
-    "Materialize selected…", All partitions, "Launch backfill"; select the verification,
-    "Materialize selected". The graph then shows every asset materialized (every
-    partition filled) and every asset check of every asset passed."""
+    "Materialize selected…", All partitions, "Launch backfill". The verification then runs
+    by itself (its automation condition), and the graph shows every asset materialized
+    (every partition filled) and every asset check of every asset passed."""
     project = new_project(tmp_path, target_dsn, threads=4, batch_size=20)
     with running_dagster_dev(project) as dev:
         batches = materialize_export(page, dev, project)
@@ -170,10 +175,7 @@ def test_materialize_everything_from_the_asset_graph_until_every_check_passes(
         wait_on_page(page, dev, batches_loaded, BACKFILL_SECONDS,
                      "every batch partition loaded with its check passed", tmp_path)
 
-        select_node(page, VERIFICATION_ASSET)
-        page.get_by_role("button", name="Materialize selected").click()
-        page.get_by_text("Launched run").wait_for()
-
+        # No click for the verification: it runs by itself once the batches are loaded.
         def all_green() -> dict[str, str] | None:
             nodes = asset_nodes(page)
             for node in nodes.values():
@@ -194,46 +196,141 @@ def test_materialize_everything_from_the_asset_graph_until_every_check_passes(
     assert f"{len(batches)} partitions" in nodes[BATCHES_ASSET.to_user_string()]
 
 
-def test_a_conflicting_batch_shows_its_failure_reason_on_its_partition_page(
+def test_the_ui_tells_the_truth_from_migration_through_a_repair_and_a_new_export(
     page: Any, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    """The target already holds one of the batch's checkpoints with other content, and the
-    batch was loaded by the command-line runner (same assets, same DAGSTER_HOME). In the UI,
-    the partition's page says its run failed and did not materialize the asset, and its
-    "View logs" shows the loader's reason: the batch conflicts with rows in the target,
-    naming the planted checkpoint."""
-    project = new_project(tmp_path, target_dsn, threads=2, batch_size=100)
+    """The walk of a migration as the UI shows it, each step read from the rendered page:
+
+    1. migrated by the command line: the check's Partitions view counts every batch passed;
+    2. one batch broken (a conflicting row in the target, the batch loaded again): its
+       partition and its check show failed, the conflict is in its logs, and the
+       verification's checks read "Out of date" instead of passed;
+    3. repaired by a backfill of the failed and missing partitions launched in the UI: the
+       verification runs again by itself (automation) and every check passes;
+    4. exported again with another batch size: no partition shows as materialized, no
+       batch check as passed, and the verification is out of date again.
+    """
+    project = new_project(tmp_path, target_dsn, threads=4, batch_size=20)
     request.addfinalizer(lambda: stop_log_tails(project.settings["DAGSTER_HOME"]))
     for name, value in project.settings.items():
         monkeypatch.setenv(name, value)
-
-    def export_plant_and_load() -> tuple[str, dict[str, str], Any]:
-        with project_instance() as instance:
-            code = definitions(project.source, project.export, batch_size=100)
-            assert materialize(code, instance, EXPORT_ASSET).success
-            [key] = [batch.key for batch in read_manifest(project.export).batches]
-            planted = plant_conflict(project.dsn, project.export, key)
-            return key, planted, backfill_in_process(instance=instance)
-
-    failing, planted, loaded = without_event_loop(export_plant_and_load)
-    assert loaded.conflicted_batches == [failing], loaded.render()
+    migrated = without_event_loop(migrate_in_process)
+    assert migrated.passed, migrated.render()
+    keys = partition_keys(read_manifest(project.export))
+    assert len(keys) == 2
 
     with running_dagster_dev(project) as dev:
+        # 1. Every batch check passed, per partition.
+        open_check_partitions(page, dev)
+        wait_on_page(page, dev, lambda: check_counts(page) == {
+            "Passed": 2, "Failed": 0, "Missing": 0}, RUN_SECONDS,
+            "every batch check passed", tmp_path)
+        save_screenshot(page, tmp_path, "walk-1-every-batch-check-passed.png")
+
+        # 2. Break one batch: a row with other content under one of its keys, then load it.
+        broken = keys[1]
+        planted = without_event_loop(lambda: break_batch(project, broken))
+        open_check_partitions(page, dev)
+        wait_on_page(page, dev, lambda: check_counts(page) == {
+            "Passed": 1, "Failed": 1, "Missing": 0}, RUN_SECONDS,
+            "the broken batch's check failed", tmp_path)
+        save_screenshot(page, tmp_path, "walk-2-broken-batch-check-failed.png")
+
         page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}"
-                  f"?view=partitions&partition={failing}")
+                  f"?view=partitions&partition={broken}")
         banner = page.get_by_text("failed, and did not materialize this asset")
         wait_on_page(page, dev, banner.is_visible, RUN_SECONDS,
-                     f"partition {failing} shown as failed", tmp_path)
-        save_screenshot(page, tmp_path, "ui-failed-partition.png")
-
+                     f"partition {broken} shown as failed", tmp_path)
+        save_screenshot(page, tmp_path, "walk-2-broken-partition.png")
         page.get_by_role("button", name="View logs").click()
-        reason = page.get_by_role("dialog").get_by_text(f"Batch {failing} {CONFLICT_MARKER}")
+        reason = page.get_by_role("dialog").get_by_text(f"Batch {broken} {CONFLICT_MARKER}")
         reason.last.wait_for()
-        reason_text = reason.last.inner_text()
-        save_screenshot(page, tmp_path, "ui-failed-partition-logs.png")
-    assert "same keys but different content" in reason_text
-    assert planted["checkpoint_id"] in reason_text
+        assert planted["checkpoint_id"] in reason.last.inner_text()
+        save_screenshot(page, tmp_path, "walk-2-broken-partition-logs.png")
+
+        open_checks(page, dev, VERIFICATION_ASSET)
+        wait_on_page(page, dev, lambda: page.get_by_text(OUT_OF_DATE).first.is_visible(),
+                     RUN_SECONDS, "the verification out of date", tmp_path)
+        open_graph(page, dev)
+        verification = asset_nodes(page)[VERIFICATION_ASSET.to_user_string()]
+        assert passed_checks(verification) != (len(VERIFICATION_CHECK_NAMES),) * 2, verification
+        save_screenshot(page, tmp_path, "walk-2-verification-not-passed.png")
+
+        # 3. Repair: remove the cause, backfill failed and missing partitions in the UI.
+        without_event_loop(lambda: remove_planted(project.dsn, planted))
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}")
+        page.get_by_role("button", name="Materialize…").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("button", name="Failed and missing", exact=True).click()
+        dialog.get_by_text("1 partition", exact=True).wait_for()
+        # One partition selected: the dialog launches it as one run ("Launch 1 run").
+        dialog.get_by_role("button", name=re.compile(r"^Launch (backfill|1 run)$")).click()
+        page.get_by_text(re.compile(r"^(Created backfill|Launched run)")).first.wait_for()
+
+        def repaired_and_verified() -> bool:
+            nodes = asset_nodes(page)
+            return ("100% filled" in nodes.get(BATCHES_ASSET.to_user_string(), "")
+                    and all(passed_checks(nodes.get(key.to_user_string(), "")) ==
+                            (count, count) for key, count in EXPECTED_CHECKS.items()))
+
+        open_graph(page, dev)
+        wait_on_page(page, dev, repaired_and_verified, BACKFILL_SECONDS + RUN_SECONDS,
+                     "the repair and a verification run by itself", tmp_path)
+        save_screenshot(page, tmp_path, "walk-3-repaired-and-verified-again.png")
+
+        # 4. A new export with another batch size: nothing old poses as done.
+        without_event_loop(lambda: reexport(project, batch_size=10))
+        new_keys = partition_keys(read_manifest(project.export))
+        assert len(new_keys) == 4 and not set(new_keys) & set(keys)
+        open_check_partitions(page, dev)
+        wait_on_page(page, dev, lambda: check_counts(page) == {
+            "Passed": 0, "Failed": 0, "Missing": 4}, RUN_SECONDS,
+            "the new export's batches unchecked", tmp_path)
+        save_screenshot(page, tmp_path, "walk-4-new-export-checks-missing.png")
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}?view=partitions")
+        wait_on_page(page, dev, lambda: asset_partition_counts(page) == {
+            "Materialized": 0, "Failed": 0, "Missing": 4}, RUN_SECONDS,
+            "the new export's partitions missing", tmp_path)
+        save_screenshot(page, tmp_path, "walk-4-new-export-partitions-missing.png")
+        open_graph(page, dev)
+        verification = asset_nodes(page)[VERIFICATION_ASSET.to_user_string()]
+        assert passed_checks(verification) != (len(VERIFICATION_CHECK_NAMES),) * 2, verification
+        save_screenshot(page, tmp_path, "walk-4-graph-after-new-export.png")
+
+
+def break_batch(project: Project, key: str) -> dict[str, str]:
+    """Replace one checkpoint of partition ``key`` in the target with other content, then
+    load the batch again as the command line would: it fails on the conflict."""
+    manifest = read_manifest(project.export)
+    batch = next(b for b, p in partition_keys_by_batch(manifest).items() if p == key)
+    thread = next(read_batch(manifest, batch))
+    row = thread.checkpoints[0]
+    with psycopg.connect(project.dsn) as conn:
+        conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s "
+                     "AND checkpoint_id = %s",
+                     (row.thread_id, row.checkpoint_ns, row.checkpoint_id))
+    planted = plant_conflict(project.dsn, project.export, batch)
+    with project_instance() as instance:
+        code = definitions(project.source, project.export, batch_size=20)
+        assert not materialize(code, instance, BATCHES_ASSET, partition=key).success
+    return planted
+
+
+def remove_planted(dsn: str, planted: dict[str, str]) -> None:
+    """Delete the planted row (the cause of the conflict)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s "
+                     "AND checkpoint_id = %s", (planted["thread_id"],
+                                                planted["checkpoint_ns"],
+                                                planted["checkpoint_id"]))
+
+
+def reexport(project: Project, *, batch_size: int) -> None:
+    """Materialize the export again with another batch size (in-process, same instance)."""
+    with project_instance() as instance:
+        code = definitions(project.source, project.export, batch_size=batch_size)
+        assert materialize(code, instance, EXPORT_ASSET).success
 
 
 def stop_log_tails(home: str) -> None:
@@ -250,6 +347,37 @@ def without_event_loop(work: Callable[[], Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- page helpers
+
+def open_checks(page: Any, dev: DagsterDev, asset: Any) -> None:
+    """The asset's Checks tab."""
+    page.goto(f"{dev.url}/assets/{asset.to_user_string()}?view=checks")
+    page.get_by_role("tab", name="Overview").last.wait_for()
+
+
+def open_check_partitions(page: Any, dev: DagsterDev) -> None:
+    """The batch check's own Partitions view: Checks tab -> batch_matches_export ->
+    Partitions (the second "Partitions" tab on the page; the first is the asset's)."""
+    open_checks(page, dev, BATCHES_ASSET)
+    page.get_by_role("tab", name="Partitions").nth(1).click()
+    page.get_by_text(re.compile(r"^Passed \(\d+\)$")).wait_for()
+
+
+def status_counts(page: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """{"Passed": n, ...} from the status filters of a partitions view ("Passed (2)")."""
+    text = page.inner_text("body")
+    return {name: int(found[1]) for name in names
+            if (found := re.search(rf"(?m)^{name} \((\d+)\)$", text))}
+
+
+def check_counts(page: Any) -> dict[str, int]:
+    """The check's Partitions view: how many batches passed, failed, are missing."""
+    return status_counts(page, ("Passed", "Failed", "Missing"))
+
+
+def asset_partition_counts(page: Any) -> dict[str, int]:
+    """The asset's Partitions view: how many batches are materialized, failed, missing."""
+    return status_counts(page, ("Materialized", "Failed", "Missing"))
+
 
 def open_graph(page: Any, dev: DagsterDev) -> None:
     """The global asset graph, with every asset's node loaded."""

@@ -13,6 +13,10 @@ from checkpoint_assets.assets.metadata import (
     preview_silenced,
     scrubbed_traceback,
 )
+from checkpoint_assets.assets.staleness import (
+    latest_materialization,
+    verification_out_of_date,
+)
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
@@ -27,6 +31,7 @@ from checkpoint_assets.engine.loader import (
 from checkpoint_assets.engine.target import TABLES, Target, TargetUnreachableError
 from checkpoint_assets.engine.verify import BatchComparison, compare_batch
 from checkpoint_assets.partitions import (
+    ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
     BATCH_MAX_RETRIES,
     BATCHES_ASSET,
@@ -35,10 +40,13 @@ from checkpoint_assets.partitions import (
     ENGINE_BACKOFF_SECONDS,
     EXPORT_ASSET,
     GROUP_NAME,
+    OWNERS,
     POSTGRES_KIND,
     TARGET_POOL,
+    batch_key_for,
     batch_partitions,
     batch_retry_policy,
+    manifest_export_id,
 )
 from checkpoint_assets.resources import (
     ExportFileResource,
@@ -50,6 +58,10 @@ from checkpoint_assets.resources import (
 CONFLICT_MARKER = "conflicts with rows in"  # in the failure text of a conflicting batch
 # Failure metadata of a run whose batches did not all load: {partition key: why}.
 FAILED_BATCHES_METADATA = "failed_batches"
+# A batch materialization's numbers (plotted by the UI across partitions).
+ROWS_INSERTED = "rows_inserted"
+ROWS_ALREADY_PRESENT = "rows_already_present"
+EXPORT_ID_METADATA = "export_id"  # the export the batch was loaded from
 
 with preview_silenced():
     # Partitioned check specs are Preview in Dagster 1.13; they give one result per batch.
@@ -74,12 +86,12 @@ class BatchProblem:
     name=BATCHES_ASSET.path[-1],
     specs=[dg.AssetSpec(
         BATCHES_ASSET, group_name=GROUP_NAME, kinds={POSTGRES_KIND},
-        partitions_def=batch_partitions, deps=[EXPORT_ASSET],
+        partitions_def=batch_partitions, deps=[EXPORT_ASSET], owners=OWNERS, tags=ASSET_TAGS,
         description="The export's checkpoints in PostgreSQL, one partition per batch of "
                     "whole threads, each loaded in its own transaction.")],
     check_specs=[BATCH_CHECK],
-    # Every batch records its own materialization and check result as soon as its
-    # transaction commits, so the step yields no output; can_subset makes that legal.
+    # Every batch yields its own materialization and check result as soon as its
+    # transaction commits, so the step yields no asset output; can_subset makes that legal.
     can_subset=True,
     pool=TARGET_POOL,
     retry_policy=batch_retry_policy,
@@ -99,13 +111,15 @@ def imported_checkpoint_batches(
     rows already present with the same content are skipped, so re-running a partition is
     safe and changes nothing. Each batch that commits and reads back equal to the export is
     recorded at once as a materialization of its partition with a passed
-    ``batch_matches_export`` result. A row present with different content (a conflict), a
-    digest mismatch after loading, or a database error that outlasts the retries gives
-    that batch a failed result and leaves its partition FAILED, while the run's other
-    batches still load; a backfill of "failed and missing" partitions picks it up again
+    ``batch_matches_export`` result tied to it. Partition keys name the export
+    (``g<export id>-b00001``), so a re-taken export never inherits these. A row present
+    with different content (a conflict), a digest mismatch after loading, or a database
+    error that outlasts the retries gives that batch a failed result and leaves its
+    partition FAILED, while the run's other batches still load; a backfill of "failed and missing" partitions picks it up again
     once the cause is removed. Transient database errors are retried by the engine
     (seconds) and then by Dagster (exponential backoff; batches already loaded by the run
-    are not loaded again). In staging mode the batches land in the staging schema.
+    are not loaded again). A run that changed a batch marks the verification's checks
+    out of date. In staging mode the batches land in the staging schema.
     """
     load_target = target.load_target()
     keys = _keys_still_to_load(context)
@@ -115,12 +129,26 @@ def imported_checkpoint_batches(
         ensure_tables(load_target)
         cipher = source.cipher()
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
-        problems = [_record_problem(context, key, load_target, exc) for key in keys]
+        problems = []
+        for key in keys:
+            problems.append((yield from _record_problem(context, key, load_target, exc)))
     else:
-        problems = [problem for key in keys
-                    if (problem := _load_and_record(context, key, manifest, load_target,
-                                                    cipher)) is not None]
-    yield from ()  # results were logged batch by batch; see can_subset above
+        problems = []
+        for key in keys:
+            problem = yield from _load_and_record(context, key, manifest, load_target, cipher)
+            if problem is not None:
+                problems.append(problem)
+    if len(problems) < len(keys) or any(not p.transient for p in problems):
+        # A batch was loaded or failed for good: the last verification no longer describes
+        # the target; its checks say so until the verification has run again.
+        yield from verification_out_of_date(
+            context.instance, f"batch partition(s) {_span(keys)} changed in run "
+                              f"{context.run_id[:8]}")
+    if BATCH_CHECK.key in context.selected_asset_check_keys:
+        # Each batch's result was recorded above as that batch finished; this empty output
+        # tells Dagster the step gave its check output (it would log that it did not).
+        output = context.assets_def.get_output_name_for_asset_check_key(BATCH_CHECK.key)
+        yield dg.Output(None, output_name=output)
     _raise_for(problems, len(keys))
 
 
@@ -142,39 +170,40 @@ def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[st
 
 
 def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: ExportManifest,
-                     load_target: Target, cipher: Any) -> BatchProblem | None:
-    """Load one batch in its own transaction, compare it with the export, and log its
-    materialization and check result; the problem if it did not load."""
+                     load_target: Target, cipher: Any) -> Iterator[Any]:
+    """Load one batch in its own transaction, compare it with the export, and yield its
+    materialization and check result (stored before the next batch starts); return the
+    problem if it did not load."""
     try:
-        entry = manifest.batch(key)
-        result = load_batch(load_target, manifest, key, cipher=cipher,
+        batch = batch_key_for(manifest, key)
+        result = load_batch(load_target, manifest, batch, cipher=cipher,
                             attempts=ENGINE_ATTEMPTS, backoff_seconds=ENGINE_BACKOFF_SECONDS)
-        comparison = compare_batch(load_target, manifest, key, cipher)
+        comparison = compare_batch(load_target, manifest, batch, cipher)
     except Exception as exc:
-        return _record_problem(context, key, load_target, exc)
-    check = _comparison_check(comparison, load_target)
+        return (yield from _record_problem(context, key, load_target, exc))
     if not comparison.passed:
-        context.log_event(check)
+        yield _comparison_check(context.instance, key, comparison, load_target)
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
                    f"({load_target.display}).")
         return BatchProblem(key, message, MigrationError(message))
-    context.log_event(dg.AssetMaterialization(
+    yield dg.AssetMaterialization(
         BATCHES_ASSET, partition=key,
-        metadata=_load_metadata(result, manifest, entry.checkpoints, load_target)))
-    context.log_event(check)
+        metadata=_load_metadata(result, manifest, load_target))
+    yield _comparison_check(context.instance, key, comparison, load_target)
     return None
 
 
 def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Target,
-                    exc: BaseException) -> BatchProblem:
-    """Log the failed check result for ``key`` (unless Dagster will retry it) and describe
+                    exc: BaseException) -> Iterator[Any]:
+    """Yield the failed check result for ``key`` (unless Dagster will retry it); return
     the problem."""
     dsn = load_target.dsn
     text = error_text(exc, dsn)
+    instance = context.instance
     if isinstance(exc, ConflictError):
-        context.log_event(_failed_check(key, load_target,
-                                        "conflict with rows already in the target", exc,
-                                        mismatches=exc.keys))
+        yield _failed_check(instance, key, load_target,
+                            "conflict with rows already in the target", exc,
+                            mismatches=exc.keys)
         return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
                                  f"{text}", exc, metadata={"conflicting_keys": exc.keys[:50]})
     if isinstance(exc, MigrationError) and _transient(exc):
@@ -182,15 +211,18 @@ def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Ta
             context.log.warning(f"Batch {key}: {text}; Dagster retries the step "
                                 f"({context.retry_number + 1}/{BATCH_MAX_RETRIES}).")
             return BatchProblem(key, f"Batch {key} failed: {text}", exc, transient=True)
-        context.log_event(_failed_check(key, load_target, "database error after retries",
-                                        exc))
+        yield _failed_check(instance, key, load_target, "database error after retries", exc)
         return BatchProblem(key, f"Batch {key} failed: {text}", exc)
-    context.log_event(_failed_check(key, load_target, type(exc).__name__, exc))
+    yield _failed_check(instance, key, load_target, type(exc).__name__, exc)
     if isinstance(exc, MigrationError):  # bad input, or a database error the engine gave up on
         return BatchProblem(key, f"Batch {key} failed: {text}", exc)
     # A bug or an unexpected error: not retried either; the traceback helps to report it.
     return BatchProblem(key, f"Batch {key} failed: {text}", exc,
                         metadata={"traceback": scrubbed_traceback(dsn)})
+
+
+def _span(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
 
 
 def _raise_for(problems: list[BatchProblem], batches: int) -> None:
@@ -220,25 +252,27 @@ def _transient(exc: MigrationError) -> bool:
     return isinstance(exc, (TransientLoadError, TargetUnreachableError))
 
 
-def _load_metadata(result: BatchLoadResult, manifest: ExportManifest, checkpoints: int,
+def _load_metadata(result: BatchLoadResult, manifest: ExportManifest,
                    load_target: Target) -> dict[str, dg.MetadataValue]:
+    """What one batch load wrote, each figure once: numbers the UI plots across partitions
+    (rows per table, rows inserted and already present, seconds), then the breakdown
+    table. No ``dagster/row_count``: Dagster shows the latest partition's count as the
+    asset's "Row count", which would read like the total of all batches."""
     rows = result.rows
     total = sum(rows.values())
     # One number per table (rows_checkpoints, ...): the UI plots numeric metadata across
     # partitions, never values inside a JSON entry.
     rows_per_table = {f"rows_{table}": dg.MetadataValue.int(rows[table]) for table in TABLES}
     return {
-        "dagster/row_count": dg.MetadataValue.int(total),
         **rows_per_table,
-        "rows": dg.MetadataValue.json(rows),
-        "inserted": dg.MetadataValue.json(result.inserted),
-        "already_present": dg.MetadataValue.json(result.already_present),
+        ROWS_INSERTED: dg.MetadataValue.int(sum(result.inserted.values())),
+        ROWS_ALREADY_PRESENT: dg.MetadataValue.int(sum(result.already_present.values())),
         "rows_table": dg.MetadataValue.md(_rows_markdown(result)),
         "threads": dg.MetadataValue.int(result.threads),
-        "checkpoints": dg.MetadataValue.int(checkpoints),
         "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
         "rows_per_second": dg.MetadataValue.float(round(total / max(result.seconds, 1e-9), 1)),
         "batch_sha256": dg.MetadataValue.text(result.batch_sha256),
+        EXPORT_ID_METADATA: dg.MetadataValue.text(manifest_export_id(manifest)),
         "export_content_sha256": dg.MetadataValue.text(manifest.content_sha256),
         "attempts": dg.MetadataValue.int(result.attempts),
         "metadata_changes": dg.MetadataValue.int(len(result.metadata_changes)),
@@ -253,33 +287,39 @@ def _rows_markdown(result: BatchLoadResult) -> str:
     return "\n".join(lines)
 
 
-def _check_evaluation(key: str, passed: bool,
+def _check_evaluation(instance: dg.DagsterInstance, key: str, passed: bool,
                       metadata: dict[str, dg.MetadataValue]) -> dg.AssetCheckEvaluation:
-    """``batch_matches_export``'s result for partition ``key`` (logged as the batch
-    finishes, so each partition of a ranged run has its own)."""
-    return dg.AssetCheckEvaluation(asset_key=BATCHES_ASSET, check_name=BATCH_MATCHES_EXPORT,
-                                   passed=passed, metadata=metadata, partition=key)
+    """``batch_matches_export``'s result for partition ``key``, tied to the partition's
+    latest materialization (the one just recorded, or for a failed batch the one still
+    current), as Dagster ties the result of a check to what it checked. Without that tie,
+    Dagster's per-partition check status counts the result as belonging to no
+    materialization (neither passed nor failed)."""
+    return dg.AssetCheckEvaluation(
+        asset_key=BATCHES_ASSET, check_name=BATCH_MATCHES_EXPORT, passed=passed,
+        metadata=metadata, partition=key,
+        target_materialization_data=latest_materialization(instance, BATCHES_ASSET, key))
 
 
-def _comparison_check(comparison: BatchComparison,
+def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchComparison,
                       load_target: Target) -> dg.AssetCheckEvaluation:
     mismatches = comparison.content_mismatches + comparison.metadata_mismatches
     if comparison.expected_counts != comparison.actual_counts:
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
     return _check_evaluation(
-        comparison.key, comparison.passed, check_metadata(
+        instance, key, comparison.passed, check_metadata(
             expected={"counts": comparison.expected_counts,
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
             mismatches=mismatches[:50], mismatch_count=len(mismatches),
-            batch=comparison.key, target=load_target.display))
+            batch=key, target=load_target.display))
 
 
-def _failed_check(key: str, load_target: Target, problem: str, exc: BaseException,
+def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, problem: str,
+                  exc: BaseException,
                   mismatches: list[dict] | None = None) -> dg.AssetCheckEvaluation:
     return _check_evaluation(
-        key, False, check_metadata(
+        instance, key, False, check_metadata(
             expected=f"batch {key} loaded and equal to the export",
             actual=f"{problem}: {error_text(exc, load_target.dsn)}",
             mismatches=(mismatches or [])[:50],

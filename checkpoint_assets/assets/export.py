@@ -14,13 +14,20 @@ from checkpoint_assets.engine.export_file import (
     write_export,
 )
 from checkpoint_assets.engine.source import SourceCounts
+from checkpoint_assets.assets.batches import EXPORT_ID_METADATA
+from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.partitions import (
+    ASSET_TAGS,
     BATCH_PARTITIONS_NAME,
     EXPORT_ASSET,
     EXPORT_COUNTS_MATCH_SOURCE,
     EXPORT_FILE_VERIFIES,
     GROUP_NAME,
+    OWNERS,
     SQLITE_KIND,
+    manifest_export_id,
+    partition_keys,
+    partition_keys_by_batch,
 )
 from checkpoint_assets.project import initialize_target_pool
 from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
@@ -30,6 +37,8 @@ from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
     key=EXPORT_ASSET,
     group_name=GROUP_NAME,
     kinds={SQLITE_KIND, "file"},
+    owners=OWNERS,
+    tags=ASSET_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             EXPORT_COUNTS_MATCH_SOURCE, asset=EXPORT_ASSET, blocking=True,
@@ -81,6 +90,10 @@ def checkpoint_export(
 
     added, removed = _register_partitions(context.instance, manifest)
     initialize_target_pool(context.instance)  # before a backfill starts batch runs at once
+    if added or removed:
+        yield from verification_out_of_date(
+            context.instance, f"the export was re-taken (export {manifest_export_id(manifest)},"
+                              f" {len(added)} new batch partitions)")
     context.log.info(f"Exported {manifest.checkpoints} checkpoints in "
                      f"{len(manifest.batches)} batches to {path} ({seconds:.2f} s)")
     yield dg.MaterializeResult(
@@ -88,12 +101,13 @@ def checkpoint_export(
             "path": dg.MetadataValue.path(str(path)),
             "source": dg.MetadataValue.path(str(source.path)),
             "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
-            "checkpoints": dg.MetadataValue.int(manifest.checkpoints),
             "writes": dg.MetadataValue.int(manifest.writes),
             "threads": dg.MetadataValue.int(manifest.threads),
             "batches": dg.MetadataValue.int(len(manifest.batches)),
             "batch_size": dg.MetadataValue.int(export_file.batch_size),
-            "size_bytes": dg.MetadataValue.int(manifest.size_bytes),
+            EXPORT_ID_METADATA: dg.MetadataValue.text(manifest_export_id(manifest)),
+            # MiB as a float: readable in the UI and plotted across materializations.
+            "size_mib": dg.MetadataValue.float(round(manifest.size_bytes / 2**20, 3)),
             "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
             "file_sha256": dg.MetadataValue.text(manifest.file_sha256),
             "types": dg.MetadataValue.json(manifest.types),
@@ -140,8 +154,9 @@ def _file_check(path: Any) -> dg.AssetCheckResult:
 def _register_partitions(
     instance: dg.DagsterInstance, manifest: ExportManifest
 ) -> tuple[list[str], list[str]]:
-    """Make the batch partitions exactly the export's batch keys; return (added, removed)."""
-    keys = [entry.key for entry in manifest.batches]
+    """Make the batch partitions exactly the export's partition keys; return (added,
+    removed)."""
+    keys = partition_keys(manifest)
     existing = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
     added = [key for key in keys if key not in existing]
     # Idempotent: adding a key that exists is a no-op, so re-exporting is safe.
@@ -153,9 +168,11 @@ def _register_partitions(
 
 
 def _batch_table(manifest: ExportManifest) -> dg.MetadataValue:
+    keys = partition_keys_by_batch(manifest)
     rows = [
-        dg.TableRecord({"batch": b.key, "threads": b.threads, "checkpoints": b.checkpoints,
-                        "writes": b.writes, "sha256": b.sha256[:16]})
+        dg.TableRecord({"batch": keys[b.key], "threads": b.threads,
+                        "checkpoints": b.checkpoints, "writes": b.writes,
+                        "sha256": b.sha256[:16]})
         for b in manifest.batches[:200]
     ]
     schema = dg.TableSchema(columns=[

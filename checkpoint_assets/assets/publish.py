@@ -19,12 +19,14 @@ from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.publish import publish
 from checkpoint_assets.engine.verify import compare_batch
 from checkpoint_assets.partitions import (
+    ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
     GROUP_NAME,
+    OWNERS,
     POSTGRES_KIND,
     PUBLISH_ASSET,
     PUBLISHED_MATCHES_EXPORT,
@@ -45,6 +47,8 @@ from checkpoint_assets.resources import (
     group_name=GROUP_NAME,
     kinds={POSTGRES_KIND},
     deps=[VERIFICATION_ASSET],
+    owners=OWNERS,
+    tags=ASSET_TAGS,
     pool=TARGET_POOL,
     check_specs=[dg.AssetCheckSpec(
         PUBLISHED_MATCHES_EXPORT, asset=PUBLISH_ASSET, blocking=True,

@@ -19,17 +19,24 @@ from checkpoint_assets.engine.verify import (
     VerificationReport,
     verify_migration,
 )
+from checkpoint_assets.assets.batches import EXPORT_ID_METADATA
+from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.partitions import (
+    ASSET_TAGS,
     BATCHES_ASSET,
     CHECK_DESCRIPTIONS,
     COUNT_MATCH,
     GROUP_NAME,
+    OWNERS,
     POSTGRES_KIND,
     SQLITE_KIND,
     TARGET_POOL,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
     VERIFICATION_WARNING_CHECKS,
+    manifest_export_id,
+    partition_keys,
+    partition_keys_by_batch,
 )
 from checkpoint_assets.resources import (
     ExportFileResource,
@@ -57,6 +64,12 @@ VERIFICATION_CHECKS = [
     deps=[dg.AssetDep(BATCHES_ASSET, partition_mapping=dg.AllPartitionMapping())],
     pool=TARGET_POOL,
     check_specs=VERIFICATION_CHECKS,
+    owners=OWNERS,
+    tags=ASSET_TAGS,
+    # Runs again by itself once batches were loaded (none missing or in progress), so an
+    # old result never stands for the current target; evaluated by the sensor
+    # AUTOMATION_SENSOR (running by default, see definitions.py).
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def migration_verification(
     context: dg.AssetExecutionContext,
@@ -74,7 +87,8 @@ def migration_verification(
     reported by key), the source still matching the export, and the official read-back.
     Each result names expected, actual and the keys of every mismatch. The ``evidence``
     metadata entry is the whole report as Markdown (counts, checks, per-batch load times,
-    mismatches and changed metadata values by key).
+    mismatches and changed metadata values by key). Once a batch changes, its checks are
+    marked out of date until it has run again, which it does by itself under dagster dev.
     """
     load_target = target.load_target()
     try:
@@ -98,11 +112,14 @@ def migration_verification(
               if not outcome.passed and name not in VERIFICATION_WARNING_CHECKS]
     context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
                      + ("all checks passed" if not failed else f"FAILED {failed}"))
+    partitions = partition_keys_by_batch(manifest)
     evidence = render_evidence(report, manifest=manifest, target_display=load_target.display,
-                               batches=batch_timings(context.instance, manifest))
+                               batches=batch_timings(context.instance, manifest),
+                               batch_labels=partitions)
     yield dg.MaterializeResult(
-        metadata={**_report_metadata(report, manifest.content_sha256, load_target.display),
-                  EVIDENCE_METADATA: dg.MetadataValue.md(evidence)},
+        # The report first: the UI lists metadata in this order.
+        metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),
+                  **_report_metadata(report, manifest, partitions, load_target.display)},
         check_results=[_check_result(report.checks[name], report)
                        for name in VERIFICATION_CHECK_NAMES],
     )
@@ -123,11 +140,12 @@ def _check_result(outcome: CheckOutcome, report: VerificationReport) -> dg.Asset
                                 notes=outcome.notes, **extra))
 
 
-def _report_metadata(report: VerificationReport, content_sha256: str,
-                     display: str) -> dict[str, dg.MetadataValue]:
+def _report_metadata(report: VerificationReport, manifest: ExportManifest,
+                     partitions: dict[str, str], display: str) -> dict[str, dg.MetadataValue]:
     counts = report.counts
     sqlite = counts.get("sqlite", {})
     return {
+        "passed": dg.MetadataValue.bool(report.passed),
         "dagster/row_count": dg.MetadataValue.int(counts["target"]["checkpoints"]),
         "sqlite_checkpoints": dg.MetadataValue.int(sqlite.get("checkpoints", -1)),
         "sqlite_writes": dg.MetadataValue.int(sqlite.get("checkpoint_writes", -1)),
@@ -137,16 +155,29 @@ def _report_metadata(report: VerificationReport, content_sha256: str,
         "postgres_writes": dg.MetadataValue.int(counts["target"]["checkpoint_writes"]),
         "postgres_blobs": dg.MetadataValue.int(counts["target"]["checkpoint_blobs"]),
         "counts": dg.MetadataValue.json(plain(counts)),
-        "export_content_sha256": dg.MetadataValue.text(content_sha256),
-        "batch_digests": dg.MetadataValue.json(
-            {b.key: {"expected": b.expected_digest, "actual": b.actual_digest}
-             for b in report.batches}),
+        EXPORT_ID_METADATA: dg.MetadataValue.text(manifest_export_id(manifest)),
+        "export_content_sha256": dg.MetadataValue.text(manifest.content_sha256),
+        "batch_digests": _digest_table(report, partitions),
         "metadata_changes": dg.MetadataValue.int(len(report.metadata_changes)),
         "metadata_changes_by_key": dg.MetadataValue.json(plain(report.metadata_changes[:50])),
-        "passed": dg.MetadataValue.bool(report.passed),
         "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "target": dg.MetadataValue.text(display),
     }
+
+
+_DIGEST_TABLE_ROWS = 200  # the evidence report and verify --report hold every batch
+
+
+def _digest_table(report: VerificationReport, partitions: dict[str, str]) -> dg.MetadataValue:
+    """Per batch partition: the export's and PostgreSQL's content digest (short), equal?"""
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("batch", "string"), dg.TableColumn("export", "string"),
+        dg.TableColumn("postgres", "string"), dg.TableColumn("equal", "bool")])
+    rows = [dg.TableRecord({"batch": partitions.get(b.key, b.key),
+                            "export": b.expected_digest[:16], "postgres": b.actual_digest[:16],
+                            "equal": b.expected_digest == b.actual_digest})
+            for b in report.batches[:_DIGEST_TABLE_ROWS]]
+    return dg.MetadataValue.table(rows, schema=schema)
 
 
 # Storage ids per query: well below SQLite's bound on query parameters and Dagster's record
@@ -155,13 +186,16 @@ _IDS_PER_QUERY = 500
 
 
 def batch_timings(instance: dg.DagsterInstance, manifest: ExportManifest) -> list[BatchTiming]:
-    """Load times of the export's batches, from the latest materialization of each partition.
+    """Load times of the export's batches, from the latest materialization of each of its
+    partitions (keyed by partition).
 
     Two kinds of query, whatever the number of partitions: one for the latest
     materialization id of every partition, then the records themselves by id (in chunks).
-    Materializations of another export (a different content digest) are left out.
+    Partition keys name the export, and a load recorded for another export is left out,
+    so the table describes this export only.
     """
-    keys = {entry.key for entry in manifest.batches}
+    keys = set(partition_keys(manifest))
+    this_export = manifest_export_id(manifest)
     latest = instance.get_latest_storage_id_by_partition(
         BATCHES_ASSET, dg.DagsterEventType.ASSET_MATERIALIZATION, keys)
     ids = sorted(storage_id for key, storage_id in latest.items() if key in keys)
@@ -174,20 +208,20 @@ def batch_timings(instance: dg.DagsterInstance, manifest: ExportManifest) -> lis
         for record in records:
             timing = _timing(record)
             if timing is not None and _metadata_value(
-                    record, "export_content_sha256") == manifest.content_sha256:
+                    record, EXPORT_ID_METADATA) == this_export:
                 timings.append(timing)
     return sorted(timings, key=lambda t: t.key)
 
 
 def _timing(record: dg.EventLogRecord) -> BatchTiming | None:
     """The batch's load time and rows, from its materialization's metadata."""
-    rows = _metadata_value(record, "rows")
+    rows = {table: _metadata_value(record, f"rows_{table}") for table in TABLES}
     seconds = _metadata_value(record, "seconds")
-    if record.partition_key is None or not isinstance(rows, dict) or seconds is None:
+    if record.partition_key is None or None in rows.values() or seconds is None:
         return None
-    return BatchTiming(key=record.partition_key, checkpoints=rows.get("checkpoints", 0),
-                       writes=rows.get("checkpoint_writes", 0), seconds=float(seconds),
-                       blobs=rows.get("checkpoint_blobs", 0))
+    return BatchTiming(key=record.partition_key, checkpoints=rows["checkpoints"],
+                       writes=rows["checkpoint_writes"], seconds=float(seconds),
+                       blobs=rows["checkpoint_blobs"])
 
 
 def _metadata_value(record: dg.EventLogRecord, name: str) -> Any:

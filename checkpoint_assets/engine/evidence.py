@@ -102,6 +102,7 @@ def render_evidence(
     manifest: ExportManifest,
     target_display: str,
     batches: Sequence[BatchTiming] | None = None,
+    batch_labels: Mapping[str, str] | None = None,
     title: str = DEFAULT_TITLE,
     generated_at: dt.datetime | None = None,
     max_listed: int = MAX_LISTED,
@@ -110,14 +111,17 @@ def render_evidence(
 
     ``target_display`` must be the target without its password (``Target.display``).
     ``batches``: per-batch load timings, if known (a verification run on its own has
-    none). Listings stop after ``max_listed`` rows per check, saying how many more there are.
+    none). ``batch_labels``: the name each export batch goes by in ``batches`` (e.g. its
+    Dagster partition key), when not its export key. Only timings of this export's
+    batches are listed and totalled, so the table always describes this one export.
+    Listings stop after ``max_listed`` rows per check, saying how many more there are.
     """
     when = generated_at or dt.datetime.now(dt.UTC)
     sections = [
         _headline(report, manifest, target_display, title, when),
         _counts_section(report),
         _checks_section(report),
-        _timings_section(manifest, batches),
+        _timings_section(manifest, batches, batch_labels or {}),
         *(_mismatch_section(report, name, max_listed) for name, outcome
           in report.checks.items() if not outcome.passed),
         _metadata_changes_section(report, max_listed),
@@ -237,12 +241,15 @@ def _checks_section(report: VerificationReport) -> str:
     return text
 
 
-def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | None) -> str:
+def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | None,
+                     labels: Mapping[str, str]) -> str:
     if batches is None:
         return ("## Batch timings\n\nNot recorded: this verification ran on its own. "
                 "`checkpoint-assets migrate` and the `migration_verification` asset include "
                 "the load time of every batch.")
-    ordered = sorted(batches, key=lambda b: b.key)
+    names = [labels.get(entry.key, entry.key) for entry in manifest.batches]
+    wanted = set(names)
+    ordered = sorted((b for b in batches if b.key in wanted), key=lambda b: b.key)
     rows: list[list[Any]] = [[b.key, b.checkpoints, b.writes, b.rows, f"{b.seconds:.3f}",
                               f"{b.rows_per_second:.1f}"] for b in ordered]
     total = BatchTiming("total", sum(b.checkpoints for b in ordered),
@@ -258,7 +265,7 @@ def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | 
             + "\n\nSeconds: reading, converting and inserting the batch in one transaction, "
               "from the latest load of each batch; rows include blob rows.")
     timed = {b.key for b in ordered}
-    untimed = [entry.key for entry in manifest.batches if entry.key not in timed]
+    untimed = [name for name in names if name not in timed]
     if untimed:
         shown = ", ".join(untimed[:20]) + (f" and {len(untimed) - 20} more"
                                            if len(untimed) > 20 else "")
