@@ -11,11 +11,12 @@ current itself).
 
 from __future__ import annotations
 
+import math
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from checkpoint_assets.engine.export_file import ExportManifest, write_export
 from checkpoint_assets.engine.loader import load_batch
@@ -45,7 +46,8 @@ def target(target_dsn: str) -> Target:
     t.setup()
     with psycopg.connect(target_dsn, autocommit=True) as conn:
         for table in TABLES:
-            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
+            conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(
+                sql.Identifier(table)))
     return t
 
 
@@ -64,10 +66,12 @@ def counters(dsn: str, inserted: dict[str, int]) -> Counters:
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid()").fetchone()[0]
             rows = conn.execute(
-                "SELECT relname, n_tup_ins, seq_scan, seq_tup_read, coalesce(idx_scan, 0) "
-                "FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(TABLES),)).fetchall()
+                "SELECT relname, n_tup_ins, seq_scan, seq_tup_read, coalesce(idx_scan, 0), "
+                "analyze_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+                (list(TABLES),)).fetchall()
         found = {name: {"n_tup_ins": ins, "seq_scan": seq, "seq_tup_read": seq_read,
-                        "idx_scan": idx} for name, ins, seq, seq_read, idx in rows}
+                        "idx_scan": idx, "analyze_count": analyzed}
+                 for name, ins, seq, seq_read, idx, analyzed in rows}
         if (not others and found == previous
                 and all(found[t]["n_tup_ins"] >= inserted.get(t, 0) for t in TABLES)):
             return found
@@ -118,6 +122,10 @@ def test_batches_after_the_first_few_never_scan_a_table(
     assert delta(warm, done, "seq_scan") == {t: 0 for t in TABLES}
     assert delta(warm, done, "seq_tup_read") == {t: 0 for t in TABLES}
     assert all(n > 0 for n in delta(warm, done, "idx_scan").values())
+    # Analyzed each time it doubled, not per batch: the statistics cost stays logarithmic.
+    for table in TABLES:
+        doublings = math.log2(inserted[table] / STATISTICS_MIN_ROWS)
+        assert 1 <= done[table]["analyze_count"] <= math.ceil(doublings) + 1, table
 
 
 def test_reloading_present_batches_checks_conflicts_by_key(
