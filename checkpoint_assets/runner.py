@@ -25,7 +25,6 @@ from typing import Any
 import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
     AssetCheckExecutionRecordStatus,
 )
 from dagster._core.storage.tags import (
@@ -459,20 +458,18 @@ def latest_check_evaluations(
     if defs is None:
         defs = build_definitions(staging=bool(os.environ.get(STAGING_SCHEMA_ENV)))
     keys = declared_check_keys(defs)
-    publish_keys = [key for key in declared_check_keys(build_definitions(staging=True))
-                    if key not in keys]
-    # One query for every check's latest result (not one per check).
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [*keys, *publish_keys])
-    keys += [key for key in publish_keys if latest.get(key)]
-    return [_check_row(instance, key, latest.get(key)) for key in keys]
+    publish_keys = declared_check_keys(build_definitions(staging=True))
+    for key in publish_keys:
+        if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
+            keys.append(key)
+    return [_check_row(instance, key) for key in keys]
 
 
-def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
-               record: AssetCheckExecutionRecord | None) -> dict[str, Any]:
+def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> dict[str, Any]:
     row: dict[str, Any] = {"asset": key.asset_key.to_user_string(), "check": key.name,
                            "passed": None, "severity": "ERROR", "ok": False, "partitions": "",
                            "summary": "never evaluated", "when": "", "run_id": ""}
+    record = instance.get_latest_asset_check_evaluation_record(key)
     prefix = ""
     if key.asset_key == BATCHES_ASSET:
         # Per-batch check: it passes when the latest result of every current batch passed;
