@@ -233,6 +233,17 @@ def refresh_statistics(conn: psycopg.Connection) -> list[str]:
     return stale
 
 
+def refresh_statistics_of(target: Target) -> None:
+    """:func:`refresh_statistics` on a connection of its own, at best effort: a failed
+    ANALYZE leaves the planner's estimates as they were (slower queries, never different
+    results), so it is no reason to fail the step that asked for it."""
+    try:
+        with target.connect() as conn:
+            refresh_statistics(conn)
+    except (MigrationError, psycopg.Error):
+        pass
+
+
 def _primary_message(exc: psycopg.Error) -> str:
     """The server's one-line message (no statement excerpt), or the whole text."""
     return exc.diag.message_primary or str(exc).strip()

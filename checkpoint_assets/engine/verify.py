@@ -39,7 +39,7 @@ from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import Target, refresh_statistics
+from checkpoint_assets.engine.target import Target, refresh_statistics_of
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
@@ -370,8 +370,7 @@ def verify_migration(
     export would use, since comparing also spends most of its time in Python).
     """
     started = time.perf_counter()
-    with target.connect() as conn:
-        refresh_statistics(conn)  # a target loaded by other means may never have been analyzed
+    refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
         source_state = beside.submit(_source_state, source_path, manifest) \
