@@ -35,7 +35,12 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
 from checkpoint_assets.engine.metadata import MetadataChange
-from checkpoint_assets.engine.target import Target, TargetUnreachableError, scrub
+from checkpoint_assets.engine.target import (
+    Target,
+    TargetUnreachableError,
+    refresh_statistics,
+    scrub,
+)
 from checkpoint_assets.engine.verify import expected_batch
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -155,6 +160,8 @@ def load_batch(
     for attempt in range(1, attempts + 1):
         try:
             with target.connect() as conn:
+                # Before the batch's transaction: a rollback must not undo the statistics.
+                refresh_statistics(conn)
                 inserted, present = _load_rows(conn, lock_id, threads, rows, cipher)
                 conn.commit()
             break
@@ -219,13 +226,16 @@ def _load_rows(
             "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
         ).format(stage, sql.Identifier(table)))
         _copy(conn, stage, table, table_rows)
+        # A temporary table is never analyzed by autovacuum; without statistics the planner
+        # may join it to the whole table instead of looking its keys up (raise_on_conflict).
+        conn.execute(sql.SQL("ANALYZE {}").format(stage))
         # Re-running is safe: rows already there are skipped, then compared below.
         cursor = conn.execute(sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
         ).format(table=sql.Identifier(table), stage=stage, cols=_cols(table)))
         inserted[table] = cursor.rowcount
         present[table] = len(table_rows) - cursor.rowcount
-        raise_on_conflict(conn, table, stage, cipher)
+        raise_on_conflict(conn, table, stage, cipher, threads)
     return inserted, present
 
 
@@ -268,8 +278,12 @@ def _copy(conn: psycopg.Connection, relation: sql.Composable, table: str,
 
 
 def raise_on_conflict(conn: psycopg.Connection, table: str, stage: sql.Composable,
-                      cipher: Cipher | None) -> None:
-    """Raise ConflictError if a row of ``stage`` differs from the ``table`` row with its key."""
+                      cipher: Cipher | None, threads: Sequence[str] | None = None) -> None:
+    """Raise ConflictError if a row of ``stage`` differs from the ``table`` row with its key.
+
+    ``threads``, if given, are the only threads ``stage`` holds: the table is then read
+    through its thread_id index for them alone, never scanned whole, however big it is.
+    """
     keys = PRIMARY_KEYS[table]
     join = sql.SQL(" AND ").join(
         sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in keys)
@@ -278,12 +292,14 @@ def raise_on_conflict(conn: psycopg.Connection, table: str, stage: sql.Composabl
         for c in CONTENT_COLUMNS[table])
     extra = sql.SQL(", t.type, t.blob, s.type, s.blob") if table == "checkpoint_blobs" \
         else sql.SQL("")
+    if threads is not None:
+        differs = sql.SQL("t.thread_id = ANY(%(threads)s) AND ({})").format(differs)
     query = sql.SQL("SELECT {keys}{extra} FROM {stage} s JOIN {table} t ON {join} "
                     "WHERE {differs}").format(
         keys=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in keys),
         extra=extra, stage=stage, table=sql.Identifier(table), join=join, differs=differs)
     conflicts = []
-    for record in conn.execute(query):
+    for record in conn.execute(query, {"threads": list(threads or [])}):
         if table == "checkpoint_blobs" and cipher is not None and _same_plaintext(
                 cipher, record[len(keys):]):
             continue  # the same value encrypted again with a fresh nonce

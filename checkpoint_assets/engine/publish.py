@@ -15,7 +15,7 @@ from psycopg import sql
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.loader import COLUMNS, raise_on_conflict
-from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.target import Target, refresh_statistics_of, scrub
 
 PUBLISH_LOCK_ID = 0x43484B5450554231  # "CHKTPUB1": one publisher per database at a time
 
@@ -70,4 +70,6 @@ def publish(staging: Target, target: Target, cipher: Cipher | None = None) -> Pu
             f"{scrub(str(exc).strip(), target.dsn)}",
             "Nothing was published. Fix the cause and materialize the publish asset again.",
         ) from None
+    refresh_statistics_of(target)  # the batch checks that follow look threads up by key
     return PublishResult(inserted, present, time.perf_counter() - started)
+

@@ -24,6 +24,11 @@ REQUIRED_PRIVILEGES = ((MIGRATIONS_TABLE, "SELECT"),
                        *((table, privilege) for table in TABLES
                          for privilege in ("SELECT", "INSERT")))
 CONNECT_TIMEOUT_SECONDS = 10
+# A table is analyzed again once the rows changed since its last ANALYZE reach this share of
+# the rows it had then (1.0: it doubled), and at least STATISTICS_MIN_ROWS: a geometric
+# schedule, so a load of N rows analyzes each table about log2(N) times.
+STATISTICS_GROWTH = 1.0
+STATISTICS_MIN_ROWS = 1000
 # libpq's wording when the server rejects the login itself (not the network).
 AUTHENTICATION_FAILURES = ("authentication failed", "no password supplied")
 # PostgreSQL's wording when the role's CONNECTION LIMIT, or the server's max_connections
@@ -255,6 +260,40 @@ class Target:
             f"{self.display}: {lacking}. Nothing was written.",
             f"Have the tables' owner run: {_grant_statement(user)} Or import as the owner.",
         )
+
+
+def refresh_statistics(conn: psycopg.Connection) -> list[str]:
+    """ANALYZE those of PostgresSaver's tables that grew by STATISTICS_GROWTH since their
+    last ANALYZE; return their names. Commits (ANALYZE runs in its own transaction).
+
+    Without statistics the planner estimates ``thread_id = ANY(...)`` at half the table and
+    scans it whole, so every batch would cost as much as the table holds; autovacuum is
+    off on some servers and lags a bulk load on the others. Growth is read from the
+    server's activity counters (one cheap query). Tables this user does not own are left
+    alone (ANALYZE would only warn), and a table another loader is analyzing right now is
+    skipped rather than waited for.
+    """
+    stale = [name for (name,) in conn.execute(
+        "SELECT t.name FROM unnest(%s::text[]) AS t(name) "
+        "JOIN pg_class c ON c.oid = to_regclass(t.name) "
+        "WHERE pg_has_role(c.relowner, 'USAGE') "
+        "AND pg_stat_get_mod_since_analyze(c.oid) >= greatest(%s, c.reltuples * %s)",
+        (list(TABLES), STATISTICS_MIN_ROWS, STATISTICS_GROWTH))]
+    for name in stale:
+        conn.execute(sql.SQL("ANALYZE (SKIP_LOCKED) {}").format(sql.Identifier(name)))
+    conn.commit()
+    return stale
+
+
+def refresh_statistics_of(target: Target) -> None:
+    """:func:`refresh_statistics` on a connection of its own, at best effort: a failed
+    ANALYZE leaves the planner's estimates as they were (slower queries, never different
+    results), so it is no reason to fail the step that asked for it."""
+    try:
+        with target.connect() as conn:
+            refresh_statistics(conn)
+    except (MigrationError, psycopg.Error):
+        pass
 
 
 def _primary_message(exc: psycopg.Error) -> str:

@@ -40,7 +40,7 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import TABLES, Target, scrub
+from checkpoint_assets.engine.target import TABLES, Target, refresh_statistics_of, scrub
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
@@ -398,6 +398,7 @@ def _verify_migration(manifest: ExportManifest, target: Target,
                       readback_threads: int | None, progress: Any,
                       workers: int | None) -> VerificationReport:
     started = time.perf_counter()
+    refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
         source_state = beside.submit(_source_state, source_path, manifest) \
