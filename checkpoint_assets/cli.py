@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
             ("migrate", "export, import and verify, as Dagster asset runs"),
             ("backfill", "load only the FAILED and missing batch partitions of the current "
-                         "export, then verify (the UI's 'backfill failed and missing')")):
+                         "export (and any loaded without a passed check), then verify (the "
+                         "UI's 'backfill failed and missing')")):
         p = sub.add_parser(name, help=help_text)
         add_source(p)
         add_export(p)

@@ -35,6 +35,7 @@ from dagster._core.storage.tags import (
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
 from checkpoint_assets.assets.batches import (
+    BATCH_CHECK,
     CONFLICT_MARKER,
     FAILED_BATCHES_METADATA,
     materialized_partitions,
@@ -187,7 +188,8 @@ def backfill_in_process(
     instance: dg.DagsterInstance | None = None,
     front_end: str = "cli",
 ) -> MigrationResult:
-    """Load only the FAILED and missing batch partitions of the current export, then verify.
+    """Load only the FAILED and missing batch partitions of the current export (and any
+    whose latest load has no passed check), then verify.
 
     The in-process equivalent of the UI's "Backfill only failed and missing partitions
     within selection"; arguments as for ``migrate_in_process`` (the export is not re-run).
@@ -224,8 +226,10 @@ def _run(settings: dict[str, Any], *, export_first: bool,
                 result.skipped.append("batches and verification: the export failed")
             else:
                 statuses = partition_statuses(inst)
+                unchecked = partitions_without_a_passed_check(inst)
                 keys = sorted(k for k, status in statuses.items()
-                              if not only_failed_and_missing or status in ("FAILED", "MISSING"))
+                              if not only_failed_and_missing or k in unchecked
+                              or status in ("FAILED", "MISSING"))
                 initialize_target_pool(inst)
                 outcomes = _load_batches(settings, job, inst, keys, tags, dsn)
                 result.runs.extend(outcomes)
@@ -399,6 +403,23 @@ def partition_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
         return {}
     statuses = instance.get_status_by_partition(BATCHES_ASSET, keys, batch_partitions) or {}
     return {key: statuses[key].value if statuses.get(key) else "MISSING" for key in keys}
+
+
+def partitions_without_a_passed_check(instance: dg.DagsterInstance) -> set[str]:
+    """Current batch partitions whose latest materialization has no passed
+    ``batch_matches_export`` result.
+
+    A run stopped between a batch's materialization and its check result (Ctrl-C lands
+    there now and then: Dagster delivers it as the step resumes) leaves the partition
+    MATERIALIZED but unproven; ``backfill`` loads and checks such a batch again (safe: its
+    rows are already there and are compared).
+    """
+    current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    infos = {info.partition_key: info for info in
+             instance.event_log_storage.get_asset_check_partition_info([BATCH_CHECK.key])}
+    return {key for key in current
+            if (info := infos.get(key)) is None or not info.is_current
+            or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED}
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,

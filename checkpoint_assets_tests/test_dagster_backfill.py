@@ -124,3 +124,27 @@ def test_failed_partition_is_backfilled_alone(
         assert backfill.passed, backfill.render()
         assert set(partition_statuses(instance).values()) == {"MATERIALIZED"}
         assert table_snapshot(target_dsn) != others  # the batch's rows were added
+
+
+def test_a_batch_loaded_without_its_check_result_is_loaded_and_checked_again(
+    target_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped between a batch's materialization and its check result (a Ctrl-C can
+    land there) leaves the partition MATERIALIZED with no current passed check: `backfill`
+    loads and checks that batch again, and only it, and then passes."""
+    source = write_corpus(tmp_path / "support.sqlite", threads=6)
+    export = tmp_path / "export.jsonl"
+    monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
+    settings = {"source": str(source), "export": str(export), "batch_size": 12}
+    with dg.instance_for_test() as instance:
+        assert migrate_in_process(**settings, instance=instance).passed
+        unproven = partition_keys_by_batch(read_manifest(export))[FAILING_BATCH]
+        # What the stopped run stored: the batch's materialization, and no check result.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(BATCHES_ASSET, partition=unproven))
+        assert partition_statuses(instance)[unproven] == "MATERIALIZED"
+
+        result = backfill_in_process(**settings, instance=instance)
+
+        assert result.passed, result.render()
+        assert [r.partition for r in result.runs if r.step == "batch"] == [unproven]
