@@ -11,15 +11,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from dotenv import load_dotenv
-
 from checkpoint_assets import __version__
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, Interrupted, MigrationError
+from checkpoint_assets.engine.errors import FailureKind, MigrationError
 from checkpoint_assets.engine.evidence import (
     EVIDENCE_SUFFIX,
     default_evidence_path,
@@ -41,27 +39,56 @@ from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
     DEFAULT_READBACK_SAMPLE,
+    MissingTablesError,
     VerificationReport,
     verify_migration,
 )
 from checkpoint_assets.engine.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
 from checkpoint_assets.engine.workers import (
     PARALLEL_MIN_BATCHES,
-    WORKERS_ENV,
     kill_workers,
     workers_for,
 )
 from checkpoint_assets.progress import progress
 from checkpoint_assets.project import default_export_path
+from checkpoint_assets.settings import (
+    AES_KEY_ENV,
+    BATCH_SIZE_ENV,
+    EMBEDDED_PG_ENV,
+    ENV_FILE,
+    EXPORT_ENV,
+    READBACK_ALL,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    TARGET_DSN_ENV,
+    TARGET_SCHEMA_ENV,
+    WORKERS_ENV,
+    Settings,
+    SettingsError,
+    load_env_file,
+)
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
-DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
-EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"
+# How main() reports an error of each kind: the label before its message, the exit status.
+ERROR_REPORTS = {
+    FailureKind.INTERRUPTED: ("INTERRUPTED", EXIT_INTERRUPTED),
+    FailureKind.CONFLICT: ("CONFLICT", EXIT_CONFLICT),
+}
+DEFAULT_ERROR_REPORT = ("ERROR", EXIT_BAD_INPUT)
+# What the engine's texts leave to their caller: where to find more, which flag to pass.
+EVIDENCE_UNTIMED_HINT = ("`checkpoint-assets migrate` and the `migration_verification` "
+                         "asset include the load time of every batch.")
+EVIDENCE_MORE_HINT = ("see the JSON report (`checkpoint-assets verify --report FILE.json` "
+                      "lists every one)")
+READBACK_ALL_HINT = f"--readback-all (Dagster: {READBACK_THREADS_ENV}={READBACK_ALL})"
+ERROR_HINTS = {
+    MissingTablesError: "Run checkpoint-assets import (or migrate) first, or point --target "
+                        f"and --schema ({TARGET_DSN_ENV}, {TARGET_SCHEMA_ENV}) at the "
+                        "database and schema the checkpoints were imported into.",
+}
 QUICKSTART_ENV_FILE = "quickstart.env"
 EMBEDDED_PG_DIR = "postgres"  # the quick start's embedded server, under its workdir
-ENV_FILE = ".env"  # read from the working directory, like dagster dev
 QUICKSTART_BATCH_SIZE = 50  # small batches so the sample shows several partitions
-AES_KEY_ENV = "LANGGRAPH_AES_KEY"
 STOPPED = ("Stopped (Ctrl-C) before the command finished. Every batch in the target is whole "
            "(a batch being loaded was rolled back).\n  What to do: run the command again.")
 STOPPED_AT_ONCE = ("\nINTERRUPTED: stopped at once (second Ctrl-C). Every batch in the target "
@@ -71,15 +98,17 @@ STOPPED_AT_ONCE = ("\nINTERRUPTED: stopped at once (second Ctrl-C). Every batch 
                    "migrate or backfill.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (flags fall back to environment variables, see --help)."""
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The argument parser; flags fall back to ``settings`` (default: Settings.from_env(),
+    the environment variables named in --help)."""
+    settings = settings or Settings.from_env()
     parser = argparse.ArgumentParser(
         prog="checkpoint-assets",
         description="Move LangGraph checkpoints from SqliteSaver (SQLite) to PostgresSaver "
                     "(PostgreSQL) losslessly, and prove it.",
         epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
                "environment, 4 conflict with existing target rows, 130 stopped by Ctrl-C. "
-               f"The target DSN is best given through ${DSN_ENV} so the password never "
+               f"The target DSN is best given through ${TARGET_DSN_ENV} so the password never "
                "appears in a process list. "
                f"Environment variables may also come from a {ENV_FILE} file in the working "
                "directory (variables already set win).",
@@ -88,30 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_source(p: argparse.ArgumentParser, required: bool = True,
-                   help_text: str = "SqliteSaver database file (env CHECKPOINT_ASSETS_SOURCE)"
-                   ) -> None:
-        p.add_argument("--source", default=os.environ.get("CHECKPOINT_ASSETS_SOURCE"),
-                       required=required and "CHECKPOINT_ASSETS_SOURCE" not in os.environ,
-                       help=help_text)
+                   help_text: str = f"SqliteSaver database file (env {SOURCE_ENV})") -> None:
+        p.add_argument("--source", default=settings.source,
+                       required=required and settings.source is None, help=help_text)
 
     def add_export(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--export", default=os.environ.get("CHECKPOINT_ASSETS_EXPORT"),
-                       help="export file path (env CHECKPOINT_ASSETS_EXPORT; default "
+        p.add_argument("--export", default=settings.export,
+                       help=f"export file path (env {EXPORT_ENV}; default "
                             ".checkpoint_assets/exports/<source file name>.export.jsonl in "
                             "the project, the same file migrate and the Dagster assets use)")
 
     def add_target(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=None,
-                       help=f"PostgreSQL DSN (default: ${DSN_ENV})")
-        p.add_argument("--schema", default=os.environ.get("CHECKPOINT_ASSETS_TARGET_SCHEMA"),
+                       help=f"PostgreSQL DSN (default: ${TARGET_DSN_ENV})")
+        p.add_argument("--schema", default=settings.target_schema,
                        help="PostgreSQL schema for PostgresSaver's tables (default: the "
-                            "search_path, usually public; env CHECKPOINT_ASSETS_TARGET_SCHEMA)")
+                            f"search_path, usually public; env {TARGET_SCHEMA_ENV})")
         p.add_argument("--aes-key-env", default=AES_KEY_ENV,
                        help="environment variable holding the EncryptedSerializer AES key, "
                             f"for encrypted sources (default {AES_KEY_ENV})")
 
     def add_workers(p: argparse.ArgumentParser, done: str) -> None:
-        p.add_argument("--workers", type=int, default=_env_int(WORKERS_ENV, 0),
+        p.add_argument("--workers", type=int, default=settings.workers,
                        help=f"batches {done} at once, each in its own process (env "
                             f"{WORKERS_ENV}; default: 2 on a multi-core machine for exports "
                             f"of {PARALLEL_MIN_BATCHES} or more batches, else 1)")
@@ -131,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the export file from the SQLite source")
     add_source(p)
     add_export(p)
-    p.add_argument("--batch-size", type=int, default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"),
-                   help="checkpoints per batch (default 1000; whole threads per batch)")
+    p.add_argument("--batch-size", type=int, default=settings.batch_size,
+                   help=f"checkpoints per batch (env {BATCH_SIZE_ENV}; default 1000; whole "
+                        "threads per batch)")
     add_report(p)
 
     p = sub.add_parser("import", help="load an export file into PostgreSQL")
@@ -140,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_source(p, required=False,
                help_text="optional: the SqliteSaver database file the export must have "
                          "been taken from; the import stops if the export came from "
-                         "another file (env CHECKPOINT_ASSETS_SOURCE)")
+                         f"another file (env {SOURCE_ENV})")
     add_target(p)
     add_workers(p, "loaded")
     add_report(p)
@@ -167,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_source(p)
         add_export(p)
         add_target(p)
-        p.add_argument("--batch-size", type=int,
-                       default=_env_int("CHECKPOINT_ASSETS_BATCH_SIZE"))
+        p.add_argument("--batch-size", type=int, default=settings.batch_size)
         p.add_argument("--readback-all", action="store_true",
                        help="read back every thread through the official savers")
         add_report(p)
@@ -202,62 +229,44 @@ def _default_export(args: argparse.Namespace) -> Path:
     return default_export_path(args.source)
 
 
-def load_env_file(path: Path = Path(ENV_FILE)) -> None:
-    """Read settings from ``.env`` in the working directory, as ``dagster dev`` does.
-
-    Variables already set in the environment win, so a one-off ``VAR=... checkpoint-assets``
-    overrides the file. Keep the file owner-only if it holds the target DSN's password.
-    """
-    if path.is_file():
-        load_dotenv(path, override=False)
-
-
-def _env_int(name: str, default: int = 1000) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        print(f"checkpoint-assets: error: {name}={value!r} is not a whole number; fix or "
-              "unset it (environment or .env).", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     load_env_file()
-    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # a usage error: the command did not start
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser(settings).parse_args(argv)
     dsn = ""
     try:
         if args.command in ("export", "import", "verify"):
             args.export = args.export or _default_export(args)
         if hasattr(args, "target"):
-            dsn = args.target or os.environ.get(DSN_ENV, "")
+            dsn = args.target or settings.target_dsn or ""
             if not dsn:
-                raise MigrationError("No target given.", f"Pass --target or set ${DSN_ENV}.")
+                raise MigrationError("No target given.",
+                                     f"Pass --target or set ${TARGET_DSN_ENV}.")
         with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
-            return COMMANDS[args.command](args, dsn)
-    except Interrupted as exc:
-        print(f"INTERRUPTED: {scrub(str(exc), dsn)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            return COMMANDS[args.command](args, replace(settings, target_dsn=dsn or None))
     except KeyboardInterrupt:
         print(f"INTERRUPTED: {STOPPED}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ConflictError as exc:
-        print(f"CONFLICT: {scrub(str(exc), dsn)}", file=sys.stderr)
-        return EXIT_CONFLICT
     except MigrationError as exc:
-        print(f"ERROR: {scrub(str(exc), dsn)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        label, status = ERROR_REPORTS.get(exc.kind, DEFAULT_ERROR_REPORT)
+        hint = ERROR_HINTS.get(type(exc))  # the CLI's own hint, where the engine's is general
+        text = f"{exc.problem}\n  What to do: {hint}" if hint else str(exc)
+        print(f"{label}: {scrub(text, dsn)}", file=sys.stderr)
+        return status
 
 
 def _cipher(args: argparse.Namespace) -> Cipher | None:
+    # --aes-key-env names the variable: read here, not in Settings (its name is the user's).
     key = os.environ.get(getattr(args, "aes_key_env", AES_KEY_ENV) or AES_KEY_ENV)
     return Cipher(key.encode()) if key else None
 
 
-def cmd_export(args: argparse.Namespace, dsn: str) -> int:
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """export: SQLite -> export file."""
     source = open_source(args.source)
     try:
@@ -288,16 +297,16 @@ def _export_text(manifest: ExportManifest) -> str:
             f"content sha256 {manifest.content_sha256}")
 
 
-def cmd_import(args: argparse.Namespace, dsn: str) -> int:
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     """import: export file -> PostgreSQL, batch by batch (checked against --source, if
     given, before anything is written)."""
     manifest = verify_export(args.export)
     if args.source:
         require_same_source(manifest, args.source)
-    target = Target(dsn, args.schema)
+    target = Target(settings.target_dsn or "", args.schema)
     with progress("import", manifest.checkpoints) as advance:
         summary = import_export(manifest, target, cipher=_cipher(args),
-                                workers=args.workers or workers_for(manifest),
+                                workers=workers_for(manifest, args.workers),
                                 on_batch=lambda r: advance(
                                     r.inserted["checkpoints"] + r.already_present["checkpoints"]))
     report = {"command": "import", "ok": True, "target": target.display,
@@ -314,20 +323,21 @@ def _batch_json(result: Any) -> dict[str, Any]:
     return data
 
 
-def cmd_verify(args: argparse.Namespace, dsn: str) -> int:
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """verify: PostgreSQL vs export vs SQLite (the export must come from --source); the
     evidence report goes beside the export (or to --evidence)."""
     manifest = verify_export(args.export)
     require_same_source(manifest, args.source)
-    target = Target(dsn, args.schema)
+    target = Target(settings.target_dsn or "", args.schema)
     with progress("verify", manifest.checkpoints) as advance:
         report = verify_migration(
             manifest, target, source_path=args.source, cipher=_cipher(args),
             readback_threads=None if args.readback_all else args.readback, progress=advance,
-            workers=args.workers or workers_for(manifest))
+            workers=workers_for(manifest, args.workers), readback_all_hint=READBACK_ALL_HINT)
     evidence = write_evidence(
         _evidence_path(args, manifest.path),
-        render_evidence(report, manifest=manifest, target_display=target.display))
+        render_evidence(report, manifest=manifest, target_display=target.display,
+                        untimed_hint=EVIDENCE_UNTIMED_HINT, more_hint=EVIDENCE_MORE_HINT))
     summary = {"command": "verify", "ok": report.passed, "target": target.display,
                **manifest_summary(manifest), **verification_json(report),
                "evidence": str(evidence)}
@@ -409,36 +419,37 @@ def render_verification(report: VerificationReport) -> str:
     return "\n".join(lines)
 
 
-def cmd_migrate(args: argparse.Namespace, dsn: str) -> int:
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """migrate: export + import + verify, run as the Dagster assets against the instance;
     the verification's evidence report is written beside the export (or to --evidence)."""
-    status = _migrate(args, dsn)
+    status = _migrate(args, settings)
     _print_evidence_path(args, _migration_evidence_path(args))
     return status
 
 
-def _migrate(args: argparse.Namespace, dsn: str) -> int:
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Run the migration, write its evidence report, print its summary; the exit status."""
     from checkpoint_assets.runner import migrate_in_process
 
-    return _migration_status(args, migrate_in_process(**_runner_arguments(args, dsn)))
+    return _migration_status(args, migrate_in_process(_runner_settings(args, settings)))
 
 
-def cmd_backfill(args: argparse.Namespace, dsn: str) -> int:
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     """backfill: only the FAILED and missing batch partitions, then the verification (and
     its evidence report, as for migrate)."""
     from checkpoint_assets.runner import backfill_in_process
 
-    status = _migration_status(args, backfill_in_process(**_runner_arguments(args, dsn)))
+    status = _migration_status(args, backfill_in_process(_runner_settings(args, settings)))
     _print_evidence_path(args, _migration_evidence_path(args))
     return status
 
 
-def _runner_arguments(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
-    """What migrate and backfill pass to the in-process runner."""
-    return {"source": args.source, "export": args.export, "target_dsn": dsn,
-            "schema": args.schema, "batch_size": args.batch_size,
-            "readback_all": args.readback_all}
+def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """What migrate and backfill pass to the in-process runner: the flags over
+    ``settings``."""
+    return replace(settings, source=args.source, export=args.export,
+                   target_schema=args.schema, batch_size=args.batch_size,
+                   readback_threads=None if args.readback_all else settings.readback_threads)
 
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:
@@ -464,26 +475,23 @@ def _unverified_evidence(result: Any) -> str:
             "```\n" + result.render() + "\n```\n")
 
 
-def cmd_checks(args: argparse.Namespace, dsn: str) -> int:
+def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
     """checks: the latest evaluation of every asset check, from the Dagster instance."""
-    from checkpoint_assets.runner import (
-        latest_check_evaluations,
-        project_instance,
-        render_check_rows,
-    )
+    from checkpoint_assets.check_results import latest_check_evaluations, render_check_rows
+    from checkpoint_assets.runner import project_instance
 
     with project_instance() as instance:
         rows = latest_check_evaluations(instance)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps([row.to_json() for row in rows], indent=2, default=str))
     else:
         print(render_check_rows(rows))
     # "ok": passed, or a warning-severity check (a reported risk, not a failure).
-    all_ok = bool(rows) and all(r.get("ok") for r in rows)
+    all_ok = bool(rows) and all(row.ok for row in rows)
     return EXIT_OK if all_ok else EXIT_MISMATCH
 
 
-def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
+def cmd_quickstart(args: argparse.Namespace, settings: Settings) -> int:
     """quickstart: sample database + embedded PostgreSQL + migrate, end to end."""
     from checkpoint_assets.embedded_postgres import ensure_database, start_embedded
     from checkpoint_assets.sample import write_sample_database
@@ -497,16 +505,16 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
               f"{sample.thread_count} threads -> {source}")
     admin = start_embedded(workdir / EMBEDDED_PG_DIR)
     dsn = ensure_database(admin, "checkpoints")
-    settings = {"CHECKPOINT_ASSETS_SOURCE": str(source), DSN_ENV: dsn,
-                "CHECKPOINT_ASSETS_BATCH_SIZE": str(QUICKSTART_BATCH_SIZE),
-                "CHECKPOINT_ASSETS_READBACK_THREADS": "all",
-                EMBEDDED_PG_ENV: str(workdir / EMBEDDED_PG_DIR)}
-    write_env_file(workdir / QUICKSTART_ENV_FILE, settings)
-    os.environ.update(settings)
+    variables = {SOURCE_ENV: str(source), TARGET_DSN_ENV: dsn,
+                 BATCH_SIZE_ENV: str(QUICKSTART_BATCH_SIZE),
+                 READBACK_THREADS_ENV: READBACK_ALL,
+                 EMBEDDED_PG_ENV: str(workdir / EMBEDDED_PG_DIR)}
+    write_env_file(workdir / QUICKSTART_ENV_FILE, variables)
+    os.environ.update(variables)
     args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
                               batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
                               report=None, evidence=None, aes_key_env=AES_KEY_ENV)
-    status = _migrate(args, dsn)
+    status = _migrate(args, Settings.from_env())
     print(f"\nSettings (source, target DSN, batch size): {workdir / QUICKSTART_ENV_FILE}")
     print("See it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
           "http://127.0.0.1:3000); the migration_verification asset shows the same "
@@ -519,7 +527,7 @@ def cmd_quickstart(args: argparse.Namespace, dsn: str) -> int:
     return status
 
 
-def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     """ui: `dagster dev` on this project's code location and persistent Dagster home.
 
     Settings not in the environment come from the quick start's env file, and its embedded
@@ -527,14 +535,12 @@ def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
     """
     from checkpoint_assets.project import ensure_dagster_home
 
-    env_file = args.workdir.resolve() / QUICKSTART_ENV_FILE
-    if env_file.exists():
-        for name, value in read_env_file(env_file).items():
-            os.environ.setdefault(name, value)
-    if os.environ.get(EMBEDDED_PG_ENV):
+    load_env_file(args.workdir.resolve() / QUICKSTART_ENV_FILE)
+    embedded = Settings.from_env().embedded_pg
+    if embedded:
         from checkpoint_assets.embedded_postgres import start_embedded
 
-        start_embedded(os.environ[EMBEDDED_PG_ENV])
+        start_embedded(embedded)
     ensure_dagster_home()
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-m", "checkpoint_assets.definitions",
@@ -544,7 +550,7 @@ def cmd_ui(args: argparse.Namespace, dsn: str) -> int:
     return EXIT_OK  # not reached
 
 
-def cmd_stop_postgres(args: argparse.Namespace, dsn: str) -> int:
+def cmd_stop_postgres(args: argparse.Namespace, settings: Settings) -> int:
     """stop-postgres: stop the quick start's embedded PostgreSQL (its data stays)."""
     from checkpoint_assets.embedded_postgres import stop_embedded
 
@@ -560,16 +566,6 @@ def cmd_stop_postgres(args: argparse.Namespace, dsn: str) -> int:
 def write_env_file(path: Path, settings: dict[str, str]) -> None:
     """Write NAME=value lines, owner-only (a DSN may carry a password)."""
     write_private_text(path, "".join(f"{name}={value}\n" for name, value in settings.items()))
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Read NAME=value lines (blank lines and # comments ignored)."""
-    settings = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
-            name, value = line.split("=", 1)
-            settings[name.strip()] = value.strip()
-    return settings
 
 
 def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:

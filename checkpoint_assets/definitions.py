@@ -7,7 +7,6 @@ Staging mode (CHECKPOINT_ASSETS_STAGING_SCHEMA set) adds the publish asset.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -18,10 +17,10 @@ from checkpoint_assets.assets import CORE_ASSETS, STAGING_ASSETS
 from checkpoint_assets.partitions import (
     AUTOMATION_INTERVAL_SECONDS,
     AUTOMATION_SENSOR,
-    STAGING_SCHEMA_ENV,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.resources import build_resources
+from checkpoint_assets.settings import Settings
 
 # Runs the verification again by itself when batches change (its automation condition).
 # Running by default: under `dagster dev` nobody has to remember to switch it on, and a
@@ -44,7 +43,7 @@ def build_definitions(
     ``staging`` None means: staging mode if CHECKPOINT_ASSETS_STAGING_SCHEMA is set.
     """
     if staging is None:
-        staging = bool(os.environ.get(STAGING_SCHEMA_ENV))
+        staging = Settings.from_env().staging
     assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ())]
     with warnings.catch_warnings():  # code references are Beta in Dagster 1.13
         warnings.filterwarnings("ignore", category=dg.BetaWarning)

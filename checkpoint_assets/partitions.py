@@ -14,18 +14,33 @@ import dagster as dg
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest
-from checkpoint_assets.engine.workers import WORKERS_ENV  # noqa: F401 (batch runs at once)
 
-# The engine's check names are the contract; re-exported here for the Dagster layer.
+# The engine's checks are the contract; re-exported here for the Dagster layer.
 from checkpoint_assets.engine.verify import (  # noqa: F401
-    CHECK_DESCRIPTIONS,
     CHECK_NAMES,
+    CHECKS,
     CONTENT_INTEGRITY,
     COUNT_MATCH,
     METADATA_INTEGRITY,
     OFFICIAL_READBACK,
     SOURCE_MATCHES_EXPORT,
-    WARNING_CHECKS,
+)
+
+# The environment's variable names: settings.py names each once; re-exported here with the
+# rest of the contract.
+from checkpoint_assets.settings import (  # noqa: F401
+    AES_KEY_ENV,
+    BATCH_SIZE_ENV,
+    DAGSTER_PG_ENV,
+    DAGSTER_PG_HOST_ENV,
+    EXPORT_ENV,
+    LOG_LEVEL_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    STAGING_SCHEMA_ENV,
+    TARGET_DSN_ENV,
+    TARGET_SCHEMA_ENV,
+    WORKERS_ENV,
 )
 
 # --------------------------------------------------------------------------- partitions
@@ -116,9 +131,12 @@ BATCH_MATCHES_EXPORT = "batch_matches_export"
 PUBLISHED_MATCHES_EXPORT = "published_matches_export"
 
 EXPORT_CHECK_NAMES = (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES)
-VERIFICATION_CHECK_NAMES = CHECK_NAMES  # the engine's names are the contract
-# Checks that report a risk with severity WARN: they never block and never fail a migration.
-VERIFICATION_WARNING_CHECKS = WARNING_CHECKS
+# The verification's checks: the engine's specs (name, description, severity) are the
+# contract. A spec with ``warning`` reports a risk with severity WARN: it never blocks and
+# never fails a migration.
+VERIFICATION_CHECK_SPECS = CHECKS
+VERIFICATION_CHECK_NAMES = CHECK_NAMES
+VERIFICATION_WARNING_CHECKS = tuple(spec.name for spec in CHECKS if spec.warning)
 
 # --------------------------------------------------------------------------- concurrency
 
@@ -153,25 +171,3 @@ MIGRATION_ID_TAG = "checkpoint_assets/migration_id"
 # "<host>:<pid>:<process start time>" of the process that executes an in-process run, so a
 # later command can tell a run whose process was killed from one still going.
 PROCESS_TAG = "checkpoint_assets/process"
-
-# --------------------------------------------------------------------------- environment
-
-SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
-EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
-TARGET_DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
-TARGET_SCHEMA_ENV = "CHECKPOINT_ASSETS_TARGET_SCHEMA"
-STAGING_SCHEMA_ENV = "CHECKPOINT_ASSETS_STAGING_SCHEMA"
-BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
-READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
-AES_KEY_ENV = "LANGGRAPH_AES_KEY"
-LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
-# Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
-DAGSTER_PG_ENV = {
-    "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",
-    "port": "CHECKPOINT_ASSETS_DAGSTER_PG_PORT",
-    "username": "CHECKPOINT_ASSETS_DAGSTER_PG_USER",
-    "password": "CHECKPOINT_ASSETS_DAGSTER_PG_PASSWORD",
-    "db_name": "CHECKPOINT_ASSETS_DAGSTER_PG_DB",
-}
-DAGSTER_PG_HOST_ENV = DAGSTER_PG_ENV["hostname"]
-

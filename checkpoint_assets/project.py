@@ -17,7 +17,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from checkpoint_assets.partitions import DAGSTER_PG_HOST_ENV, TARGET_POOL
+from checkpoint_assets.partitions import TARGET_POOL
+from checkpoint_assets.settings import Settings
 
 SHIPPED_HOME = Path(__file__).parent / "dagster_home"
 SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
@@ -50,7 +51,8 @@ def default_export_path(source_path: str | Path, root: Path | None = None) -> Pa
 
 def instance_yaml_for_environment() -> Path:
     """The shipped dagster.yaml variant the environment asks for."""
-    return POSTGRES_INSTANCE_YAML if os.environ.get(DAGSTER_PG_HOST_ENV) else SQLITE_INSTANCE_YAML
+    return (POSTGRES_INSTANCE_YAML if Settings.from_env().dagster_pg_host
+            else SQLITE_INSTANCE_YAML)
 
 
 def ensure_dagster_home(root: Path | None = None) -> Path:

@@ -1,8 +1,8 @@
 """Dagster resources: the SQLite source, the export file, the target PostgreSQL.
 
-All configuration comes from the environment (see ``build_resources``), so partitioned
-assets need no run config (UI backfills cannot supply any) and no secret is ever part of
-run config. The DSN is only ever read through ``dg.EnvVar``: the UI shows the variable's
+All configuration comes from the settings (settings.py: the environment, or the CLI's
+flags over it; see ``build_resources``), so partitioned assets need no run config (UI
+backfills cannot supply any) and no secret is ever part of run config. The DSN is only ever read through ``dg.EnvVar``: the UI shows the variable's
 name, never its value, and messages use ``Target.display`` (password-free).
 """
 
@@ -21,18 +21,19 @@ from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.source import SourceCounts, open_source
 from checkpoint_assets.engine.target import LATEST_SCHEMA_VERSION, Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
-from checkpoint_assets.partitions import (
+from checkpoint_assets.partitions import DEFAULT_BATCH_SIZE
+from checkpoint_assets.project import default_export_path
+from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,
-    DEFAULT_BATCH_SIZE,
     EXPORT_ENV,
     READBACK_THREADS_ENV,
     SOURCE_ENV,
     STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
+    Settings,
 )
-from checkpoint_assets.project import default_export_path
 
 SETUP_LOCK_ID = 0x43484B5054534554  # "CHKPTSET": serialises PostgresSaver.setup()
 SETUP_LOCK_POLL_SECONDS = 0.2
@@ -153,51 +154,45 @@ def ensure_tables(target: Target) -> None:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
 
 
-def _env_or(name: str, default: Any, *, as_int: bool = False) -> Any:
-    """``dg.EnvVar(name)`` if the variable is set (the UI shows its name), else ``default``."""
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The resources of the code location.
+
+    Without ``settings`` (the code location ``dagster dev`` loads): every setting the
+    environment holds is a ``dg.EnvVar``, so the UI shows the variable's name; the values
+    are checked as Settings.from_env checks them. With ``settings`` (the runner's: flags
+    over the environment): their values. The DSN and the AES key are always
+    ``dg.EnvVar``, resolved when a run starts; they are never values here.
+    """
+    secrets = {
+        "aes_key": dg.EnvVar(AES_KEY_ENV) if os.environ.get(AES_KEY_ENV) else None,
+        "dsn": dg.EnvVar(TARGET_DSN_ENV),
+    }
+    if settings is None:
+        settings = Settings.from_env()  # fails here, in the one style, on a bad value
+        source: Any = _env_or(SOURCE_ENV, settings.source)
+        export: Any = _env_or(EXPORT_ENV, settings.export)
+        batch_size: Any = _env_or(BATCH_SIZE_ENV, settings.batch_size, as_int=True)
+        target_schema: Any = _env_or(TARGET_SCHEMA_ENV, settings.target_schema)
+        staging_schema: Any = _env_or(STAGING_SCHEMA_ENV, settings.staging_schema)
+        readback: Any = 0 if settings.readback_threads is None else _env_or(
+            READBACK_THREADS_ENV, settings.readback_threads, as_int=True)
+    else:
+        source, export, batch_size = settings.source, settings.export, settings.batch_size
+        target_schema, staging_schema = settings.target_schema, settings.staging_schema
+        readback = settings.readback_threads or 0  # 0: every thread
+    return {
+        "source": SqliteSourceResource(path=source if source is not None
+                                       else dg.EnvVar(SOURCE_ENV),
+                                       aes_key=secrets["aes_key"]),
+        "export_file": ExportFileResource(path=export, batch_size=batch_size),
+        "target": PostgresTargetResource(
+            dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
+            readback_threads=readback),
+    }
+
+
+def _env_or(name: str, value: Any, *, as_int: bool = False) -> Any:
+    """``dg.EnvVar(name)`` if the variable is set (the UI shows its name), else ``value``."""
     if os.environ.get(name):
         return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
-    return default
-
-
-def _readback_from_env() -> Any:
-    """CHECKPOINT_ASSETS_READBACK_THREADS: a number of threads, or ``all`` (0)."""
-    if os.environ.get(READBACK_THREADS_ENV, "").strip().lower() == "all":
-        return 0
-    return _env_or(READBACK_THREADS_ENV, DEFAULT_READBACK_SAMPLE, as_int=True)
-
-
-def build_resources(
-    *,
-    source: str | None = None,
-    export: str | None = None,
-    target_schema: str | None = None,
-    staging_schema: str | None = None,
-    batch_size: int | None = None,
-    readback_threads: int | None = None,
-) -> dict[str, dg.ConfigurableResource]:
-    """The resources of the code location. Explicit arguments win over the environment.
-
-    The DSN is always ``dg.EnvVar(CHECKPOINT_ASSETS_TARGET_DSN)``, resolved when a run
-    starts; it is never an argument here.
-    """
-    return {
-        "source": SqliteSourceResource(
-            path=source if source is not None else dg.EnvVar(SOURCE_ENV),
-            aes_key=_env_or(AES_KEY_ENV, None),
-        ),
-        "export_file": ExportFileResource(
-            path=export if export is not None else _env_or(EXPORT_ENV, None),
-            batch_size=batch_size if batch_size is not None
-            else _env_or(BATCH_SIZE_ENV, DEFAULT_BATCH_SIZE, as_int=True),
-        ),
-        "target": PostgresTargetResource(
-            dsn=dg.EnvVar(TARGET_DSN_ENV),
-            target_schema=target_schema if target_schema is not None
-            else _env_or(TARGET_SCHEMA_ENV, None),
-            staging_schema=staging_schema if staging_schema is not None
-            else _env_or(STAGING_SCHEMA_ENV, None),
-            readback_threads=readback_threads if readback_threads is not None
-            else _readback_from_env(),
-        ),
-    }
+    return value

@@ -6,66 +6,62 @@ per range of up to BATCHES_PER_RUN consecutive batch partitions, as a UI backfil
 them (each batch still has its own transaction, materialization and check result, and a
 failure stays with its partition), and one run for the verification (plus publish in
 staging mode). The runs appear in the UI with the tag
-``checkpoint_assets/front_end=cli``.
+``checkpoint_assets/front_end=cli``. Settings travel as one ``Settings`` object; what the
+runs recorded is read back by check_results.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
 from typing import Any
 
 import dagster as dg
-from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
-from checkpoint_assets.assets.batches import (
-    BATCH_CHECK,
-    CONFLICT_MARKER,
+from checkpoint_assets.assets.dagster_metadata import FAILURE_KIND_METADATA
+from checkpoint_assets.assets.imported_batches import (
+    FAILED_BATCH_KINDS_METADATA,
     FAILED_BATCHES_METADATA,
     materialized_partitions,
 )
-from checkpoint_assets.assets.verification import EVIDENCE_METADATA
+from checkpoint_assets.check_results import (
+    CLOCK_MARGIN_SECONDS,
+    CheckRow,
+    latest_check_evaluations,
+    partition_statuses,
+    partitions_without_a_passed_check,
+    render_check_rows,
+    verification_evidence,
+)
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.errors import Interrupted
+from checkpoint_assets.engine.errors import FailureKind, Interrupted
 from checkpoint_assets.engine.interrupts import stop_requested
 from checkpoint_assets.engine.target import scrub
-from checkpoint_assets.engine.workers import (
-    configured_workers,
-    default_workers,
-    process_pool,
-)
+from checkpoint_assets.engine.workers import default_workers, process_pool
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     BATCHES_PER_RUN,
     EXPORT_ASSET,
     FRONT_END_TAG,
-    LOG_LEVEL_ENV,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
-    STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
     VERIFICATION_ASSET,
-    batch_partitions,
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
 from checkpoint_assets.resources import build_resources
+from checkpoint_assets.settings import Settings
 
 
 def project_instance() -> dg.DagsterInstance:
@@ -87,6 +83,7 @@ class RunOutcome:
     partition: str | None = None
     error: str | None = None
     seconds: float = 0.0  # a batch's share of its run's wall time
+    failure: FailureKind | None = None  # None when it succeeded
 
 
 @dataclass
@@ -96,7 +93,7 @@ class MigrationResult:
     migration_id: str
     command: str = "migrate"  # or "backfill"
     runs: list[RunOutcome] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[CheckRow] = field(default_factory=list)
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
     abandoned_runs: list[str] = field(default_factory=list)  # killed earlier, marked failed
@@ -114,13 +111,13 @@ class MigrationResult:
     def conflicted_batches(self) -> list[str]:
         """Partition keys that failed because the target holds conflicting rows."""
         return [r.partition for r in self.runs if r.step == "batch" and not r.success
-                and r.partition and r.error and CONFLICT_MARKER in r.error]
+                and r.partition and r.failure is FailureKind.CONFLICT]
 
     @property
     def passed(self) -> bool:
         """Every run succeeded, nothing was skipped, and every check's latest result passed."""
         return (bool(self.runs) and all(r.success for r in self.runs) and not self.skipped
-                and bool(self.checks) and all(c["ok"] for c in self.checks))
+                and bool(self.checks) and all(c.ok for c in self.checks))
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary (no secrets: errors are scrubbed)."""
@@ -129,7 +126,7 @@ class MigrationResult:
                 "conflicted_batches": self.conflicted_batches,
                 "skipped": self.skipped, "abandoned_runs": self.abandoned_runs,
                 "runs": [asdict(r) for r in self.runs],
-                "checks": self.checks}
+                "checks": [c.to_json() for c in self.checks]}
 
     def render(self) -> str:
         """Human-readable summary."""
@@ -150,72 +147,52 @@ class MigrationResult:
         return "\n".join(lines)
 
 
-def migrate_in_process(
-    *,
-    source: str | None = None,
-    export: str | None = None,
-    target_dsn: str | None = None,
-    schema: str | None = None,
-    staging_schema: str | None = None,
-    batch_size: int | None = None,
-    readback_all: bool = False,
-    readback_threads: int | None = None,
-    instance: dg.DagsterInstance | None = None,
-    front_end: str = "cli",
-) -> MigrationResult:
+def migrate_in_process(settings: Settings | None = None, *,
+                       instance: dg.DagsterInstance | None = None, front_end: str = "cli",
+                       **changes: Any) -> MigrationResult:
     """Export, load every batch and verify (and publish, in staging mode), as asset runs.
 
-    Arguments left None come from the environment (see resources.build_resources).
-    ``target_dsn``, if given, is exported as CHECKPOINT_ASSETS_TARGET_DSN for the duration
-    (the resources read the DSN only through dg.EnvVar). Without ``instance`` the project's
-    persistent instance is used. Every batch is loaded again even if it was loaded before
-    (safe: rows already present are skipped and compared). Failures do not raise: they are
-    in the result, and in the instance as failed runs, FAILED partitions and failed checks.
+    ``settings`` default to Settings.from_env(); ``changes`` replace some of their fields
+    (e.g. ``source=...``, ``readback_threads=None``). The target DSN is exported as
+    CHECKPOINT_ASSETS_TARGET_DSN for the duration (the resources read it only through
+    dg.EnvVar). Without ``instance`` the project's persistent instance is used. Every batch
+    is loaded again even if it was loaded before (safe: rows already present are skipped
+    and compared). Failures do not raise: they are in the result, and in the instance as
+    failed runs, FAILED partitions and failed checks.
     """
-    return _run(locals(), export_first=True, only_failed_and_missing=False)
+    return _run(replace(settings or Settings.from_env(), **changes), instance, front_end,
+                export_first=True)
 
 
-def backfill_in_process(
-    *,
-    source: str | None = None,
-    export: str | None = None,
-    target_dsn: str | None = None,
-    schema: str | None = None,
-    staging_schema: str | None = None,
-    batch_size: int | None = None,
-    readback_all: bool = False,
-    readback_threads: int | None = None,
-    instance: dg.DagsterInstance | None = None,
-    front_end: str = "cli",
-) -> MigrationResult:
+def backfill_in_process(settings: Settings | None = None, *,
+                        instance: dg.DagsterInstance | None = None, front_end: str = "cli",
+                        **changes: Any) -> MigrationResult:
     """Load only the FAILED and missing batch partitions of the current export (and any
     whose latest load has no passed check), then verify.
 
     The in-process equivalent of the UI's "Backfill only failed and missing partitions
     within selection"; arguments as for ``migrate_in_process`` (the export is not re-run).
     """
-    return _run(locals(), export_first=False, only_failed_and_missing=True)
+    return _run(replace(settings or Settings.from_env(), **changes), instance, front_end,
+                export_first=False)
 
 
-def _run(settings: dict[str, Any], *, export_first: bool,
-         only_failed_and_missing: bool) -> MigrationResult:
+def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str, *,
+         export_first: bool) -> MigrationResult:
+    """``export_first``: migrate (export, then every batch); else backfill (only the
+    FAILED, missing and unproven batches of the current export)."""
     started, started_at = time.perf_counter(), time.time() - CLOCK_MARGIN_SECONDS
     result = MigrationResult(migration_id=uuid.uuid4().hex[:12],
                              command="migrate" if export_first else "backfill")
-    tags = {FRONT_END_TAG: settings["front_end"], MIGRATION_ID_TAG: result.migration_id}
-    staging_schema = settings["staging_schema"]
-    resources = build_resources(
-        source=settings["source"], export=settings["export"], target_schema=settings["schema"],
-        staging_schema=staging_schema, batch_size=settings["batch_size"],
-        readback_threads=0 if settings["readback_all"] else settings["readback_threads"])
-    defs = build_definitions(
-        resources, staging=bool(staging_schema) if staging_schema is not None else None)
+    tags = {FRONT_END_TAG: front_end, MIGRATION_ID_TAG: result.migration_id}
+    defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
-    with _dsn_in_environment(settings["target_dsn"]), _instance(settings["instance"]) as inst:
+    with _dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
         dsn = os.environ.get(TARGET_DSN_ENV, "")
+        runs = _Runs(settings, job, inst, tags, dsn)
 
         def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
-            outcome = _execute(job, inst, step, assets, tags, dsn)
+            outcome = runs.execute(step, assets)
             result.runs.append(outcome)
             _raise_if_stop_requested()
             return outcome.success
@@ -228,10 +205,10 @@ def _run(settings: dict[str, Any], *, export_first: bool,
                 statuses = partition_statuses(inst)
                 unchecked = partitions_without_a_passed_check(inst)
                 keys = sorted(k for k, status in statuses.items()
-                              if not only_failed_and_missing or k in unchecked
+                              if export_first or k in unchecked
                               or status in ("FAILED", "MISSING"))
                 initialize_target_pool(inst)
-                outcomes = _load_batches(settings, job, inst, keys, tags, dsn)
+                outcomes = runs.load_batches(keys)
                 result.runs.extend(outcomes)
                 loaded = [o.success for o in outcomes]
                 if not statuses:
@@ -284,35 +261,54 @@ def _interrupted(instance: dg.DagsterInstance, result: MigrationResult,
         "that are FAILED or missing and then verifies.")
 
 
-def batch_workers() -> int:
-    """How many batch runs ``migrate`` runs at once (env CHECKPOINT_ASSETS_WORKERS).
+def batch_workers(settings: Settings) -> int:
+    """How many batch runs ``migrate`` runs at once (CHECKPOINT_ASSETS_WORKERS).
 
     Loading a batch is mostly Python work (parsing, converting, digesting), so two worker
     processes on a two-core machine load batches nearly twice as fast (benchmarks: 1 / 2 / 4
     loaders). The pool ``checkpoint_assets_postgres`` still bounds what reaches the
     database.
     """
-    return configured_workers() or default_workers()
+    return settings.workers or default_workers()
 
 
-def _load_batches(settings: dict[str, Any], job: dg.JobDefinition,
-                  instance: dg.DagsterInstance, keys: Sequence[str], tags: dict[str, str],
-                  dsn: str) -> list[RunOutcome]:
-    """Runs of consecutive batch partitions: here, or in worker processes sharing the
-    instance. One outcome per partition."""
-    workers = min(batch_workers(), len(keys))
-    runs = batch_runs(keys, instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME), workers)
-    if workers <= 1 or instance.is_ephemeral:
-        outcomes = []
-        for run in runs:
-            outcomes.append(_execute_batches(job, instance, run, tags, dsn))
-            _raise_if_stop_requested()
-    else:
-        with process_pool(workers) as pool:
-            outcomes = list(pool.map(_batches_in_worker, repeat(_worker_settings(settings)),
-                                     repeat(instance.get_ref()), runs, repeat(tags),
-                                     repeat(dsn)))
-    return [outcome for run in outcomes for outcome in run]
+class _Runs:
+    """Runs of one command's job against one instance: unpartitioned steps here, ranges of
+    batch partitions here or in worker processes sharing the instance."""
+
+    def __init__(self, settings: Settings, job: dg.JobDefinition,
+                 instance: dg.DagsterInstance, tags: dict[str, str], dsn: str) -> None:
+        self.settings = settings
+        self.job = job
+        self.instance = instance
+        self.tags = tags
+        self.dsn = dsn
+
+    def execute(self, step: str, assets: Sequence[dg.AssetKey]) -> RunOutcome:
+        """One run of the unpartitioned ``assets`` (export, verification, publish)."""
+        return _execute(self.job, self.instance, step, assets, self.tags, self.dsn,
+                        self.settings.log_level)
+
+    def load_batches(self, keys: Sequence[str]) -> list[RunOutcome]:
+        """Runs of consecutive batch partitions: here, or in worker processes sharing the
+        instance. One outcome per partition."""
+        workers = min(batch_workers(self.settings), len(keys))
+        runs = batch_runs(keys, self.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME),
+                          workers)
+        if workers <= 1 or self.instance.is_ephemeral:
+            outcomes = []
+            for run in runs:
+                outcomes.append(_execute_batches(self.job, self.instance, run, self.tags,
+                                                 self.dsn, self.settings.log_level))
+                _raise_if_stop_requested()
+        else:
+            # The workers read the DSN from the environment they inherit, not from here.
+            settings = replace(self.settings, target_dsn=None)
+            with process_pool(workers) as pool:
+                outcomes = list(pool.map(_batches_in_worker, repeat(settings),
+                                         repeat(self.instance.get_ref()), runs,
+                                         repeat(self.tags), repeat(self.dsn)))
+        return [outcome for run in outcomes for outcome in run]
 
 
 def batch_runs(keys: Sequence[str], partitions: Sequence[str],
@@ -336,34 +332,23 @@ def batch_runs(keys: Sequence[str], partitions: Sequence[str],
     return runs
 
 
-def _worker_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: settings[k] for k in ("source", "export", "schema", "staging_schema",
-                                     "batch_size", "readback_all", "readback_threads")}
-
-
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _batches_in_worker(settings: dict[str, Any], instance_ref: Any, keys: list[str],
+def _batches_in_worker(settings: Settings, instance_ref: Any, keys: list[str],
                        tags: dict[str, str], dsn: str) -> list[RunOutcome]:
     """Run one range of batch partitions in a worker process (the DSN arrives via the
     environment)."""
     if "job" not in _WORKER_STATE:
-        resources = build_resources(
-            source=settings["source"], export=settings["export"],
-            target_schema=settings["schema"], staging_schema=settings["staging_schema"],
-            batch_size=settings["batch_size"],
-            readback_threads=0 if settings["readback_all"] else settings["readback_threads"])
-        staging = settings["staging_schema"]
-        defs = build_definitions(resources,
-                                 staging=bool(staging) if staging is not None else None)
+        defs = build_definitions(build_resources(settings), staging=settings.staging)
         _WORKER_STATE["job"] = defs.resolve_implicit_global_asset_job_def()
         _WORKER_STATE["instance"] = dg.DagsterInstance.from_ref(instance_ref)
-    return _execute_batches(_WORKER_STATE["job"], _WORKER_STATE["instance"], keys, tags, dsn)
+    return _execute_batches(_WORKER_STATE["job"], _WORKER_STATE["instance"], keys, tags, dsn,
+                            settings.log_level)
 
 
 def _execute_batches(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list[str],
-                     tags: dict[str, str], dsn: str) -> list[RunOutcome]:
+                     tags: dict[str, str], dsn: str, log_level: str) -> list[RunOutcome]:
     """One run for the consecutive partitions ``keys`` (a partition range when more than
     one, as the UI's backfill launches it); an outcome per partition, failed where the run
     recorded no materialization of it."""
@@ -373,88 +358,90 @@ def _execute_batches(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: 
     run = job.execute_in_process(instance=instance, asset_selection=[BATCHES_ASSET],
                                  partition_key=keys[0] if len(keys) == 1 else None,
                                  tags={**tags, **range_tags, **process_tag()},
-                                 raise_on_error=False, run_config=_console_log_level())
+                                 raise_on_error=False, run_config=_console_log(log_level))
     seconds = round((time.perf_counter() - started) / len(keys), 3)
     loaded = materialized_partitions(instance, run.run_id)
-    reasons = {} if run.success else _failed_batches(run)
-    run_error = None if run.success else _failure_message(run)
-    return [RunOutcome("batch", run.run_id, key in loaded, key,
-                       None if key in loaded else scrub(reasons.get(key) or run_error
-                                                        or "not loaded", dsn), seconds)
+    failure = None if run.success else _StepFailure.of(run)
+    return [RunOutcome("batch", run.run_id, True, key, seconds=seconds) if key in loaded
+            else RunOutcome("batch", run.run_id, False, key,
+                            scrub(failure.batch_reason(key) if failure else "not loaded", dsn),
+                            seconds, failure.batch_kind(key) if failure
+                            else FailureKind.UNEXPECTED)
             for key in keys]
 
 
-def _failed_batches(run: dg.ExecuteInProcessResult) -> dict[str, str]:
-    """{partition key: why} from the step failure of a batch run."""
-    for event in run.all_events:
-        if event.is_step_failure and event.step_failure_data.user_failure_data:
-            value = event.step_failure_data.user_failure_data.metadata.get(
-                FAILED_BATCHES_METADATA)
-            if value is not None and isinstance(value.value, dict):
-                return {str(k): str(v) for k, v in value.value.items()}
-    return {}
+@dataclass
+class _StepFailure:
+    """Why a run failed, as its step failure recorded it: the message and kind, and for a
+    batch run each failed batch's reason and kind."""
+
+    message: str
+    kind: FailureKind
+    batch_reasons: dict[str, str] = field(default_factory=dict)
+    batch_kinds: dict[str, FailureKind] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: dg.ExecuteInProcessResult) -> _StepFailure:
+        """The first step failure of ``run``."""
+        for event in run.all_events:
+            if not event.is_step_failure:
+                continue
+            data = event.step_failure_data
+            user = data.user_failure_data
+            if user is None:  # not a dg.Failure: an error Dagster caught
+                message = data.error.message.strip() if data.error else ""
+                return cls(message or _NO_MESSAGE, FailureKind.UNEXPECTED)
+            metadata = {name: value.value for name, value in user.metadata.items()}
+            reasons = metadata.get(FAILED_BATCHES_METADATA)
+            kinds = metadata.get(FAILED_BATCH_KINDS_METADATA)
+            return cls(user.description or (data.error.message.strip() if data.error
+                                            else _NO_MESSAGE),
+                       FailureKind(metadata.get(FAILURE_KIND_METADATA,
+                                                FailureKind.UNEXPECTED.value)),
+                       {str(k): str(v) for k, v in (reasons or {}).items()},
+                       {str(k): FailureKind(v) for k, v in (kinds or {}).items()})
+        return cls(_NO_MESSAGE, FailureKind.UNEXPECTED)
+
+    def batch_reason(self, key: str) -> str:
+        """Why batch ``key`` was not loaded."""
+        return self.batch_reasons.get(key) or self.message
+
+    def batch_kind(self, key: str) -> FailureKind:
+        """The kind of batch ``key``'s failure."""
+        return self.batch_kinds.get(key, self.kind)
 
 
-def partition_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
-    """Every current batch partition and its status: MATERIALIZED, FAILED, IN_PROGRESS or
-    MISSING (never materialized)."""
-    keys = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-    if not keys:
-        return {}
-    statuses = instance.get_status_by_partition(BATCHES_ASSET, keys, batch_partitions) or {}
-    return {key: statuses[key].value if statuses.get(key) else "MISSING" for key in keys}
-
-
-def partitions_without_a_passed_check(instance: dg.DagsterInstance) -> set[str]:
-    """Current batch partitions whose latest materialization has no passed
-    ``batch_matches_export`` result.
-
-    A run stopped between a batch's materialization and its check result (Ctrl-C lands
-    there now and then: Dagster delivers it as the step resumes) leaves the partition
-    MATERIALIZED but unproven; ``backfill`` loads and checks such a batch again (safe: its
-    rows are already there and are compared).
-    """
-    current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-    infos = {info.partition_key: info for info in
-             instance.event_log_storage.get_asset_check_partition_info([BATCH_CHECK.key])}
-    return {key for key in current
-            if (info := infos.get(key)) is None or not info.is_current
-            or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED}
+_NO_MESSAGE = "the run failed (see its events in the Dagster UI)"
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
-             assets: Sequence[dg.AssetKey], tags: dict[str, str], dsn: str) -> RunOutcome:
+             assets: Sequence[dg.AssetKey], tags: dict[str, str], dsn: str,
+             log_level: str) -> RunOutcome:
     """One run of the unpartitioned ``assets`` (export, verification, publish)."""
     started = time.perf_counter()
     run = job.execute_in_process(instance=instance, asset_selection=list(assets),
                                  tags={**tags, **process_tag()}, raise_on_error=False,
-                                 run_config=_console_log_level())
-    error = None if run.success else scrub(_failure_message(run), dsn)
-    return RunOutcome(step, run.run_id, run.success, None, error,
-                      round(time.perf_counter() - started, 3))
+                                 run_config=_console_log(log_level))
+    seconds = round(time.perf_counter() - started, 3)
+    if run.success:
+        return RunOutcome(step, run.run_id, True, seconds=seconds)
+    failure = _StepFailure.of(run)
+    return RunOutcome(step, run.run_id, False, None, scrub(failure.message, dsn), seconds,
+                      failure.kind)
 
 
-def _failure_message(run: dg.ExecuteInProcessResult) -> str:
-    for event in run.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                return data.user_failure_data.description
-            if data.error:
-                return data.error.message.strip()
-    return "the run failed (see its events in the Dagster UI)"
-
-
-def _console_log_level() -> dict[str, Any]:
+def _console_log(level: str) -> dict[str, Any]:
     """Console logging for in-process runs: the assets' own messages (INFO), not every
     Dagster event (DEBUG). Every event is stored in the instance either way. Override with
     CHECKPOINT_ASSETS_LOG_LEVEL."""
-    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
 @contextmanager
 def _dsn_in_environment(dsn: str | None) -> Iterator[None]:
+    """The settings' DSN as CHECKPOINT_ASSETS_TARGET_DSN while the runs execute: the
+    resources read it only through dg.EnvVar (never shown), and worker processes inherit
+    it."""
     previous = os.environ.get(TARGET_DSN_ENV)
     if dsn:
         os.environ[TARGET_DSN_ENV] = dsn
@@ -477,212 +464,3 @@ def _instance(instance: dg.DagsterInstance | None) -> Iterator[dg.DagsterInstanc
         yield own
 
 
-def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | None:
-    """The evidence report (Markdown) that this run's materialization of the verification
-    asset carries, or None if the run did not materialize it."""
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    for record in reversed(records):
-        materialization = record.event_log_entry.asset_materialization
-        if materialization is not None and materialization.asset_key == VERIFICATION_ASSET \
-                and EVIDENCE_METADATA in materialization.metadata:
-            return str(materialization.metadata[EVIDENCE_METADATA].value)
-    return None
-
-
-# --------------------------------------------------------------------------- check evidence
-
-
-def declared_check_keys(defs: dg.Definitions | None = None) -> list[dg.AssetCheckKey]:
-    """Every asset check the definitions declare, in lineage order."""
-    defs = defs or build_definitions()
-    order = [EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET]
-    keys = defs.resolve_asset_graph().asset_check_keys
-    return sorted(keys, key=lambda k: (order.index(k.asset_key) if k.asset_key in order
-                                       else len(order), k.name))
-
-
-def latest_check_evaluations(
-    instance: dg.DagsterInstance, defs: dg.Definitions | None = None, *,
-    run_ids: Collection[str] | None = None, since: float = 0.0,
-) -> list[dict[str, Any]]:
-    """The latest evaluation of every declared asset check, as rows for a table.
-
-    Row keys: asset, check, passed (None: never evaluated), severity (ERROR or WARN), ok
-    (passed, or a failed warning: nothing to block on), partitions (for the per-batch
-    check: how many current batches passed), summary (expected/actual/mismatches), when
-    (UTC), run_id. The publish check is listed when the definitions are in staging mode
-    or the instance has a result for it.
-
-    With ``run_ids`` (the runs of one command, started at or after ``since``, a Unix time),
-    each check's row is its latest evaluation in those runs; a check or batch those runs did
-    not evaluate (a backfill's batches loaded earlier) shows its latest finished
-    evaluation, never another command's evaluation still in progress.
-    """
-    if defs is None:
-        defs = build_definitions(staging=bool(os.environ.get(STAGING_SCHEMA_ENV)))
-    keys = declared_check_keys(defs)
-    publish_keys = declared_check_keys(build_definitions(staging=True))
-    for key in publish_keys:
-        if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
-            keys.append(key)
-    evaluations = _Evaluations(instance, run_ids, since)
-    return [_check_row(instance, key, evaluations) for key in keys]
-
-
-_FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
-_HISTORY_PAGE = 500
-# A command's runs are looked for in check records created after its start, less this
-# margin (the records' timestamps come from the storage's clock).
-CLOCK_MARGIN_SECONDS = 60.0
-
-
-class _Evaluations:
-    """Which evaluation of a check a row shows: the instance's latest, or, given the run ids
-    of one command, that command's own."""
-
-    def __init__(self, instance: dg.DagsterInstance, run_ids: Collection[str] | None,
-                 since: float) -> None:
-        self.storage = instance.event_log_storage
-        self.run_ids = None if run_ids is None else set(run_ids)
-        self.since = since
-        self._own: dict[dg.AssetCheckKey, dict[str | None, AssetCheckExecutionRecord]] = {}
-
-    def record(self, key: dg.AssetCheckKey,
-               partition: str | None = None) -> AssetCheckExecutionRecord | None:
-        """The evaluation of ``key`` (for one partition of a partitioned check) to show."""
-        partitions = PartitionKeyFilter(key=partition) if partition else None
-        if self.run_ids is None:
-            return self.storage.get_latest_asset_check_execution_by_key(
-                [key], partition_filter=partitions).get(key)
-        own = self._own_records(key).get(partition)
-        if own is not None:
-            return own
-        finished = self.storage.get_asset_check_execution_history(
-            key, limit=1, status=_FINISHED, partition_filter=partitions)
-        return finished[0] if finished else None
-
-    def passed_partitions(self, key: dg.AssetCheckKey, partitions: Collection[str]) -> set[str]:
-        """The partitions of ``key`` whose evaluation to show passed."""
-        if self.run_ids is None:
-            infos = self.storage.get_asset_check_partition_info([key])
-            return {i.partition_key for i in infos if i.partition_key in partitions
-                    and i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-        return {p for p in partitions if (record := self.record(key, p)) is not None
-                and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-
-    def _own_records(self, key: dg.AssetCheckKey
-                     ) -> dict[str | None, AssetCheckExecutionRecord]:
-        """{partition: latest record of the command's runs}, and under None the latest of
-        all; reads the check's history back to the command's start."""
-        if key not in self._own:
-            own: dict[str | None, AssetCheckExecutionRecord] = {}
-            cursor = None
-            while True:
-                page = self.storage.get_asset_check_execution_history(
-                    key, limit=_HISTORY_PAGE, cursor=cursor)
-                for record in page:
-                    if record.run_id in (self.run_ids or ()):
-                        own.setdefault(record.partition, record)
-                        own.setdefault(None, record)  # the newest of any partition
-                if len(page) < _HISTORY_PAGE or page[-1].create_timestamp < self.since:
-                    break
-                cursor = page[-1].id
-            self._own[key] = own
-        return self._own[key]
-
-
-def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
-               evaluations: _Evaluations) -> dict[str, Any]:
-    row: dict[str, Any] = {"asset": key.asset_key.to_user_string(), "check": key.name,
-                           "passed": None, "severity": "ERROR", "ok": False, "partitions": "",
-                           "summary": "never evaluated", "when": "", "run_id": ""}
-    record = evaluations.record(key)
-    prefix = ""
-    if key.asset_key == BATCHES_ASSET:
-        # Per-batch check: it passes when the latest result of every current batch passed;
-        # otherwise show the first batch that did not pass.
-        current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-        passed = evaluations.passed_partitions(key, current)
-        row["partitions"] = f"{len(current & passed)}/{len(current)} passed"
-        failing = sorted(current - passed)
-        if failing:
-            prefix = f"{failing[0]}: "
-            record = evaluations.record(key, failing[0])
-            if record is None:
-                row["passed"], row["summary"] = False, f"{failing[0]}: never evaluated"
-                return row
-    if record is None:
-        return row
-    row["when"] = dt.datetime.fromtimestamp(record.create_timestamp, dt.UTC).isoformat(
-        timespec="seconds")
-    row["run_id"] = record.run_id
-    row["passed"] = record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
-    if record.status == AssetCheckExecutionRecordStatus.PLANNED:
-        row["passed"], row["summary"] = None, "in progress"
-    evaluation = record.event.asset_check_evaluation if record.event else None
-    if evaluation is not None:
-        row["summary"] = prefix + _summary(evaluation.metadata)
-        row["severity"] = evaluation.severity.value
-    row["ok"] = row["passed"] is True or (row["passed"] is False and row["severity"] == "WARN")
-    return row
-
-
-def _summary(metadata: dict[str, Any]) -> str:
-    """expected / actual / mismatches of a check result, short enough for a table cell."""
-    def raw(name: str) -> Any:
-        value = metadata.get(name)
-        return getattr(value, "value", value)
-
-    expected, actual, count = raw("expected"), raw("actual"), raw("mismatch_count")
-    counts = raw("counts")
-    if isinstance(counts, dict) and "export" in counts:  # checkpoint_count_match
-        text = "; ".join(
-            f"{table}: sqlite {counts.get('sqlite', {}).get(table, '-')}, export "
-            f"{counts['export'].get(table, '-')}, postgres {counts['target'].get(table, '-')}"
-            for table in ("checkpoints", "checkpoint_writes"))
-    elif isinstance(expected, dict) and isinstance(actual, dict) and "counts" in expected:
-        same = expected == actual
-        text = (f"counts {_compact(actual['counts'])}, digest {str(actual['digest'])[:12]}"
-                + (" (= export)" if same else f"; export: {_compact(expected['counts'])}, "
-                   f"digest {str(expected['digest'])[:12]}"))
-    elif expected == actual:
-        text = f"expected = actual = {_compact(actual)}"
-    else:
-        text = f"expected {_compact(expected)}; actual {_compact(actual)}"
-    if count:
-        keys = raw("mismatch_keys") or []
-        text += f"; {count} mismatch(es)" + (f", first {_compact(keys[0], 80)}" if keys else "")
-    return text
-
-
-def _compact(value: Any, limit: int = 120) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str,
-                                                           separators=(",", ":"))
-    if len(text) <= limit:
-        return text
-    if isinstance(value, dict):
-        return f"{{{len(value)} entries}}"
-    return text[:limit - 3] + "..."
-
-
-def render_check_rows(rows: list[dict[str, Any]]) -> str:
-    """The check rows as a plain-text table."""
-    if not rows:
-        return "(no asset checks)"
-    headers = ["asset", "check", "passed", "severity", "partitions", "when", "run_id",
-               "summary"]
-    cells = [[_cell(h, r[h]) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _cell(header: str, value: Any) -> str:
-    if header == "passed":
-        return {True: "PASS", False: "FAIL", None: "-"}[value]
-    if header == "run_id" and value:
-        return str(value)[:8]
-    return str(value)

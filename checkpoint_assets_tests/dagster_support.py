@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.resources import build_resources
+from checkpoint_assets.settings import Settings
 from checkpoint_assets.sample import write_sample_database
 
 
@@ -48,9 +50,12 @@ def write_corpus(path: Path, threads: int = 6) -> Path:
 def definitions(source: Path, export: Path, *, batch_size: int, schema: str | None = None,
                 staging_schema: str | None = None, readback_threads: int = 0) -> dg.Definitions:
     """The code location's definitions with explicit, non-secret settings."""
-    resources = build_resources(source=str(source), export=str(export), batch_size=batch_size,
-                                target_schema=schema, staging_schema=staging_schema,
-                                readback_threads=readback_threads)
+    env = Settings.from_env()
+    resources = build_resources(replace(
+        env, source=str(source), export=str(export), batch_size=batch_size,
+        target_schema=schema if schema is not None else env.target_schema,
+        staging_schema=staging_schema if staging_schema is not None else env.staging_schema,
+        readback_threads=readback_threads if readback_threads > 0 else None))
     return build_definitions(resources, staging=staging_schema is not None)
 
 

@@ -21,7 +21,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from checkpoint_assets.assets.batches import ROWS_ALREADY_PRESENT, ROWS_INSERTED
+from checkpoint_assets.assets.imported_batches import ROWS_ALREADY_PRESENT, ROWS_INSERTED
 from checkpoint_assets.assets.staleness import OUT_OF_DATE
 from checkpoint_assets.definitions import build_definitions, defs
 from checkpoint_assets.engine.export_file import read_manifest, write_export
@@ -47,11 +47,8 @@ from checkpoint_assets.partitions import (
     partition_keys,
 )
 from checkpoint_assets.engine.target import TABLES
-from checkpoint_assets.runner import (
-    latest_check_evaluations,
-    migrate_in_process,
-    partition_statuses,
-)
+from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
+from checkpoint_assets.runner import migrate_in_process
 from checkpoint_assets_tests.dagster_support import (
     check_results,
     definitions,
@@ -163,7 +160,7 @@ def test_full_migration_passes_every_check(migrated: dict[str, Any]) -> None:
     assert all(e.passed for e in verification.values()), {
         n: e.metadata for n, e in verification.items() if not e.passed}
     rows = latest_check_evaluations(migrated["instance"], migrated["defs"])
-    assert rows and all(r["passed"] for r in rows)
+    assert rows and all(r.passed for r in rows)
 
 
 def test_each_batch_result_is_tied_to_its_materialization(migrated: dict[str, Any]) -> None:
@@ -281,9 +278,9 @@ def test_staging_mode_publishes_verified_batches_in_one_step(
         assert not check_results(refused, instance)[PUBLISHED_MATCHES_EXPORT].passed
 
         result = migrate_in_process(
-            source=str(source), export=str(tmp_path / "export.jsonl"), schema="checkpoints_live",
-            staging_schema="checkpoints_staging", batch_size=BATCH_SIZE, readback_all=True,
-            instance=instance)
+            source=str(source), export=str(tmp_path / "export.jsonl"),
+            target_schema="checkpoints_live", staging_schema="checkpoints_staging",
+            batch_size=BATCH_SIZE, readback_threads=None, instance=instance)
         assert result.passed, result.render()
         counts = sqlite_counts(source)
         with psycopg.connect(target_dsn) as conn:

@@ -26,12 +26,8 @@ from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
-from checkpoint_assets.runner import (
-    backfill_in_process,
-    latest_check_evaluations,
-    migrate_in_process,
-    partition_statuses,
-)
+from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
+from checkpoint_assets.runner import backfill_in_process, migrate_in_process
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,
@@ -68,7 +64,7 @@ def test_failed_partition_is_backfilled_alone(
     export = tmp_path / "export.jsonl"
     monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, PASSWORD))
     settings = {"source": str(source), "export": str(export), "batch_size": 12,
-                "readback_all": True}
+                "readback_threads": None}
     with dg.instance_for_test() as instance:
         # The export alone, to learn the batches and plant a conflict in one of them.
         code = definitions(source, export, batch_size=settings["batch_size"])
@@ -108,10 +104,10 @@ def test_failed_partition_is_backfilled_alone(
                                 (planted["thread_id"],)).fetchone()[0]
         assert rows == 1, "only the planted row: the failed batch's transaction rolled back"
         row = next(r for r in latest_check_evaluations(instance)
-                   if r["check"] == BATCH_MATCHES_EXPORT)
-        assert row["passed"] is False and row["run_id"] == failed_run.run_id
-        assert row["partitions"] == f"{len(statuses) - 1}/{len(statuses)} passed"
-        assert row["summary"].startswith(failing)
+                   if r.check == BATCH_MATCHES_EXPORT)
+        assert row.passed is False and row.run_id == failed_run.run_id
+        assert row.partitions == f"{len(statuses) - 1}/{len(statuses)} passed"
+        assert row.summary.startswith(failing)
 
         # Remove the cause; the backfill of failed and missing partitions runs only it.
         with psycopg.connect(target_dsn) as conn:

@@ -35,11 +35,8 @@ from checkpoint_assets.partitions import (
     AUTOMATION_SENSOR,
     partition_keys_by_batch,
 )
-from checkpoint_assets.runner import (
-    migrate_in_process,
-    partition_statuses,
-    project_instance,
-)
+from checkpoint_assets.check_results import partition_statuses
+from checkpoint_assets.runner import migrate_in_process, project_instance
 from checkpoint_assets_tests.dagster_dev_support import (
     CHECK_EXECUTIONS,
     LAUNCH_BACKFILL,

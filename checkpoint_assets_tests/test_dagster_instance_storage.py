@@ -24,17 +24,13 @@ from checkpoint_assets.partitions import (
     FRONT_END_TAG,
     TARGET_POOL,
 )
+from checkpoint_assets.check_results import declared_check_keys, latest_check_evaluations
 from checkpoint_assets.project import (
     POSTGRES_INSTANCE_YAML,
     SQLITE_INSTANCE_YAML,
     ensure_dagster_home,
 )
-from checkpoint_assets.runner import (
-    declared_check_keys,
-    latest_check_evaluations,
-    migrate_in_process,
-    project_instance,
-)
+from checkpoint_assets.runner import migrate_in_process, project_instance
 from checkpoint_assets_tests.dagster_support import fresh_database, write_corpus
 
 
@@ -60,9 +56,9 @@ def _migrate_and_reopen(project: Path, target_dsn: str) -> list[dict]:
         rows = latest_check_evaluations(reopened)
         runs = reopened.get_run_records()
         assert {r.dagster_run.tags.get(FRONT_END_TAG) for r in runs} == {"cli"}
-        assert {r["run_id"] for r in rows} <= {r.dagster_run.run_id for r in runs}
+        assert {r.run_id for r in rows} <= {r.dagster_run.run_id for r in runs}
     assert len(rows) == len(declared_check_keys())
-    assert all(r["passed"] for r in rows), rows
+    assert all(r.passed for r in rows), rows
     return rows
 
 

@@ -131,7 +131,7 @@ def test_verify_writes_an_owner_only_evidence_file_beside_the_export(
     """export, import, verify: ``<export>.evidence.md``, mode 0600, path printed last; the
     rows per table are SQLite's own counts, every check PASSes, and the DSN's password is
     nowhere (the DSN carries one; the test server ignores it)."""
-    monkeypatch.setenv(cli.DSN_ENV, with_password(target_dsn, SECRET))
+    monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, SECRET))
     export = tmp_path / "x.export"
     assert cli.main(["export", "--source", str(sample_db), "--export", str(export)]) == 0
     assert cli.main(["import", "--export", str(export)]) == 0
@@ -169,7 +169,7 @@ def test_a_damaged_blob_and_metadata_value_are_failures_named_by_key(
             "UPDATE checkpoints SET metadata = metadata || '{\"step\": 999}' WHERE ctid = "
             "(SELECT ctid FROM checkpoints LIMIT 1) "
             "RETURNING thread_id, checkpoint_ns, checkpoint_id").fetchone()
-    monkeypatch.setenv(cli.DSN_ENV, target_dsn)
+    monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     evidence = tmp_path / "damaged.md"
     assert verify(sample_db, export, "--evidence", str(evidence)) == cli.EXIT_MISMATCH
 
@@ -199,7 +199,7 @@ def test_long_listings_stop_at_the_cap_and_the_json_report_has_every_mismatch(
     with psycopg.connect(target_dsn) as conn:
         deleted = conn.execute("DELETE FROM checkpoint_writes").rowcount
     assert deleted > MAX_LISTED
-    monkeypatch.setenv(cli.DSN_ENV, target_dsn)
+    monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     report = tmp_path / "report.json"
     assert verify(sample_db, export, "--report", str(report)) == cli.EXIT_MISMATCH
 
@@ -222,7 +222,7 @@ def test_values_jsonb_cannot_hold_are_listed_by_key_and_the_resume_risk_is_a_war
     listed with its key, path and reason."""
     corpus = cg.build_rich_corpus(tmp_path / "rich.sqlite")
     export = exported_and_imported(corpus.path, tmp_path, target_dsn)
-    monkeypatch.setenv(cli.DSN_ENV, target_dsn)
+    monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     assert verify(corpus.path, export) == cli.EXIT_OK
 
     text = (tmp_path / "x.export.evidence.md").read_text()
@@ -306,7 +306,7 @@ def test_migrate_writes_the_verification_evidence_beside_the_export(
     of this run, owner-only, with a timings row per batch, and its path is printed last."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("CHECKPOINT_ASSETS_WORKERS", "1")  # no worker processes to start
-    monkeypatch.setenv(cli.DSN_ENV, with_password(target_dsn, SECRET))
+    monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, SECRET))
     export = tmp_path / "x.export"
     assert cli.main(["migrate", "--source", str(sample_db), "--export", str(export),
                      "--batch-size", str(BATCH_SIZE)]) == cli.EXIT_OK

@@ -8,13 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.errors import ConflictError
 from checkpoint_assets.engine.export_file import ExportManifest, write_export
 from checkpoint_assets.engine.loader import load_batch
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import compare_batch
-from checkpoint_assets.engine.workers import WORKERS_ENV, workers_for
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
@@ -155,12 +154,3 @@ def test_a_conflict_in_a_worker_process_arrives_whole(
         excinfo.value.keys
     assert excinfo.value.hint
     assert compare_batch(target, exported, exported.batches[0].key).passed
-
-
-def test_a_worker_count_that_is_not_a_number_is_named_in_the_error(
-        exported: ExportManifest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CHECKPOINT_ASSETS_WORKERS=two (read by the Dagster assets, where no CLI checks it):
-    a MigrationError naming the variable and its value, not a Python traceback."""
-    monkeypatch.setenv(WORKERS_ENV, "two")
-    with pytest.raises(MigrationError, match="CHECKPOINT_ASSETS_WORKERS='two' is not a whole"):
-        workers_for(exported)

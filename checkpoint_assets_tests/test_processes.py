@@ -143,7 +143,8 @@ def _gate(dsn: str, manifest: ExportManifest, key: str) -> psycopg.Connection:
 def _open_home(home: str, start_at: float) -> str:
     """In a fresh process: open the project's instance at ``start_at`` and read from it."""
     os.environ["DAGSTER_HOME"] = home
-    from checkpoint_assets.runner import partition_statuses, project_instance
+    from checkpoint_assets.check_results import partition_statuses
+    from checkpoint_assets.runner import project_instance
 
     while time.time() < start_at:
         time.sleep(0.001)

@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of what arbitrary input does on a real PostgreSQL.
 
 Under test:
-- ``engine.metadata.jsonb_metadata``: for arbitrary JSON metadata (unicode, NUL, unpaired
+- ``engine.checkpoint_metadata.jsonb_metadata``: for arbitrary JSON metadata (unicode, NUL, unpaired
   surrogates, deep nesting, huge integers, NaN/Infinity written by ``json.dumps`` with
   ``allow_nan``), the "stored" value it returns is exactly what a real PostgreSQL JSONB
   column gives back, and every difference from the original is listed as a change.
@@ -35,7 +35,7 @@ from checkpoint_assets.embedded_postgres import temporary_database
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.loader import TransientLoadError
-from checkpoint_assets.engine.metadata import jsonb_metadata
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import verify_migration

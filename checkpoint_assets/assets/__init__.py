@@ -1,7 +1,7 @@
 """The migration's software-defined assets: export -> imported batches -> verification
 (-> publish, in staging mode)."""
 
-from checkpoint_assets.assets.batches import imported_checkpoint_batches
+from checkpoint_assets.assets.imported_batches import imported_checkpoint_batches
 from checkpoint_assets.assets.export import checkpoint_export
 from checkpoint_assets.assets.publish import published_checkpoints
 from checkpoint_assets.assets.verification import migration_verification

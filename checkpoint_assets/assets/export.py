@@ -6,16 +6,16 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets.metadata import check_metadata, error_text, failure
-from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
+from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
+from checkpoint_assets.assets.staleness import verification_out_of_date
+from checkpoint_assets.engine.errors import FailureKind, MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     verify_export,
     write_export,
 )
 from checkpoint_assets.engine.source import SourceCounts
-from checkpoint_assets.assets.batches import EXPORT_ID_METADATA
-from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_PARTITIONS_NAME,
@@ -86,7 +86,7 @@ def checkpoint_export(
         raise failure(
             f"The export {path} does not match its source or its own digests; no batch "
             "partitions were registered.",
-            {"export_path": str(path)})
+            {"export_path": str(path)}, kind=FailureKind.MISMATCH)
 
     added, removed = _register_partitions(context.instance, manifest)
     initialize_target_pool(context.instance)  # before a backfill starts batch runs at once

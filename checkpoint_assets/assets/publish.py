@@ -8,13 +8,13 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
-from checkpoint_assets.assets.metadata import (
+from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
     scrubbed_traceback,
 )
-from checkpoint_assets.engine.errors import ConflictError
+from checkpoint_assets.engine.errors import ConflictError, FailureKind, failure_kind
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.publish import publish
 from checkpoint_assets.engine.verify import compare_batch
@@ -79,7 +79,7 @@ def published_checkpoints(
             metadata=check_metadata(expected="every check on the staged data passed",
                                     actual="not published", mismatches=problems))
         raise failure("Not published: not every check on the staged data has passed.",
-                      {"problems": problems})
+                      {"problems": problems}, kind=FailureKind.MISMATCH)
     staging = target.load_target()
     cipher = source.cipher()
     try:
@@ -92,14 +92,16 @@ def published_checkpoints(
             metadata=check_metadata(expected="no conflicting rows in the target",
                                     actual=error_text(exc, target.dsn),
                                     mismatches=exc.keys[:50], mismatch_count=len(exc.keys)))
-        raise failure(f"Not published: conflict in {final.display}.") from None
+        raise failure(f"Not published: conflict in {final.display}.",
+                      kind=FailureKind.CONFLICT) from None
     except Exception as exc:
         yield dg.AssetCheckResult(
             check_name=PUBLISHED_MATCHES_EXPORT, passed=False,
             metadata=check_metadata(expected="published", actual=error_text(exc, target.dsn)))
         raise failure(f"Publishing into {final.display} failed: "
                       f"{error_text(exc, target.dsn)}",
-                      {"traceback": scrubbed_traceback(target.dsn)}) from None
+                      {"traceback": scrubbed_traceback(target.dsn)},
+                      kind=failure_kind(exc)) from None
 
     bad = [{"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts,
             "expected_digest": c.expected_digest, "actual_digest": c.actual_digest}

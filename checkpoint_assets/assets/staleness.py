@@ -17,13 +17,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from checkpoint_assets.assets.metadata import check_metadata
-from checkpoint_assets.partitions import (
-    CHECK_DESCRIPTIONS,
-    VERIFICATION_ASSET,
-    VERIFICATION_CHECK_NAMES,
-    VERIFICATION_WARNING_CHECKS,
-)
+from checkpoint_assets.assets.dagster_metadata import check_metadata, severity
+from checkpoint_assets.partitions import VERIFICATION_ASSET, VERIFICATION_CHECK_SPECS
 
 OUT_OF_DATE = "Out of date"  # how the verification's checks start while they are stale
 
@@ -53,11 +48,10 @@ def verification_out_of_date(instance: dg.DagsterInstance,
     description = (f"{OUT_OF_DATE}: {change} after this verification ran; "
                    "migration_verification runs again by itself (automation condition), "
                    "or materialize it.")
-    for name in VERIFICATION_CHECK_NAMES:
+    for spec in VERIFICATION_CHECK_SPECS:
         yield dg.AssetCheckEvaluation(
-            asset_key=VERIFICATION_ASSET, check_name=name, passed=False,
-            severity=(dg.AssetCheckSeverity.WARN if name in VERIFICATION_WARNING_CHECKS
-                      else dg.AssetCheckSeverity.ERROR),
-            description=description, blocking=False, target_materialization_data=target,
-            metadata=check_metadata(expected=CHECK_DESCRIPTIONS[name],
+            asset_key=VERIFICATION_ASSET, check_name=spec.name, passed=False,
+            severity=severity(spec), description=description, blocking=False,
+            target_materialization_data=target,
+            metadata=check_metadata(expected=spec.description,
                                     actual=f"not checked since: {change}"))

@@ -5,26 +5,28 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets.metadata import (
+from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
     plain,
     scrubbed_traceback,
+    severity,
 )
+from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
+from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.export_file import ExportManifest, read_manifest
+from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import (
     CheckOutcome,
     VerificationReport,
     verify_migration,
 )
-from checkpoint_assets.assets.batches import EXPORT_ID_METADATA
-from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.engine.workers import workers_for
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCHES_ASSET,
-    CHECK_DESCRIPTIONS,
     COUNT_MATCH,
     GROUP_NAME,
     OWNERS,
@@ -32,8 +34,7 @@ from checkpoint_assets.partitions import (
     SQLITE_KIND,
     TARGET_POOL,
     VERIFICATION_ASSET,
-    VERIFICATION_CHECK_NAMES,
-    VERIFICATION_WARNING_CHECKS,
+    VERIFICATION_CHECK_SPECS,
     manifest_export_id,
     partition_keys,
     partition_keys_by_batch,
@@ -43,6 +44,7 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
+from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV, Settings
 
 # The materialization's metadata entry holding the evidence report (Markdown).
 EVIDENCE_METADATA = "evidence"
@@ -50,10 +52,9 @@ EVIDENCE_METADATA = "evidence"
 # Blocking: a failed check fails the step, so nothing downstream (publish) runs in that run.
 # Warning checks report a risk (severity WARN) and block nothing.
 VERIFICATION_CHECKS = [
-    dg.AssetCheckSpec(name, asset=VERIFICATION_ASSET,
-                      blocking=name not in VERIFICATION_WARNING_CHECKS,
-                      description=CHECK_DESCRIPTIONS[name])
-    for name in VERIFICATION_CHECK_NAMES
+    dg.AssetCheckSpec(spec.name, asset=VERIFICATION_ASSET, blocking=not spec.warning,
+                      description=spec.description)
+    for spec in VERIFICATION_CHECK_SPECS
 ]
 
 
@@ -93,23 +94,24 @@ def migration_verification(
     load_target = target.load_target()
     try:
         manifest = read_manifest(export_file.resolve_path(source.path))
-        report = verify_migration(manifest, load_target, source_path=source.path,
-                                  cipher=source.cipher(),
-                                  readback_threads=target.readback_sample())
+        report = verify_migration(
+            manifest, load_target, source_path=source.path, cipher=source.cipher(),
+            readback_threads=target.readback_sample(),
+            workers=workers_for(manifest, Settings.from_env().workers),
+            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}")
     except Exception as exc:
         message = error_text(exc, target.dsn)
-        for name in VERIFICATION_CHECK_NAMES:
+        for spec in VERIFICATION_CHECK_SPECS:
             yield dg.AssetCheckResult(
-                check_name=name, passed=False,
-                severity=(dg.AssetCheckSeverity.WARN if name in VERIFICATION_WARNING_CHECKS
-                          else dg.AssetCheckSeverity.ERROR),
-                metadata=check_metadata(expected=CHECK_DESCRIPTIONS[name],
+                check_name=spec.name, passed=False, severity=severity(spec),
+                metadata=check_metadata(expected=spec.description,
                                         actual=f"verification could not run: {message}"))
         raise failure(f"Verification against {load_target.display} could not run: "
-                      f"{message}", {"traceback": scrubbed_traceback(target.dsn)}) from None
+                      f"{message}", {"traceback": scrubbed_traceback(target.dsn)},
+                      kind=failure_kind(exc)) from None
 
     failed = [name for name, outcome in report.checks.items()
-              if not outcome.passed and name not in VERIFICATION_WARNING_CHECKS]
+              if not outcome.passed and outcome.blocking]
     context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
                      + ("all checks passed" if not failed else f"FAILED {failed}"))
     partitions = partition_keys_by_batch(manifest)
@@ -120,8 +122,8 @@ def migration_verification(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),
                   **_report_metadata(report, manifest, partitions, load_target.display)},
-        check_results=[_check_result(report.checks[name], report)
-                       for name in VERIFICATION_CHECK_NAMES],
+        check_results=[_check_result(report.checks[spec.name], report)
+                       for spec in VERIFICATION_CHECK_SPECS],
     )
 
 
@@ -130,9 +132,7 @@ def _check_result(outcome: CheckOutcome, report: VerificationReport) -> dg.Asset
     if outcome.name == COUNT_MATCH:
         extra["counts"] = report.counts
     return dg.AssetCheckResult(
-        check_name=outcome.name, passed=outcome.passed,
-        severity=(dg.AssetCheckSeverity.WARN if outcome.name in VERIFICATION_WARNING_CHECKS
-                  else dg.AssetCheckSeverity.ERROR),
+        check_name=outcome.name, passed=outcome.passed, severity=severity(outcome.spec),
         description=outcome.description,
         metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
                                 mismatches=outcome.mismatches,

@@ -30,7 +30,7 @@ from checkpoint_assets.engine.convert import (
 )
 from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.metadata import jsonb_metadata
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.rows import ThreadRows
 
 CheckpointKey = tuple[str, str, str]

@@ -15,7 +15,12 @@ from typing import Any
 
 import ormsgpack
 
-from checkpoint_assets.engine import jsontext
+from checkpoint_assets.engine.checkpoint_metadata import (
+    MetadataChange,
+    jsonb_metadata,
+    jsonb_ready_text,
+    parse_metadata,
+)
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
     json_safe_structure,
@@ -26,12 +31,7 @@ from checkpoint_assets.engine.codec import (
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.metadata import (
-    MetadataChange,
-    jsonb_metadata,
-    jsonb_ready_text,
-    parse_metadata,
-)
+from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 
 PLAIN_TYPES = ("msgpack", "json")

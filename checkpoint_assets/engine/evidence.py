@@ -18,16 +18,7 @@ from typing import Any
 
 from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.target import TABLES
-from checkpoint_assets.engine.verify import (
-    CONTENT_INTEGRITY,
-    COUNT_MATCH,
-    METADATA_INTEGRITY,
-    RESUMABLE_ON_POSTGRES,
-    SOURCE_MATCHES_EXPORT,
-    WARNING_CHECKS,
-    CheckOutcome,
-    VerificationReport,
-)
+from checkpoint_assets.engine.verify import CheckOutcome, VerificationReport
 
 DEFAULT_TITLE = "Migration evidence"
 EVIDENCE_SUFFIX = ".evidence.md"
@@ -70,30 +61,21 @@ def check_status(outcome: CheckOutcome) -> str:
     """PASS, FAIL, or WARN for a failed warning-severity check (a risk, not a failure)."""
     if outcome.passed:
         return "PASS"
-    return "WARN" if outcome.name in WARNING_CHECKS else "FAIL"
+    return "FAIL" if outcome.blocking else "WARN"
 
 
 def every_mismatch(report: VerificationReport, name: str) -> list[dict]:
     """Every mismatch of one check that the report holds, by key.
 
-    Content, metadata, count and resume findings come complete from the per-batch
-    comparisons and the source drift from the check itself; the official read-back keeps
-    the first ``verify.MAX_LISTED`` (its ``mismatch_count`` says how many there were).
+    The check's spec says where its complete list is (content, metadata, count and
+    resume findings in the per-batch comparisons, the source drift in the outcome); the
+    official read-back keeps the first ``verify.MAX_LISTED`` (its ``mismatch_count`` says
+    how many there were).
     """
     outcome = report.checks[name]
-    if name == CONTENT_INTEGRITY:
-        return [m for b in report.batches for m in b.content_mismatches]
-    if name == METADATA_INTEGRITY:
-        return [m for b in report.batches for m in b.metadata_mismatches]
-    if name == RESUMABLE_ON_POSTGRES:
-        return [h for b in report.batches for h in b.resume_hazards]
-    if name == COUNT_MATCH:
-        return [{"batch": b.key, "expected": b.expected_counts, "actual": b.actual_counts}
-                for b in report.batches if b.expected_counts != b.actual_counts]
-    if name == SOURCE_MATCHES_EXPORT and isinstance(outcome.actual, dict):
-        return [{"thread_id": thread, "problem": kind}
-                for kind, threads in outcome.actual.items() for thread in threads]
-    return list(outcome.mismatches)
+    if outcome.spec.every_mismatch is None:
+        return list(outcome.mismatches)
+    return outcome.spec.every_mismatch(report)
 
 
 def render_evidence(
@@ -106,6 +88,8 @@ def render_evidence(
     title: str = DEFAULT_TITLE,
     generated_at: dt.datetime | None = None,
     max_listed: int = MAX_LISTED,
+    untimed_hint: str = "",
+    more_hint: str = "",
 ) -> str:
     """The evidence report of one verification, as Markdown.
 
@@ -115,14 +99,17 @@ def render_evidence(
     Dagster partition key), when not its export key. Only timings of this export's
     batches are listed and totalled, so the table always describes this one export.
     Listings stop after ``max_listed`` rows per check, saying how many more there are.
+    The caller may say where to find what the report leaves out: ``untimed_hint`` (how to
+    get the load times, when ``batches`` is None), ``more_hint`` (where every mismatch is
+    listed).
     """
     when = generated_at or dt.datetime.now(dt.UTC)
     sections = [
         _headline(report, manifest, target_display, title, when),
         _counts_section(report),
         _checks_section(report),
-        _timings_section(manifest, batches, batch_labels or {}),
-        *(_mismatch_section(report, name, max_listed) for name, outcome
+        _timings_section(manifest, batches, batch_labels or {}, untimed_hint),
+        *(_mismatch_section(report, name, max_listed, more_hint) for name, outcome
           in report.checks.items() if not outcome.passed),
         _metadata_changes_section(report, max_listed),
     ]
@@ -177,7 +164,7 @@ def _headline(report: VerificationReport, manifest: ExportManifest, target_displ
     result = "PASSED" if report.passed else "FAILED"
     failed = [n for n, c in report.checks.items() if check_status(c) == "FAIL"]
     warned = [n for n, c in report.checks.items() if check_status(c) == "WARN"]
-    required = [n for n in report.checks if n not in WARNING_CHECKS]
+    required = [n for n, c in report.checks.items() if c.blocking]
     if failed:
         verdict = f"{len(failed)} of {len(required)} required checks failed: {', '.join(failed)}"
     elif warned:
@@ -242,11 +229,10 @@ def _checks_section(report: VerificationReport) -> str:
 
 
 def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | None,
-                     labels: Mapping[str, str]) -> str:
+                     labels: Mapping[str, str], untimed_hint: str) -> str:
     if batches is None:
-        return ("## Batch timings\n\nNot recorded: this verification ran on its own. "
-                "`checkpoint-assets migrate` and the `migration_verification` asset include "
-                "the load time of every batch.")
+        return ("## Batch timings\n\nNot recorded: this verification ran on its own."
+                + (f" {untimed_hint}" if untimed_hint else ""))
     names = [labels.get(entry.key, entry.key) for entry in manifest.batches]
     wanted = set(names)
     ordered = sorted((b for b in batches if b.key in wanted), key=lambda b: b.key)
@@ -274,7 +260,8 @@ def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | 
     return text
 
 
-def _mismatch_section(report: VerificationReport, name: str, max_listed: int) -> str:
+def _mismatch_section(report: VerificationReport, name: str, max_listed: int,
+                      more_hint: str) -> str:
     outcome = report.checks[name]
     status = check_status(outcome)
     kind = "Warning" if status == "WARN" else "Mismatches"
@@ -289,8 +276,7 @@ def _mismatch_section(report: VerificationReport, name: str, max_listed: int) ->
     more_in_report = len(mismatches) - len(listed)
     not_kept = max(outcome.mismatch_count - len(mismatches), 0)
     if more_in_report:
-        text += (f"\n\n... {more_in_report} more; see the JSON report "
-                 "(`checkpoint-assets verify --report FILE.json` lists every one).")
+        text += f"\n\n... {more_in_report} more" + (f"; {more_hint}." if more_hint else ".")
     if not_kept:
         text += (f"\n\n... {not_kept} more not kept by the verification (it keeps the first "
                  f"{len(mismatches)} of this check).")

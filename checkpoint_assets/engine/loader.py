@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
+from checkpoint_assets.engine.checkpoint_metadata import MetadataChange
 from checkpoint_assets.engine.convert import (
     ConvertedThread,
     JsonText,
@@ -32,16 +33,15 @@ from checkpoint_assets.engine.convert import (
     split_type,
 )
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
-from checkpoint_assets.engine.metadata import MetadataChange
 from checkpoint_assets.engine.target import (
     Target,
     TargetUnreachableError,
     refresh_statistics,
     scrub,
 )
-from checkpoint_assets.engine.verify import expected_batch
+from checkpoint_assets.engine.verify import remember_expected_batch
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
@@ -100,6 +100,8 @@ class BatchLoadResult:
 class TransientLoadError(MigrationError):
     """The database went away or aborted the transaction; retrying may succeed."""
 
+    kind = FailureKind.TRANSIENT
+
 
 def convert_batch(
     manifest: ExportManifest, key: str, cipher: Cipher | None = None
@@ -134,7 +136,7 @@ def convert_batch(
             "again, or delete them from the source if they are not needed.",
         )
     # The batch check and the verification compare the target with this (see verify).
-    expected_batch(manifest, key, cipher, threads=parsed, decoded=decoded)
+    remember_expected_batch(manifest, key, cipher, threads=parsed, decoded=decoded)
     return threads, rows, changes
 
 

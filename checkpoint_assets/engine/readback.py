@@ -33,13 +33,11 @@ from langgraph.checkpoint.serde.types import TASKS, _DeltaSnapshot
 from langgraph.checkpoint.sqlite import SqliteSaver
 from psycopg.rows import dict_row
 
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.metadata import jsonb_metadata
 from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.target import Target
-
-FIELDS = ("config", "checkpoint", "metadata", "parent_config", "pending_writes")
 
 
 def compare_thread_readback(

@@ -13,7 +13,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.errors import FailureKind, MigrationError
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 MIGRATIONS_TABLE = "checkpoint_migrations"
@@ -70,6 +70,8 @@ def scrub(text: str, dsn: str) -> str:
 
 class TargetUnreachableError(MigrationError):
     """The target PostgreSQL refused or did not answer the connection."""
+
+    kind = FailureKind.TRANSIENT  # worth retrying later: the server may come back
 
 
 class TargetAuthenticationError(MigrationError):

@@ -1,16 +1,9 @@
 """Compare the target with the export and with the SQLite source; report every mismatch.
 
-Checks (their names are the contract with the Dagster layer and the CLI):
-
-- ``checkpoint_count_match``: checkpoints, writes and required blob rows: PostgreSQL =
-  export = SQLite, in total and per thread.
-- ``content_integrity``: per checkpoint, channel values, versions and parent link; and every
-  pending write, byte for byte.
-- ``metadata_integrity``: per checkpoint, metadata equal to the source's, apart from values
-  PostgreSQL cannot hold, which are listed by key.
-- ``source_matches_export``: the SQLite source still holds exactly what was exported.
-- ``official_saver_readback``: ``SqliteSaver.list`` equals ``PostgresSaver.list`` field by
-  field, for a sample of threads (or all).
+Every check is declared once, in ``CHECKS``: its name (the contract with the Dagster layer
+and the CLI), what it proves and cannot, its severity, and the function that judges the
+``Findings`` (per-batch comparisons of the target with the export, counts, the source's
+drift since the export) and returns its ``CheckOutcome``.
 """
 
 from __future__ import annotations
@@ -18,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -49,39 +42,6 @@ METADATA_INTEGRITY = "metadata_integrity"
 SOURCE_MATCHES_EXPORT = "source_matches_export"
 OFFICIAL_READBACK = "official_saver_readback"
 RESUMABLE_ON_POSTGRES = "resumable_on_postgres_saver"
-CHECK_NAMES = (COUNT_MATCH, CONTENT_INTEGRITY, METADATA_INTEGRITY, SOURCE_MATCHES_EXPORT,
-               OFFICIAL_READBACK, RESUMABLE_ON_POSTGRES)
-# Warnings report a risk without failing the migration; every other check must pass.
-WARNING_CHECKS = (RESUMABLE_ON_POSTGRES,)
-CHECK_DESCRIPTIONS = {
-    COUNT_MATCH: "Checkpoints, writes and blob rows: PostgreSQL = export = SQLite, in total "
-                 "and per thread.",
-    CONTENT_INTEGRITY: "Every checkpoint's channel values, versions and parent link, and every "
-                       "pending write, equal the source's byte for byte.",
-    METADATA_INTEGRITY: "Every checkpoint's metadata equals the source's; values PostgreSQL "
-                        "cannot hold are listed by key.",
-    SOURCE_MATCHES_EXPORT: "The SQLite source still holds exactly what was exported (no "
-                           "writer changed it since).",
-    OFFICIAL_READBACK: "SqliteSaver.list equals PostgresSaver.list field by field for the "
-                       "checked threads.",
-    RESUMABLE_ON_POSTGRES: "No thread's latest state holds a str/float that a live "
-                           "PostgresSaver cannot save on its next put (NUL, NaN, inf; -0.0 "
-                           "and 1e20-style floats change). A warning: the migrated data is "
-                           "intact either way.",
-}
-# What each check cannot prove (README "What each check proves (and what it cannot)");
-# "-": nothing beyond what the check states.
-CHECK_LIMITS = {
-    COUNT_MATCH: "Content: equal counts can hide changed values (content_integrity "
-                 "compares them).",
-    CONTENT_INTEGRITY: "The behaviour of your application code on the migrated state.",
-    METADATA_INTEGRITY: "-",
-    SOURCE_MATCHES_EXPORT: "Writes to SQLite after the check ran.",
-    OFFICIAL_READBACK: "Classes your application would need to deserialize that are not "
-                       "importable where the check runs; threads outside the sample "
-                       "(unless every thread was read back).",
-    RESUMABLE_ON_POSTGRES: "-",
-}
 MAX_LISTED = 50
 DEFAULT_READBACK_SAMPLE = 25
 
@@ -99,14 +59,24 @@ class CheckOutcome:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def spec(self) -> CheckSpec:
+        """The check's declaration: what it proves and cannot, its severity."""
+        return CHECK_SPECS[self.name]
+
+    @property
     def description(self) -> str:
         """What this check proves."""
-        return CHECK_DESCRIPTIONS.get(self.name, self.name)
+        return self.spec.description
 
     @property
     def cannot_prove(self) -> str:
         """What this check cannot prove ("-": nothing beyond what it states)."""
-        return CHECK_LIMITS.get(self.name, "-")
+        return self.spec.cannot_prove
+
+    @property
+    def blocking(self) -> bool:
+        """A failure fails the verification (else it is a warning: a risk, reported)."""
+        return not self.spec.warning
 
 
 @dataclass
@@ -144,7 +114,7 @@ class VerificationReport:
     @property
     def passed(self) -> bool:
         """True when every check passed (warnings do not count)."""
-        return all(c.passed for c in self.checks.values() if c.name not in WARNING_CHECKS)
+        return all(c.passed for c in self.checks.values() if c.blocking)
 
 
 def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list]:
@@ -209,6 +179,15 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
     while len(_EXPECTED_IN_PROCESS) > _EXPECTED_KEPT:
         _EXPECTED_IN_PROCESS.popitem(last=False)
     return expected
+
+
+def remember_expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None,
+                            threads: Sequence[ThreadRows],
+                            decoded: Mapping[str, list]) -> None:
+    """Keep, in this process, the expected view of a batch a loader has just read and
+    decoded: the batch check right after the load then compares without decoding it
+    again (see :func:`expected_batch`)."""
+    expected_batch(manifest, key, cipher, threads=threads, decoded=decoded)
 
 
 def compare_batch(
@@ -356,10 +335,12 @@ def verify_migration(
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
     progress: Any = None,
     workers: int | None = None,
+    readback_all_hint: str = "",
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
-    ``readback_threads`` None reads back every thread through the official savers.
+    ``readback_threads`` None reads back every thread through the official savers;
+    ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
     ``workers`` processes compare batches at once (None: as many as an import of this
     export would use, since comparing also spends most of its time in Python).
     Raises MigrationError when the target cannot be read: no PostgresSaver tables there,
@@ -368,7 +349,7 @@ def verify_migration(
     require_target_tables(target)
     try:
         return _verify_migration(manifest, target, source_path, cipher, readback_threads,
-                                 progress, workers)
+                                 progress, workers, readback_all_hint)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -385,18 +366,21 @@ def require_target_tables(target: Target) -> None:
             (list(TABLES),))]
     if missing:
         where = f"schema {target.schema}" if target.schema else "the search_path"
-        raise MigrationError(
+        raise MissingTablesError(
             f"The target {target.display} has no PostgresSaver table {', '.join(missing)} "
             f"in {where}, so there is nothing to verify the export against.",
-            "Run checkpoint-assets import (or migrate) first, or point --target and --schema "
-            "(CHECKPOINT_ASSETS_TARGET_DSN, CHECKPOINT_ASSETS_TARGET_SCHEMA) at the database "
+            "Import the export first, or point the target's DSN and schema at the database "
             "and schema the checkpoints were imported into.")
+
+
+class MissingTablesError(MigrationError):
+    """The target has no PostgresSaver tables to verify against."""
 
 
 def _verify_migration(manifest: ExportManifest, target: Target,
                       source_path: str | Path | None, cipher: Cipher | None,
                       readback_threads: int | None, progress: Any,
-                      workers: int | None) -> VerificationReport:
+                      workers: int | None, readback_all_hint: str) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     with ThreadPoolExecutor(max_workers=1) as beside:
@@ -409,74 +393,199 @@ def _verify_migration(manifest: ExportManifest, target: Target,
             progress=progress)
         sqlite_counts, drift = source_state.result() if source_state is not None \
             else (None, {"changed": [], "added": [], "removed": []})
-    checks: dict[str, CheckOutcome] = {}
-    expected = _sum_counts(c.expected_counts for c in comparisons)
-    actual = _sum_counts(c.actual_counts for c in comparisons)
-    export_counts = {"checkpoints": manifest.checkpoints, "checkpoint_writes": manifest.writes}
-    counts = {"export": export_counts, "expected_target": expected, "target": actual,
+    counts = {"export": {"checkpoints": manifest.checkpoints,
+                         "checkpoint_writes": manifest.writes},
+              "expected_target": _sum_counts(c.expected_counts for c in comparisons),
+              "target": _sum_counts(c.actual_counts for c in comparisons),
               "target_tables": target_table_counts(target)}
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
+    findings = Findings(manifest, target, cipher, source_path, readback_threads,
+                        readback_all_hint, comparisons, counts, drift)
+    checks = {spec.name: spec.run(findings) for spec in CHECKS
+              if source_path is not None or not spec.needs_source}
+    return VerificationReport(
+        checks=checks, counts=counts,
+        metadata_changes=[m for c in comparisons for m in c.metadata_changes],
+        seconds=time.perf_counter() - started, batches=comparisons)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the checks judge: the per-batch comparisons, the counts, the source's drift."""
+
+    manifest: ExportManifest
+    target: Target
+    cipher: Cipher | None
+    source_path: str | Path | None
+    readback_threads: int | None
+    readback_all_hint: str  # how the caller reads back every thread
+    comparisons: list[BatchComparison]
+    counts: dict[str, dict[str, int]]
+    drift: dict[str, list[str]]
+
+
+def check_count_match(f: Findings) -> CheckOutcome:
+    """Counts per batch and in total: PostgreSQL = export, and SQLite = export."""
+    counts = f.counts
     count_mismatches = [
         {"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts}
-        for c in comparisons if c.expected_counts != c.actual_counts]
-    sqlite_ok = source_path is None or (
-        counts["sqlite"]["checkpoints"] == manifest.checkpoints
-        and counts["sqlite"]["checkpoint_writes"] == manifest.writes)
-    checks[COUNT_MATCH] = CheckOutcome(
-        COUNT_MATCH, passed=not count_mismatches and expected == actual and sqlite_ok,
-        expected={"export": export_counts, "target": expected},
-        actual={"target": actual, **({"sqlite": counts["sqlite"]} if source_path else {})},
+        for c in f.comparisons if c.expected_counts != c.actual_counts]
+    sqlite_ok = f.source_path is None or (
+        counts["sqlite"]["checkpoints"] == f.manifest.checkpoints
+        and counts["sqlite"]["checkpoint_writes"] == f.manifest.writes)
+    return CheckOutcome(
+        COUNT_MATCH, passed=(not count_mismatches
+                             and counts["expected_target"] == counts["target"] and sqlite_ok),
+        expected={"export": counts["export"], "target": counts["expected_target"]},
+        actual={"target": counts["target"],
+                **({"sqlite": counts["sqlite"]} if f.source_path else {})},
         mismatches=count_mismatches[:MAX_LISTED], mismatch_count=len(count_mismatches),
         notes=[] if sqlite_ok else ["SQLite counts differ from the export: the source changed "
                                     "after the export was taken."])
-    content = [m for c in comparisons for m in c.content_mismatches]
-    checks[CONTENT_INTEGRITY] = CheckOutcome(
+
+
+def check_content_integrity(f: Findings) -> CheckOutcome:
+    """Per batch, the target's content digest equals the export's; mismatches by key."""
+    content = [m for c in f.comparisons for m in c.content_mismatches]
+    return CheckOutcome(
         CONTENT_INTEGRITY, passed=not content,
-        expected={c.key: c.expected_digest for c in comparisons},
-        actual={c.key: c.actual_digest for c in comparisons},
+        expected={c.key: c.expected_digest for c in f.comparisons},
+        actual={c.key: c.actual_digest for c in f.comparisons},
         mismatches=content[:MAX_LISTED], mismatch_count=len(content))
-    metadata = [m for c in comparisons for m in c.metadata_mismatches]
-    changes = [m for c in comparisons for m in c.metadata_changes]
-    checks[METADATA_INTEGRITY] = CheckOutcome(
+
+
+def check_metadata_integrity(f: Findings) -> CheckOutcome:
+    """Every checkpoint's metadata equals the source's (in the form JSONB holds)."""
+    metadata = [m for c in f.comparisons for m in c.metadata_mismatches]
+    changes = sum(len(c.metadata_changes) for c in f.comparisons)
+    return CheckOutcome(
         METADATA_INTEGRITY, passed=not metadata,
-        expected=manifest.checkpoints,
-        actual=manifest.checkpoints - len(metadata),
+        expected=f.manifest.checkpoints,
+        actual=f.manifest.checkpoints - len(metadata),
         mismatches=metadata[:MAX_LISTED], mismatch_count=len(metadata),
-        notes=[f"{len(changes)} metadata value(s) PostgreSQL cannot hold were changed; "
+        notes=[f"{changes} metadata value(s) PostgreSQL cannot hold were changed; "
                "see metadata_changes."] if changes else [])
-    if source_path is not None:
-        drifted = drift["changed"] + drift["added"] + drift["removed"]
-        checks[SOURCE_MATCHES_EXPORT] = CheckOutcome(
-            SOURCE_MATCHES_EXPORT, passed=not drifted,
-            expected=manifest.content_sha256, actual="unchanged" if not drifted else drift,
-            mismatches=[{"thread_id": t, "problem": kind} for kind, ts in drift.items()
-                        for t in ts][:MAX_LISTED],
-            mismatch_count=len(drifted),
-            notes=["Export again and import to bring these threads over."] if drifted else [])
-        threads = readback_sample(manifest, readback_threads)
-        read_mismatches, notes = compare_thread_readback(source_path, target, threads, cipher)
-        if len(threads) < manifest.threads:
-            notes = [*notes, f"A sample of {len(threads)} of {manifest.threads} threads; "
-                             "read back every thread with --readback-all (Dagster: "
-                             "CHECKPOINT_ASSETS_READBACK_THREADS=all)."]
-        checks[OFFICIAL_READBACK] = CheckOutcome(
-            OFFICIAL_READBACK, passed=not read_mismatches,
-            # Threads read back equal: expected all of the sample, actual those that were.
-            expected=len(threads),
-            actual=len(threads) - len(
-                {m["thread_id"] for m in read_mismatches}),
-            mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
-            notes=notes)
-    hazards = [h for c in comparisons for h in c.resume_hazards]
-    checks[RESUMABLE_ON_POSTGRES] = CheckOutcome(
+
+
+def check_source_matches_export(f: Findings) -> CheckOutcome:
+    """The SQLite source's threads, digested now, equal the export's."""
+    drift = f.drift
+    drifted = drift["changed"] + drift["added"] + drift["removed"]
+    return CheckOutcome(
+        SOURCE_MATCHES_EXPORT, passed=not drifted,
+        expected=f.manifest.content_sha256, actual="unchanged" if not drifted else drift,
+        mismatches=[{"thread_id": t, "problem": kind} for kind, ts in drift.items()
+                    for t in ts][:MAX_LISTED],
+        mismatch_count=len(drifted),
+        notes=["Export again and import to bring these threads over."] if drifted else [])
+
+
+def check_official_readback(f: Findings) -> CheckOutcome:
+    """SqliteSaver.list equals PostgresSaver.list for the sampled (or every) thread."""
+    assert f.source_path is not None
+    threads = readback_sample(f.manifest, f.readback_threads)
+    read_mismatches, notes = compare_thread_readback(f.source_path, f.target, threads,
+                                                     f.cipher)
+    if len(threads) < f.manifest.threads:
+        how = f" with {f.readback_all_hint}" if f.readback_all_hint else ""
+        notes = [*notes, f"A sample of {len(threads)} of {f.manifest.threads} threads; "
+                         f"read back every thread{how}."]
+    return CheckOutcome(
+        OFFICIAL_READBACK, passed=not read_mismatches,
+        # Threads read back equal: expected all of the sample, actual those that were.
+        expected=len(threads),
+        actual=len(threads) - len({m["thread_id"] for m in read_mismatches}),
+        mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
+        notes=notes)
+
+
+def check_resumable_on_postgres(f: Findings) -> CheckOutcome:
+    """No thread's latest state holds a value a live PostgresSaver cannot save again."""
+    hazards = [h for c in f.comparisons for h in c.resume_hazards]
+    return CheckOutcome(
         RESUMABLE_ON_POSTGRES, passed=not hazards, expected=0, actual=len(hazards),
         mismatches=hazards[:MAX_LISTED], mismatch_count=len(hazards),
         notes=["Before switching these threads to PostgresSaver, have the application "
                "replace such values (e.g. strip NUL from strings), or keep them inside a "
                "dict/list channel (stored as a blob)."] if hazards else [])
-    return VerificationReport(checks=checks, counts=counts, metadata_changes=changes,
-                              seconds=time.perf_counter() - started, batches=comparisons)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """One check of the verification, declared once: the engine runs it, the Dagster layer
+    declares it as an asset check, the evidence report describes it."""
+
+    name: str
+    description: str  # what it proves
+    cannot_prove: str  # what it cannot ("-": nothing beyond what it states)
+    run: Callable[[Findings], CheckOutcome]
+    warning: bool = False  # severity WARN: reports a risk, never fails the migration
+    needs_source: bool = False  # runs only when the SQLite source is at hand
+    # Every mismatch the report holds (the outcome keeps the first MAX_LISTED); None: the
+    # outcome's own list.
+    every_mismatch: Callable[[VerificationReport], list[dict]] | None = None
+
+
+# The checks, in the order they run and are reported. Their names are the contract with the
+# Dagster layer and the CLI; their texts are the README's "What each check proves (and what
+# it cannot)".
+CHECKS = (
+    CheckSpec(
+        COUNT_MATCH,
+        "Checkpoints, writes and blob rows: PostgreSQL = export = SQLite, in total and per "
+        "thread.",
+        "Content: equal counts can hide changed values (content_integrity compares them).",
+        check_count_match,
+        every_mismatch=lambda r: [
+            {"batch": b.key, "expected": b.expected_counts, "actual": b.actual_counts}
+            for b in r.batches if b.expected_counts != b.actual_counts]),
+    CheckSpec(
+        CONTENT_INTEGRITY,
+        "Every checkpoint's channel values, versions and parent link, and every pending "
+        "write, equal the source's byte for byte.",
+        "The behaviour of your application code on the migrated state.",
+        check_content_integrity,
+        every_mismatch=lambda r: [m for b in r.batches for m in b.content_mismatches]),
+    CheckSpec(
+        METADATA_INTEGRITY,
+        "Every checkpoint's metadata equals the source's; values PostgreSQL cannot hold are "
+        "listed by key.",
+        "-",
+        check_metadata_integrity,
+        every_mismatch=lambda r: [m for b in r.batches for m in b.metadata_mismatches]),
+    CheckSpec(
+        SOURCE_MATCHES_EXPORT,
+        "The SQLite source still holds exactly what was exported (no writer changed it "
+        "since).",
+        "Writes to SQLite after the check ran.",
+        check_source_matches_export, needs_source=True,
+        every_mismatch=lambda r: _drifted_threads(r.checks[SOURCE_MATCHES_EXPORT])),
+    CheckSpec(
+        OFFICIAL_READBACK,
+        "SqliteSaver.list equals PostgresSaver.list field by field for the checked threads.",
+        "Classes your application would need to deserialize that are not importable where "
+        "the check runs; threads outside the sample (unless every thread was read back).",
+        check_official_readback, needs_source=True),
+    CheckSpec(
+        RESUMABLE_ON_POSTGRES,
+        "No thread's latest state holds a str/float that a live PostgresSaver cannot save "
+        "on its next put (NUL, NaN, inf; -0.0 and 1e20-style floats change). A warning: "
+        "the migrated data is intact either way.",
+        "-",
+        check_resumable_on_postgres, warning=True,
+        every_mismatch=lambda r: [h for b in r.batches for h in b.resume_hazards]),
+)
+CHECK_SPECS = {spec.name: spec for spec in CHECKS}
+CHECK_NAMES = tuple(CHECK_SPECS)
+
+
+def _drifted_threads(outcome: CheckOutcome) -> list[dict]:
+    """Every thread the source-drift check found, by kind (its ``actual`` lists them all)."""
+    if not isinstance(outcome.actual, dict):
+        return list(outcome.mismatches)
+    return [{"thread_id": thread, "problem": kind}
+            for kind, threads in outcome.actual.items() for thread in threads]
 
 
 def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | None = None,

@@ -21,34 +21,19 @@ from functools import partial
 from multiprocessing.synchronize import Event
 from typing import Any
 
-from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest
 
-WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
 # A worker process takes a second or two to start; below this many batches it does not pay.
 PARALLEL_MIN_BATCHES = 10
 
 
-def workers_for(manifest: ExportManifest) -> int:
-    """Processes for importing or verifying ``manifest``: CHECKPOINT_ASSETS_WORKERS if set,
-    else the default for a multi-core machine once the export is big enough to gain."""
-    configured = configured_workers()
-    if configured is not None:
-        return configured
+def workers_for(manifest: ExportManifest, configured: int | None = None) -> int:
+    """Processes for importing or verifying ``manifest``: ``configured`` if set (the
+    caller's setting; None or 0: not set), else the default for a multi-core machine once
+    the export is big enough to gain."""
+    if configured:
+        return max(1, configured)
     return default_workers() if len(manifest.batches) >= PARALLEL_MIN_BATCHES else 1
-
-
-def configured_workers() -> int | None:
-    """CHECKPOINT_ASSETS_WORKERS (at least 1), or None when it is not set."""
-    value = os.environ.get(WORKERS_ENV)
-    if not value:
-        return None
-    try:
-        return max(1, int(value))
-    except ValueError:
-        raise MigrationError(f"{WORKERS_ENV}={value!r} is not a whole number.",
-                             "Set it to the number of worker processes (e.g. 2), or unset "
-                             "it for the default.") from None
 
 
 def default_workers() -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets.metadata import (
+from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
@@ -17,18 +17,19 @@ from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,
 )
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.errors import (
+    ConflictError,
+    FailureKind,
+    MigrationError,
+    failure_kind,
+)
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     read_manifest,
     require_same_source,
 )
-from checkpoint_assets.engine.loader import (
-    BatchLoadResult,
-    TransientLoadError,
-    load_batch,
-)
-from checkpoint_assets.engine.target import TABLES, Target, TargetUnreachableError
+from checkpoint_assets.engine.loader import BatchLoadResult, load_batch
+from checkpoint_assets.engine.target import TABLES, Target
 from checkpoint_assets.engine.verify import BatchComparison, compare_batch
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
@@ -56,8 +57,10 @@ from checkpoint_assets.resources import (
 )
 
 CONFLICT_MARKER = "conflicts with rows in"  # in the failure text of a conflicting batch
-# Failure metadata of a run whose batches did not all load: {partition key: why}.
+# Failure metadata of a run whose batches did not all load: {partition key: why}, and
+# {partition key: FailureKind value} (the runner reads the kinds, never the text).
 FAILED_BATCHES_METADATA = "failed_batches"
+FAILED_BATCH_KINDS_METADATA = "failed_batch_kinds"
 # A batch materialization's numbers (plotted by the UI across partitions).
 ROWS_INSERTED = "rows_inserted"
 ROWS_ALREADY_PRESENT = "rows_already_present"
@@ -78,7 +81,8 @@ class BatchProblem:
     key: str
     message: str
     error: BaseException
-    transient: bool = False  # Dagster retries the step for it
+    kind: FailureKind
+    retried: bool = False  # Dagster retries the step for it (transient, retries left)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,7 +142,7 @@ def imported_checkpoint_batches(
             problem = yield from _load_and_record(context, key, manifest, load_target, cipher)
             if problem is not None:
                 problems.append(problem)
-    if len(problems) < len(keys) or any(not p.transient for p in problems):
+    if len(problems) < len(keys) or any(not p.retried for p in problems):
         # A batch was loaded or failed for good: the last verification no longer describes
         # the target; its checks say so until the verification has run again.
         yield from verification_out_of_date(
@@ -185,7 +189,7 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: Expo
         yield _comparison_check(context.instance, key, comparison, load_target)
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
                    f"({load_target.display}).")
-        return BatchProblem(key, message, MigrationError(message))
+        return BatchProblem(key, message, MigrationError(message), FailureKind.MISMATCH)
     yield dg.AssetMaterialization(
         BATCHES_ASSET, partition=key,
         metadata=_load_metadata(result, manifest, load_target))
@@ -200,24 +204,26 @@ def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Ta
     dsn = load_target.dsn
     text = error_text(exc, dsn)
     instance = context.instance
+    kind = failure_kind(exc)
     if isinstance(exc, ConflictError):
         yield _failed_check(instance, key, load_target,
                             "conflict with rows already in the target", exc,
                             mismatches=exc.keys)
         return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
-                                 f"{text}", exc, metadata={"conflicting_keys": exc.keys[:50]})
-    if isinstance(exc, MigrationError) and _transient(exc):
+                                 f"{text}", exc, kind,
+                            metadata={"conflicting_keys": exc.keys[:50]})
+    if kind is FailureKind.TRANSIENT:
         if context.retry_number < BATCH_MAX_RETRIES:
             context.log.warning(f"Batch {key}: {text}; Dagster retries the step "
                                 f"({context.retry_number + 1}/{BATCH_MAX_RETRIES}).")
-            return BatchProblem(key, f"Batch {key} failed: {text}", exc, transient=True)
+            return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind, retried=True)
         yield _failed_check(instance, key, load_target, "database error after retries", exc)
-        return BatchProblem(key, f"Batch {key} failed: {text}", exc)
+        return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind)
     yield _failed_check(instance, key, load_target, type(exc).__name__, exc)
-    if isinstance(exc, MigrationError):  # bad input, or a database error the engine gave up on
-        return BatchProblem(key, f"Batch {key} failed: {text}", exc)
+    if kind is not FailureKind.UNEXPECTED:  # bad input, or a database error the engine gave up on
+        return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind)
     # A bug or an unexpected error: not retried either; the traceback helps to report it.
-    return BatchProblem(key, f"Batch {key} failed: {text}", exc,
+    return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind,
                         metadata={"traceback": scrubbed_traceback(dsn)})
 
 
@@ -230,7 +236,7 @@ def _raise_for(problems: list[BatchProblem], batches: int) -> None:
     else with every problem in the description and per batch in ``failed_batches``."""
     if not problems:
         return
-    retry = next((p for p in problems if p.transient), None)
+    retry = next((p for p in problems if p.retried), None)
     if retry is not None:
         raise retry.error  # the RetryPolicy retries the step; loaded batches are skipped
     failed = {p.key: p.message for p in problems}
@@ -239,17 +245,13 @@ def _raise_for(problems: list[BatchProblem], batches: int) -> None:
     else:
         description = (f"{len(problems)} of {batches} batches of this run failed:\n"
                        + "\n".join(failed.values()))
-    metadata: dict[str, Any] = {FAILED_BATCHES_METADATA: failed}
+    metadata: dict[str, Any] = {FAILED_BATCHES_METADATA: failed,
+                                FAILED_BATCH_KINDS_METADATA: {p.key: p.kind.value
+                                                              for p in problems}}
     for problem in problems:
         for name, value in problem.metadata.items():
             metadata.setdefault(name, value)
-    raise failure(description, metadata) from None
-
-
-def _transient(exc: MigrationError) -> bool:
-    """Worth retrying later: the engine gave up on a transient error, or the server could not
-    be reached at all."""
-    return isinstance(exc, (TransientLoadError, TargetUnreachableError))
+    raise failure(description, metadata, kind=problems[0].kind) from None
 
 
 def _load_metadata(result: BatchLoadResult, manifest: ExportManifest,

@@ -15,7 +15,12 @@ from typing import Any
 
 import dagster as dg
 
+from checkpoint_assets.engine.errors import FailureKind
 from checkpoint_assets.engine.target import scrub
+from checkpoint_assets.engine.verify import CheckSpec
+
+# The step failure's metadata entry naming its FailureKind (read by the runner).
+FAILURE_KIND_METADATA = "failure_kind"
 
 
 def plain(value: Any) -> Any:
@@ -69,6 +74,11 @@ def check_metadata(
     return metadata
 
 
+def severity(spec: CheckSpec) -> dg.AssetCheckSeverity:
+    """The severity of a failed result of the verification check ``spec``."""
+    return dg.AssetCheckSeverity.WARN if spec.warning else dg.AssetCheckSeverity.ERROR
+
+
 def error_text(exc: BaseException, dsn: str | None) -> str:
     """The exception's message with any password removed."""
     text = str(exc) or type(exc).__name__
@@ -82,12 +92,15 @@ def scrubbed_traceback(dsn: str | None) -> str:
 
 
 def failure(
-    description: str, metadata: Mapping[str, Any] | None = None
+    description: str, metadata: Mapping[str, Any] | None = None, *,
+    kind: FailureKind = FailureKind.BAD_INPUT,
 ) -> dg.Failure:
-    """A step failure that Dagster does not retry (the cause will not go away by itself)."""
+    """A step failure that Dagster does not retry (the cause will not go away by itself),
+    with its kind in the ``failure_kind`` metadata entry."""
+    entries = {**(metadata or {}), FAILURE_KIND_METADATA: kind.value}
     return dg.Failure(
         description=description,
-        metadata={key: typed(value) for key, value in (metadata or {}).items()},
+        metadata={key: typed(value) for key, value in entries.items()},
         allow_retries=False,
     )
 

@@ -1,0 +1,144 @@
+"""The project's settings: one typed object, read from the environment in one place.
+
+Every ``CHECKPOINT_ASSETS_*`` variable is named here once. The CLI (flags over these), the
+Dagster resources and the in-process runner all read :class:`Settings`; a bad value fails
+the same way wherever it is read (a :class:`SettingsError` naming the variable and its
+value). No Dagster import: the settings describe the migration, not its orchestration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
+
+SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
+EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
+TARGET_DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
+TARGET_SCHEMA_ENV = "CHECKPOINT_ASSETS_TARGET_SCHEMA"
+STAGING_SCHEMA_ENV = "CHECKPOINT_ASSETS_STAGING_SCHEMA"
+BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
+READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
+WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
+LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
+EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
+AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
+# Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
+DAGSTER_PG_ENV = {
+    "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",
+    "port": "CHECKPOINT_ASSETS_DAGSTER_PG_PORT",
+    "username": "CHECKPOINT_ASSETS_DAGSTER_PG_USER",
+    "password": "CHECKPOINT_ASSETS_DAGSTER_PG_PASSWORD",
+    "db_name": "CHECKPOINT_ASSETS_DAGSTER_PG_DB",
+}
+DAGSTER_PG_HOST_ENV = DAGSTER_PG_ENV["hostname"]
+READBACK_ALL = "all"  # CHECKPOINT_ASSETS_READBACK_THREADS=all reads back every thread
+ENV_FILE = ".env"  # read from the working directory, like dagster dev
+
+
+class SettingsError(MigrationError):
+    """A setting's value cannot be used (e.g. a number that is not a whole number)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a migration is pointed at and how it runs. None: not set (the default applies).
+
+    ``readback_threads`` None reads back every thread; ``workers`` None lets the command
+    choose (see engine.workers). The DSN is kept out of ``repr`` (it may hold a password).
+    Change fields with ``dataclasses.replace`` (the CLI's flags over the environment).
+    """
+
+    source: str | None = None
+    export: str | None = None
+    target_dsn: str | None = field(default=None, repr=False)
+    target_schema: str | None = None
+    staging_schema: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    workers: int | None = None
+    log_level: str = "INFO"
+    embedded_pg: str | None = None
+    dagster_pg_host: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment (default ``os.environ``) gives; unset or empty
+        variables leave the default. Raises SettingsError for a value that is not usable."""
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            return env.get(name) or None
+
+        return cls(
+            source=text(SOURCE_ENV),
+            export=text(EXPORT_ENV),
+            target_dsn=text(TARGET_DSN_ENV),
+            target_schema=text(TARGET_SCHEMA_ENV),
+            staging_schema=text(STAGING_SCHEMA_ENV),
+            batch_size=whole_number(BATCH_SIZE_ENV, text(BATCH_SIZE_ENV), DEFAULT_BATCH_SIZE,
+                                    "the number of checkpoints per batch (e.g. 1000)"),
+            readback_threads=_readback(text(READBACK_THREADS_ENV)),
+            workers=_workers(text(WORKERS_ENV)),
+            log_level=(text(LOG_LEVEL_ENV) or "INFO").upper(),
+            embedded_pg=text(EMBEDDED_PG_ENV),
+            dagster_pg_host=text(DAGSTER_PG_HOST_ENV),
+        )
+
+    @property
+    def staging(self) -> bool:
+        """True in staging mode (a staging schema is set)."""
+        return bool(self.staging_schema)
+
+
+def whole_number(name: str, value: str | None, default: int, what: str) -> int:
+    """``value`` of variable ``name`` as an int (``default`` when unset)."""
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a whole number.",
+                            f"Set it to {what}, or unset it for the default (environment "
+                            f"or {ENV_FILE}).") from None
+
+
+def _readback(value: str | None) -> int | None:
+    """CHECKPOINT_ASSETS_READBACK_THREADS: a number of threads (0 or less: all), or ``all``."""
+    if value is not None and value.strip().lower() == READBACK_ALL:
+        return None
+    threads = whole_number(READBACK_THREADS_ENV, value, DEFAULT_READBACK_SAMPLE,
+                           f"a number of threads or '{READBACK_ALL}'")
+    return threads if threads > 0 else None
+
+
+def _workers(value: str | None) -> int | None:
+    """CHECKPOINT_ASSETS_WORKERS (at least 1), or None when it is not set."""
+    if value is None:
+        return None
+    return max(1, whole_number(WORKERS_ENV, value, 1,
+                               "the number of worker processes (e.g. 2)"))
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """The NAME=value settings of an env file (``.env`` syntax; comments ignored)."""
+    return {name: value for name, value in dotenv_values(path).items() if value is not None}
+
+
+def load_env_file(path: str | Path = ENV_FILE) -> None:
+    """Add an env file's settings to the environment, if the file exists (``.env`` in the
+    working directory by default, as ``dagster dev`` reads it).
+
+    Variables already set win, so a one-off ``VAR=... checkpoint-assets`` overrides the
+    file. Keep the file owner-only if it holds the target DSN's password.
+    """
+    if Path(path).is_file():
+        for name, value in read_env_file(path).items():
+            os.environ.setdefault(name, value)
