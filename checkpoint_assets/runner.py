@@ -25,6 +25,7 @@ import dagster as dg
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    USER_TAG,
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
@@ -184,7 +185,9 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
     started, started_at = time.perf_counter(), time.time() - CLOCK_MARGIN_SECONDS
     result = MigrationResult(migration_id=uuid.uuid4().hex[:12],
                              command="migrate" if export_first else "backfill")
-    tags = {FRONT_END_TAG: front_end, MIGRATION_ID_TAG: result.migration_id}
+    # Dagster's "user" tag: the UI shows who launched a run ("Manually launched" without).
+    tags = {FRONT_END_TAG: front_end, MIGRATION_ID_TAG: result.migration_id,
+            USER_TAG: f"checkpoint-assets {result.command}"}
     defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
     with _dsn_in_environment(settings.target_dsn), _instance(instance) as inst:

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+from dagster._core.storage.tags import USER_TAG
 from psycopg.conninfo import conninfo_to_dict
 
 from checkpoint_assets.partitions import (
@@ -56,6 +57,8 @@ def _migrate_and_reopen(project: Path, target_dsn: str) -> list[dict]:
         rows = latest_check_evaluations(reopened)
         runs = reopened.get_run_records()
         assert {r.dagster_run.tags.get(FRONT_END_TAG) for r in runs} == {"cli"}
+        # Dagster's "user" tag: the UI says who launched them, not "Manually launched".
+        assert {r.dagster_run.tags.get(USER_TAG) for r in runs} == {"checkpoint-assets migrate"}
         assert {r.run_id for r in rows} <= {r.dagster_run.run_id for r in runs}
     assert len(rows) == len(declared_check_keys())
     assert all(r.passed for r in rows), rows
