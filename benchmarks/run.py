@@ -415,7 +415,7 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
                 "CHECKPOINT_ASSETS_TARGET_DSN": dsn})
     script = Path(sys.executable).with_name("checkpoint-assets")
     command = [str(script), "migrate", "--source", source, "--export",
-               str(work / "export.jsonl"), "--report", str(report)]
+               str(work / "run.export"), "--report", str(report)]
     log = work / "migrate.log"
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -492,7 +492,7 @@ def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
     work = Path(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
     env.update({"DAGSTER_HOME": str(work / "dagster_home"), SOURCE_ENV: source,
-                EXPORT_ENV: str(work / "export.jsonl")})
+                EXPORT_ENV: str(work / "run.export")})
     script = Path(sys.executable).with_name("checkpoint-assets")
     checks = []
     for _ in range(UI_REPEATS):
@@ -722,7 +722,7 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
     info = corpus_info(corpus)
     total = info["checkpoints"]
     work = Path(tempfile.mkdtemp(prefix=f"size-{size}-", dir=work_root))
-    export = str(work / "export.jsonl")
+    export = str(work / "run.export")
     source = str(corpus)
     results: dict[str, dict[str, Any]] = {}
 

@@ -68,7 +68,7 @@ class ExportFileResource(dg.ConfigurableResource):
     path: str | None = Field(
         default=None,
         description=f"Export file path (env {EXPORT_ENV}); default "
-                    "<project>/.checkpoint_assets/exports/<source name>.export.jsonl.")
+                    "<project>/.checkpoint_assets/exports/<source name>.export.")
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE,
         description=f"Checkpoints per batch (env {BATCH_SIZE_ENV}); whole threads per batch, "
