@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
+from psycopg.types.json import set_json_loads
 
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
@@ -88,6 +92,54 @@ def canonical_json(value: Any) -> str:
     return jsontext.dumps(value, sort_keys=True)
 
 
+# In canonical JSON text, what may hold a value JSONB cannot keep as it is: a NUL, NaN or
+# infinity, or any float (a number token with a fraction or an exponent; -0.0 and 1e20-style
+# floats change). A match inside a string is only a false alarm: the exact walk runs.
+_MAY_CHANGE = re.compile(r"\\u0000|NaN|Infinity|(?:^|[:,\[])-?\d+(?:\.\d+)?[eE.]")
+
+
+def stored_metadata_json(metadata: Any) -> tuple[str, list]:
+    """(canonical JSON of the metadata as JSONB stores it, the changes that needs).
+
+    The same as ``canonical_json`` of :func:`jsonb_metadata`'s value, without walking the
+    value in Python when its canonical text shows nothing JSONB would change (no NUL, no
+    NaN/infinity, no float, valid UTF-8): then the value is stored as it is.
+    """
+    text = canonical_json(metadata)
+    if not _MAY_CHANGE.search(text) and (text.isascii() or _valid_utf8(text)):
+        return text, []
+    stored, changes = jsonb_metadata(metadata)
+    return canonical_json(stored), changes
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Integers of 19 digits or more may exceed 64 bits: orjson reads those as floats.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def load_jsonb(data: bytes | bytearray | memoryview) -> Any:
+    """A JSONB value's text as ``json.loads`` reads it, by orjson where that reads it the
+    same (orjson refuses infinities and lone surrogates, and long integers go to json)."""
+    if not _LONG_NUMBER.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(bytes(data))
+
+
+def read_jsonb_fast(context: Any) -> None:
+    """Make a psycopg cursor (or connection) parse JSONB with :func:`load_jsonb`."""
+    set_json_loads(load_jsonb, context)
+
+
 def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
                 decoded: Mapping[str, list[DecodedCheckpoint]] | None = None) -> BatchView:
     """The view of source rows, as PostgreSQL should give them back.
@@ -107,21 +159,21 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
             versions = decoded_row.header.get("channel_versions") or {}
             channel_bytes = {}
             for channel, value in decoded_row.values.items():
-                plain = pack_opaque(value)
+                plain = decoded_row.packed(channel)
                 if decoded_row.cipher_name or not primitive_survives_jsonb(value):
                     key = (row.checkpoint_ns, channel, str(versions.get(channel)))
                     plain = first_blob.setdefault(key, plain)
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
             latest[row.checkpoint_ns] = (row, decoded_row.values)
-            stored_metadata, changes = jsonb_metadata(checkpoint_metadata(row))
+            metadata_text, changes = stored_metadata_json(checkpoint_metadata(row))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
                  "checkpoint_id": row.checkpoint_id, "path": c.path, "reason": c.reason,
                  "original": c.original, "stored": c.stored} for c in changes)
             view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
                 CheckpointView(row.parent_checkpoint_id, canonical_json(decoded_row.header),
-                               channels, canonical_json(stored_metadata))
+                               channels, metadata_text)
         view.blob_rows += len(first_blob)
         for row, values in latest.values():
             view.resume_hazards.extend(resume_hazards(row, values))

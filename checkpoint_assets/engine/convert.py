@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import ormsgpack
 
 from checkpoint_assets.engine import jsontext
@@ -51,6 +52,15 @@ class DecodedCheckpoint:
     family: str
     cipher_name: str | None
     pending_sends: Any = None
+    _packed: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def packed(self, channel: str) -> bytes:
+        """The channel's value as canonical msgpack bytes, encoded once and shared by the
+        converter (blob rows) and the expected view of the batch check."""
+        data = self._packed.get(channel)
+        if data is None:
+            data = self._packed[channel] = pack_opaque(self.values[channel])
+        return data
 
 
 @dataclass
@@ -169,9 +179,11 @@ def header_survives_jsonb(header: dict[str, Any]) -> bool:
 
 
 def channel_blob(
-    value: Any, family: str, cipher_name: str | None, cipher: Cipher | None
+    value: Any, family: str, cipher_name: str | None, cipher: Cipher | None,
+    packed: bytes | None = None,
 ) -> tuple[str, bytes]:
-    """The (type, bytes) of the ``checkpoint_blobs`` row holding one channel value."""
+    """The (type, bytes) of the ``checkpoint_blobs`` row holding one channel value
+    (``packed``, if given, is ``pack_opaque(value)``, already computed)."""
     if family == "json":
         base, payload = "json", json.dumps(value, ensure_ascii=False).encode("utf-8")
     elif value is None:
@@ -179,7 +191,7 @@ def channel_blob(
     elif isinstance(value, bytes):
         base, payload = "bytes", value
     else:
-        base, payload = "msgpack", pack_opaque(value)
+        base, payload = "msgpack", packed if packed is not None else pack_opaque(value)
     if cipher_name is None:
         return base, payload
     assert cipher is not None
@@ -219,7 +231,8 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             version = str(versions[channel])
             if is_delta_snapshot(value):
                 inline[channel] = True
-            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name, cipher)
+            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name,
+                                             cipher, decoded_row.packed(channel))
             key = (row.checkpoint_ns, channel, version)
             seen = blob_owner.get(key)
             if seen is not None:
@@ -236,6 +249,8 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
         metadata_text = jsonb_ready_text(row.metadata)
+        if metadata_text is not None and not _is_json(metadata_text):
+            metadata_text = None  # checkpoint_metadata names the row if json rejects it too
         if metadata_text is None:
             metadata, changes = jsonb_metadata(checkpoint_metadata(row))
             out.metadata_changes.extend(
@@ -247,6 +262,15 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
                                 JsonText(metadata_text)))
     out.writes = [convert_write(w, cipher) for w in thread.writes]
     return out
+
+
+def _is_json(text: str) -> bool:
+    """True when orjson parses ``text`` (what it accepts, ``json`` accepts too)."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class JsonText(str):

@@ -28,7 +28,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
+from checkpoint_assets.engine.content_view import (
+    BatchView,
+    read_jsonb_fast,
+    source_view,
+    target_view,
+)
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
@@ -161,7 +166,9 @@ def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, l
     out = []
     for table, text in q.items():
         query = sql.SQL(text).format(sql.Identifier(table))
-        out.append(target_conn.execute(query, (list(threads),)).fetchall())
+        cursor = target_conn.cursor()
+        read_jsonb_fast(cursor)
+        out.append(cursor.execute(query, (list(threads),)).fetchall())
     return out[0], out[1], out[2]
 
 
@@ -185,6 +192,25 @@ _EXPECTED_IN_PROCESS: OrderedDict[tuple[str, bool], ExpectedBatch] = OrderedDict
 _EXPECTED_KEPT = 64
 
 
+# The batches the loader of this process read and decoded last (digest-verified threads and
+# their decode_thread results), by the same key: the batch check that follows a load builds
+# its expected view from them instead of reading the batch again, and an import that runs
+# no check never builds the view. Two at most: a run checks each batch right after its load.
+_LOADED_IN_PROCESS: OrderedDict[tuple[str, bool], tuple[list[ThreadRows], Mapping[str, list]]] \
+    = OrderedDict()
+_LOADED_KEPT = 2
+
+
+def remember_loaded_batch(manifest: ExportManifest, key: str, cipher: Cipher | None,
+                          threads: Sequence[ThreadRows], decoded: Mapping[str, list]) -> None:
+    """Keep a batch the loader read (as :func:`read_batch` yielded it) and decoded, for the
+    :func:`expected_batch` of its check in this process."""
+    _LOADED_IN_PROCESS[(manifest.batch(key).sha256, cipher is not None)] = (list(threads),
+                                                                            decoded)
+    while len(_LOADED_IN_PROCESS) > _LOADED_KEPT:
+        _LOADED_IN_PROCESS.popitem(last=False)
+
+
 def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
                    threads: Sequence[ThreadRows] | None = None,
                    decoded: Mapping[str, list] | None = None) -> ExpectedBatch:
@@ -200,7 +226,9 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
     known = _EXPECTED_IN_PROCESS.get(memo_key)
     if known is not None:
         return known
-    if threads is None:  # a loader that already read the batch passes its threads
+    if threads is None and memo_key in _LOADED_IN_PROCESS:  # this process just loaded it
+        threads, decoded = _LOADED_IN_PROCESS.pop(memo_key)
+    if threads is None:
         threads = list(read_batch(manifest, key))
     view = source_view(threads, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
