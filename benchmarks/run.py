@@ -93,7 +93,9 @@ NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
 # The issue's targets.
 IMPORT_MAX_X_CEILING = 3.0
 MIGRATE_MAX_X_CEILING = 8.0
-MIGRATE_MIN_X_FASTER_THAN_API = 20.0
+# Issue 12, goal 1: migrate (export, load, checks, verification) >= 5x faster than the
+# official per-checkpoint loop (which only loads), import >= 20x.
+MIN_X_FASTER_THAN_API = {"migrate": 5.0, "import": 20.0}
 MAX_RSS_MB = 1024.0
 MAX_RSS_GROWTH = 0.20          # between the two largest sizes (50K -> 100K)
 DAGSTER_MAX_X_IN_PROCESS = 3.0
@@ -852,12 +854,9 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio <= MIGRATE_MAX_X_CEILING)
         for name, result in (("migrate", mig), ("import", imp)):
             if result and api:
-                # The issue does not say which step; import is like for like (the API loop
-                # only loads), migrate also exports and verifies.
-                speedup = api["seconds"] / result["seconds"]
-                add(f"{name} >= 20x faster than the API loop", size, speedup,
-                    f">= {MIGRATE_MIN_X_FASTER_THAN_API}",
-                    speedup >= MIGRATE_MIN_X_FASTER_THAN_API,
+                speedup, least = api["seconds"] / result["seconds"], MIN_X_FASTER_THAN_API[name]
+                add(f"{name} >= {least:.0f}x faster than the API loop", size, speedup,
+                    f">= {least}", speedup >= least,
                     "API loop extrapolated from a prefix" if api.get("extrapolated") else "")
         for name, result in (("import", imp), ("migrate", mig)):
             if result:

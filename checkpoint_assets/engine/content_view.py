@@ -25,6 +25,7 @@ from checkpoint_assets.engine.codec import (
     pack_opaque,
     primitive_survives_jsonb,
     unpack_opaque,
+    valid_utf8,
 )
 from checkpoint_assets.engine.convert import (
     DecodedCheckpoint,
@@ -60,11 +61,6 @@ class CheckpointView:
                 parts.append(f"channel {channel}")
         return parts
 
-    def digest_input(self) -> bytes:
-        """Canonical bytes of the whole view, for digests."""
-        return pack_opaque([self.parent, self.header, [list(c) for c in self.channels],
-                            self.metadata])
-
 
 @dataclass
 class BatchView:
@@ -77,14 +73,13 @@ class BatchView:
     resume_hazards: list[dict] = field(default_factory=list)
 
     def digest(self) -> str:
-        """One digest over all checkpoints and writes, in key order."""
-        h = hashlib.sha256()
-        for key in sorted(self.checkpoints):
-            h.update(pack_opaque(list(key)))
-            h.update(self.checkpoints[key].digest_input())
-        for key in sorted(self.writes):
-            h.update(pack_opaque([*key, *self.writes[key]]))
-        return h.hexdigest()
+        """One digest over all checkpoints and writes, in key order: the SHA-256 of one
+        msgpack document ``[[[*key, parent, header, channels, metadata], ...],
+        [[*key, *write], ...]]``, encoded in one call."""
+        checkpoints = [(*key, view.parent, view.header, view.channels, view.metadata)
+                       for key, view in sorted(self.checkpoints.items())]
+        writes = [(*key, *write) for key, write in sorted(self.writes.items())]
+        return hashlib.sha256(pack_opaque([checkpoints, writes])).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
@@ -106,22 +101,15 @@ def stored_metadata_json(metadata: Any) -> tuple[str, list]:
     NaN/infinity, no float, valid UTF-8): then the value is stored as it is.
     """
     text = canonical_json(metadata)
-    if not _MAY_CHANGE.search(text) and (text.isascii() or _valid_utf8(text)):
+    if not _MAY_CHANGE.search(text) and valid_utf8(text):
         return text, []
     stored, changes = jsonb_metadata(metadata)
     return canonical_json(stored), changes
 
 
-def _valid_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-# Integers of 19 digits or more may exceed 64 bits: orjson reads those as floats.
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# A number of 19 digits or more (an integer may exceed 64 bits: orjson reads those as
+# floats); digits inside strings (LangGraph's zero-padded versions) do not count.
+_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?\d{19}")
 
 
 def load_jsonb(data: bytes | bytearray | memoryview) -> Any:
