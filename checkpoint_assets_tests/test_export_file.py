@@ -25,6 +25,7 @@ from checkpoint_assets.engine.export_file import (
     iter_records,
     read_batch,
     read_manifest,
+    thread_digests,
     verify_export,
     write_export,
 )
@@ -247,10 +248,13 @@ def test_thread_digests_are_the_canonical_digests_of_the_source_rows(
     try:
         for row in [*source.checkpoints(), *source.writes()]:
             from_source.setdefault(row.thread_id, ThreadDigest()).add(row)
+        # the way source_matches_export computes them: one msgpack call per thread and table
+        by_thread = dict(thread_digests(source.checkpoints(), source.writes()))
     finally:
         source.close()
     in_file = {thread: sha for thread, sha, _, _ in export_thread_digests(manifest)}
     assert in_file == {thread: d.hexdigest() for thread, d in from_source.items()}
+    assert by_thread == in_file
 
 
 def test_the_header_says_where_the_export_came_from(sample_db: Path, tmp_path: Path) -> None:

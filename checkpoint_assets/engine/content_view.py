@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from psycopg.types.json import set_json_loads
 
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
@@ -105,27 +103,6 @@ def stored_metadata_json(metadata: Any) -> tuple[str, list]:
         return text, []
     stored, changes = jsonb_metadata(metadata)
     return canonical_json(stored), changes
-
-
-# A number of 19 digits or more (an integer may exceed 64 bits: orjson reads those as
-# floats); digits inside strings (LangGraph's zero-padded versions) do not count.
-_LONG_NUMBER = re.compile(rb"(?:^|[:,\[])\s*-?\d{19}")
-
-
-def load_jsonb(data: bytes | bytearray | memoryview) -> Any:
-    """A JSONB value's text as ``json.loads`` reads it, by orjson where that reads it the
-    same (orjson refuses infinities and lone surrogates, and long integers go to json)."""
-    if not _LONG_NUMBER.search(data):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(bytes(data))
-
-
-def read_jsonb_fast(context: Any) -> None:
-    """Make a psycopg cursor (or connection) parse JSONB with :func:`load_jsonb`."""
-    set_json_loads(load_jsonb, context)
 
 
 def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,

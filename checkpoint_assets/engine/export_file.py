@@ -329,6 +329,24 @@ def _footer_digest(footer: dict[str, Any]) -> str:
     return hashlib.sha256(ormsgpack.packb(body, option=ormsgpack.OPT_SORT_KEYS)).hexdigest()
 
 
+def thread_digests(checkpoints: Iterator[CheckpointRow],
+                   writes: Iterator[WriteRow]) -> Iterator[tuple[str, str]]:
+    """(thread_id, thread digest) for every thread of rows given in key order, computed as
+    the export computes them (one msgpack call per thread and table, not one per row)."""
+    pending_checkpoints, pending_writes = _Peekable(checkpoints), _Peekable(writes)
+    while True:
+        heads = [row.thread_id for row in (pending_checkpoints.peek(), pending_writes.peek())
+                 if row is not None]
+        if not heads:
+            return
+        thread = min(heads)
+        rows = [[["c", *row] for row in
+                 pending_checkpoints.take_while(lambda r: r.thread_id == thread)],
+                [["w", *row] for row in
+                 pending_writes.take_while(lambda r: r.thread_id == thread)]]
+        yield thread, _rows_digest(pack(rows[0]), pack(rows[1])).hexdigest()
+
+
 class _Peekable:
     """An iterator whose next item can be looked at without consuming it."""
 
@@ -337,6 +355,10 @@ class _Peekable:
     def __init__(self, iterator: Iterator[Any]) -> None:
         self._iterator = iterator
         self._next = next(iterator, self._END)
+
+    def peek(self) -> Any:
+        """The next item, left in place; None at the end."""
+        return None if self._next is self._END else self._next
 
     def take_while(self, predicate: Any) -> Iterator[Any]:
         while self._next is not self._END and predicate(self._next):

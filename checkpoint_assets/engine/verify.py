@@ -28,19 +28,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from checkpoint_assets.engine.content_view import (
-    BatchView,
-    read_jsonb_fast,
-    source_view,
-    target_view,
-)
+from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    ThreadDigest,
     export_thread_digests,
     read_batch,
+    thread_digests,
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
@@ -166,9 +161,7 @@ def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, l
     out = []
     for table, text in q.items():
         query = sql.SQL(text).format(sql.Identifier(table))
-        cursor = target_conn.cursor()
-        read_jsonb_fast(cursor)
-        out.append(cursor.execute(query, (list(threads),)).fetchall())
+        out.append(target_conn.execute(query, (list(threads),)).fetchall())
     return out[0], out[1], out[2]
 
 
@@ -315,22 +308,10 @@ def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str,
     Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
     """
     exported = {tid: sha for tid, sha, _, _ in export_thread_digests(manifest)}
-    current: dict[str, str] = {}
     source = open_source(source_path)
     try:
         with source.snapshot():
-            digest: ThreadDigest | None = None
-            thread: str | None = None
-            rows = _merge_by_thread(source.checkpoints(), source.writes())
-            for thread_id, row in rows:
-                if thread_id != thread:
-                    if thread is not None and digest is not None:
-                        current[thread] = digest.hexdigest()
-                    thread, digest = thread_id, ThreadDigest()
-                assert digest is not None
-                digest.add(row)
-            if thread is not None and digest is not None:
-                current[thread] = digest.hexdigest()
+            current = dict(thread_digests(source.checkpoints(), source.writes()))
     finally:
         source.close()
     return {
@@ -338,25 +319,6 @@ def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str,
         "added": sorted(t for t in current if t not in exported),
         "removed": sorted(t for t in exported if t not in current),
     }
-
-
-def _merge_by_thread(checkpoints: Any, writes: Any) -> Any:
-    """Rows grouped by thread: a thread's checkpoints, then its writes (export order)."""
-    pending_write = next(writes, None)
-    pending_cp = next(checkpoints, None)
-    while pending_cp is not None or pending_write is not None:
-        if pending_cp is not None and (pending_write is None
-                                       or pending_cp.thread_id <= pending_write.thread_id):
-            thread = pending_cp.thread_id
-        else:
-            assert pending_write is not None
-            thread = pending_write.thread_id
-        while pending_cp is not None and pending_cp.thread_id == thread:
-            yield thread, pending_cp
-            pending_cp = next(checkpoints, None)
-        while pending_write is not None and pending_write.thread_id == thread:
-            yield thread, pending_write
-            pending_write = next(writes, None)
 
 
 def target_table_counts(target: Target) -> dict[str, int]:
