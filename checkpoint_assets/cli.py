@@ -573,7 +573,8 @@ def cmd_show_export(args: argparse.Namespace, dsn: str) -> int:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
     except BrokenPipeError:  # `| head` closed the pipe: that is not an error
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        # Python flushes stdout again at exit; let that go nowhere instead of failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 

@@ -63,7 +63,7 @@ class SqliteSourceResource(dg.ConfigurableResource):
 
 
 class ExportFileResource(dg.ConfigurableResource):
-    """Where the export file (JSON Lines, owner-only) is written, and how it is batched."""
+    """Where the export file (owner-only) is written, and how it is batched."""
 
     path: str | None = Field(
         default=None,

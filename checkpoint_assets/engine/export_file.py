@@ -1,9 +1,9 @@
 """The export file: a versioned, streamable, self-verifying snapshot of SqliteSaver rows.
 
-Format version 2: length-prefixed binary frames of msgpack (``docs``: README, "The export
-file")::
+Format version 2 (documented in README, "The export file"): length-prefixed frames of
+msgpack::
 
-    MAGIC                                   the 29-byte signature below
+    MAGIC                                   the 29-byte signature
     H {header}                              format, version, source, previous export
     B {key}                                 <- a batch starts
     T {thread_id, checkpoints, writes, sha256}   <- a thread: its summary,
