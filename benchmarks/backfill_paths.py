@@ -76,7 +76,7 @@ def export_in_process() -> int:
 def in_process(admin: str, work: Path, source: Path, batch_size: int) -> dict[str, Any]:
     """Every partition in in-process runs (what `checkpoint-assets backfill` does)."""
     with fresh_database(admin) as dsn:
-        set_env(fresh_home(work / "home-inprocess"), dsn, source, work / "export.jsonl",
+        set_env(fresh_home(work / "home-inprocess"), dsn, source, work / "run.export",
                 batch_size)
         export_in_process()
         started = time.perf_counter()
@@ -95,7 +95,7 @@ def through_dagster_dev(admin: str, work: Path, source: Path, batch_size: int) -
     """Every partition as a UI backfill: the daemon launches one run process per range of
     partitions (the batch asset's backfill policy)."""
     with fresh_database(admin) as dsn:
-        set_env(fresh_home(work / "home-dev"), dsn, source, work / "export.jsonl", batch_size)
+        set_env(fresh_home(work / "home-dev"), dsn, source, work / "run.export", batch_size)
         partitions = export_in_process()
         dev = DagsterDev(work, dict(os.environ), work / "dev.log")
         try:

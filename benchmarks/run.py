@@ -93,7 +93,9 @@ NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
 # The issue's targets.
 IMPORT_MAX_X_CEILING = 3.0
 MIGRATE_MAX_X_CEILING = 8.0
-MIGRATE_MIN_X_FASTER_THAN_API = 20.0
+# Issue 12, goal 1: migrate (export, load, checks, verification) >= 5x faster than the
+# official per-checkpoint loop (which only loads), import >= 20x.
+MIN_X_FASTER_THAN_API = {"migrate": 5.0, "import": 20.0}
 MAX_RSS_MB = 1024.0
 MAX_RSS_GROWTH = 0.20          # between the two largest sizes (50K -> 100K)
 DAGSTER_MAX_X_IN_PROCESS = 3.0
@@ -415,7 +417,7 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
                 "CHECKPOINT_ASSETS_TARGET_DSN": dsn})
     script = Path(sys.executable).with_name("checkpoint-assets")
     command = [str(script), "migrate", "--source", source, "--export",
-               str(work / "export.jsonl"), "--report", str(report)]
+               str(work / "run.export"), "--report", str(report)]
     log = work / "migrate.log"
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -492,7 +494,7 @@ def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
     work = Path(workdir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
     env.update({"DAGSTER_HOME": str(work / "dagster_home"), SOURCE_ENV: source,
-                EXPORT_ENV: str(work / "export.jsonl")})
+                EXPORT_ENV: str(work / "run.export")})
     script = Path(sys.executable).with_name("checkpoint-assets")
     checks = []
     for _ in range(UI_REPEATS):
@@ -722,7 +724,7 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
     info = corpus_info(corpus)
     total = info["checkpoints"]
     work = Path(tempfile.mkdtemp(prefix=f"size-{size}-", dir=work_root))
-    export = str(work / "export.jsonl")
+    export = str(work / "run.export")
     source = str(corpus)
     results: dict[str, dict[str, Any]] = {}
 
@@ -852,12 +854,9 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio <= MIGRATE_MAX_X_CEILING)
         for name, result in (("migrate", mig), ("import", imp)):
             if result and api:
-                # The issue does not say which step; import is like for like (the API loop
-                # only loads), migrate also exports and verifies.
-                speedup = api["seconds"] / result["seconds"]
-                add(f"{name} >= 20x faster than the API loop", size, speedup,
-                    f">= {MIGRATE_MIN_X_FASTER_THAN_API}",
-                    speedup >= MIGRATE_MIN_X_FASTER_THAN_API,
+                speedup, least = api["seconds"] / result["seconds"], MIN_X_FASTER_THAN_API[name]
+                add(f"{name} >= {least:.0f}x faster than the API loop", size, speedup,
+                    f">= {least}", speedup >= least,
                     "API loop extrapolated from a prefix" if api.get("extrapolated") else "")
         for name, result in (("import", imp), ("migrate", mig)):
             if result:

@@ -26,6 +26,7 @@ from checkpoint_assets.engine.evidence import (
 )
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
+    iter_records,
     require_same_source,
     verify_export,
     write_export,
@@ -124,7 +125,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     def add_export(p: argparse.ArgumentParser) -> None:
         p.add_argument("--export", default=settings.export,
                        help=f"export file path (env {EXPORT_ENV}; default "
-                            ".checkpoint_assets/exports/<source file name>.export.jsonl in "
+                            ".checkpoint_assets/exports/<source file name>.export in "
                             "the project, the same file migrate and the Dagster assets use)")
 
     def add_target(p: argparse.ArgumentParser) -> None:
@@ -218,6 +219,13 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help="stop the embedded PostgreSQL of the quick start (and of ui)")
     p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
                    help="where the quick start keeps its server (postgres/)")
+
+    p = sub.add_parser("show-export",
+                       help="print an export file as JSON lines for people (blobs base64), "
+                            "after checking its digests")
+    p.add_argument("file", type=Path, help="the export file")
+    p.add_argument("--batch", metavar="KEY",
+                   help="print only this batch (e.g. batch-00001), checking its own digest")
     return parser
 
 
@@ -563,6 +571,19 @@ def cmd_stop_postgres(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_show_export(args: argparse.Namespace, dsn: str) -> int:
+    """show-export: every record of an export (or one batch) as one JSON object a line."""
+    out = sys.stdout
+    try:
+        for record in iter_records(args.file, args.batch):
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: that is not an error
+        # Python flushes stdout again at exit; let that go nowhere instead of failing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
 def write_env_file(path: Path, settings: dict[str, str]) -> None:
     """Write NAME=value lines, owner-only (a DSN may carry a password)."""
     write_private_text(path, "".join(f"{name}={value}\n" for name, value in settings.items()))
@@ -584,7 +605,8 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
             "migrate": cmd_migrate, "backfill": cmd_backfill, "checks": cmd_checks,
-            "quickstart": cmd_quickstart, "ui": cmd_ui, "stop-postgres": cmd_stop_postgres}
+            "quickstart": cmd_quickstart, "ui": cmd_ui, "stop-postgres": cmd_stop_postgres,
+            "show-export": cmd_show_export}
 
 
 if __name__ == "__main__":

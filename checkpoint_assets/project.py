@@ -46,7 +46,7 @@ def project_root(start: Path | None = None) -> Path:
 def default_export_path(source_path: str | Path, root: Path | None = None) -> Path:
     """Where the export of ``source_path`` goes when no export path is configured."""
     stem = Path(source_path).name
-    return project_root(root) / WORKDIR_NAME / "exports" / f"{stem}.export.jsonl"
+    return project_root(root) / WORKDIR_NAME / "exports" / f"{stem}.export"
 
 
 def instance_yaml_for_environment() -> Path:

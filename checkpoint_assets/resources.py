@@ -64,12 +64,12 @@ class SqliteSourceResource(dg.ConfigurableResource):
 
 
 class ExportFileResource(dg.ConfigurableResource):
-    """Where the export file (JSON Lines, owner-only) is written, and how it is batched."""
+    """Where the export file (owner-only) is written, and how it is batched."""
 
     path: str | None = Field(
         default=None,
         description=f"Export file path (env {EXPORT_ENV}); default "
-                    "<project>/.checkpoint_assets/exports/<source name>.export.jsonl.")
+                    "<project>/.checkpoint_assets/exports/<source name>.export.")
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE,
         description=f"Checkpoints per batch (env {BATCH_SIZE_ENV}); whole threads per batch, "

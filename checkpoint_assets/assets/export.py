@@ -55,7 +55,7 @@ def checkpoint_export(
     source: SqliteSourceResource,
     export_file: ExportFileResource,
 ) -> Iterator[Any]:
-    """A snapshot of the SqliteSaver database as an export file (JSON Lines, owner-only).
+    """A snapshot of the SqliteSaver database as an export file (msgpack frames, owner-only).
 
     Reads the source read-only in one consistent snapshot, groups whole threads into
     batches of about ``batch_size`` checkpoints, and writes every row with per-thread,

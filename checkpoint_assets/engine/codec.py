@@ -83,7 +83,7 @@ def primitive_survives_jsonb(value: Any) -> bool:
     """
     kind = type(value)
     if kind is str:
-        return "\x00" not in value and _valid_utf8(value)
+        return "\x00" not in value and valid_utf8(value)
     if value is None or kind is bool or kind is int:
         return True
     if kind is float:
@@ -91,7 +91,8 @@ def primitive_survives_jsonb(value: Any) -> bool:
     return False
 
 
-def _valid_utf8(text: str) -> bool:
+def valid_utf8(text: str) -> bool:
+    """True when ``text`` encodes to UTF-8 (no unpaired surrogate, e.g. from ``"\\ud800"``)."""
     if text.isascii():
         return True
     try:

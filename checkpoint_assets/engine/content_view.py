@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
 
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
     pack_opaque,
     primitive_survives_jsonb,
     unpack_opaque,
+    valid_utf8,
 )
 from checkpoint_assets.engine.convert import (
     DecodedCheckpoint,
@@ -56,11 +59,6 @@ class CheckpointView:
                 parts.append(f"channel {channel}")
         return parts
 
-    def digest_input(self) -> bytes:
-        """Canonical bytes of the whole view, for digests."""
-        return pack_opaque([self.parent, self.header, [list(c) for c in self.channels],
-                            self.metadata])
-
 
 @dataclass
 class BatchView:
@@ -73,19 +71,38 @@ class BatchView:
     resume_hazards: list[dict] = field(default_factory=list)
 
     def digest(self) -> str:
-        """One digest over all checkpoints and writes, in key order."""
-        h = hashlib.sha256()
-        for key in sorted(self.checkpoints):
-            h.update(pack_opaque(list(key)))
-            h.update(self.checkpoints[key].digest_input())
-        for key in sorted(self.writes):
-            h.update(pack_opaque([*key, *self.writes[key]]))
-        return h.hexdigest()
+        """One digest over all checkpoints and writes, in key order: the SHA-256 of one
+        msgpack document ``[[[*key, parent, header, channels, metadata], ...],
+        [[*key, *write], ...]]``, encoded in one call."""
+        checkpoints = [(*key, view.parent, view.header, view.channels, view.metadata)
+                       for key, view in sorted(self.checkpoints.items())]
+        writes = [(*key, *write) for key, write in sorted(self.writes.items())]
+        return hashlib.sha256(pack_opaque([checkpoints, writes])).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys: equal for equal values whatever their key order."""
     return jsontext.dumps(value, sort_keys=True)
+
+
+# In canonical JSON text, what may hold a value JSONB cannot keep as it is: a NUL, NaN or
+# infinity, or any float (a number token with a fraction or an exponent; -0.0 and 1e20-style
+# floats change). A match inside a string is only a false alarm: the exact walk runs.
+_MAY_CHANGE = re.compile(r"\\u0000|NaN|Infinity|(?:^|[:,\[])-?\d+(?:\.\d+)?[eE.]")
+
+
+def stored_metadata_json(metadata: Any) -> tuple[str, list]:
+    """(canonical JSON of the metadata as JSONB stores it, the changes that needs).
+
+    The same as ``canonical_json`` of :func:`jsonb_metadata`'s value, without walking the
+    value in Python when its canonical text shows nothing JSONB would change (no NUL, no
+    NaN/infinity, no float, valid UTF-8): then the value is stored as it is.
+    """
+    text = canonical_json(metadata)
+    if not _MAY_CHANGE.search(text) and valid_utf8(text):
+        return text, []
+    stored, changes = jsonb_metadata(metadata)
+    return canonical_json(stored), changes
 
 
 def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
@@ -107,21 +124,21 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
             versions = decoded_row.header.get("channel_versions") or {}
             channel_bytes = {}
             for channel, value in decoded_row.values.items():
-                plain = pack_opaque(value)
+                plain = decoded_row.packed(channel)
                 if decoded_row.cipher_name or not primitive_survives_jsonb(value):
                     key = (row.checkpoint_ns, channel, str(versions.get(channel)))
                     plain = first_blob.setdefault(key, plain)
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
             latest[row.checkpoint_ns] = (row, decoded_row.values)
-            stored_metadata, changes = jsonb_metadata(checkpoint_metadata(row))
+            metadata_text, changes = stored_metadata_json(checkpoint_metadata(row))
             view.metadata_changes.extend(
                 {"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
                  "checkpoint_id": row.checkpoint_id, "path": c.path, "reason": c.reason,
                  "original": c.original, "stored": c.stored} for c in changes)
             view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
                 CheckpointView(row.parent_checkpoint_id, canonical_json(decoded_row.header),
-                               channels, canonical_json(stored_metadata))
+                               channels, metadata_text)
         view.blob_rows += len(first_blob)
         for row, values in latest.values():
             view.resume_hazards.extend(resume_hazards(row, values))

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import ormsgpack
 
 from checkpoint_assets.engine.checkpoint_metadata import (
@@ -51,6 +52,16 @@ class DecodedCheckpoint:
     family: str
     cipher_name: str | None
     pending_sends: Any = None
+    header_text: str | None = None  # the header as JSON text, written once
+    _packed: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def packed(self, channel: str) -> bytes:
+        """The channel's value as canonical msgpack bytes, encoded once and shared by the
+        converter (blob rows) and the expected view of the batch check."""
+        data = self._packed.get(channel)
+        if data is None:
+            data = self._packed[channel] = pack_opaque(self.values[channel])
+        return data
 
 
 @dataclass
@@ -116,12 +127,13 @@ def decode_checkpoint(row: CheckpointRow, cipher: Cipher | None) -> DecodedCheck
         raise MigrationError(f"Checkpoint {checkpoint_key(row)} is not a LangGraph checkpoint.",
                              "The source row is damaged; restore the database from a backup.")
     header = {k: v for k, v in raw.items() if k not in ("channel_values", "pending_sends")}
-    if not header_survives_jsonb(header):
+    header_text = header_json(header)
+    if header_text is None:
         raise MigrationError(
             f"Checkpoint {checkpoint_key(row)} has ids or versions JSONB cannot hold.",
             "Report this with the row; it is not migrated to avoid any loss.")
     return DecodedCheckpoint(header, dict(raw.get("channel_values") or {}), base, cipher_name,
-                             raw.get("pending_sends"))
+                             raw.get("pending_sends"), header_text)
 
 
 # What SqliteSaver's serializer says when a damaged row cannot be read back: the same row
@@ -151,7 +163,13 @@ def _row_name(row: CheckpointRow | WriteRow) -> str:
 
 
 def header_survives_jsonb(header: dict[str, Any]) -> bool:
-    """True when the checkpoint's ids, timestamps and versions fit JSONB unchanged.
+    """True when the checkpoint's ids, timestamps and versions fit JSONB unchanged."""
+    return header_json(header) is not None
+
+
+def header_json(header: dict[str, Any]) -> str | None:
+    """The header's JSON text (as :mod:`jsontext` writes it) when its ids, timestamps and
+    versions fit JSONB unchanged, else None.
 
     Fast path: msgpack refuses non-str keys and unknown objects without OPT_NON_STR_KEYS,
     and the JSON text shows NUL, NaN and risky floats; only then the exact walk runs.
@@ -160,18 +178,20 @@ def header_survives_jsonb(header: dict[str, Any]) -> bool:
         ormsgpack.packb(header)
         text = jsontext.dumps(header)
     except (TypeError, ValueError, ormsgpack.MsgpackEncodeError):
-        return False
+        return None
     if any(p in text for p in ("\\u0000", "e+", "E+", "-0.", "\\ud", "\\uD", "NaN",
                                "Infinity")) \
             or not text.isascii():
-        return json_safe_structure(header)
-    return True
+        return text if json_safe_structure(header) else None
+    return text
 
 
 def channel_blob(
-    value: Any, family: str, cipher_name: str | None, cipher: Cipher | None
+    value: Any, family: str, cipher_name: str | None, cipher: Cipher | None,
+    packed: bytes | None = None,
 ) -> tuple[str, bytes]:
-    """The (type, bytes) of the ``checkpoint_blobs`` row holding one channel value."""
+    """The (type, bytes) of the ``checkpoint_blobs`` row holding one channel value
+    (``packed``, if given, is ``pack_opaque(value)``, already computed)."""
     if family == "json":
         base, payload = "json", json.dumps(value, ensure_ascii=False).encode("utf-8")
     elif value is None:
@@ -179,7 +199,7 @@ def channel_blob(
     elif isinstance(value, bytes):
         base, payload = "bytes", value
     else:
-        base, payload = "msgpack", pack_opaque(value)
+        base, payload = "msgpack", packed if packed is not None else pack_opaque(value)
     if cipher_name is None:
         return base, payload
     assert cipher is not None
@@ -219,7 +239,8 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             version = str(versions[channel])
             if is_delta_snapshot(value):
                 inline[channel] = True
-            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name, cipher)
+            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name,
+                                             cipher, decoded_row.packed(channel))
             key = (row.checkpoint_ns, channel, version)
             seen = blob_owner.get(key)
             if seen is not None:
@@ -236,6 +257,8 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
         metadata_text = jsonb_ready_text(row.metadata)
+        if metadata_text is not None and not _is_json(metadata_text):
+            metadata_text = None  # checkpoint_metadata names the row if json rejects it too
         if metadata_text is None:
             metadata, changes = jsonb_metadata(checkpoint_metadata(row))
             out.metadata_changes.extend(
@@ -243,19 +266,31 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             metadata_text = json.dumps(metadata, ensure_ascii=False)
         out.checkpoints.append((row.thread_id, row.checkpoint_ns, row.checkpoint_id,
                                 row.parent_checkpoint_id,
-                                JsonText(checkpoint_document(decoded_row.header, inline)),
+                                JsonText(checkpoint_document(decoded_row.header, inline,
+                                                             decoded_row.header_text)),
                                 JsonText(metadata_text)))
     out.writes = [convert_write(w, cipher) for w in thread.writes]
     return out
+
+
+def _is_json(text: str) -> bool:
+    """True when orjson parses ``text`` (what it accepts, ``json`` accepts too)."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class JsonText(str):
     """JSON already serialised: sent to a JSONB column as it is."""
 
 
-def checkpoint_document(header: dict[str, Any], inline: dict[str, Any]) -> str:
-    """The ``checkpoints.checkpoint`` JSONB text: the header plus inline channel values."""
-    text = jsontext.dumps(header)
+def checkpoint_document(header: dict[str, Any], inline: dict[str, Any],
+                        header_text: str | None = None) -> str:
+    """The ``checkpoints.checkpoint`` JSONB text: the header plus inline channel values
+    (``header_text``, if given, is ``jsontext.dumps(header)``, already written)."""
+    text = header_text if header_text is not None else jsontext.dumps(header)
     values = jsontext.dumps(inline)
     if text == "{}":
         return '{"channel_values":' + values + "}"

@@ -41,7 +41,7 @@ from checkpoint_assets.engine.target import (
     refresh_statistics,
     scrub,
 )
-from checkpoint_assets.engine.verify import remember_expected_batch
+from checkpoint_assets.engine.verify import remember_loaded_batch
 
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoints": (
@@ -135,8 +135,8 @@ def convert_batch(
             "Re-save those threads with the msgpack serializer in the application, export "
             "again, or delete them from the source if they are not needed.",
         )
-    # The batch check and the verification compare the target with this (see verify).
-    remember_expected_batch(manifest, key, cipher, threads=parsed, decoded=decoded)
+    # The batch check that follows in this process builds its expected view from these.
+    remember_loaded_batch(manifest, key, cipher, parsed, decoded)
     return threads, rows, changes
 
 

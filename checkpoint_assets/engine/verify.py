@@ -26,9 +26,9 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    ThreadDigest,
     export_thread_digests,
     read_batch,
+    thread_digests,
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
@@ -155,6 +155,25 @@ _EXPECTED_IN_PROCESS: OrderedDict[tuple[str, bool], ExpectedBatch] = OrderedDict
 _EXPECTED_KEPT = 64
 
 
+# The batches the loader of this process read and decoded last (digest-verified threads and
+# their decode_thread results), by the same key: the batch check that follows a load builds
+# its expected view from them instead of reading the batch again, and an import that runs
+# no check never builds the view. Two at most: a run checks each batch right after its load.
+_LOADED_IN_PROCESS: OrderedDict[tuple[str, bool], tuple[list[ThreadRows], Mapping[str, list]]] \
+    = OrderedDict()
+_LOADED_KEPT = 2
+
+
+def remember_loaded_batch(manifest: ExportManifest, key: str, cipher: Cipher | None,
+                          threads: Sequence[ThreadRows], decoded: Mapping[str, list]) -> None:
+    """Keep a batch the loader read (as :func:`read_batch` yielded it) and decoded, for the
+    :func:`expected_batch` of its check in this process."""
+    _LOADED_IN_PROCESS[(manifest.batch(key).sha256, cipher is not None)] = (list(threads),
+                                                                            decoded)
+    while len(_LOADED_IN_PROCESS) > _LOADED_KEPT:
+        _LOADED_IN_PROCESS.popitem(last=False)
+
+
 def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
                    threads: Sequence[ThreadRows] | None = None,
                    decoded: Mapping[str, list] | None = None) -> ExpectedBatch:
@@ -170,7 +189,9 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
     known = _EXPECTED_IN_PROCESS.get(memo_key)
     if known is not None:
         return known
-    if threads is None:  # a loader that already read the batch passes its threads
+    if threads is None and memo_key in _LOADED_IN_PROCESS:  # this process just loaded it
+        threads, decoded = _LOADED_IN_PROCESS.pop(memo_key)
+    if threads is None:
         threads = list(read_batch(manifest, key))
     view = source_view(threads, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
@@ -179,15 +200,6 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
     while len(_EXPECTED_IN_PROCESS) > _EXPECTED_KEPT:
         _EXPECTED_IN_PROCESS.popitem(last=False)
     return expected
-
-
-def remember_expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None,
-                            threads: Sequence[ThreadRows],
-                            decoded: Mapping[str, list]) -> None:
-    """Keep, in this process, the expected view of a batch a loader has just read and
-    decoded: the batch check right after the load then compares without decoding it
-    again (see :func:`expected_batch`)."""
-    expected_batch(manifest, key, cipher, threads=threads, decoded=decoded)
 
 
 def compare_batch(
@@ -266,22 +278,10 @@ def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str,
     Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
     """
     exported = {tid: sha for tid, sha, _, _ in export_thread_digests(manifest)}
-    current: dict[str, str] = {}
     source = open_source(source_path)
     try:
         with source.snapshot():
-            digest: ThreadDigest | None = None
-            thread: str | None = None
-            rows = _merge_by_thread(source.checkpoints(), source.writes())
-            for thread_id, row in rows:
-                if thread_id != thread:
-                    if thread is not None and digest is not None:
-                        current[thread] = digest.hexdigest()
-                    thread, digest = thread_id, ThreadDigest()
-                assert digest is not None
-                digest.add(row)
-            if thread is not None and digest is not None:
-                current[thread] = digest.hexdigest()
+            current = dict(thread_digests(source.checkpoints(), source.writes()))
     finally:
         source.close()
     return {
@@ -289,25 +289,6 @@ def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str,
         "added": sorted(t for t in current if t not in exported),
         "removed": sorted(t for t in exported if t not in current),
     }
-
-
-def _merge_by_thread(checkpoints: Any, writes: Any) -> Any:
-    """Rows grouped by thread: a thread's checkpoints, then its writes (export order)."""
-    pending_write = next(writes, None)
-    pending_cp = next(checkpoints, None)
-    while pending_cp is not None or pending_write is not None:
-        if pending_cp is not None and (pending_write is None
-                                       or pending_cp.thread_id <= pending_write.thread_id):
-            thread = pending_cp.thread_id
-        else:
-            assert pending_write is not None
-            thread = pending_write.thread_id
-        while pending_cp is not None and pending_cp.thread_id == thread:
-            yield thread, pending_cp
-            pending_cp = next(checkpoints, None)
-        while pending_write is not None and pending_write.thread_id == thread:
-            yield thread, pending_write
-            pending_write = next(writes, None)
 
 
 def target_table_counts(target: Target) -> dict[str, int]:
