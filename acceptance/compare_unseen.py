@@ -4,6 +4,8 @@ import json
 import shutil
 import sqlite3
 import sys
+import tempfile
+from pathlib import Path
 
 import make_unseen as mu
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -26,8 +28,11 @@ with PostgresSaver.from_conn_string(dsn) as p:
                 compared += 1
                 if (a.config, a.checkpoint, a.metadata, a.parent_config, a.pending_writes) != (b.config, b.checkpoint, b.metadata, b.parent_config, b.pending_writes):
                     diffs += 1
-    shutil.copy(src, "resume.sqlite")
-    s2 = SqliteSaver(sqlite3.connect("resume.sqlite", check_same_thread=False))
+    # The SQLite side resumes on a copy in a private directory, removed at exit.
+    scratch = tempfile.TemporaryDirectory(prefix="compare-unseen-")
+    copy = Path(scratch.name) / "resume.sqlite"
+    shutil.copy(src, copy)
+    s2 = SqliteSaver(sqlite3.connect(copy, check_same_thread=False))
     same = 0
     for t, (kind, n, val) in paused.items():
         ga = mu.react_agent(s2, n) if kind == "react" else mu.nested(s2)
