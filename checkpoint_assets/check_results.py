@@ -20,6 +20,7 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
+from checkpoint_assets.assets import STAGING_ASSETS
 from checkpoint_assets.assets.imported_batches import BATCH_CHECK
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
@@ -33,7 +34,6 @@ from checkpoint_assets.partitions import (
     VERIFICATION_ASSET,
     batch_partitions,
 )
-from checkpoint_assets.settings import Settings
 
 # A command's runs are looked for in check records created after its start, less this
 # margin (the records' timestamps come from the storage's clock).
@@ -127,10 +127,9 @@ def latest_check_evaluations(
     not evaluate (a backfill's batches loaded earlier) shows its latest finished
     evaluation, never another command's evaluation still in progress.
     """
-    if defs is None:
-        defs = build_definitions(staging=Settings.from_env().staging)
     keys = declared_check_keys(defs)
-    publish_keys = declared_check_keys(build_definitions(staging=True))
+    publish_keys = sorted((key for asset in STAGING_ASSETS for key in asset.check_keys),
+                          key=lambda k: k.name)
     for key in publish_keys:
         if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
             keys.append(key)

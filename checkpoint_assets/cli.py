@@ -571,7 +571,7 @@ def cmd_stop_postgres(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_show_export(args: argparse.Namespace, dsn: str) -> int:
+def cmd_show_export(args: argparse.Namespace, settings: Settings) -> int:
     """show-export: every record of an export (or one batch) as one JSON object a line."""
     out = sys.stdout
     try:

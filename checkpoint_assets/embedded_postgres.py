@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -21,6 +22,16 @@ DEFAULT_DATA_DIR = Path(".checkpoint_assets") / "postgres"
 HANDLE_PIDS_FILE = ".handle_pids.json"
 
 
+def _pgserver() -> Any:
+    """The pgserver module (imported here: only the embedded path needs it), with the
+    private XDG_RUNTIME_DIR its platformdirs wants."""
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
+    import pgserver
+
+    return pgserver
+
+
 def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: bool = True) -> str:
     """Start (or reuse) an embedded PostgreSQL whose data lives in ``data_dir``.
 
@@ -28,10 +39,7 @@ def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: boo
     data directory). With ``keep_running`` the server outlives this process, so the
     Dagster UI started later finds the migrated data.
     """
-    if "XDG_RUNTIME_DIR" not in os.environ:  # pgserver's platformdirs wants a private one
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
-    import pgserver  # imported here: only the embedded path needs it
-
+    pgserver = _pgserver()
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -56,10 +64,7 @@ def stop_embedded(data_dir: str | Path = DEFAULT_DATA_DIR) -> bool:
     (data_dir / HANDLE_PIDS_FILE).unlink(missing_ok=True)
     if not (data_dir / "postmaster.pid").exists():
         return False
-    if "XDG_RUNTIME_DIR" not in os.environ:
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
-    import pgserver
-
+    pgserver = _pgserver()
     # pgserver runs the server as the user "pgserver" when started by root.
     user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)

@@ -70,10 +70,15 @@ def manifest_export_id(manifest: ExportManifest) -> str:
     return export_id([entry.sha256 for entry in manifest.batches])
 
 
+def _key_prefix(manifest: ExportManifest) -> str:
+    """``g<export id>-b``: what every partition key of this export starts with."""
+    return f"{PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}"
+
+
 def partition_keys_by_batch(manifest: ExportManifest) -> dict[str, str]:
     """{the export file's batch key (batch-00001): its partition key (g<id>-b00001)}, in
     the export's order."""
-    prefix = f"{PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}"
+    prefix = _key_prefix(manifest)
     return {entry.key: f"{prefix}{index:05d}"
             for index, entry in enumerate(manifest.batches, start=1)}
 
@@ -86,14 +91,18 @@ def partition_keys(manifest: ExportManifest) -> list[str]:
 def batch_key_for(manifest: ExportManifest, partition_key: str) -> str:
     """The export file's batch key of ``partition_key``; a MigrationError when the partition
     belongs to another export (it was re-taken since the run was launched)."""
-    for batch, partition in partition_keys_by_batch(manifest).items():
-        if partition == partition_key:
-            return batch
+    prefix = _key_prefix(manifest)
+    place = partition_key.removeprefix(prefix)
+    if place.isdigit() and 1 <= int(place) <= len(manifest.batches) \
+            and partition_key == f"{prefix}{int(place):05d}":
+        return manifest.batches[int(place) - 1].key
     raise MigrationError(
         f"Export {manifest.path} has no batch partition {partition_key!r} (its partitions "
-        f"are {PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}...).",
+        f"are {prefix}...).",
         "The export was re-taken (another source state or batch size) after this run was "
         "launched; load the current export's partitions (backfill failed and missing).")
+
+
 # A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
 # per Dagster run, each batch still in its own transaction with its own materialization and
 # check result: a run costs about half a second in-process and seconds under dagster dev.

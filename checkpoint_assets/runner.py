@@ -206,7 +206,8 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
                 result.skipped.append("batches and verification: the export failed")
             else:
                 statuses = partition_statuses(inst)
-                unchecked = partitions_without_a_passed_check(inst)
+                # migrate loads every batch; backfill the failed, missing and unproven.
+                unchecked = set() if export_first else partitions_without_a_passed_check(inst)
                 keys = sorted(k for k, status in statuses.items()
                               if export_first or k in unchecked
                               or status in ("FAILED", "MISSING"))
