@@ -162,11 +162,6 @@ def _row_name(row: CheckpointRow | WriteRow) -> str:
     return f"Checkpoint {checkpoint_key(row)}"
 
 
-def header_survives_jsonb(header: dict[str, Any]) -> bool:
-    """True when the checkpoint's ids, timestamps and versions fit JSONB unchanged."""
-    return header_json(header) is not None
-
-
 def header_json(header: dict[str, Any]) -> str | None:
     """The header's JSON text (as :mod:`jsontext` writes it) when its ids, timestamps and
     versions fit JSONB unchanged, else None.
@@ -239,8 +234,6 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
             version = str(versions[channel])
             if is_delta_snapshot(value):
                 inline[channel] = True
-            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name,
-                                             cipher, decoded_row.packed(channel))
             key = (row.checkpoint_ns, channel, version)
             seen = blob_owner.get(key)
             if seen is not None:
@@ -254,6 +247,9 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
                 # upgrade, msgpack after): the first blob serves every checkpoint.
                 continue
             blob_owner[key] = (decoded_row.family, value, row.checkpoint_id)
+            # Only a version's first checkpoint builds (and re-encrypts) the blob.
+            type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name,
+                                             cipher, decoded_row.packed(channel))
             out.blobs.append((row.thread_id, row.checkpoint_ns, channel, version, type_tag,
                               payload))
         metadata_text = jsonb_ready_text(row.metadata)

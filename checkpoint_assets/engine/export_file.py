@@ -50,7 +50,6 @@ FORMAT_VERSION = 2
 # PNG-style: a non-ASCII first byte, CR LF and ^Z show a file mangled as text in transit.
 MAGIC = b"\x89" + FORMAT_NAME.encode("ascii") + b"\r\n\x1a\n"
 END = b"\x89end-v2\n"
-SOURCE_KINDS = ("sqlite", "postgres")
 REEXPORT_HINT = "Export again from the SQLite source (checkpoint-assets export)."
 
 FRAME_HEAD = struct.Struct(">cQ")

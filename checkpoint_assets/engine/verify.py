@@ -174,23 +174,20 @@ def remember_loaded_batch(manifest: ExportManifest, key: str, cipher: Cipher | N
         _LOADED_IN_PROCESS.popitem(last=False)
 
 
-def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
-                   threads: Sequence[ThreadRows] | None = None,
-                   decoded: Mapping[str, list] | None = None) -> ExpectedBatch:
+def expected_batch(manifest: ExportManifest, key: str,
+                   cipher: Cipher | None = None) -> ExpectedBatch:
     """The expected view summary of one batch, derived from the export's verified bytes.
 
     Computed once per process and batch digest (the view depends only on the batch's
     bytes, which :func:`read_batch` checks against that digest, and on whether a key
-    decrypts them), so a load followed by its batch check decodes the batch once.
-    ``threads``, if given, must be the batch's threads as :func:`read_batch` yielded
-    them, and ``decoded`` their :func:`decode_thread` results by thread id.
+    decrypts them); a batch this process's loader has just read and decoded (see
+    :func:`remember_loaded_batch`) is not read or decoded again.
     """
     memo_key = (manifest.batch(key).sha256, cipher is not None)
     known = _EXPECTED_IN_PROCESS.get(memo_key)
     if known is not None:
         return known
-    if threads is None and memo_key in _LOADED_IN_PROCESS:  # this process just loaded it
-        threads, decoded = _LOADED_IN_PROCESS.pop(memo_key)
+    threads, decoded = _LOADED_IN_PROCESS.pop(memo_key, (None, None))
     if threads is None:
         threads = list(read_batch(manifest, key))
     view = source_view(threads, cipher, decoded)
