@@ -34,10 +34,12 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from checkpoint_assets.engine.content_view import source_view, target_view
 from checkpoint_assets.engine.export_file import read_batch, read_manifest, verify_export, \
     write_export
+from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import ExpectedBatch, target_rows
 from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT
 from checkpoint_assets_tests.test_cli import run
@@ -67,10 +69,10 @@ def table_counts(dsn: str) -> dict[str, int | None]:
     """Rows per PostgresSaver table (None: no such table)."""
     counts: dict[str, int | None] = {}
     with psycopg.connect(dsn) as conn:
-        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+        for table in TABLES:
             exists = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]
             counts[table] = None if exists is None else conn.execute(
-                f"SELECT count(*) FROM {table}").fetchone()[0]
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
     return counts
 
 

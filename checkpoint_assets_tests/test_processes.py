@@ -158,7 +158,7 @@ def _open_home(home: str, start_at: float) -> str:
 
 
 def test_processes_opening_a_fresh_home_at_once_create_its_storage_once(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three processes open the same new Dagster home at the same moment: each succeeds,
     and the home works afterwards (no second alembic head, no 'table already exists')."""
     home = tmp_path / "home"
@@ -167,6 +167,7 @@ def test_processes_opening_a_fresh_home_at_once_create_its_storage_once(
         start_at = time.time() + 3.0  # after the three interpreters have started
         results = pool.starmap(_open_home, [(str(home), start_at)] * 3)
     assert results == ["ok"] * 3
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # _open_home sets it; undone after the test
     assert _open_home(str(home), 0) == "ok"
 
 
