@@ -21,6 +21,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 LOCATION = "checkpoint_assets"
 STARTUP_SECONDS = 60
+GROUP_EXIT_SECONDS = 10  # for dagster dev's children to finish their own shutdown
 
 
 class DagsterDev:
@@ -73,7 +74,8 @@ class DagsterDev:
         return body["data"]
 
     def stop(self) -> None:
-        """SIGINT to the whole process group, as Ctrl-C in a terminal would."""
+        """SIGINT to the whole process group, as Ctrl-C in a terminal would; then nothing of
+        the group may stay (a code server's gRPC child can outlive dagster dev itself)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
             try:
@@ -81,11 +83,25 @@ class DagsterDev:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        if not _group_ends(self.process.pid, GROUP_EXIT_SECONDS):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self._log_handle.close()
 
     def tail(self) -> str:
         """The end of dagster dev's output, for failure messages."""
         return self.log.read_text(errors="replace")[-4000:]
+
+
+def _group_ends(pgid: int, seconds: float) -> bool:
+    """True once no process of group ``pgid`` is left, within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def wait_for(condition: Callable[[], Any], seconds: float, what: str,
