@@ -15,8 +15,20 @@ import psycopg
 import pytest
 
 from checkpoint_assets.embedded_postgres import start_embedded, temporary_database
+from checkpoint_assets.settings import AES_KEY_ENV
 
 SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_developers_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without the tool's settings from the shell that runs the suite: an
+    exported CHECKPOINT_ASSETS_TARGET_DSN must never reach a test's migration (tests set
+    what they need; the suite's own CHECKPOINT_ASSETS_TEST_* switches stay)."""
+    for name in list(os.environ):
+        if (name.startswith("CHECKPOINT_ASSETS_") and not name.startswith(
+                "CHECKPOINT_ASSETS_TEST_")) or name == AES_KEY_ENV:
+            monkeypatch.delenv(name)
 
 
 def _shared_server_answers() -> bool:

@@ -62,7 +62,7 @@ def test_failed_partition_is_backfilled_alone(
 ) -> None:
     """Conflict -> FAILED partition + failed check; remove it -> backfill loads only it."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, PASSWORD))
     settings = {"source": str(source), "export": str(export), "batch_size": 12,
                 "readback_threads": None}
@@ -130,7 +130,7 @@ def test_a_batch_loaded_without_its_check_result_is_loaded_and_checked_again(
     land there) leaves the partition MATERIALIZED with no current passed check: `backfill`
     loads and checks that batch again, and only it, and then passes."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     settings = {"source": str(source), "export": str(export), "batch_size": 12}
     with dg.instance_for_test() as instance:
