@@ -179,12 +179,13 @@ def test_two_migrations_at_once_on_a_fresh_home_both_pass_with_their_own_checks(
     home = tmp_path / "home"
     with temporary_database(admin_dsn, "ca_test") as first, \
             temporary_database(admin_dsn, "ca_test") as second:
-        procs = [subprocess.Popen(
-            _migrate_args("migrate", source, tmp_path / f"{name}.export", "--json"),
-            env=_env(home, dsn, workers=1), cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-            for name, dsn in (("first", first), ("second", second))]
-        outputs = [proc.communicate(timeout=600) for proc in procs]
+        with _command(_migrate_args("migrate", source, tmp_path / "first.export", "--json"),
+                      _env(home, first, workers=1), cwd=tmp_path) as one, \
+                _command(_migrate_args("migrate", source, tmp_path / "second.export",
+                                       "--json"),
+                         _env(home, second, workers=1), cwd=tmp_path) as two:
+            procs = [one, two]
+            outputs = [proc.communicate(timeout=600) for proc in procs]
         for proc, (out, err) in zip(procs, outputs):
             assert proc.returncode == 0, out[-3000:] + err[-3000:]
             result = json.loads(out)
