@@ -23,6 +23,7 @@ from typing import Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from checkpoint_assets.engine.codec import same_value, unpack_opaque
 from checkpoint_assets.engine.content_view import source_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
@@ -272,7 +273,15 @@ def _same_checkpoint(present: CheckpointRow, row: CheckpointRow, cipher: Cipher 
                  for r in (present, row)]
     except MigrationError:
         return False  # an existing row that does not decode is not the same content
-    return views[0] == views[1]
+    mine, theirs = views
+    if (mine.parent, mine.header, mine.metadata) != (theirs.parent, theirs.header,
+                                                     theirs.metadata):
+        return False
+    left, right = dict(mine.channels), dict(theirs.channels)
+    # A set's elements are encoded in iteration order, which differs between processes.
+    return left.keys() == right.keys() and all(
+        left[c] == right[c] or same_value(unpack_opaque(left[c]), unpack_opaque(right[c]))
+        for c in left)
 
 
 def _same_write(present: WriteRow, write: WriteRow) -> bool:
