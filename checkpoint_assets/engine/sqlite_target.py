@@ -41,9 +41,11 @@ BUSY_TIMEOUT_SECONDS = 10.0
 EXPECTED = ("a LangGraph SqliteSaver database (tables 'checkpoints' and 'writes' with "
             "task_path, as SqliteSaver.setup() creates them)")
 _CHECKPOINT_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
-                   "checkpoint, metadata FROM checkpoints WHERE thread_id = ?")
+                   "checkpoint, metadata FROM checkpoints WHERE thread_id = ? "
+                   "ORDER BY checkpoint_ns, checkpoint_id")
 _WRITE_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "
-              "channel, type, value FROM writes WHERE thread_id = ?")
+              "channel, type, value FROM writes WHERE thread_id = ? "
+              "ORDER BY checkpoint_ns, checkpoint_id, task_id, idx")
 
 
 @dataclass
@@ -112,13 +114,48 @@ def restore_export(
             _load_all(conn, manifest, cipher, summary, on_batch)
         if before_publish is not None:
             before_publish(temp)
-        if to_path.exists():
-            raise MigrationError(
-                f"{to_path} appeared while the rollback was writing it; it was left as it is.",
-                "Restore into that file (it is loaded with the same rules), or choose "
-                "another --to.")
-        os.replace(temp, to_path)
+        publish_restored(temp, to_path)
     return summary
+
+
+WORK_SUFFIX = ".restoring"
+
+
+def work_path(to_path: str | Path) -> Path:
+    """Where batch runs build a new file before it is verified and published: a hidden
+    ``.<name>.restoring`` beside ``to_path`` (one name, shared by every batch run)."""
+    to_path = Path(to_path)
+    return to_path.with_name(f".{to_path.name}{WORK_SUFFIX}")
+
+
+def prepare_restore_file(to_path: str | Path) -> Path:
+    """The file batches load into: ``to_path`` when it exists (checked to be a SqliteSaver
+    database, else MigrationError), else its :func:`work_path`, created with
+    ``SqliteSaver.setup()``'s schema if needed (safe when several runs do it at once)."""
+    to_path = Path(to_path)
+    if to_path.exists():
+        with connect_sqlite_target(to_path):
+            return to_path
+    work = work_path(to_path)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with _connection(work) as conn:
+        SqliteSaver(conn).setup()
+    return work
+
+
+def publish_restored(work: Path, to_path: str | Path) -> None:
+    """Rename a verified work file to ``to_path`` (MigrationError if that appeared since)."""
+    to_path = Path(to_path)
+    if to_path.exists():
+        raise MigrationError(
+            f"{to_path} appeared while the rollback was building it; it was left as it is.",
+            "Restore into that file (it is loaded with the same rules), or choose "
+            "another file.")
+    with _connection(work) as conn:  # fold the -wal into the file before it moves
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.replace(work, to_path)
+    for companion in (Path(f"{work}-wal"), Path(f"{work}-shm")):
+        companion.unlink(missing_ok=True)
 
 
 def _load_all(conn: sqlite3.Connection, manifest: ExportManifest, cipher: Cipher | None,
@@ -212,12 +249,20 @@ def load_batch_into_sqlite(conn: sqlite3.Connection, manifest: ExportManifest, k
     return result
 
 
+def read_thread(conn: sqlite3.Connection, thread_id: str) -> ThreadRows:
+    """One thread's rows in a SqliteSaver file, in key order (binary collation: the
+    export's order)."""
+    return ThreadRows(
+        thread_id,
+        [CheckpointRow._make(r) for r in conn.execute(_CHECKPOINT_SQL, (thread_id,))],
+        [WriteRow._make(r) for r in conn.execute(_WRITE_SQL, (thread_id,))])
+
+
 def _load_thread(conn: sqlite3.Connection, thread: ThreadRows, cipher: Cipher | None,
                  result: RestoreBatchResult) -> None:
-    existing = {row[:3]: row for row in map(CheckpointRow._make, conn.execute(
-        _CHECKPOINT_SQL, (thread.thread_id,)))}
-    existing_writes = {(*row[:4], row.idx): row for row in map(WriteRow._make, conn.execute(
-        _WRITE_SQL, (thread.thread_id,)))}
+    present_rows = read_thread(conn, thread.thread_id)
+    existing = {row[:3]: row for row in present_rows.checkpoints}
+    existing_writes = {(*row[:4], row.idx): row for row in present_rows.writes}
     conflicts: list[dict] = []
     new_checkpoints = []
     for row in thread.checkpoints:

@@ -15,8 +15,10 @@ The forward checks, run the other way:
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.sqlite_target import read_thread
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
     COUNT_MATCH,
@@ -153,6 +156,25 @@ def compare_sqlite_with_export(
                     if problem:
                         mismatches.append({"thread_id": thread.thread_id, "problem": problem})
     return counts, len(seen) - len(differing), mismatches
+
+
+def compare_sqlite_batch(sqlite_path: str | Path, manifest: ExportManifest, key: str,
+                         cipher: Cipher | None = None) -> list[dict]:
+    """The threads of one export batch that the SQLite file does not hold as exported
+    (byte for byte, or the same content kept from before), with what differs."""
+    mismatches = []
+    with closing(sqlite3.connect(f"{Path(sqlite_path).resolve().as_uri()}?mode=ro",
+                                 uri=True)) as conn:
+        for exported in read_batch(manifest, key):
+            present = read_thread(conn, exported.thread_id)
+            if not present.checkpoints and not present.writes:
+                mismatches.append({"thread_id": exported.thread_id,
+                                   "problem": "thread missing in SQLite"})
+            elif present != exported:
+                problem = _content_difference(exported, present, cipher)
+                if problem:
+                    mismatches.append({"thread_id": exported.thread_id, "problem": problem})
+    return mismatches
 
 
 def _threads_of(source: Any, wanted: dict[str, str]) -> Iterator[ThreadRows]:
