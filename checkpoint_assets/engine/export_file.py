@@ -215,8 +215,8 @@ class SqliteRows:
     def threads(self) -> Iterator[ThreadRows]:
         """Every thread of the database; MigrationError if it changes while read."""
         source = self.source
-        checkpoints = _Peekable(source.checkpoints())
-        writes = _Peekable(source.writes())
+        checkpoints = Peekable(source.checkpoints())
+        writes = Peekable(source.writes())
         for size in source.thread_sizes():
             thread = ThreadRows(
                 size.thread_id,
@@ -386,7 +386,7 @@ def thread_digests(checkpoints: Iterator[CheckpointRow],
                    writes: Iterator[WriteRow]) -> Iterator[tuple[str, str]]:
     """(thread_id, thread digest) for every thread of rows given in key order, computed as
     the export computes them (one msgpack call per thread and table, not one per row)."""
-    pending_checkpoints, pending_writes = _Peekable(checkpoints), _Peekable(writes)
+    pending_checkpoints, pending_writes = Peekable(checkpoints), Peekable(writes)
     while True:
         heads = [row.thread_id for row in (pending_checkpoints.peek(), pending_writes.peek())
                  if row is not None]
@@ -400,7 +400,7 @@ def thread_digests(checkpoints: Iterator[CheckpointRow],
         yield thread, _rows_digest(pack(rows[0]), pack(rows[1])).hexdigest()
 
 
-class _Peekable:
+class Peekable:
     """An iterator whose next item can be looked at without consuming it."""
 
     _END = object()

@@ -22,7 +22,7 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    _Peekable,
+    Peekable,
     write_export_rows,
 )
 from checkpoint_assets.engine.reverse_convert import restore_thread
@@ -85,9 +85,9 @@ class PostgresRows:
     def threads(self) -> Iterator[ThreadRows]:
         """Every thread with checkpoints or writes, in thread_id order, rebuilt as
         SqliteSaver rows (blobs no checkpoint of a thread names are not rows of it)."""
-        checkpoints = _Peekable(self._stream("checkpoints"))
-        blobs = _Peekable(self._stream("checkpoint_blobs"))
-        writes = _Peekable(self._stream("checkpoint_writes"))
+        checkpoints = Peekable(self._stream("checkpoints"))
+        blobs = Peekable(self._stream("checkpoint_blobs"))
+        writes = Peekable(self._stream("checkpoint_writes"))
         while True:
             heads = [row[0] for row in (checkpoints.peek(), writes.peek()) if row is not None]
             if not heads:

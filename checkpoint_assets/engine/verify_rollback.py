@@ -29,7 +29,7 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    _Peekable,
+    Peekable,
     export_thread_digests,
     read_batch,
     thread_digests,
@@ -179,7 +179,7 @@ def compare_sqlite_batch(sqlite_path: str | Path, manifest: ExportManifest, key:
 
 def _threads_of(source: Any, wanted: dict[str, str]) -> Iterator[ThreadRows]:
     """The SQLite file's threads that the export holds, in thread_id order."""
-    checkpoints, writes = _Peekable(source.checkpoints()), _Peekable(source.writes())
+    checkpoints, writes = Peekable(source.checkpoints()), Peekable(source.writes())
     while True:
         heads = [r.thread_id for r in (checkpoints.peek(), writes.peek()) if r is not None]
         if not heads:
