@@ -9,6 +9,7 @@ the application writes.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +135,12 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
                           threads=parse_threads(args.threads), cipher=cipher,
                           readback_threads=readback, batch_size=args.batch_size)
     except RollbackNotVerified as exc:
-        if exc.report is not None:
-            manifest = verify_export(export)
-            _finish(args, exc.report, manifest, source, str(args.to), None, emit,
-                    write_evidence, export)
-        raise
+        if exc.report is None:
+            raise
+        status = _finish(args, exc.report, verify_export(export), source, str(args.to), None,
+                         emit, write_evidence, export)
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return status
     return _finish(args, result.report, result.manifest, source, str(args.to),
                    result.restore.totals(), emit, write_evidence, export)
 

@@ -246,3 +246,50 @@ def test_an_unknown_postgres_saver_schema_version_is_refused(
     with pytest.raises(MigrationError, match="schema version 999"):
         rollback(migrated, out / "back.sqlite", out / "x.export")
     assert list(out.iterdir()) == []
+
+
+def test_threads_that_the_source_does_not_hold_are_named(migrated: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(MigrationError, match="no-such-thread"):
+        rollback(migrated, out / "debug.sqlite", out / "x.export",
+                 threads=["no-such-thread"])
+    assert list(out.iterdir()) == []
+
+
+# --- a named schema, and a verification that finds a difference -------------------------
+
+
+def test_a_named_schema_rolls_back(sample_db: Path, target_dsn: str, tmp_path: Path) -> None:
+    manifest = write_export(sample_db, tmp_path / "forward.export", batch_size=20)
+    import_export(manifest, Target(target_dsn, "app_checkpoints"))
+
+    result = rollback(target_dsn, tmp_path / "back.sqlite", tmp_path / "back.export",
+                      schema="app_checkpoints", readback_threads=None)
+
+    assert result.report.passed
+    assert result.manifest.header["source"]["schema"] == "app_checkpoints"
+    assert len(rows(tmp_path / "back.sqlite", CHECKPOINT_SQL)) == manifest.checkpoints
+
+
+def test_verify_rollback_names_a_thread_written_after_the_export(
+        sample_db: Path, migrated: str, tmp_path: Path, capsys: Any) -> None:
+    out, export = tmp_path / "back.sqlite", tmp_path / "back.export"
+    assert main(["export-postgres", "--source-dsn", migrated, "--export", str(export)]) == 0
+    assert main(["restore", "--export", str(export), "--to", str(out)]) == 0
+    # The application writes one more checkpoint of a thread after the export was taken.
+    with sqlite3.connect(sample_db) as conn:
+        thread_id = conn.execute("SELECT min(thread_id) FROM checkpoints").fetchone()[0]
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+                     "parent_checkpoint_id, checkpoint, metadata) SELECT thread_id, "
+                     "checkpoint_ns, 'zz-after-export', checkpoint_id, checkpoint, metadata "
+                     "FROM checkpoints WHERE thread_id = %s ORDER BY checkpoint_id DESC "
+                     "LIMIT 1", (thread_id,))
+
+    status = main(["verify-rollback", "--source-dsn", migrated, "--export", str(export),
+                   "--to", str(out), "--evidence", str(tmp_path / "ev.md")])
+
+    assert status == 1
+    evidence = (tmp_path / "ev.md").read_text()
+    assert "Rollback evidence: FAILED" in evidence and "zz-after-export" in evidence

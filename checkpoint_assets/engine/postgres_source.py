@@ -88,17 +88,25 @@ class PostgresRows:
         checkpoints = Peekable(self._stream("checkpoints"))
         blobs = Peekable(self._stream("checkpoint_blobs"))
         writes = Peekable(self._stream("checkpoint_writes"))
+        missing = set(self.only or ())
         while True:
             heads = [row[0] for row in (checkpoints.peek(), writes.peek()) if row is not None]
             if not heads:
-                return
+                break
             thread = min(heads)
+            missing.discard(thread)
             for _ in blobs.take_while(lambda r: r[0] < thread):
                 pass  # blobs of a thread with no checkpoint and no write
             yield restore_thread(
                 thread, list(checkpoints.take_while(lambda r: r[0] == thread)),
                 [r[1:] for r in blobs.take_while(lambda r: r[0] == thread)],
                 list(writes.take_while(lambda r: r[0] == thread)), self.cipher)
+        if missing:
+            shown = ", ".join(repr(t) for t in sorted(missing)[:10])
+            raise MigrationError(
+                f"The source {self.source.display} has no checkpoint or write of "
+                f"{len(missing)} requested thread(s): {shown}. No export was written.",
+                "Check the thread ids (--threads), the database and the schema (--schema).")
 
 
 def write_postgres_export(

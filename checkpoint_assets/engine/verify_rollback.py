@@ -39,6 +39,7 @@ from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sqlite_target import read_thread
 from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.workers import workers_for
 from checkpoint_assets.engine.verify import (
     COUNT_MATCH,
     DEFAULT_READBACK_SAMPLE,
@@ -73,7 +74,8 @@ def verify_rollback(
     """
     started = time.perf_counter()
     try:
-        comparisons = compare_batches(manifest, source, cipher)
+        comparisons = compare_batches(manifest, source, cipher,
+                                      workers=workers_for(manifest))
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the source {source.display} failed during the verification: "
