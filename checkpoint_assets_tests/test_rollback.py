@@ -130,26 +130,33 @@ def test_rollback_into_the_original_file_keeps_every_original_byte(
     assert (rows(original, CHECKPOINT_SQL), rows(original, WRITES_SQL)) == before
 
 
+# The chat agent (tool calls, a summary subgraph, refund approvals), plain and encrypted.
+@pytest.mark.parametrize("name", ["scaled", "encrypted"])
 def test_an_app_that_ran_on_postgres_continues_on_sqlite_where_it_was(
-        corpora: dict[str, cg.CorpusInfo], target_dsn: str, tmp_path: Path) -> None:
-    info = corpora["scaled"]  # the chat agent: tool calls, a summary subgraph, refunds
+        name: str, corpora: dict[str, cg.CorpusInfo], target_dsn: str,
+        tmp_path: Path) -> None:
+    info = corpora[name]
+    cipher = Cipher(AES_KEY) if name == "encrypted" else None
     app_file = tmp_path / "app.sqlite"
     shutil.copyfile(info.path, app_file)
-    migrate(app_file, target_dsn, tmp_path, None)
+    migrate(app_file, target_dsn, tmp_path, cipher)
     paused_thread, approval = next(iter(info.paused_threads.items()))
     finished = next(t for t in info.thread_ids if t not in info.paused_threads)
     new_thread = "after-cutover-refund"
     # After the cutover the application runs on PostgresSaver: it resumes an interrupt,
     # adds a turn to a finished conversation and starts a new one, which pauses.
     with psycopg.connect(target_dsn, autocommit=True, row_factory=dict_row) as conn:
-        graph = info.graph_factory(PostgresSaver(conn))
+        graph = info.graph_factory(PostgresSaver(conn, serde=info.serde))
         graph.invoke(Command(resume=approval), cg.thread_config(paused_thread))
         graph.invoke(cg.chat_input(random.Random(1), 1, False), cg.thread_config(finished))
         graph.invoke(cg.chat_input(random.Random(2), 0, True), cg.thread_config(new_thread))
 
-    result = rollback(target_dsn, app_file, tmp_path / "back.export", readback_threads=None)
+    result = rollback(target_dsn, app_file, tmp_path / "back.export", cipher=cipher,
+                      readback_threads=None)
     assert result.report.passed
     assert result.restore.totals()["inserted"]["checkpoints"] > 0
+    if cipher is not None:  # what the application wrote on PostgreSQL came back encrypted
+        assert {r[4] for r in rows(app_file, CHECKPOINT_SQL)} == {"msgpack+aes"}
 
     # Back on SqliteSaver the application is where it was on PostgresSaver, and the same
     # next steps (approve the new refund, another turn) end in the same state on both.
@@ -161,10 +168,11 @@ def test_an_app_that_ran_on_postgres_continues_on_sqlite_where_it_was(
         states.append(graph.get_state(cg.thread_config(finished)).values)
         return cg.canonical(states)
 
-    with cg.open_sqlite_saver(app_file) as saver:
+    with cg.open_sqlite_saver(app_file, serde=info.serde) as saver:
         on_sqlite = where_it_is_and_next_steps(info.graph_factory(saver))
     with psycopg.connect(target_dsn, autocommit=True, row_factory=dict_row) as conn:
-        on_postgres = where_it_is_and_next_steps(info.graph_factory(PostgresSaver(conn)))
+        on_postgres = where_it_is_and_next_steps(
+            info.graph_factory(PostgresSaver(conn, serde=info.serde)))
     assert on_sqlite == on_postgres
 
 
