@@ -258,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise MigrationError("No target given.",
                                      f"Pass --target or set ${TARGET_DSN_ENV}.")
         if args.command in ROLLBACK_COMMANDS:
-            dsn = args.source_dsn or settings.target_dsn or "" if hasattr(
-                args, "source_dsn") else ""
-            return ROLLBACK_COMMANDS[args.command](args, settings, _cipher(args), _emit,
-                                                   write_evidence)
+            dsn = getattr(args, "source_dsn", None) or settings.target_dsn or ""
+            with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
+                return ROLLBACK_COMMANDS[args.command](args, settings, _cipher(args), _emit,
+                                                       write_evidence)
         with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
             return COMMANDS[args.command](args, replace(settings, target_dsn=dsn or None))
     except KeyboardInterrupt:
