@@ -30,6 +30,7 @@ from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.sqlite_target import (
     connect_sqlite_target,
+    discard_work_file,
     load_batch_into_sqlite,
     prepare_restore_file,
     publish_restored,
@@ -130,7 +131,8 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
 
     One REPEATABLE READ transaction for the whole export; each checkpoint rebuilt from its
     JSONB document and blobs without the application's classes. Each batch becomes one
-    ``rollback_batches`` partition (keys of an earlier export are removed).
+    ``rollback_batches`` partition (keys of an earlier export are removed); a new file's
+    unpublished work file from an earlier export is removed, so it holds this export only.
     """
     source = target.final_target()
     path = rollback.export()
@@ -150,6 +152,9 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
         raise failure(f"The export {path} does not match its own digests.",
                       kind=FailureKind.MISMATCH)
     added, removed = register_partitions(context.instance, manifest, ROLLBACK_PARTITIONS_NAME)
+    if discard_work_file(rollback.to()):
+        context.log.info(f"Removed the unpublished work file of {rollback.to()}: the batches "
+                         "of this export are restored into a new one.")
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),

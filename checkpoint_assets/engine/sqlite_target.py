@@ -143,6 +143,16 @@ def prepare_restore_file(to_path: str | Path) -> Path:
     return work
 
 
+def discard_work_file(to_path: str | Path) -> bool:
+    """Remove the unpublished work file of ``to_path`` (a new export starts a new file, so
+    no thread of an earlier export is published with it); True if there was one."""
+    work = work_path(to_path)
+    existed = work.exists()
+    for path in (work, Path(f"{work}-wal"), Path(f"{work}-shm")):
+        path.unlink(missing_ok=True)
+    return existed
+
+
 def publish_restored(work: Path, to_path: str | Path) -> None:
     """Rename a verified work file to ``to_path`` (MigrationError if that appeared since)."""
     to_path = Path(to_path)
