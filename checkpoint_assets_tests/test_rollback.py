@@ -22,13 +22,14 @@ import psycopg
 import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.types import Command
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from checkpoint_assets.cli import main
 from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export_file import write_export
+from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.reverse_convert import difference_reason
 from checkpoint_assets.engine.rollback import rollback
@@ -37,6 +38,7 @@ from checkpoint_assets.engine.target import Target
 from checkpoint_assets_tests import corpus_graphs as cg
 
 AES_KEY = b"0123456789abcdef0123456789abcdef"
+PASSWORD = "pw-never-written"
 CHECKPOINT_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
                   "checkpoint, metadata FROM checkpoints ORDER BY 1, 2, 3")
 WRITES_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, "
@@ -183,12 +185,21 @@ def test_one_thread_copied_down_for_debugging(
     thread_id = next(iter(info.paused_threads))
     out = tmp_path / "debug.sqlite"
 
-    status = main(["rollback", "--source-dsn", target_dsn, "--to", str(out), "--threads",
-                   thread_id, "--readback-all", "--evidence", str(tmp_path / "ev.md")])
+    # The test server trusts local users and ignores the password; it must appear nowhere.
+    dsn = make_conninfo(target_dsn, password=PASSWORD)
+
+    status = main(["rollback", "--source-dsn", dsn, "--to", str(out), "--threads",
+                   thread_id, "--readback-all", "--evidence", str(tmp_path / "ev.md"),
+                   "--export", str(tmp_path / "debug.export")])
 
     assert status == 0
     assert {r[0] for r in rows(out, CHECKPOINT_SQL)} == {thread_id}
-    assert "Rollback evidence: PASSED" in (tmp_path / "ev.md").read_text()
+    evidence = (tmp_path / "ev.md").read_text()
+    assert "Rollback evidence: PASSED" in evidence
+    header = read_manifest(tmp_path / "debug.export").header["source"]
+    assert header["kind"] == "postgres" and header["threads"] == [thread_id]
+    for written in (evidence.encode(), (tmp_path / "debug.export").read_bytes()):
+        assert PASSWORD.encode() not in written
 
 
 # --- bad input: a clear error, nothing half-written -------------------------------------
