@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from checkpoint_assets.cli import main
 from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine import sqlite_target
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import read_manifest, write_export
@@ -312,3 +313,18 @@ def test_verify_rollback_names_a_thread_written_after_the_export(
     assert status == 1
     evidence = (tmp_path / "ev.md").read_text()
     assert "Rollback evidence: FAILED" in evidence and "zz-after-export" in evidence
+
+
+def test_a_target_file_in_use_by_a_writer_is_reported_as_locked(
+        sample_db: Path, migrated: str, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sqlite_target, "BUSY_TIMEOUT_SECONDS", 0.2)  # not 10 s in a test
+    before = rows(sample_db, CHECKPOINT_SQL)
+    writer = sqlite3.connect(sample_db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the application holds the write lock
+    try:
+        with pytest.raises(MigrationError, match="locked"):
+            rollback(migrated, sample_db, tmp_path / "x.export")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert rows(sample_db, CHECKPOINT_SQL) == before

@@ -37,7 +37,7 @@ from checkpoint_assets.engine.source import (
     WRITE_COLUMNS,
 )
 
-BUSY_TIMEOUT_SECONDS = 10.0
+BUSY_TIMEOUT_SECONDS = 10.0  # how long a batch waits for a writer to let go
 EXPECTED = ("a LangGraph SqliteSaver database (tables 'checkpoints' and 'writes' with "
             "task_path, as SqliteSaver.setup() creates them)")
 _CHECKPOINT_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
@@ -182,11 +182,16 @@ def _load_all(conn: sqlite3.Connection, manifest: ExportManifest, cipher: Cipher
 def _temporary_database(final: Path) -> Iterator[Path]:
     """A fresh temporary path beside ``final`` (``.<name>.<pid>-*.partial``), removed with
     its -wal/-shm companions unless it was renamed into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}."
-    remove_abandoned(final.parent, prefix)
-    fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=PARTIAL_SUFFIX,
-                                dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(final.parent, prefix)
+        fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=PARTIAL_SUFFIX,
+                                    dir=final.parent)
+    except OSError as exc:
+        raise MigrationError(
+            f"Cannot create {final}: {exc.strerror or exc}. Nothing was written.",
+            "Pass --to a file in a directory you may write to.") from None
     os.close(fd)
     temp = Path(name)
     try:
@@ -248,15 +253,33 @@ def load_batch_into_sqlite(conn: sqlite3.Connection, manifest: ExportManifest, k
     """Load one batch in one SQLite transaction (see the module's rules); ConflictError,
     the batch rolled back, when a row with the same key holds other content."""
     result = RestoreBatchResult(key)
-    conn.execute("BEGIN IMMEDIATE")
     try:
-        for thread in read_batch(manifest, key):
-            _load_thread(conn, thread, cipher, result)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for thread in read_batch(manifest, key):
+                _load_thread(conn, thread, cipher, result)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        raise _cannot_write(conn, exc) from None
     return result
+
+
+def _cannot_write(conn: sqlite3.Connection, exc: sqlite3.Error) -> MigrationError:
+    """The error for a SQLite file that cannot take a batch now (locked, read-only, full)."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return MigrationError(
+            f"{path} is locked by another process ({text}) and stayed locked for "
+            f"{BUSY_TIMEOUT_SECONDS:.0f} s; this batch was not written.",
+            "Stop the application using the file (the rollback is a cutover back), then run "
+            "the same command again: batches already restored are recognised.")
+    return MigrationError(f"Cannot write {path}: {text}; this batch was not written.",
+                          "Check the file's permissions and the free space, then run the "
+                          "same command again.")
 
 
 def read_thread(conn: sqlite3.Connection, thread_id: str) -> ThreadRows:
