@@ -32,7 +32,6 @@ from checkpoint_assets.engine.export_file import (
     Peekable,
     export_thread_digests,
     read_batch,
-    thread_digests,
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
@@ -129,35 +128,37 @@ def compare_sqlite_with_export(
 ) -> tuple[dict[str, int], int, list[dict]]:
     """(SQLite counts of the exported threads, threads equal byte for byte, mismatches).
 
-    A thread whose digest differs from the export's is compared by content (the
-    verification's views): rows kept from before with the same content pass.
+    The export's threads (batch by batch) and the SQLite file's (one snapshot) are read
+    side by side in thread_id order, one thread in memory at a time. A thread whose rows
+    are not the export's bytes is compared by content (the verification's views): rows
+    kept from before with the same content pass.
     """
-    exported = {tid: sha for tid, sha, _, _ in export_thread_digests(manifest)}
-    source = open_source(sqlite_path)
+    wanted = {tid for tid, _, _, _ in export_thread_digests(manifest)}
     counts = {"checkpoints": 0, "checkpoint_writes": 0}
-    seen: set[str] = set()
-    differing: dict[str, ThreadRows] = {}
+    identical = 0
+    mismatches: list[dict] = []
+    source = open_source(sqlite_path)
     try:
         with source.snapshot():
-            for thread in _threads_of(source, exported):
-                seen.add(thread.thread_id)
-                counts["checkpoints"] += len(thread.checkpoints)
-                counts["checkpoint_writes"] += len(thread.writes)
-                digest = dict(thread_digests(iter(thread.checkpoints), iter(thread.writes)))
-                if digest[thread.thread_id] != exported[thread.thread_id]:
-                    differing[thread.thread_id] = thread
+            present = Peekable(_threads_of(source, wanted))
+            for entry in manifest.batches:
+                for exported in read_batch(manifest, entry.key):
+                    thread_id = exported.thread_id
+                    matched = list(present.take_while(lambda r: r.thread_id == thread_id))
+                    if not matched:
+                        mismatches.append({"thread_id": thread_id,
+                                           "problem": "thread missing in SQLite"})
+                        continue
+                    here = matched[0]
+                    counts["checkpoints"] += len(here.checkpoints)
+                    counts["checkpoint_writes"] += len(here.writes)
+                    if here == exported:
+                        identical += 1
+                    elif problem := _content_difference(exported, here, cipher):
+                        mismatches.append({"thread_id": thread_id, "problem": problem})
     finally:
         source.close()
-    mismatches = [{"thread_id": t, "problem": "thread missing in SQLite"}
-                  for t in sorted(set(exported) - seen)]
-    if differing:
-        for entry in manifest.batches:
-            for thread in read_batch(manifest, entry.key):
-                if thread.thread_id in differing:
-                    problem = _content_difference(thread, differing[thread.thread_id], cipher)
-                    if problem:
-                        mismatches.append({"thread_id": thread.thread_id, "problem": problem})
-    return counts, len(seen) - len(differing), mismatches
+    return counts, identical, mismatches
 
 
 def compare_sqlite_batch(sqlite_path: str | Path, manifest: ExportManifest, key: str,
@@ -179,7 +180,7 @@ def compare_sqlite_batch(sqlite_path: str | Path, manifest: ExportManifest, key:
     return mismatches
 
 
-def _threads_of(source: Any, wanted: dict[str, str]) -> Iterator[ThreadRows]:
+def _threads_of(source: Any, wanted: set[str]) -> Iterator[ThreadRows]:
     """The SQLite file's threads that the export holds, in thread_id order."""
     checkpoints, writes = Peekable(source.checkpoints()), Peekable(source.writes())
     while True:
