@@ -100,3 +100,33 @@ def test_a_rollback_as_asset_runs_publishes_a_verified_file(
         assert again.success
         with closing(sqlite3.connect(back)) as b:
             assert b.execute(CHECKPOINTS_SQL).fetchall() == before
+
+
+def test_a_conflicting_row_fails_its_batch_with_the_key_and_changes_nothing(
+        target_dsn: str, tmp_path: Path, monkeypatch: object) -> None:
+    source = write_corpus(tmp_path / "app.sqlite", threads=2)
+    import_export(write_export(source, tmp_path / "forward.export"), Target(target_dsn))
+    with closing(sqlite3.connect(source)) as conn, conn:
+        key = conn.execute("SELECT thread_id, checkpoint_id FROM checkpoints "
+                           "ORDER BY 1, 2 LIMIT 1").fetchone()
+        conn.execute("UPDATE checkpoints SET metadata = ? WHERE thread_id = ? AND "
+                     "checkpoint_id = ?", (b'{"edited": true}', *key))
+    with closing(sqlite3.connect(source)) as conn:
+        before = conn.execute(CHECKPOINTS_SQL).fetchall()
+    monkeypatch.setenv("CHECKPOINT_ASSETS_TARGET_DSN", target_dsn)  # type: ignore[attr-defined]
+    resources = build_resources(replace(Settings.from_env(), source=str(source)))
+    resources["rollback"] = RollbackResource(to_path=str(source))  # the original file
+    code = build_definitions(resources, staging=False)
+
+    with dg.instance_for_test() as instance:
+        assert materialize(code, instance, ROLLBACK_EXPORT_ASSET).success
+        [partition] = instance.get_dynamic_partitions(ROLLBACK_PARTITIONS_NAME)
+        run = materialize(code, instance, RESTORED_BATCHES_ASSET, partition=partition)
+
+        assert not run.success
+        check = check_results(run, instance)[RESTORED_BATCH_MATCHES_EXPORT]
+        assert not check.passed
+        assert {"thread_id": key[0], "checkpoint_ns": "", "checkpoint_id": key[1]} in \
+            check.metadata["mismatch_keys"].value
+    with closing(sqlite3.connect(source)) as conn:
+        assert conn.execute(CHECKPOINTS_SQL).fetchall() == before
