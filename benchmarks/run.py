@@ -413,26 +413,35 @@ def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
             "checks_passed": len(report.checks)}
 
 
+def run_console_script(work: Path, dsn: str, arguments: list[str],
+                       env_extra: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
+    """Run ``checkpoint-assets <arguments> --report FILE`` in ``work`` with the target DSN
+    and no other CHECKPOINT_ASSETS_ variable; (wall seconds, its JSON report). Raises with
+    the end of its output when it fails."""
+    command_name = arguments[0]
+    report = work / f"{command_name}-report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
+    env.update({"CHECKPOINT_ASSETS_TARGET_DSN": dsn, **(env_extra or {})})
+    script = Path(sys.executable).with_name("checkpoint-assets")
+    log = work / f"{command_name}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        status = subprocess.run([str(script), *arguments, "--report", str(report)], cwd=work,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                check=False).returncode
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"{command_name} exited {status}: {log.read_text()[-3000:]}")
+    return seconds, json.loads(report.read_text())
+
+
 def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
     """``checkpoint-assets migrate`` via the console script: fresh DAGSTER_HOME and target."""
     work = Path(workdir)
-    report = work / "migrate-report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env.update({"DAGSTER_HOME": str(work / "dagster_home"),
-                "CHECKPOINT_ASSETS_TARGET_DSN": dsn})
-    script = Path(sys.executable).with_name("checkpoint-assets")
-    command = [str(script), "migrate", "--source", source, "--export",
-               str(work / "run.export"), "--report", str(report)]
-    log = work / "migrate.log"
-    started = time.perf_counter()
-    with log.open("wb") as out:
-        status = subprocess.run(command, cwd=work, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, check=False).returncode
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"migrate exited {status}: {log.read_text()[-3000:]}")
+    seconds, result = run_console_script(
+        work, dsn, ["migrate", "--source", source, "--export", str(work / "run.export")],
+        {"DAGSTER_HOME": str(work / "dagster_home")})
     disk = disk_use(Path(source), work)
-    result = json.loads(report.read_text())
     runs = result["runs"]
     batches = [r for r in runs if r["step"] == "batch"]
     in_process = result["seconds"]
@@ -449,21 +458,8 @@ def step_rollback(dsn: str, workdir: str) -> dict[str, Any]:
     """``checkpoint-assets rollback`` via the console script, from the database ``migrate``
     just loaded into a new SQLite file (export, restore, verification end to end)."""
     work = Path(workdir)
-    report = work / "rollback-report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env["CHECKPOINT_ASSETS_TARGET_DSN"] = dsn
-    script = Path(sys.executable).with_name("checkpoint-assets")
-    command = [str(script), "rollback", "--to", str(work / "rolled-back.sqlite"),
-               "--report", str(report)]
-    log = work / "rollback.log"
-    started = time.perf_counter()
-    with log.open("wb") as out:
-        status = subprocess.run(command, cwd=work, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, check=False).returncode
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"rollback exited {status}: {log.read_text()[-3000:]}")
-    result = json.loads(report.read_text())
+    seconds, result = run_console_script(
+        work, dsn, ["rollback", "--to", str(work / "rolled-back.sqlite")])
     return {"seconds": seconds, "checkpoints": result["counts"]["sqlite"]["checkpoints"],
             "all_checks_passed": result["ok"],
             "sqlite_bytes": (work / "rolled-back.sqlite").stat().st_size}

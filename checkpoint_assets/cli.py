@@ -51,8 +51,8 @@ from checkpoint_assets.engine.workers import (
     workers_for,
 )
 from checkpoint_assets.progress import progress
-from checkpoint_assets.rollback_cli import ROLLBACK_COMMANDS, add_rollback_commands
 from checkpoint_assets.project import default_export_path
+from checkpoint_assets.rollback_cli import ROLLBACK_COMMANDS, add_rollback_commands
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,

@@ -1,5 +1,5 @@
 """The migration's software-defined assets: export -> imported batches -> verification
-(-> publish, in staging mode)."""
+(-> publish, in staging mode); and the way back's (group checkpoint_rollback)."""
 
 from checkpoint_assets.assets.imported_batches import imported_checkpoint_batches
 from checkpoint_assets.assets.export import checkpoint_export
@@ -11,6 +11,6 @@ CORE_ASSETS = (checkpoint_export, imported_checkpoint_batches, migration_verific
 STAGING_ASSETS = (published_checkpoints,)
 
 __all__ = [
-    "CORE_ASSETS", "ROLLBACK_ASSETS", "STAGING_ASSETS", "checkpoint_export", "imported_checkpoint_batches",
-    "migration_verification", "published_checkpoints",
+    "CORE_ASSETS", "ROLLBACK_ASSETS", "STAGING_ASSETS", "checkpoint_export",
+    "imported_checkpoint_batches", "migration_verification", "published_checkpoints",
 ]
