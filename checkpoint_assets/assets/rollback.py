@@ -36,9 +36,10 @@ from checkpoint_assets.engine.sqlite_target import (
     publish_restored,
     work_path,
 )
-from checkpoint_assets.engine.verify import COUNT_MATCH, OFFICIAL_READBACK, check_spec
+from checkpoint_assets.engine.verify import OFFICIAL_READBACK, check_spec
 from checkpoint_assets.engine.verify_rollback import (
     EXPORT_MATCHES_POSTGRES,
+    ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
     compare_sqlite_batch,
     verify_rollback,
@@ -68,7 +69,7 @@ from checkpoint_assets.resources import PostgresTargetResource
 from checkpoint_assets.rollback_cli import ROLLBACK_EXPORT_SUFFIX, parse_threads
 from checkpoint_assets.settings import AES_KEY_ENV
 
-ROLLBACK_CHECK_NAMES = (COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
+ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK)
 
 

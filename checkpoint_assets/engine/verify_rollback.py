@@ -8,7 +8,7 @@ The forward checks, run the other way:
 - ``sqlite_matches_export``: every exported thread in the SQLite file holds the export's
   rows, byte for byte (thread digests), or, where a row was already in the file, the same
   content (the original bytes are kept).
-- ``checkpoint_count_match``: checkpoints and writes, PostgreSQL = export = SQLite.
+- ``rollback_count_match``: checkpoints and writes, PostgreSQL = export = SQLite.
 - ``official_saver_readback``: ``SqliteSaver.list`` equals ``PostgresSaver.list`` field by
   field (:mod:`readback`), for a sample of threads or all of them.
 """
@@ -40,7 +40,6 @@ from checkpoint_assets.engine.sqlite_target import read_thread
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.workers import workers_for
 from checkpoint_assets.engine.verify import (
-    COUNT_MATCH,
     DEFAULT_READBACK_SAMPLE,
     MAX_LISTED,
     OFFICIAL_READBACK,
@@ -52,6 +51,7 @@ from checkpoint_assets.engine.verify import (
     register_check_specs,
 )
 
+ROLLBACK_COUNT_MATCH = "rollback_count_match"
 EXPORT_MATCHES_POSTGRES = "export_matches_postgres"
 SQLITE_MATCHES_EXPORT = "sqlite_matches_export"
 COUNTED = ("checkpoints", "checkpoint_writes")
@@ -89,8 +89,9 @@ def verify_rollback(
                   "actual": {t: c.actual_counts[t] for t in COUNTED}}
                  for c in comparisons
                  if any(c.expected_counts[t] != c.actual_counts[t] for t in COUNTED)]
-    checks[COUNT_MATCH] = CheckOutcome(
-        COUNT_MATCH, passed=not differing and postgres_counts == export_counts == sqlite_counts,
+    checks[ROLLBACK_COUNT_MATCH] = CheckOutcome(
+        ROLLBACK_COUNT_MATCH,
+        passed=not differing and postgres_counts == export_counts == sqlite_counts,
         expected={"postgres": postgres_counts}, actual={"export": export_counts,
                                                         "sqlite": sqlite_counts},
         mismatches=differing[:MAX_LISTED], mismatch_count=len(differing))
@@ -216,6 +217,12 @@ def _judged_in_verify_rollback(findings: Any) -> CheckOutcome:
 
 
 register_check_specs((
+    CheckSpec(
+        ROLLBACK_COUNT_MATCH,
+        "Checkpoints and writes of the exported threads: PostgreSQL = export = SQLite, in "
+        "total and per batch.",
+        "Content: equal counts can hide changed values (the other checks compare them).",
+        _judged_in_verify_rollback),
     CheckSpec(
         EXPORT_MATCHES_POSTGRES,
         "Every exported checkpoint, converted the forward way, equals PostgreSQL's: channel "
