@@ -38,13 +38,15 @@ from checkpoint_assets.engine.target import (
 # Rows fetched per round trip from each server-side cursor.
 CURSOR_ITERSIZE = 2000
 _C = sql.SQL(' COLLATE "C"')
+# Per table: the columns read (SqliteSaver row order) and the key they are read in.
 _QUERIES = {
-    "checkpoints": ("thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
-                    "checkpoint, metadata", ("thread_id", "checkpoint_ns", "checkpoint_id")),
-    "checkpoint_blobs": ("thread_id, checkpoint_ns, channel, version, type, blob",
+    "checkpoints": (("thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id",
+                     "checkpoint", "metadata"),
+                    ("thread_id", "checkpoint_ns", "checkpoint_id")),
+    "checkpoint_blobs": (("thread_id", "checkpoint_ns", "channel", "version", "type", "blob"),
                          ("thread_id", "checkpoint_ns", "channel", "version")),
-    "checkpoint_writes": ("thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, "
-                          "channel, type, blob",
+    "checkpoint_writes": (("thread_id", "checkpoint_ns", "checkpoint_id", "task_id",
+                           "task_path", "idx", "channel", "type", "blob"),
                           ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id")),
 }
 
@@ -69,11 +71,13 @@ class PostgresRows:
 
     def _stream(self, table: str) -> Iterator[tuple]:
         columns, order = _QUERIES[table]
+        keys = [sql.Composed([sql.Identifier(c), _C]) for c in order]
+        if table == "checkpoint_writes":
+            keys.append(sql.Identifier("idx"))  # an integer: no collation
         query = sql.SQL("SELECT {} FROM {}{} ORDER BY {}").format(
-            sql.SQL(columns), sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table),
             sql.SQL(" WHERE thread_id = ANY(%s)") if self.only is not None else sql.SQL(""),
-            sql.SQL(", ").join(sql.Composed([sql.Identifier(c), _C]) for c in order)
-            + (sql.SQL(", idx") if table == "checkpoint_writes" else sql.SQL("")))
+            sql.SQL(", ").join(keys))
         cursor = self.conn.cursor(name=f"rollback_{table}")
         cursor.itersize = CURSOR_ITERSIZE
         try:
