@@ -22,6 +22,9 @@ For each size, in this one run on this machine:
   ``verify`` (``verify_migration`` with the source and the default read-back sample);
 - ``migrate``: ``checkpoint-assets migrate`` end to end through the console script, with a
   fresh DAGSTER_HOME and a fresh target database;
+- ``rollback`` (after ``migrate``, from the database it loaded): ``checkpoint-assets
+  rollback --to NEW.sqlite`` end to end through the console script (export from
+  PostgreSQL, restore, verification), with its ratio to ``migrate``;
 - with ``--scale-out``: the import again with 1, 2 and 4 concurrent batch loader processes
   (``import_N_loaders``), each into a fresh database;
 - ``dagster_ui`` (for --ui-sizes, default the largest): against the Dagster instance
@@ -84,8 +87,8 @@ SMOKE_SIZE = 300
 CLONE_BASE_SIZE = 100_000  # larger corpora are this one's threads copied under new ids
 RESULT_MARK = "BENCH_RESULT "
 
-STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "dagster_ui",
-         "dagster_backfill")
+STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "rollback",
+         "dagster_ui", "dagster_backfill")
 SMOKE_STEPS = STEPS[:-2]
 # Timings of a different kind (not a pass over the corpus): no ratio to the copy ceiling.
 NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
@@ -97,6 +100,8 @@ MIGRATE_MAX_X_CEILING = 8.0
 # official per-checkpoint loop (which only loads), import >= 20x.
 MIN_X_FASTER_THAN_API = {"migrate": 5.0, "import": 20.0}
 MAX_RSS_MB = 1024.0
+# Issue 15: the way back, after a migrate in the same run.
+ROLLBACK_MAX_X_MIGRATE = 2.0
 MAX_RSS_GROWTH = 0.20          # between the two largest sizes (50K -> 100K)
 DAGSTER_MAX_X_IN_PROCESS = 3.0
 # How much the seconds per 1K checkpoints may grow from the 100K size (or the smallest, if
@@ -408,26 +413,35 @@ def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
             "checks_passed": len(report.checks)}
 
 
+def run_console_script(work: Path, dsn: str, arguments: list[str],
+                       env_extra: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
+    """Run ``checkpoint-assets <arguments> --report FILE`` in ``work`` with the target DSN
+    and no other CHECKPOINT_ASSETS_ variable; (wall seconds, its JSON report). Raises with
+    the end of its output when it fails."""
+    command_name = arguments[0]
+    report = work / f"{command_name}-report.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
+    env.update({"CHECKPOINT_ASSETS_TARGET_DSN": dsn, **(env_extra or {})})
+    script = Path(sys.executable).with_name("checkpoint-assets")
+    log = work / f"{command_name}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        status = subprocess.run([str(script), *arguments, "--report", str(report)], cwd=work,
+                                env=env, stdout=out, stderr=subprocess.STDOUT,
+                                check=False).returncode
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"{command_name} exited {status}: {log.read_text()[-3000:]}")
+    return seconds, json.loads(report.read_text())
+
+
 def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
     """``checkpoint-assets migrate`` via the console script: fresh DAGSTER_HOME and target."""
     work = Path(workdir)
-    report = work / "migrate-report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env.update({"DAGSTER_HOME": str(work / "dagster_home"),
-                "CHECKPOINT_ASSETS_TARGET_DSN": dsn})
-    script = Path(sys.executable).with_name("checkpoint-assets")
-    command = [str(script), "migrate", "--source", source, "--export",
-               str(work / "run.export"), "--report", str(report)]
-    log = work / "migrate.log"
-    started = time.perf_counter()
-    with log.open("wb") as out:
-        status = subprocess.run(command, cwd=work, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, check=False).returncode
-    seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"migrate exited {status}: {log.read_text()[-3000:]}")
+    seconds, result = run_console_script(
+        work, dsn, ["migrate", "--source", source, "--export", str(work / "run.export")],
+        {"DAGSTER_HOME": str(work / "dagster_home")})
     disk = disk_use(Path(source), work)
-    result = json.loads(report.read_text())
     runs = result["runs"]
     batches = [r for r in runs if r["step"] == "batch"]
     in_process = result["seconds"]
@@ -438,6 +452,17 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
             "in_process_seconds": in_process, "breakdown_seconds": breakdown,
             "all_checks_passed": result["ok"], "disk": disk,
             "batch_seconds_by_tenth": batch_seconds_by_tenth(batches)}
+
+
+def step_rollback(dsn: str, workdir: str) -> dict[str, Any]:
+    """``checkpoint-assets rollback`` via the console script, from the database ``migrate``
+    just loaded into a new SQLite file (export, restore, verification end to end)."""
+    work = Path(workdir)
+    seconds, result = run_console_script(
+        work, dsn, ["rollback", "--to", str(work / "rolled-back.sqlite")])
+    return {"seconds": seconds, "checkpoints": result["counts"]["sqlite"]["checkpoints"],
+            "all_checks_passed": result["ok"],
+            "sqlite_bytes": (work / "rolled-back.sqlite").stat().st_size}
 
 
 def batch_seconds_by_tenth(batches: list[dict[str, Any]]) -> list[float]:
@@ -565,12 +590,12 @@ def step_dagster_backfill(admin_dsn: str, source: str, workdir: str,
 STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "copy_ceiling": step_copy_ceiling, "api_loop": step_api_loop, "export": step_export,
     "import": step_import, "profile_import": step_profile_import, "verify": step_verify,
-    "migrate": step_migrate, "dagster_ui": step_dagster_ui,
+    "migrate": step_migrate, "rollback": step_rollback, "dagster_ui": step_dagster_ui,
     "dagster_backfill": step_dagster_backfill,
 }
 
 
-CHILD_PROCESS_STEPS = frozenset({"import", "migrate", "dagster_backfill"})
+CHILD_PROCESS_STEPS = frozenset({"import", "migrate", "rollback", "dagster_backfill"})
 # Scale-out: the import with this many concurrent batch loader processes (issue: 1, 2, 4).
 SCALE_OUT_LOADERS = (1, 2, 4)
 SAMPLE_SECONDS = 0.2
@@ -769,6 +794,9 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
             with fresh_database(admin, "migrate") as dsn:
                 results["migrate"] = run("migrate", {"source": source, "dsn": dsn,
                                                      "workdir": str(migrate_dir)})
+                if "rollback" in steps:
+                    results["rollback"] = run("rollback", {"dsn": dsn,
+                                                           "workdir": str(migrate_dir)})
                 if "dagster_ui" in steps:
                     results["dagster_ui"] = run("dagster_ui", {"source": source,
                                                                "workdir": str(migrate_dir)})
@@ -858,7 +886,14 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                 add(f"{name} >= {least:.0f}x faster than the API loop", size, speedup,
                     f">= {least}", speedup >= least,
                     "API loop extrapolated from a prefix" if api.get("extrapolated") else "")
-        for name, result in (("import", imp), ("migrate", mig)):
+        back = step(size, "rollback")
+        if back and mig:
+            ratio = back["seconds"] / mig["seconds"]
+            add("rollback <= 2x migrate", size, ratio, f"<= {ROLLBACK_MAX_X_MIGRATE}",
+                ratio <= ROLLBACK_MAX_X_MIGRATE,
+                "both end to end through the console script, the rollback from the "
+                "database that migrate loaded, in the same run")
+        for name, result in (("import", imp), ("migrate", mig), ("rollback", back)):
             if result:
                 add(f"{name} peak RSS <= 1 GB", size, rss(result),
                     f"<= {MAX_RSS_MB:.0f} MB", rss(result) <= MAX_RSS_MB,

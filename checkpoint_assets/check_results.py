@@ -30,7 +30,13 @@ from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     COUNT_MATCH,
     EXPORT_ASSET,
+    GROUP_NAME,
     PUBLISH_ASSET,
+    RESTORED_BATCHES_ASSET,
+    ROLLBACK_EXPORT_ASSET,
+    ROLLBACK_GROUP_NAME,
+    ROLLBACK_PARTITIONS_NAME,
+    ROLLBACK_VERIFICATION_ASSET,
     VERIFICATION_ASSET,
     batch_partitions,
     batches_with_a_passed_check,
@@ -101,11 +107,15 @@ def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | No
     return None
 
 
-def declared_check_keys(defs: dg.Definitions | None = None) -> list[dg.AssetCheckKey]:
-    """Every asset check the definitions declare, in lineage order."""
+def declared_check_keys(defs: dg.Definitions | None = None, *,
+                        group: str = GROUP_NAME) -> list[dg.AssetCheckKey]:
+    """Every asset check the definitions declare for ``group`` (the migration's, or the
+    rollback's), in lineage order."""
     defs = defs or build_definitions()
-    order = [EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET]
-    keys = defs.resolve_asset_graph().asset_check_keys
+    order = [EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET,
+             ROLLBACK_EXPORT_ASSET, RESTORED_BATCHES_ASSET, ROLLBACK_VERIFICATION_ASSET]
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.asset_check_keys if graph.get(k.asset_key).group_name == group]
     return sorted(keys, key=lambda k: (order.index(k.asset_key) if k.asset_key in order
                                        else len(order), k.name))
 
@@ -116,7 +126,8 @@ def latest_check_evaluations(
 ) -> list[CheckRow]:
     """The latest evaluation of every declared asset check, one CheckRow each. The
     publish check is listed when the definitions are in staging mode
-    or the instance has a result for it.
+    or the instance has a result for it; the rollback group's checks when the instance has
+    a result for them (a rollback ran).
 
     With ``run_ids`` (the runs of one command, started at or after ``since``, a Unix time),
     each check's row is its latest evaluation in those runs; a check or batch those runs did
@@ -126,7 +137,8 @@ def latest_check_evaluations(
     keys = declared_check_keys(defs)
     publish_keys = sorted((key for asset in STAGING_ASSETS for key in asset.check_keys),
                           key=lambda k: k.name)
-    for key in publish_keys:
+    rollback_keys = declared_check_keys(defs, group=ROLLBACK_GROUP_NAME)
+    for key in (*publish_keys, *rollback_keys):
         if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
             keys.append(key)
     evaluations = _Evaluations(instance, run_ids, since)
@@ -163,15 +175,17 @@ class _Evaluations:
             key, limit=1, status=_FINISHED, partition_filter=partitions)
         return finished[0] if finished else None
 
-    def passed_partitions(self, key: dg.AssetCheckKey) -> set[str]:
-        """The current partitions of ``key`` whose evaluation to show passed.
+    def passed_partitions(self, key: dg.AssetCheckKey,
+                          partitions_name: str = BATCH_PARTITIONS_NAME) -> set[str]:
+        """The current partitions (of ``partitions_name``) of ``key`` whose evaluation to
+        show passed.
 
         Without run ids: :func:`batches_with_a_passed_check` (one query). With them: the
         command's own result where it evaluated the partition, else the same current
         passed result; only a partition whose latest evaluation is still in progress
         (another command) is looked up on its own, for its latest finished one.
         """
-        passed = batches_with_a_passed_check(self.instance, key)
+        passed = batches_with_a_passed_check(self.instance, key, partitions_name)
         if self.run_ids is None:
             return passed
         own = self._own_records(key)
@@ -179,7 +193,7 @@ class _Evaluations:
                        self.storage.get_asset_check_partition_info([key])
                        if info.latest_execution_status
                        == AssetCheckExecutionRecordStatus.PLANNED}
-        current = set(self.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+        current = set(self.instance.get_dynamic_partitions(partitions_name))
         result = set()
         for partition in current:
             record = own.get(partition)
@@ -213,16 +227,22 @@ class _Evaluations:
         return self._own[key]
 
 
+# The partitioned assets and the name of their dynamic partitions.
+PARTITIONS_OF = {BATCHES_ASSET: BATCH_PARTITIONS_NAME,
+                 RESTORED_BATCHES_ASSET: ROLLBACK_PARTITIONS_NAME}
+
+
 def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
                evaluations: _Evaluations) -> CheckRow:
     row = CheckRow(asset=key.asset_key.to_user_string(), check=key.name)
     record = evaluations.record(key)
     prefix = ""
-    if key.asset_key == BATCHES_ASSET:
+    if key.asset_key in PARTITIONS_OF:
         # Per-batch check: it passes when the latest result of every current batch passed;
         # otherwise show the first batch that did not pass.
-        current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-        passed = evaluations.passed_partitions(key)
+        partitions_name = PARTITIONS_OF[key.asset_key]
+        current = set(instance.get_dynamic_partitions(partitions_name))
+        passed = evaluations.passed_partitions(key, partitions_name)
         row.partitions = f"{len(current & passed)}/{len(current)} passed"
         failing = sorted(current - passed)
         if failing:

@@ -52,6 +52,7 @@ from checkpoint_assets.engine.workers import (
 )
 from checkpoint_assets.progress import progress
 from checkpoint_assets.project import default_export_path
+from checkpoint_assets.rollback_cli import ROLLBACK_COMMANDS, add_rollback_commands
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,
@@ -226,6 +227,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="the export file")
     p.add_argument("--batch", metavar="KEY",
                    help="print only this batch (e.g. batch-00001), checking its own digest")
+    add_rollback_commands(sub, settings)
     return parser
 
 
@@ -255,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             if not dsn:
                 raise MigrationError("No target given.",
                                      f"Pass --target or set ${TARGET_DSN_ENV}.")
+        if args.command in ROLLBACK_COMMANDS:
+            dsn = getattr(args, "source_dsn", None) or settings.target_dsn or ""
+            with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
+                return ROLLBACK_COMMANDS[args.command](args, settings, _cipher(args), _emit,
+                                                       write_evidence)
         with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
             return COMMANDS[args.command](args, replace(settings, target_dsn=dsn or None))
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets import CORE_ASSETS, STAGING_ASSETS
+from checkpoint_assets.assets import CORE_ASSETS, ROLLBACK_ASSETS, STAGING_ASSETS
 from checkpoint_assets.partitions import (
     AUTOMATION_INTERVAL_SECONDS,
     AUTOMATION_SENSOR,
@@ -44,7 +44,7 @@ def build_definitions(
     """
     if staging is None:
         staging = Settings.from_env().staging
-    assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ())]
+    assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ()), *ROLLBACK_ASSETS]
     with warnings.catch_warnings():  # code references are Beta in Dagster 1.13
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         # The UI links each asset to its source file and line.

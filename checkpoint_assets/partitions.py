@@ -107,8 +107,8 @@ def batch_key_for(manifest: ExportManifest, partition_key: str) -> str:
 
 
 
-def batches_with_a_passed_check(instance: dg.DagsterInstance,
-                                check_key: dg.AssetCheckKey) -> set[str]:
+def batches_with_a_passed_check(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey,
+                                partitions_name: str = BATCH_PARTITIONS_NAME) -> set[str]:
     """Current batch partitions whose latest ``batch_matches_export`` result passed and is
     current: it belongs to the partition's latest materialization.
 
@@ -116,9 +116,10 @@ def batches_with_a_passed_check(instance: dg.DagsterInstance,
     ``checkpoint-assets checks`` (n/m passed) and the publish gate share. A result of an
     earlier materialization does not count: a run stopped between a batch's
     materialization and its check result leaves the partition materialized but unproven.
-    One query for all partitions.
+    One query for all partitions. ``partitions_name``: the migration's batches, or the
+    rollback's.
     """
-    current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    current = set(instance.get_dynamic_partitions(partitions_name))
     return {info.partition_key for info in
             instance.event_log_storage.get_asset_check_partition_info([check_key])
             if info.partition_key in current and info.is_current
@@ -201,3 +202,20 @@ MIGRATION_ID_TAG = "checkpoint_assets/migration_id"
 # "<host>:<pid>:<process start time>" of the process that executes an in-process run, so a
 # later command can tell a run whose process was killed from one still going.
 PROCESS_TAG = "checkpoint_assets/process"
+
+# --------------------------------------------------------------------------- the way back
+
+# The rollback group (PostgreSQL -> SQLite): a snapshot export of PostgresSaver's tables,
+# one dynamic partition per batch restored into SQLite (keys in the same g<id>-bNNNNN
+# form), and the verification that publishes a new SQLite file once every check passed.
+ROLLBACK_GROUP_NAME = "checkpoint_rollback"
+ROLLBACK_PARTITIONS_NAME = "rollback_batches"
+rollback_partitions = dg.DynamicPartitionsDefinition(name=ROLLBACK_PARTITIONS_NAME)
+ROLLBACK_EXPORT_ASSET = dg.AssetKey("rollback_export")
+RESTORED_BATCHES_ASSET = dg.AssetKey("restored_checkpoint_batches")
+ROLLBACK_VERIFICATION_ASSET = dg.AssetKey("rollback_verification")
+RESTORED_BATCH_MATCHES_EXPORT = "restored_batch_matches_export"
+# Where the rollback writes (a SqliteSaver file: created, or added to) and its export.
+ROLLBACK_TO_ENV = "CHECKPOINT_ASSETS_ROLLBACK_TO"
+ROLLBACK_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_EXPORT"
+ROLLBACK_THREADS_ENV = "CHECKPOINT_ASSETS_ROLLBACK_THREADS"

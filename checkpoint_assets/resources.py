@@ -197,7 +197,24 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "target": PostgresTargetResource(
             dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
             readback_threads=readback, verification_workers=workers),
+        "rollback": rollback_resource(secrets["aes_key"], batch_size),
     }
+
+
+def rollback_resource(aes_key: Any, batch_size: Any) -> dg.ConfigurableResource:
+    """The rollback group's resource, from its environment variables (their names shown
+    in the UI) and the migration's AES key and batch size."""
+    from checkpoint_assets.assets.rollback import RollbackResource
+    from checkpoint_assets.partitions import (
+        ROLLBACK_EXPORT_ENV,
+        ROLLBACK_THREADS_ENV,
+        ROLLBACK_TO_ENV,
+    )
+
+    return RollbackResource(to_path=_env_or(ROLLBACK_TO_ENV, None),
+                            export_path=_env_or(ROLLBACK_EXPORT_ENV, None),
+                            threads=_env_or(ROLLBACK_THREADS_ENV, None),
+                            batch_size=batch_size, aes_key=aes_key)
 
 
 def _env_or(name: str, value: Any, *, as_int: bool = False) -> Any:

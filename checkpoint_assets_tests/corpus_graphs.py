@@ -1142,3 +1142,16 @@ def build_scaled_corpus(path: str | Path, threads: int, seed: int = 0) -> Corpus
         graph = build_chat_graph(saver)
         paused = _run_chat_threads(graph, thread_ids, rng, refund_every=8)
     return CorpusInfo(Path(path), build_chat_graph, paused, tuple(thread_ids))
+
+
+def build_every_corpus(root: Path, aes_key: bytes, scaled_threads: int) -> dict[str, CorpusInfo]:
+    """Every corpus of the suite in ``root``, by name: rich, json, encrypted (with
+    ``aes_key``), v3, legacy, scaled (``scaled_threads`` threads)."""
+    return {
+        "rich": build_rich_corpus(root / "rich.sqlite"),
+        "json": build_json_rows_corpus(root / "json.sqlite"),
+        "encrypted": build_encrypted_corpus(root / "encrypted.sqlite", aes_key),
+        "v3": build_v3_pending_sends_corpus(root / "v3.sqlite"),
+        "legacy": build_legacy_no_task_path_corpus(root / "legacy.sqlite"),
+        "scaled": build_scaled_corpus(root / "scaled.sqlite", scaled_threads),
+    }

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate")
+SMOKE_STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "rollback")
 
 
 def test_smoke_run_writes_every_step(admin_dsn: str, tmp_path: Path) -> None:

@@ -37,15 +37,8 @@ SCALED_THREADS = 24
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, cg.CorpusInfo]:
     """Every corpus, built once for this module (about one second in all)."""
-    root = tmp_path_factory.mktemp("test-corpora")
-    return {
-        "rich": cg.build_rich_corpus(root / "rich.sqlite"),
-        "json": cg.build_json_rows_corpus(root / "json.sqlite"),
-        "encrypted": cg.build_encrypted_corpus(root / "encrypted.sqlite", AES_KEY),
-        "v3": cg.build_v3_pending_sends_corpus(root / "v3.sqlite"),
-        "legacy": cg.build_legacy_no_task_path_corpus(root / "legacy.sqlite"),
-        "scaled": cg.build_scaled_corpus(root / "scaled.sqlite", SCALED_THREADS),
-    }
+    return cg.build_every_corpus(tmp_path_factory.mktemp("test-corpora"), AES_KEY,
+                                 SCALED_THREADS)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,16 @@
 """The migration's software-defined assets: export -> imported batches -> verification
-(-> publish, in staging mode)."""
+(-> publish, in staging mode); and the way back's (group checkpoint_rollback)."""
 
 from checkpoint_assets.assets.imported_batches import imported_checkpoint_batches
 from checkpoint_assets.assets.export import checkpoint_export
 from checkpoint_assets.assets.publish import published_checkpoints
 from checkpoint_assets.assets.verification import migration_verification
+from checkpoint_assets.assets.rollback import ROLLBACK_ASSETS
 
 CORE_ASSETS = (checkpoint_export, imported_checkpoint_batches, migration_verification)
 STAGING_ASSETS = (published_checkpoints,)
 
 __all__ = [
-    "CORE_ASSETS", "STAGING_ASSETS", "checkpoint_export", "imported_checkpoint_batches",
-    "migration_verification", "published_checkpoints",
+    "CORE_ASSETS", "ROLLBACK_ASSETS", "STAGING_ASSETS", "checkpoint_export",
+    "imported_checkpoint_batches", "migration_verification", "published_checkpoints",
 ]

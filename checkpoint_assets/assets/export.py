@@ -79,7 +79,7 @@ def checkpoint_export(
     seconds = time.perf_counter() - started
 
     count_check = _counts_check(manifest, counts)
-    file_check = _file_check(path)
+    file_check = export_file_check(path)
     if not (count_check.passed and file_check.passed):
         yield count_check
         yield file_check
@@ -88,7 +88,7 @@ def checkpoint_export(
             "partitions were registered.",
             {"export_path": str(path)}, kind=FailureKind.MISMATCH)
 
-    added, removed = _register_partitions(context.instance, manifest)
+    added, removed = register_partitions(context.instance, manifest)
     initialize_target_pool(context.instance)  # before a backfill starts batch runs at once
     if added or removed:
         yield from verification_out_of_date(
@@ -135,7 +135,8 @@ def _counts_check(manifest: ExportManifest, counts: SourceCounts) -> dg.AssetChe
                    "export again."] if differing else []))
 
 
-def _file_check(path: Any) -> dg.AssetCheckResult:
+def export_file_check(path: Any) -> dg.AssetCheckResult:
+    """The export_file_verifies check of the export file at ``path``."""
     try:
         verified = verify_export(path)
     except MigrationError as exc:
@@ -151,19 +152,20 @@ def _file_check(path: Any) -> dg.AssetCheckResult:
             batches_verified=len(verified.batches), content_sha256=verified.content_sha256))
 
 
-def _register_partitions(
-    instance: dg.DagsterInstance, manifest: ExportManifest
+def register_partitions(
+    instance: dg.DagsterInstance, manifest: ExportManifest,
+    partitions_name: str = BATCH_PARTITIONS_NAME,
 ) -> tuple[list[str], list[str]]:
-    """Make the batch partitions exactly the export's partition keys; return (added,
-    removed)."""
+    """Make the batch partitions (``partitions_name``: the migration's, or the rollback's)
+    exactly the export's partition keys; return (added, removed)."""
     keys = partition_keys(manifest)
-    existing = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    existing = set(instance.get_dynamic_partitions(partitions_name))
     added = [key for key in keys if key not in existing]
     # Idempotent: adding a key that exists is a no-op, so re-exporting is safe.
-    instance.add_dynamic_partitions(BATCH_PARTITIONS_NAME, keys)
+    instance.add_dynamic_partitions(partitions_name, keys)
     removed = sorted(existing - set(keys))
     for key in removed:
-        instance.delete_dynamic_partition(BATCH_PARTITIONS_NAME, key)
+        instance.delete_dynamic_partition(partitions_name, key)
     return added, removed
 
 

@@ -107,9 +107,9 @@ def render_evidence(
     sections = [
         _headline(report, manifest, target_display, title, when),
         _counts_section(report),
-        _checks_section(report),
+        checks_section(report),
         _timings_section(manifest, batches, batch_labels or {}, untimed_hint),
-        *(_mismatch_section(report, name, max_listed, more_hint) for name, outcome
+        *(mismatch_section(report, name, max_listed, more_hint) for name, outcome
           in report.checks.items() if not outcome.passed),
         _metadata_changes_section(report, max_listed),
     ]
@@ -161,6 +161,16 @@ def _escaped_control(char: str) -> str:
 
 def _headline(report: VerificationReport, manifest: ExportManifest, target_display: str,
               title: str, when: dt.datetime) -> str:
+    source = (manifest.header.get("source") or {}).get("path", "-")
+    return headline(report, manifest, title, when, [("SQLite source", source)],
+                    [("target", target_display)])
+
+
+def headline(report: VerificationReport, manifest: ExportManifest, title: str,
+             when: dt.datetime, from_side: Sequence[tuple[str, Any]],
+             to_side: Sequence[tuple[str, Any]]) -> str:
+    """The report's title and summary: verdict, when, the export between ``from_side`` and
+    ``to_side`` (label, value pairs: where the rows came from and went to)."""
     result = "PASSED" if report.passed else "FAILED"
     failed = [n for n, c in report.checks.items() if check_status(c) == "FAIL"]
     warned = [n for n, c in report.checks.items() if check_status(c) == "WARN"]
@@ -173,18 +183,17 @@ def _headline(report: VerificationReport, manifest: ExportManifest, target_displ
         verdict = f"all {len(report.checks)} checks passed"
     if warned:
         verdict += f"; warning: {', '.join(warned)}"
-    source = (manifest.header.get("source") or {}).get("path", "-")
     rows = [
         ("result", f"{result}: {verdict}"),
         ("verified at", f"{when.astimezone(dt.UTC).isoformat(timespec='seconds')} "
                         f"(took {report.seconds:.1f} s)"),
-        ("SQLite source", source),
+        *from_side,
         ("export", str(manifest.path)),
         ("export taken at", manifest.header.get("created_at", "-")),
         ("export content sha256", manifest.content_sha256),
         ("exported", f"{manifest.checkpoints} checkpoints, {manifest.writes} writes, "
                      f"{manifest.threads} threads in {len(manifest.batches)} batches"),
-        ("target", target_display),
+        *to_side,
     ]
     return (f"# {markdown_cell(title)}: {result}\n\n"
             + "\n".join(f"- **{label}**: {markdown_cell(value, 2000)}" for label, value in rows))
@@ -215,7 +224,7 @@ def _counts_section(report: VerificationReport) -> str:
             + "\n\n" + note)
 
 
-def _checks_section(report: VerificationReport) -> str:
+def checks_section(report: VerificationReport) -> str:
     rows = [[name, check_status(c), c.mismatch_count, c.description, c.cannot_prove]
             for name, c in report.checks.items()]
     text = "## Checks\n\n" + markdown_table(
@@ -260,7 +269,7 @@ def _timings_section(manifest: ExportManifest, batches: Sequence[BatchTiming] | 
     return text
 
 
-def _mismatch_section(report: VerificationReport, name: str, max_listed: int,
+def mismatch_section(report: VerificationReport, name: str, max_listed: int,
                       more_hint: str) -> str:
     outcome = report.checks[name]
     status = check_status(outcome)

@@ -34,7 +34,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import ormsgpack
 
@@ -184,6 +184,54 @@ class ExportSummary:
     seconds: float
 
 
+class RowSource(Protocol):
+    """Where an export's rows come from: SqliteSaver rows, one thread at a time.
+
+    ``source_header()`` is the header's ``source`` entry (never a password);
+    ``threads()`` yields every thread in thread_id order, its rows in key order, all read
+    in one consistent snapshot.
+    """
+
+    def source_header(self) -> dict[str, Any]:
+        """The header's ``source`` entry."""
+        ...
+
+    def threads(self) -> Iterator[ThreadRows]:
+        """Every thread, in thread_id order."""
+        ...
+
+
+class SqliteRows:
+    """The :class:`RowSource` of a SqliteSaver database (inside its snapshot)."""
+
+    def __init__(self, source: SourceDatabase) -> None:
+        self.source = source
+
+    def source_header(self) -> dict[str, Any]:
+        """The SQLite file's resolved path and whether its writes have task_path."""
+        return {"kind": "sqlite", "path": str(self.source.path.resolve()),
+                "task_path_column": self.source.has_task_path}
+
+    def threads(self) -> Iterator[ThreadRows]:
+        """Every thread of the database; MigrationError if it changes while read."""
+        source = self.source
+        checkpoints = Peekable(source.checkpoints())
+        writes = Peekable(source.writes())
+        for size in source.thread_sizes():
+            thread = ThreadRows(
+                size.thread_id,
+                list(checkpoints.take_while(lambda r: r.thread_id == size.thread_id)),
+                list(writes.take_while(lambda r: r.thread_id == size.thread_id)))
+            if (len(thread.checkpoints), len(thread.writes)) != (size.checkpoints,
+                                                                   size.writes):
+                raise MigrationError(
+                    f"Source {source.path} changed while it was read (thread "
+                    f"{size.thread_id!r}).",
+                    "Run the export again; SQLite snapshots should prevent this, so report it.",
+                )
+            yield thread
+
+
 def write_export(
     source_path: str | Path,
     export_path: str | Path,
@@ -202,17 +250,32 @@ def write_export(
     is recorded in the header for exports that chain. Raises MigrationError when the file
     cannot be written (read-only or full filesystem, no permission), leaving nothing behind.
     """
-    export_path = Path(export_path)
     source = open_source(source_path)
     try:
         with source.snapshot():
-            try:
-                with private_file(export_path, buffering=1 << 20) as handle:
-                    _write_body(source, handle, batch_size, progress, previous_export_sha256)
-            except OSError as exc:
-                raise cannot_write_export(export_path, exc) from None
+            return write_export_rows(SqliteRows(source), export_path, batch_size=batch_size,
+                                     progress=progress,
+                                     previous_export_sha256=previous_export_sha256)
     finally:
         source.close()
+
+
+def write_export_rows(
+    rows: RowSource,
+    export_path: str | Path,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Any = None,
+    previous_export_sha256: str | None = None,
+) -> ExportManifest:
+    """Write the threads of any :class:`RowSource` as an export file (see
+    :func:`write_export`, whose guarantees it gives) and return its manifest."""
+    export_path = Path(export_path)
+    try:
+        with private_file(export_path, buffering=1 << 20) as handle:
+            _write_body(rows, handle, batch_size, progress, previous_export_sha256)
+    except OSError as exc:
+        raise cannot_write_export(export_path, exc) from None
     return read_manifest(export_path)
 
 
@@ -226,60 +289,51 @@ def cannot_write_export(export_path: Path, exc: OSError) -> MigrationError:
         "SQLite database.")
 
 
-def _write_body(source: SourceDatabase, handle: BinaryIO, batch_size: int, progress: Any,
+def _write_body(rows: RowSource, handle: BinaryIO, batch_size: int, progress: Any,
                 previous_export_sha256: str | None) -> dict[str, Any]:
     writer = _FrameWriter(handle)
     writer.raw(MAGIC)
     writer.frame(HEADER, pack({
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "source": {"kind": "sqlite", "path": str(source.path.resolve()),
-                   "task_path_column": source.has_task_path},
+        "source": rows.source_header(),
         "previous_export_sha256": previous_export_sha256,
         "batch_size": batch_size,
     }), in_batch=False)
     planner = BatchPlanner(batch_size)
-    checkpoints = _Peekable(source.checkpoints())
-    writes = _Peekable(source.writes())
     batches: list[BatchEntry] = []
     current: dict[str, Any] | None = None
     totals = {"threads": 0, "checkpoints": 0, "writes": 0}
     types: dict[str, int] = {}
     content_hash = hashlib.sha256()
 
-    for size in source.thread_sizes():
-        index, new_batch = planner.place(size.checkpoints)
+    for thread in rows.threads():
+        index, new_batch = planner.place(len(thread.checkpoints))
         if new_batch:
             if current is not None:
                 batches.append(_close_batch(writer, current))
             current = {"key": batch_key(index), "offset": writer.offset, "threads": 0,
-                       "checkpoints": 0, "writes": 0, "first_thread": size.thread_id}
+                       "checkpoints": 0, "writes": 0, "first_thread": thread.thread_id}
             writer.batch_hash = hashlib.sha256()
             writer.frame(BATCH, pack({"key": current["key"]}), in_batch=True)
-        thread_checkpoints = [["c", *row] for row in
-                              checkpoints.take_while(lambda r: r.thread_id == size.thread_id)]
-        thread_writes = [["w", *row] for row in
-                         writes.take_while(lambda r: r.thread_id == size.thread_id)]
+        thread_checkpoints = [["c", *row] for row in thread.checkpoints]
+        thread_writes = [["w", *row] for row in thread.writes]
         n_checkpoints, n_writes = len(thread_checkpoints), len(thread_writes)
-        if (n_checkpoints, n_writes) != (size.checkpoints, size.writes):
-            raise MigrationError(
-                f"Source {source.path} changed while it was read (thread {size.thread_id!r}).",
-                "Run the export again; SQLite snapshots should prevent this, so report it.",
-            )
         for row in thread_checkpoints:
             types[row[5] or "null"] = types.get(row[5] or "null", 0) + 1
         checkpoint_payload, write_payload = pack(thread_checkpoints), pack(thread_writes)
         thread_sha = _rows_digest(checkpoint_payload, write_payload).hexdigest()
-        writer.frame(THREAD, pack({"thread_id": size.thread_id, "checkpoints": n_checkpoints,
-                                   "writes": n_writes, "sha256": thread_sha}), in_batch=True)
+        writer.frame(THREAD, pack({"thread_id": thread.thread_id,
+                                   "checkpoints": n_checkpoints, "writes": n_writes,
+                                   "sha256": thread_sha}), in_batch=True)
         writer.frame(CHECKPOINTS, checkpoint_payload, in_batch=True)
         writer.frame(WRITES, write_payload, in_batch=True)
-        content_hash.update(pack_opaque([size.thread_id, thread_sha]))
+        content_hash.update(pack_opaque([thread.thread_id, thread_sha]))
         assert current is not None
         current["threads"] += 1
         current["checkpoints"] += n_checkpoints
         current["writes"] += n_writes
-        current["last_thread"] = size.thread_id
+        current["last_thread"] = thread.thread_id
         totals["threads"] += 1
         totals["checkpoints"] += n_checkpoints
         totals["writes"] += n_writes
@@ -332,7 +386,7 @@ def thread_digests(checkpoints: Iterator[CheckpointRow],
                    writes: Iterator[WriteRow]) -> Iterator[tuple[str, str]]:
     """(thread_id, thread digest) for every thread of rows given in key order, computed as
     the export computes them (one msgpack call per thread and table, not one per row)."""
-    pending_checkpoints, pending_writes = _Peekable(checkpoints), _Peekable(writes)
+    pending_checkpoints, pending_writes = Peekable(checkpoints), Peekable(writes)
     while True:
         heads = [row.thread_id for row in (pending_checkpoints.peek(), pending_writes.peek())
                  if row is not None]
@@ -346,7 +400,7 @@ def thread_digests(checkpoints: Iterator[CheckpointRow],
         yield thread, _rows_digest(pack(rows[0]), pack(rows[1])).hexdigest()
 
 
-class _Peekable:
+class Peekable:
     """An iterator whose next item can be looked at without consuming it."""
 
     _END = object()

@@ -90,9 +90,10 @@ class TargetConnectionLimitError(MigrationError):
 class Target:
     """Where the migration writes: a DSN and an optional schema for PostgresSaver's tables."""
 
-    def __init__(self, dsn: str, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, schema: str | None = None, role: str = "target") -> None:
         self.dsn = dsn
         self.schema = schema or None
+        self.role = role  # how messages name it: the migration's target, a rollback's source
 
     @property
     def display(self) -> str:
@@ -134,7 +135,7 @@ class Target:
     def _connect_error(self, reason: str) -> MigrationError:
         if any(marker in reason for marker in AUTHENTICATION_FAILURES):
             return TargetAuthenticationError(
-                f"The target {self.display} rejected the login (authentication "
+                f"The {self.role} {self.display} rejected the login (authentication "
                 f"failed): {reason}",
                 "Check the user name and password in the target DSN (--target or "
                 "$CHECKPOINT_ASSETS_TARGET_DSN; percent-encode special characters in a "
@@ -162,7 +163,7 @@ class Target:
                 "command again (backfill after migrate).",
             )
         return TargetUnreachableError(
-            f"Cannot connect to the target {self.display}: {reason}",
+            f"Cannot connect to the {self.role} {self.display}: {reason}",
             "Check host, port, database name, user and password (set them in the DSN "
             "environment variable), and that the server accepts connections.",
         )

@@ -61,7 +61,7 @@ class CheckOutcome:
     @property
     def spec(self) -> CheckSpec:
         """The check's declaration: what it proves and cannot, its severity."""
-        return CHECK_SPECS[self.name]
+        return check_spec(self.name)
 
     @property
     def description(self) -> str:
@@ -556,6 +556,18 @@ CHECKS = (
 )
 CHECK_SPECS = {spec.name: spec for spec in CHECKS}
 CHECK_NAMES = tuple(CHECK_SPECS)
+# Checks of other verifications (the rollback's), so their outcomes know their spec too.
+_OTHER_CHECK_SPECS: dict[str, CheckSpec] = {}
+
+
+def check_spec(name: str) -> CheckSpec:
+    """The declaration of the check ``name``: the migration's or another verification's."""
+    return CHECK_SPECS.get(name) or _OTHER_CHECK_SPECS[name]
+
+
+def register_check_specs(specs: Sequence[CheckSpec]) -> None:
+    """Declare the checks of another verification (not run by :func:`verify_migration`)."""
+    _OTHER_CHECK_SPECS.update((spec.name, spec) for spec in specs)
 
 
 def _drifted_threads(outcome: CheckOutcome) -> list[dict]:

@@ -1,0 +1,290 @@
+"""The way back as assets (group ``checkpoint_rollback``): PostgreSQL -> export -> SQLite.
+
+``rollback_export`` snapshots PostgresSaver's tables into an export file and registers one
+``rollback_batches`` partition per batch; ``restored_checkpoint_batches`` loads one batch
+into the SQLite file per partition (materialized, backfilled and audited like the
+migration's batches); ``rollback_verification`` runs the rollback checks and, for a new
+file, publishes it under its final name only when they all passed. The engine does the
+work (postgres_source, sqlite_target, verify_rollback); these assets only wire it.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from checkpoint_assets.assets.dagster_metadata import (
+    check_metadata,
+    error_text,
+    failure,
+    preview_silenced,
+)
+from checkpoint_assets.assets.export import export_file_check, register_partitions
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
+from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.sqlite_target import (
+    connect_sqlite_target,
+    discard_work_file,
+    load_batch_into_sqlite,
+    prepare_restore_file,
+    publish_restored,
+    work_path,
+)
+from checkpoint_assets.engine.verify import OFFICIAL_READBACK, check_spec
+from checkpoint_assets.engine.verify_rollback import (
+    EXPORT_MATCHES_POSTGRES,
+    ROLLBACK_COUNT_MATCH,
+    SQLITE_MATCHES_EXPORT,
+    compare_sqlite_batch,
+    verify_rollback,
+)
+from checkpoint_assets.partitions import (
+    ASSET_TAGS,
+    DEFAULT_BATCH_SIZE,
+    EXPORT_FILE_VERIFIES,
+    OWNERS,
+    POSTGRES_KIND,
+    RESTORED_BATCH_MATCHES_EXPORT,
+    RESTORED_BATCHES_ASSET,
+    ROLLBACK_EXPORT_ASSET,
+    ROLLBACK_EXPORT_ENV,
+    ROLLBACK_GROUP_NAME,
+    ROLLBACK_PARTITIONS_NAME,
+    ROLLBACK_THREADS_ENV,
+    ROLLBACK_TO_ENV,
+    ROLLBACK_VERIFICATION_ASSET,
+    SQLITE_KIND,
+    TARGET_POOL,
+    batch_key_for,
+    manifest_export_id,
+    rollback_partitions,
+)
+from checkpoint_assets.resources import PostgresTargetResource
+from checkpoint_assets.rollback_cli import ROLLBACK_EXPORT_SUFFIX, parse_threads
+from checkpoint_assets.settings import AES_KEY_ENV
+
+ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
+                        OFFICIAL_READBACK)
+
+
+class RollbackResource(dg.ConfigurableResource):
+    """Where the way back writes: the SqliteSaver file, its export, which threads. The
+    PostgreSQL source is the migration's target resource (after a cutover, the database
+    the application writes)."""
+
+    to_path: str | None = Field(
+        default=None, description=f"SqliteSaver file to restore into (env {ROLLBACK_TO_ENV}):"
+                                  " created, or added to when it exists.")
+    export_path: str | None = Field(
+        default=None, description=f"Export file (env {ROLLBACK_EXPORT_ENV}); default "
+                                  f"<to_path>{ROLLBACK_EXPORT_SUFFIX}.")
+    threads: str | None = Field(
+        default=None, description=f"Only these threads (env {ROLLBACK_THREADS_ENV}): "
+                                  "comma-separated ids or @FILE; default every thread.")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
+    aes_key: str | None = Field(
+        default=None, description=f"EncryptedSerializer AES key (env {AES_KEY_ENV}).")
+
+    def to(self) -> Path:
+        """The SqliteSaver file; MigrationError when none is configured."""
+        if not self.to_path:
+            raise MigrationError("No SQLite file to roll back into is configured.",
+                                 f"Set {ROLLBACK_TO_ENV} to the SqliteSaver file (new or the "
+                                 "application's).")
+        return Path(self.to_path)
+
+    def export(self) -> Path:
+        """The export file of the rollback."""
+        return Path(self.export_path) if self.export_path else \
+            self.to().with_name(self.to().name + ROLLBACK_EXPORT_SUFFIX)
+
+    def cipher(self) -> Cipher | None:
+        """The cipher of an encrypted application, or None."""
+        return Cipher(self.aes_key.encode()) if self.aes_key else None
+
+    def loading_into(self) -> Path:
+        """The file batches load into: the existing file, or the work file of a new one."""
+        to = self.to()
+        return to if to.exists() else work_path(to)
+
+
+@dg.asset(
+    key=ROLLBACK_EXPORT_ASSET,
+    group_name=ROLLBACK_GROUP_NAME,
+    kinds={POSTGRES_KIND, "file"},
+    owners=OWNERS,
+    tags=ASSET_TAGS,
+    pool=TARGET_POOL,
+    check_specs=[dg.AssetCheckSpec(
+        EXPORT_FILE_VERIFIES, asset=ROLLBACK_EXPORT_ASSET, blocking=True,
+        description="Every frame, thread and batch of the export file matches the digests "
+                    "in its own footer.")],
+)
+def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetResource,
+                    rollback: RollbackResource) -> Iterator[Any]:
+    """A snapshot of PostgresSaver's tables as SqliteSaver rows in an export file.
+
+    One REPEATABLE READ transaction for the whole export; each checkpoint rebuilt from its
+    JSONB document and blobs without the application's classes. Each batch becomes one
+    ``rollback_batches`` partition (keys of an earlier export are removed); a new file's
+    unpublished work file from an earlier export is removed, so it holds this export only.
+    """
+    source = target.final_target()
+    path = rollback.export()
+    try:
+        manifest = write_postgres_export(
+            source.dsn, path, schema=source.schema, threads=parse_threads(rollback.threads),
+            cipher=rollback.cipher(), batch_size=rollback.batch_size)
+    except MigrationError as exc:
+        message = error_text(exc, source.dsn)
+        yield dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=False,
+                                  metadata=check_metadata(expected="an export",
+                                                          actual=message))
+        raise failure(f"Export of {source.display} failed: {message}") from None
+    check = export_file_check(path)
+    if not check.passed:
+        yield check
+        raise failure(f"The export {path} does not match its own digests.",
+                      kind=FailureKind.MISMATCH)
+    added, removed = register_partitions(context.instance, manifest, ROLLBACK_PARTITIONS_NAME)
+    if discard_work_file(rollback.to()):
+        context.log.info(f"Removed the unpublished work file of {rollback.to()}: the batches "
+                         "of this export are restored into a new one.")
+    yield dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "source": dg.MetadataValue.text(source.display),
+            "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
+            "writes": dg.MetadataValue.int(manifest.writes),
+            "threads": dg.MetadataValue.int(manifest.threads),
+            "batches": dg.MetadataValue.int(len(manifest.batches)),
+            "export_id": dg.MetadataValue.text(manifest_export_id(manifest)),
+            "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
+            "partitions_added": dg.MetadataValue.int(len(added)),
+            "partitions_removed": dg.MetadataValue.json(removed),
+        },
+        check_results=[check])
+
+
+with preview_silenced():
+    # Partitioned check specs are Preview in Dagster 1.13; they give one result per batch.
+    RESTORED_BATCH_CHECK = dg.AssetCheckSpec(
+        RESTORED_BATCH_MATCHES_EXPORT, asset=RESTORED_BATCHES_ASSET, blocking=True,
+        partitions_def=rollback_partitions,
+        description="The SQLite file holds this batch's threads as exported: byte for byte, "
+                    "or rows already there with the same content.")
+
+
+@dg.asset(
+    key=RESTORED_BATCHES_ASSET,
+    group_name=ROLLBACK_GROUP_NAME,
+    kinds={SQLITE_KIND},
+    owners=OWNERS,
+    tags=ASSET_TAGS,
+    partitions_def=rollback_partitions,
+    deps=[ROLLBACK_EXPORT_ASSET],
+    check_specs=[RESTORED_BATCH_CHECK],
+)
+def restored_checkpoint_batches(context: dg.AssetExecutionContext,
+                                rollback: RollbackResource) -> Iterator[Any]:
+    """One export batch restored into the SQLite file, in one SQLite transaction.
+
+    A new file is built under a hidden work name beside the final one (published by
+    ``rollback_verification``); an existing SqliteSaver file is added to: rows already
+    there with the same content are kept, other content is a conflict naming the key
+    (nothing overwritten). Re-materializing a restored batch changes nothing.
+    """
+    manifest = read_manifest(rollback.export())
+    key = batch_key_for(manifest, context.partition_key)
+    cipher = rollback.cipher()
+    path = prepare_restore_file(rollback.to())
+    try:
+        with connect_sqlite_target(path) as conn:
+            result = load_batch_into_sqlite(conn, manifest, key, cipher)
+    except ConflictError as exc:
+        yield dg.AssetCheckResult(
+            check_name=RESTORED_BATCH_MATCHES_EXPORT, passed=False,
+            metadata=check_metadata(expected="no row with the same key and other content",
+                                    actual=exc.problem, mismatches=exc.keys))
+        raise failure(exc.problem, kind=FailureKind.CONFLICT) from None
+    mismatches = compare_sqlite_batch(path, manifest, key, cipher)
+    entry = manifest.batch(key)
+    check = dg.AssetCheckResult(
+        check_name=RESTORED_BATCH_MATCHES_EXPORT, passed=not mismatches,
+        metadata=check_metadata(expected=entry.threads,
+                                actual=entry.threads - len(mismatches),
+                                mismatches=mismatches))
+    if mismatches:
+        yield check
+        raise failure(f"Batch {context.partition_key} in {path} differs from the export.",
+                      kind=FailureKind.MISMATCH)
+    yield dg.MaterializeResult(
+        metadata={
+            "batch": dg.MetadataValue.text(key),
+            "file": dg.MetadataValue.path(str(path)),
+            "dagster/row_count": dg.MetadataValue.int(entry.checkpoints),
+            "checkpoints_inserted": dg.MetadataValue.int(result.inserted["checkpoints"]),
+            "writes_inserted": dg.MetadataValue.int(result.inserted["writes"]),
+            "checkpoints_already_present": dg.MetadataValue.int(
+                result.already_present["checkpoints"]),
+            "writes_already_present": dg.MetadataValue.int(result.already_present["writes"]),
+            "present_checkpoint_bytes": dg.MetadataValue.json(dict(result.present_bytes)),
+        },
+        check_results=[check])
+
+
+@dg.asset(
+    key=ROLLBACK_VERIFICATION_ASSET,
+    group_name=ROLLBACK_GROUP_NAME,
+    kinds={SQLITE_KIND, POSTGRES_KIND},
+    owners=OWNERS,
+    tags=ASSET_TAGS,
+    pool=TARGET_POOL,
+    deps=[dg.AssetDep(RESTORED_BATCHES_ASSET, partition_mapping=dg.AllPartitionMapping())],
+    check_specs=[dg.AssetCheckSpec(name, asset=ROLLBACK_VERIFICATION_ASSET, blocking=True,
+                                   description=check_spec(name).description)
+                 for name in ROLLBACK_CHECK_NAMES],
+)
+def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTargetResource,
+                          rollback: RollbackResource) -> Iterator[Any]:
+    """The rollback checks: export = PostgreSQL, SQLite = export, counts, and the official
+    savers' read-back; a new file is renamed to its final name only when all passed."""
+    manifest = read_manifest(rollback.export())
+    final = target.final_target()
+    source = Target(final.dsn, final.schema, role="source")
+    path = rollback.loading_into()
+    report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
+                             readback_threads=target.readback_sample())
+    results = [dg.AssetCheckResult(
+        check_name=name, passed=outcome.passed,
+        metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
+                                mismatches=outcome.mismatches,
+                                mismatch_count=outcome.mismatch_count, notes=outcome.notes))
+        for name, outcome in report.checks.items()]
+    evidence = render_rollback_evidence(report, manifest=manifest,
+                                        source_display=source.display,
+                                        sqlite_path=str(rollback.to()))
+    if not report.passed:
+        yield from results
+        raise failure(f"The rollback into {rollback.to()} failed verification; "
+                      + ("the new file was not published." if path != rollback.to() else
+                         "see the evidence."), {"evidence": evidence},
+                      kind=FailureKind.MISMATCH)
+    if path != rollback.to():
+        publish_restored(path, rollback.to())
+        context.log.info(f"Published the verified SQLite file {rollback.to()}")
+    yield dg.MaterializeResult(
+        metadata={"file": dg.MetadataValue.path(str(rollback.to())),
+                  "published": dg.MetadataValue.bool(path != rollback.to()),
+                  "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
+                  "evidence": dg.MetadataValue.md(evidence)},
+        check_results=results)
+
+
+ROLLBACK_ASSETS = (rollback_export, restored_checkpoint_batches, rollback_verification)

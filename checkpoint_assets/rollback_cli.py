@@ -1,0 +1,218 @@
+"""The way back on the command line: ``rollback`` and its steps alone.
+
+``rollback`` (export + restore + verify, exit 0 only when every check passed),
+``export-postgres``, ``restore`` and ``verify-rollback``. The source DSN defaults to the
+migration's target ($CHECKPOINT_ASSETS_TARGET_DSN): after a cutover that is the database
+the application writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_file import verify_export
+from checkpoint_assets.engine.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback import RollbackNotVerified, rollback
+from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
+from checkpoint_assets.engine.sqlite_target import restore_export
+from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
+from checkpoint_assets.engine.verify_rollback import verify_rollback
+from checkpoint_assets.settings import AES_KEY_ENV, TARGET_DSN_ENV, TARGET_SCHEMA_ENV, Settings
+
+ROLLBACK_EXPORT_SUFFIX = ".rollback.export"
+READBACK_ALL_FLAG = "--readback-all"
+
+
+def add_rollback_commands(sub: Any, settings: Settings) -> None:
+    """Add rollback, export-postgres, restore and verify-rollback to the parser."""
+
+    def add_source(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--source-dsn", default=None,
+                       help="PostgreSQL DSN holding PostgresSaver's tables (default: "
+                            f"${TARGET_DSN_ENV}, the migration's target)")
+        p.add_argument("--schema", default=settings.target_schema,
+                       help=f"schema of PostgresSaver's tables (env {TARGET_SCHEMA_ENV})")
+        p.add_argument("--aes-key-env", default=AES_KEY_ENV,
+                       help="environment variable holding the EncryptedSerializer AES key "
+                            f"(default {AES_KEY_ENV})")
+
+    def add_threads(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", metavar="IDS|@FILE",
+                       help="only these threads: comma-separated ids, or @FILE with one id "
+                            "a line (e.g. copy one conversation down to debug it)")
+
+    def add_to(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--to", type=Path, required=True, metavar="FILE.sqlite",
+                       help="SqliteSaver file: created (under a temporary name, renamed when "
+                            "complete) or, if it exists, added to (rows already there with "
+                            "the same content are kept; other content: conflict)")
+
+    def add_export(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--export", type=Path, required=required,
+                       help="export file" + ("" if required else
+                                             f" (default: <--to>{ROLLBACK_EXPORT_SUFFIX})"))
+
+    def add_verification(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--readback-all", action="store_true",
+                       help="read back every thread through both official savers "
+                            f"(default: a sample of {DEFAULT_READBACK_SAMPLE})")
+        p.add_argument("--evidence", type=Path, metavar="FILE.md",
+                       help="evidence report (default: <export>.evidence.md)")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument("--report", type=Path, help="also write the summary as JSON here")
+
+    p = sub.add_parser("rollback", help="PostgreSQL -> SQLite: export, restore and verify "
+                                        "(exit 0 only when every check passed)")
+    add_source(p)
+    add_to(p)
+    add_threads(p)
+    add_export(p, required=False)
+    p.add_argument("--batch-size", type=int, default=settings.batch_size)
+    add_verification(p)
+
+    p = sub.add_parser("export-postgres", help="write an export file from PostgresSaver's "
+                                               "tables (one consistent snapshot)")
+    add_source(p)
+    add_threads(p)
+    add_export(p, required=True)
+    p.add_argument("--batch-size", type=int, default=settings.batch_size)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--report", type=Path, help="also write the summary as JSON here")
+
+    p = sub.add_parser("restore", help="load an export file into a SqliteSaver file")
+    add_export(p, required=True)
+    add_to(p)
+    p.add_argument("--aes-key-env", default=AES_KEY_ENV)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--report", type=Path, help="also write the summary as JSON here")
+
+    p = sub.add_parser("verify-rollback", help="compare a restored SQLite file with the "
+                                               "export and with PostgreSQL")
+    add_source(p)
+    add_export(p, required=True)
+    add_to(p)
+    add_verification(p)
+
+
+def parse_threads(value: str | None) -> list[str] | None:
+    """--threads: None (every thread), ``a,b,c``, or ``@FILE`` (one id a line)."""
+    if not value:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MigrationError(f"Cannot read the thread list {path}: {exc.strerror or exc}.",
+                                 "Pass --threads @FILE with one thread id a line.") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def source_dsn(args: argparse.Namespace, settings: Settings) -> str:
+    """--source-dsn, else the migration's target DSN; MigrationError when neither is set."""
+    dsn = getattr(args, "source_dsn", None) or settings.target_dsn
+    if not dsn:
+        raise MigrationError("No PostgreSQL source given.",
+                             f"Pass --source-dsn or set ${TARGET_DSN_ENV}.")
+    return dsn
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
+                 emit: Any, write_evidence: Any) -> int:
+    """rollback: export + restore + verify; a new file is published only when verified."""
+    dsn = source_dsn(args, settings)
+    export = args.export or args.to.with_name(args.to.name + ROLLBACK_EXPORT_SUFFIX)
+    source = Target(dsn, args.schema, role="source")
+    readback = None if args.readback_all else DEFAULT_READBACK_SAMPLE
+    try:
+        result = rollback(dsn, args.to, export, schema=args.schema,
+                          threads=parse_threads(args.threads), cipher=cipher,
+                          readback_threads=readback, batch_size=args.batch_size)
+    except RollbackNotVerified as exc:
+        if exc.report is None:
+            raise
+        status = _finish(args, exc.report, verify_export(export), source, str(args.to), None,
+                         emit, write_evidence, export)
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return status
+    return _finish(args, result.report, result.manifest, source, str(args.to),
+                   result.restore.totals(), emit, write_evidence, export)
+
+
+def cmd_export_postgres(args: argparse.Namespace, settings: Settings, cipher: Any,
+                        emit: Any, write_evidence: Any) -> int:
+    """export-postgres: PostgresSaver's tables -> export file."""
+    dsn = source_dsn(args, settings)
+    manifest = write_postgres_export(dsn, args.export, schema=args.schema,
+                                     threads=parse_threads(args.threads), cipher=cipher,
+                                     batch_size=args.batch_size)
+    emit(args, {"command": "export-postgres", "ok": True, "export": str(manifest.path),
+                "checkpoints": manifest.checkpoints, "writes": manifest.writes,
+                "threads": manifest.threads, "batches": len(manifest.batches),
+                "content_sha256": manifest.content_sha256},
+         f"Exported {manifest.checkpoints} checkpoints, {manifest.writes} writes, "
+         f"{manifest.threads} threads from {Target(dsn, args.schema).display} to "
+         f"{manifest.path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings, cipher: Any,
+                emit: Any, write_evidence: Any) -> int:
+    """restore: export file -> SqliteSaver file (no verification against PostgreSQL)."""
+    manifest = verify_export(args.export)
+    summary = restore_export(manifest, args.to, cipher=cipher)
+    totals = summary.totals()
+    emit(args, {"command": "restore", "ok": True, "to": str(args.to),
+                "new_file": summary.new_file, **totals},
+         f"Restored into {args.to}: added {totals['inserted']['checkpoints']} checkpoints, "
+         f"{totals['inserted']['writes']} writes; already present "
+         f"{totals['already_present']['checkpoints']} checkpoints, "
+         f"{totals['already_present']['writes']} writes")
+    return 0
+
+
+def cmd_verify_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
+                        emit: Any, write_evidence: Any) -> int:
+    """verify-rollback: the rollback checks on a restored file."""
+    dsn = source_dsn(args, settings)
+    manifest = verify_export(args.export)
+    source = Target(dsn, args.schema, role="source")
+    report = verify_rollback(manifest, source, args.to, cipher=cipher,
+                             readback_threads=None if args.readback_all
+                             else DEFAULT_READBACK_SAMPLE)
+    return _finish(args, report, manifest, source, str(args.to), None, emit, write_evidence,
+                   args.export)
+
+
+def _finish(args: argparse.Namespace, report: VerificationReport, manifest: Any,
+            source: Target, sqlite_path: str, totals: Any, emit: Any, write_evidence: Any,
+            export: Path) -> int:
+    evidence = write_evidence(
+        args.evidence or Path(f"{export}.evidence.md"),
+        render_rollback_evidence(report, manifest=manifest, source_display=source.display,
+                                 sqlite_path=sqlite_path, restore_totals=totals))
+    lines = ["Rollback verification " + ("PASSED" if report.passed else "FAILED")]
+    for name, check in report.checks.items():
+        lines.append(f"  [{'PASS' if check.passed else 'FAIL'}] {name}: {check.description}")
+        lines += [f"         - {m}" for m in check.mismatches[:10]]
+        lines += [f"         note: {n}" for n in check.notes]
+    if totals is not None:
+        lines.append(f"Restore: {totals}")
+    lines.append(f"\nEvidence report (Markdown): {evidence}")
+    emit(args, {"command": args.command, "ok": report.passed, "source": source.display,
+                "to": sqlite_path, "export": str(export), "restore": totals,
+                "checks": {n: {"passed": c.passed, "mismatch_count": c.mismatch_count,
+                               "mismatches": c.mismatches, "notes": c.notes}
+                           for n, c in report.checks.items()},
+                "counts": report.counts, "evidence": str(evidence)}, "\n".join(lines))
+    return 0 if report.passed else 1
+
+
+ROLLBACK_COMMANDS = {"rollback": cmd_rollback, "export-postgres": cmd_export_postgres,
+                     "restore": cmd_restore, "verify-rollback": cmd_verify_rollback}

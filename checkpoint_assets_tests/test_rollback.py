@@ -1,0 +1,330 @@
+"""The way back, PostgreSQL -> SQLite (engine.rollback and the `rollback` command).
+
+Under test: every corpus of the suite, migrated forward with this tool and rolled back,
+reads back through SqliteSaver exactly as the original does, its paused threads resume
+to the same end, and its checkpoints come back byte-identical or with a named reason;
+rolled back into the original file, every row already there keeps its bytes. A real
+application that kept running on PostgresSaver after the cutover (new turns, resumed
+interrupts, new threads) continues on SqliteSaver from exactly where it was. Bad input
+is refused with a clear error and nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.types import Command
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from checkpoint_assets.cli import main
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine import sqlite_target
+from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.export_file import read_manifest, write_export
+from checkpoint_assets.engine.pipeline import import_export
+from checkpoint_assets.engine.reverse_convert import difference_reason
+from checkpoint_assets.engine.rollback import rollback
+from checkpoint_assets.engine.rows import CheckpointRow
+from checkpoint_assets.engine.target import Target
+from checkpoint_assets_tests import corpus_graphs as cg
+
+AES_KEY = b"0123456789abcdef0123456789abcdef"
+PASSWORD = "pw-never-written"
+CHECKPOINT_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
+                  "checkpoint, metadata FROM checkpoints ORDER BY 1, 2, 3")
+WRITES_SQL = ("SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, "
+              "value FROM writes ORDER BY 1, 2, 3, 4, 5")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, cg.CorpusInfo]:
+    """Every corpus of the suite, built once for this module."""
+    # The scaled corpus with 9 threads has one paused on a refund approval.
+    return cg.build_every_corpus(tmp_path_factory.mktemp("rollback-corpora"), AES_KEY, 9)
+
+
+def migrate(source: Path, dsn: str, work: Path, cipher: Cipher | None) -> None:
+    """The forward migration this tool makes: export and import."""
+    manifest = write_export(source, work / "forward" / "forward.export", batch_size=20)
+    import_export(manifest, Target(dsn), cipher=cipher)
+
+
+def rows(path: Path, query: str) -> list[tuple]:
+    """Every row of a query on a SQLite file."""
+    with sqlite3.connect(path) as conn:
+        return conn.execute(query).fetchall()
+
+
+def listed(path: Path, serde: Any) -> list[tuple]:
+    """Every checkpoint tuple SqliteSaver lists, in comparable form; metadata as JSONB
+    holds it (the migration changes what it cannot hold, e.g. NUL, and reports it)."""
+    with cg.open_sqlite_saver(path, serde=serde, read_only=True) as saver:
+        return [(t.config, cg.canonical(t.checkpoint),
+                 cg.canonical(jsonb_metadata(t.metadata)[0]),
+                 t.parent_config, cg.canonical(t.pending_writes))
+                for t in sorted(saver.list(None), key=lambda t: (
+                    t.config["configurable"]["thread_id"],
+                    t.config["configurable"]["checkpoint_ns"],
+                    t.config["configurable"]["checkpoint_id"]))]
+
+
+def resumed(info: cg.CorpusInfo, path: Path, thread_id: str, value: Any, work: Path) -> Any:
+    """The final state of a paused thread resumed on a copy of ``path``."""
+    copy = work / f"resume-{path.name}"
+    shutil.copyfile(path, copy)
+    with cg.open_sqlite_saver(copy, serde=info.serde) as saver:
+        state = cg.resume_paused_thread(info.graph_factory(saver), thread_id, value)
+    copy.unlink()
+    return cg.canonical(state)
+
+
+@pytest.mark.parametrize("name", ["rich", "json", "encrypted", "v3", "legacy", "scaled"])
+def test_round_trip_reads_back_and_resumes_like_the_original(
+        name: str, corpora: dict[str, cg.CorpusInfo], target_dsn: str, tmp_path: Path,
+        record_property: Any) -> None:
+    info = corpora[name]
+    cipher = Cipher(AES_KEY) if name == "encrypted" else None
+    migrate(info.path, target_dsn, tmp_path, cipher)
+
+    back = tmp_path / "back.sqlite"
+    result = rollback(target_dsn, back, tmp_path / "back.export", cipher=cipher,
+                      readback_threads=None)
+
+    assert result.report.passed, {n: c.mismatches for n, c in result.report.checks.items()}
+    assert listed(back, info.serde) == listed(info.path, info.serde)
+    for thread_id, value in info.paused_threads.items():
+        assert resumed(info, back, thread_id, value, tmp_path) == \
+            resumed(info, info.path, thread_id, value, tmp_path), thread_id
+    # Pending writes are copied exactly; checkpoints are byte-identical or say why not.
+    assert [w[:7] + (w[7] or b"",) for w in rows(info.path, WRITES_SQL)] == \
+        rows(back, WRITES_SQL)
+    reasons = Counter(difference_reason(CheckpointRow(*a), CheckpointRow(*b), cipher)
+                      for a, b in zip(rows(info.path, CHECKPOINT_SQL),
+                                      rows(back, CHECKPOINT_SQL), strict=True))
+    record_property("byte_identity", dict(reasons))
+    print(f"{name}: checkpoints rebuilt {dict(reasons)}")
+    assert "different content" not in reasons
+
+
+def test_rollback_into_the_original_file_keeps_every_original_byte(
+        corpora: dict[str, cg.CorpusInfo], target_dsn: str, tmp_path: Path) -> None:
+    info = corpora["rich"]
+    original = tmp_path / "app.sqlite"
+    shutil.copyfile(info.path, original)
+    before = rows(original, CHECKPOINT_SQL), rows(original, WRITES_SQL)
+    migrate(original, target_dsn, tmp_path, None)
+
+    result = rollback(target_dsn, original, tmp_path / "back.export", readback_threads=None)
+
+    assert result.report.passed
+    totals = result.restore.totals()
+    assert totals["inserted"] == {"checkpoints": 0, "writes": 0}
+    assert totals["already_present"]["checkpoints"] == len(before[0])
+    assert (rows(original, CHECKPOINT_SQL), rows(original, WRITES_SQL)) == before
+
+
+# The chat agent (tool calls, a summary subgraph, refund approvals), plain and encrypted.
+@pytest.mark.parametrize("name", ["scaled", "encrypted"])
+def test_an_app_that_ran_on_postgres_continues_on_sqlite_where_it_was(
+        name: str, corpora: dict[str, cg.CorpusInfo], target_dsn: str,
+        tmp_path: Path) -> None:
+    info = corpora[name]
+    cipher = Cipher(AES_KEY) if name == "encrypted" else None
+    app_file = tmp_path / "app.sqlite"
+    shutil.copyfile(info.path, app_file)
+    migrate(app_file, target_dsn, tmp_path, cipher)
+    paused_thread, approval = next(iter(info.paused_threads.items()))
+    finished = next(t for t in info.thread_ids if t not in info.paused_threads)
+    new_thread = "after-cutover-refund"
+    # After the cutover the application runs on PostgresSaver: it resumes an interrupt,
+    # adds a turn to a finished conversation and starts a new one, which pauses.
+    with psycopg.connect(target_dsn, autocommit=True, row_factory=dict_row) as conn:
+        graph = info.graph_factory(PostgresSaver(conn, serde=info.serde))
+        graph.invoke(Command(resume=approval), cg.thread_config(paused_thread))
+        graph.invoke(cg.chat_input(random.Random(1), 1, False), cg.thread_config(finished))
+        graph.invoke(cg.chat_input(random.Random(2), 0, True), cg.thread_config(new_thread))
+
+    result = rollback(target_dsn, app_file, tmp_path / "back.export", cipher=cipher,
+                      readback_threads=None)
+    assert result.report.passed
+    assert result.restore.totals()["inserted"]["checkpoints"] > 0
+    if cipher is not None:  # what the application wrote on PostgreSQL came back encrypted
+        assert {r[4] for r in rows(app_file, CHECKPOINT_SQL)} == {"msgpack+aes"}
+
+    # Back on SqliteSaver the application is where it was on PostgresSaver, and the same
+    # next steps (approve the new refund, another turn) end in the same state on both.
+    def where_it_is_and_next_steps(graph: Any) -> list[Any]:
+        states = [graph.get_state(cg.thread_config(t)).values
+                  for t in (paused_thread, finished, new_thread)]
+        states.append(cg.resume_paused_thread(graph, new_thread, "approve"))
+        graph.invoke(cg.chat_input(random.Random(3), 2, False), cg.thread_config(finished))
+        states.append(graph.get_state(cg.thread_config(finished)).values)
+        return cg.canonical(states)
+
+    with cg.open_sqlite_saver(app_file, serde=info.serde) as saver:
+        on_sqlite = where_it_is_and_next_steps(info.graph_factory(saver))
+    with psycopg.connect(target_dsn, autocommit=True, row_factory=dict_row) as conn:
+        on_postgres = where_it_is_and_next_steps(
+            info.graph_factory(PostgresSaver(conn, serde=info.serde)))
+    assert on_sqlite == on_postgres
+
+
+def test_one_thread_copied_down_for_debugging(
+        corpora: dict[str, cg.CorpusInfo], target_dsn: str, tmp_path: Path) -> None:
+    info = corpora["rich"]
+    migrate(info.path, target_dsn, tmp_path, None)
+    thread_id = next(iter(info.paused_threads))
+    out = tmp_path / "debug.sqlite"
+
+    # The test server trusts local users and ignores the password; it must appear nowhere.
+    dsn = make_conninfo(target_dsn, password=PASSWORD)
+
+    status = main(["rollback", "--source-dsn", dsn, "--to", str(out), "--threads",
+                   thread_id, "--readback-all", "--evidence", str(tmp_path / "ev.md"),
+                   "--export", str(tmp_path / "debug.export")])
+
+    assert status == 0
+    assert {r[0] for r in rows(out, CHECKPOINT_SQL)} == {thread_id}
+    evidence = (tmp_path / "ev.md").read_text()
+    assert "Rollback evidence: PASSED" in evidence
+    header = read_manifest(tmp_path / "debug.export").header["source"]
+    assert header["kind"] == "postgres" and header["threads"] == [thread_id]
+    for written in (evidence.encode(), (tmp_path / "debug.export").read_bytes()):
+        assert PASSWORD.encode() not in written
+
+
+# --- bad input: a clear error, nothing half-written -------------------------------------
+
+
+@pytest.fixture
+def migrated(sample_db: Path, target_dsn: str, tmp_path: Path) -> str:
+    """The sample database migrated into a fresh PostgreSQL database; its DSN."""
+    migrate(sample_db, target_dsn, tmp_path, None)
+    return target_dsn
+
+
+def test_a_target_file_that_is_not_a_sqlite_saver_database_is_left_alone(
+        migrated: str, tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.sqlite"
+    text_file.write_text("not a database")
+    other_db = tmp_path / "other.sqlite"
+    with sqlite3.connect(other_db) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    for path in (text_file, other_db):
+        before = path.read_bytes()
+        with pytest.raises(MigrationError, match="not .*SqliteSaver|not a SQLite"):
+            rollback(migrated, path, tmp_path / "x.export")
+        assert path.read_bytes() == before
+
+
+def test_a_conflicting_row_in_the_target_file_is_named_and_nothing_is_overwritten(
+        sample_db: Path, migrated: str, tmp_path: Path) -> None:
+    with sqlite3.connect(sample_db) as conn:
+        key = conn.execute("SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints "
+                           "ORDER BY 1, 2, 3 LIMIT 1").fetchone()
+        conn.execute("UPDATE checkpoints SET metadata = ? WHERE thread_id = ? AND "
+                     "checkpoint_ns = ? AND checkpoint_id = ?", (b'{"edited": 1}', *key))
+    before = rows(sample_db, CHECKPOINT_SQL), rows(sample_db, WRITES_SQL)
+
+    with pytest.raises(ConflictError) as raised:
+        rollback(migrated, sample_db, tmp_path / "x.export")
+
+    assert {"thread_id": key[0], "checkpoint_ns": key[1], "checkpoint_id": key[2]} in \
+        raised.value.keys
+    assert (rows(sample_db, CHECKPOINT_SQL), rows(sample_db, WRITES_SQL)) == before
+
+
+def test_an_unreachable_or_wrong_password_source_names_no_password(
+        migrated: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    wrong = migrated.replace("user=postgres", "user=nobody_here password=s3cret-pw")
+    for dsn in (wrong, "postgresql://u:s3cret-pw@127.0.0.1:1/db"):
+        with pytest.raises(MigrationError, match="source") as raised:
+            rollback(dsn, out / "back.sqlite", out / "x.export")
+        assert "s3cret-pw" not in str(raised.value)
+        assert list(out.iterdir()) == []
+
+
+def test_an_unknown_postgres_saver_schema_version_is_refused(
+        migrated: str, tmp_path: Path) -> None:
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("INSERT INTO checkpoint_migrations (v) VALUES (999)")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(MigrationError, match="schema version 999"):
+        rollback(migrated, out / "back.sqlite", out / "x.export")
+    assert list(out.iterdir()) == []
+
+
+def test_threads_that_the_source_does_not_hold_are_named(migrated: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(MigrationError, match="no-such-thread"):
+        rollback(migrated, out / "debug.sqlite", out / "x.export",
+                 threads=["no-such-thread"])
+    assert list(out.iterdir()) == []
+
+
+# --- a named schema, and a verification that finds a difference -------------------------
+
+
+def test_a_named_schema_rolls_back(sample_db: Path, target_dsn: str, tmp_path: Path) -> None:
+    manifest = write_export(sample_db, tmp_path / "forward.export", batch_size=20)
+    import_export(manifest, Target(target_dsn, "app_checkpoints"))
+
+    result = rollback(target_dsn, tmp_path / "back.sqlite", tmp_path / "back.export",
+                      schema="app_checkpoints", readback_threads=None)
+
+    assert result.report.passed
+    assert result.manifest.header["source"]["schema"] == "app_checkpoints"
+    assert len(rows(tmp_path / "back.sqlite", CHECKPOINT_SQL)) == manifest.checkpoints
+
+
+def test_verify_rollback_names_a_thread_written_after_the_export(
+        sample_db: Path, migrated: str, tmp_path: Path, capsys: Any) -> None:
+    out, export = tmp_path / "back.sqlite", tmp_path / "back.export"
+    assert main(["export-postgres", "--source-dsn", migrated, "--export", str(export)]) == 0
+    assert main(["restore", "--export", str(export), "--to", str(out)]) == 0
+    # The application writes one more checkpoint of a thread after the export was taken.
+    with sqlite3.connect(sample_db) as conn:
+        thread_id = conn.execute("SELECT min(thread_id) FROM checkpoints").fetchone()[0]
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+                     "parent_checkpoint_id, checkpoint, metadata) SELECT thread_id, "
+                     "checkpoint_ns, 'zz-after-export', checkpoint_id, checkpoint, metadata "
+                     "FROM checkpoints WHERE thread_id = %s ORDER BY checkpoint_id DESC "
+                     "LIMIT 1", (thread_id,))
+
+    status = main(["verify-rollback", "--source-dsn", migrated, "--export", str(export),
+                   "--to", str(out), "--evidence", str(tmp_path / "ev.md")])
+
+    assert status == 1
+    evidence = (tmp_path / "ev.md").read_text()
+    assert "Rollback evidence: FAILED" in evidence and "zz-after-export" in evidence
+
+
+def test_a_target_file_in_use_by_a_writer_is_reported_as_locked(
+        sample_db: Path, migrated: str, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(sqlite_target, "BUSY_TIMEOUT_SECONDS", 0.2)  # not 10 s in a test
+    before = rows(sample_db, CHECKPOINT_SQL)
+    writer = sqlite3.connect(sample_db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the application holds the write lock
+    try:
+        with pytest.raises(MigrationError, match="locked"):
+            rollback(migrated, sample_db, tmp_path / "x.export")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert rows(sample_db, CHECKPOINT_SQL) == before
