@@ -1,0 +1,299 @@
+"""The chain of export generations: a full export (generation 0) and the syncs after it.
+
+A sync writes generation n beside the export (``<export>.sync-000n``, the same file format)
+holding only the threads whose content changed since generation n-1, whole, and the
+source's state (:class:`SourceState`: every thread's fingerprint, digest and the generation
+holding its rows). The chain defines what the target must hold: each live thread's rows
+come from the latest generation holding it; threads deleted in the source are listed in
+the header of the sync that noticed them. Every generation's header names the footer
+digest of the one before, so a stale or foreign file breaks the chain and is refused.
+
+How a sync finds changes, at a cost that follows the change: the source's per-thread
+fingerprints (count, max and sum of rowids per table, read from the primary-key indexes)
+are compared with the previous state; the threads whose fingerprint differs, and the
+thread of each table's last row when that row's content changed (a replaced last row keeps
+its rowid), are read and digested; only those whose digest differs are written. When a
+table's recorded last row is gone, a replaced row may hide below it, so every thread is
+digested (read whole) that time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_file import (
+    GENERATION_SUFFIX,
+    ExportManifest,
+    SourceState,
+    export_thread_digests,
+    read_batch,
+    read_manifest,
+    read_source_state,
+    read_state,
+    require_same_source,
+    row_sha256,
+    thread_digests,
+    write_generation,
+)
+from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.source import open_source
+
+
+def generation_path(export_path: str | Path, generation: int) -> Path:
+    """Where generation ``generation`` of an export lives (0: the export itself)."""
+    export_path = Path(export_path)
+    if generation == 0:
+        return export_path
+    return export_path.with_name(f"{export_path.name}{GENERATION_SUFFIX}{generation:04d}")
+
+
+@dataclass
+class ExportChain:
+    """An export and its sync generations, read from their footers and the last state."""
+
+    generations: list[ExportManifest]
+    _states: dict[int, SourceState] = field(default_factory=dict)
+
+    @property
+    def export(self) -> ExportManifest:
+        """Generation 0: the full export."""
+        return self.generations[0]
+
+    @property
+    def latest(self) -> ExportManifest:
+        """The newest generation."""
+        return self.generations[-1]
+
+    @property
+    def selection(self) -> list[str] | None:
+        """The threads the chain is restricted to (--threads), or None: every thread."""
+        return self.export.selection
+
+    @property
+    def state(self) -> SourceState:
+        """The source state as of the newest generation: the expected target."""
+        return self.state_at(len(self.generations) - 1)
+
+    def state_at(self, generation: int) -> SourceState:
+        """The source state generation ``generation`` recorded (an export written before
+        states existed: its threads' digests, with no fingerprints)."""
+        if generation not in self._states:
+            manifest = self.generations[generation]
+            state = read_state(manifest)
+            if state is None:
+                state = SourceState(
+                    {tid: [c, None, None, w, None, None, sha, generation]
+                     for tid, sha, c, w in export_thread_digests(manifest)},
+                    {}, manifest.header.get("created_at", ""))
+            self._states[generation] = state
+        return self._states[generation]
+
+    @property
+    def synced(self) -> bool:
+        """Whether any sync generation follows the export (else the export alone is the
+        expected state, and its footer's figures are used as they are)."""
+        return len(self.generations) > 1
+
+    @property
+    def threads(self) -> int:
+        """Live threads of the expected state."""
+        return len(self.state.threads) if self.synced else self.export.threads
+
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints of the expected state."""
+        return self.state.checkpoints if self.synced else self.export.checkpoints
+
+    @property
+    def writes(self) -> int:
+        """Writes of the expected state."""
+        return self.state.writes if self.synced else self.export.writes
+
+    @cached_property
+    def content_sha256(self) -> str:
+        """Digest of the expected state's content (as a full export of it would state)."""
+        return self.state.digest() if self.synced else self.export.content_sha256
+
+    @property
+    def snapshot_at(self) -> str:
+        """When the newest generation read the source."""
+        return self.state.snapshot_at
+
+    @property
+    def deleted(self) -> list[str]:
+        """Threads deleted in the source after they were exported (and not re-created)."""
+        live = self.state.threads
+        return sorted({tid for m in self.generations[1:]
+                       for tid in m.header.get("deleted_threads") or ()} - set(live))
+
+    def thread_digests(self) -> Iterator[tuple[str, str, int, int]]:
+        """(thread_id, sha256, checkpoints, writes) of every live thread, in order."""
+        if not self.synced:
+            yield from export_thread_digests(self.export)
+            return
+        state = self.state
+        for tid in sorted(state.threads):
+            entry = state.threads[tid]
+            yield tid, entry[state.SHA], entry[0], entry[3]
+
+    def live_batches(self) -> list[tuple[ExportManifest, str, frozenset[str] | None]]:
+        """Every (generation, batch key, threads) whose rows the target must hold: the
+        threads of the batch this generation still holds (None: all of them)."""
+        if not self.synced:
+            return [(self.export, entry.key, None) for entry in self.export.batches]
+        state = self.state
+        held: dict[int, list[str]] = {}
+        for tid in sorted(state.threads):
+            held.setdefault(state.threads[tid][state.GENERATION], []).append(tid)
+        out: list[tuple[ExportManifest, str, frozenset[str] | None]] = []
+        for manifest in self.generations:
+            mine = held.get(manifest.generation, [])
+            for entry in manifest.batches:
+                inside = _between(mine, entry.first_thread, entry.last_thread)
+                if inside:
+                    out.append((manifest, entry.key,
+                                None if len(inside) == entry.threads else frozenset(inside)))
+        return out
+
+    def rows_before(self, thread_ids: Sequence[str], generation: int) -> list[ThreadRows]:
+        """The rows these threads had as of generation ``generation - 1`` (what this tool
+        loaded for them before), read from the generations that held them; threads that
+        did not exist then are left out."""
+        state = self.state_at(generation - 1)
+        wanted: dict[tuple[int, str], set[str]] = {}
+        for tid in thread_ids:
+            entry = state.threads.get(tid)
+            if entry is None:
+                continue
+            holder = self.generations[entry[state.GENERATION]]
+            key = _batch_of(holder, tid)
+            if key is not None:
+                wanted.setdefault((holder.generation, key), set()).add(tid)
+        rows: list[ThreadRows] = []
+        for (holder, key), tids in sorted(wanted.items()):
+            rows.extend(t for t in read_batch(self.generations[holder], key)
+                        if t.thread_id in tids)
+        return sorted(rows, key=lambda t: t.thread_id)
+
+
+def _between(sorted_ids: list[str], first: str, last: str) -> list[str]:
+    return sorted_ids[bisect.bisect_left(sorted_ids, first):
+                      bisect.bisect_right(sorted_ids, last)]
+
+
+def _batch_of(manifest: ExportManifest, thread_id: str) -> str | None:
+    for entry in manifest.batches:
+        if entry.first_thread <= thread_id <= entry.last_thread:
+            return entry.key
+    return None
+
+
+def load_chain(export_path: str | Path) -> ExportChain:
+    """The export at ``export_path`` and every sync generation after it, each link checked
+    (its header names the previous generation's footer digest)."""
+    generations = [read_manifest(export_path)]
+    while True:
+        path = generation_path(export_path, len(generations))
+        if not path.exists():
+            return ExportChain(generations)
+        manifest = read_manifest(path)
+        previous = generations[-1]
+        if (manifest.header.get("previous_export_sha256") != previous.footer_sha256
+                or manifest.generation != len(generations)):
+            raise MigrationError(
+                f"Sync generation {path} does not follow {previous.path} (it belongs to "
+                "another export of this source).",
+                f"Delete the files {Path(export_path).name}{GENERATION_SUFFIX}* from "
+                f"{path.parent} from {path.name} on, then run the sync again.")
+        generations.append(manifest)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync found in the source and wrote (``manifest`` None: nothing changed)."""
+
+    manifest: ExportManifest | None
+    generation: int
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+    threads_read: int  # threads whose rows were read and digested
+    read_every_thread: bool  # a table's last row was gone: every thread was digested
+    snapshot_at: str
+    seconds: float
+
+    @property
+    def moved(self) -> bool:
+        """Whether the sync wrote a generation (something changed)."""
+        return self.manifest is not None
+
+
+def write_sync(source_path: str | Path, export_path: str | Path) -> SyncResult:
+    """Write the next generation of the export at ``export_path`` with what changed in the
+    source since the newest generation; nothing is written when nothing changed.
+
+    One snapshot of the source is read: the fingerprints (indexes only), each table's
+    recorded last row, then the rows of the threads whose fingerprint or last row changed.
+    """
+    started = time.perf_counter()
+    chain = load_chain(export_path)
+    require_same_source(chain.export, source_path)
+    previous = chain.state
+    generation = len(chain.generations)
+    source = open_source(source_path)
+    try:
+        with source.snapshot():
+            state = read_source_state(source, chain.selection)
+            suspects = {tid for tid, entry in state.threads.items()
+                        if tid not in previous.threads
+                        or previous.threads[tid][previous.FINGERPRINT]
+                        != entry[state.FINGERPRINT]}
+            read_every_thread = False
+            for table, recorded in previous.last_rows.items():
+                if recorded is None:
+                    continue
+                now = source.last_row(table, recorded[0])
+                if now is None:
+                    read_every_thread = True
+                elif row_sha256(now[1]) != recorded[2]:
+                    suspects.add(now[1].thread_id)
+            if read_every_thread or not previous.last_rows:
+                suspects = set(state.threads)
+            for tid, entry in state.threads.items():
+                if tid not in suspects:
+                    entry[state.SHA:] = previous.threads[tid][previous.SHA:]
+            added: list[str] = []
+            changed: list[str] = []
+
+            def changed_threads() -> Iterator[ThreadRows]:
+                for tid in sorted(suspects & state.threads.keys()):
+                    rows = source.thread_rows(tid)
+                    sha = next(thread_digests(iter(rows.checkpoints), iter(rows.writes)))[1]
+                    old = previous.threads.get(tid)
+                    if old is not None and old[previous.SHA] == sha:
+                        state.threads[tid][state.SHA:] = old[previous.SHA:]
+                        continue
+                    (changed if old is not None else added).append(tid)
+                    yield rows
+
+            deleted = sorted(previous.threads.keys() - state.threads.keys())
+            path = generation_path(export_path, generation)
+            write_generation(
+                source, path, changed_threads(), state, generation=generation,
+                batch_size=int(chain.export.header.get("batch_size") or 1000),
+                header={"previous_export_sha256": chain.latest.footer_sha256,
+                        "deleted_threads": deleted, "selection": chain.selection})
+    finally:
+        source.close()
+    manifest: ExportManifest | None = read_manifest(path)
+    if not (added or changed or deleted):
+        path.unlink()
+        manifest = None
+    return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
+                      read_every_thread, state.snapshot_at, time.perf_counter() - started)
