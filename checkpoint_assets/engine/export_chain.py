@@ -10,11 +10,17 @@ digest of the one before, so a stale or foreign file breaks the chain and is ref
 
 How a sync finds changes, at a cost that follows the change: the source's per-thread
 fingerprints (count, max and sum of rowids per table, read from the primary-key indexes)
-are compared with the previous state; the threads whose fingerprint differs, and the
-thread of each table's last row when that row's content changed (a replaced last row keeps
-its rowid), are read and digested; only those whose digest differs are written. When a
-table's recorded last row is gone, a replaced row may hide below it, so every thread is
-digested (read whole) that time.
+are compared with the previous state; the threads whose fingerprint differs are read and
+digested, and only those whose digest differs are written. Why a fingerprint cannot stay
+the same when a thread's rows change: SqliteSaver only inserts (a new row raises the
+count), replaces (``INSERT OR REPLACE``: SQLite picks the new row's rowid, the table's
+max + 1, before it deletes the old row, so the thread's max and sum grow, even for the
+table's last row) and deletes whole threads. Only a rowid used again can fool it: after
+the rows with the highest rowids were deleted, a new row may get a rowid a deleted row
+had. Each generation records its tables' last rows; when the row at that rowid now holds
+other content, rowids were reused and every thread is digested that time (read whole).
+``write_sync(..., read_every_thread=True)`` does the same on request (the cutover does
+when its verification finds the source differs from the chain's state).
 """
 
 from __future__ import annotations
@@ -224,7 +230,7 @@ class SyncResult:
     changed: list[str]
     deleted: list[str]
     threads_read: int  # threads whose rows were read and digested
-    read_every_thread: bool  # a table's last row was gone: every thread was digested
+    read_every_thread: bool  # rowids were reused (or asked): every thread was digested
     snapshot_at: str
     seconds: float
 
@@ -234,7 +240,8 @@ class SyncResult:
         return self.manifest is not None
 
 
-def write_sync(source_path: str | Path, export_path: str | Path) -> SyncResult:
+def write_sync(source_path: str | Path, export_path: str | Path, *,
+               read_every_thread: bool = False) -> SyncResult:
     """Write the next generation of the export at ``export_path`` with what changed in the
     source since the newest generation; nothing is written when nothing changed.
 
@@ -254,15 +261,10 @@ def write_sync(source_path: str | Path, export_path: str | Path) -> SyncResult:
                         if tid not in previous.threads
                         or previous.threads[tid][previous.FINGERPRINT]
                         != entry[state.FINGERPRINT]}
-            read_every_thread = False
             for table, recorded in previous.last_rows.items():
-                if recorded is None:
-                    continue
-                now = source.last_row(table, recorded[0])
-                if now is None:
-                    read_every_thread = True
-                elif row_sha256(now[1]) != recorded[2]:
-                    suspects.add(now[1].thread_id)
+                now = source.last_row(table, recorded[0]) if recorded is not None else None
+                if now is not None and row_sha256(now[1]) != recorded[2]:
+                    read_every_thread = True  # the rowid was used again
             if read_every_thread or not previous.last_rows:
                 suspects = set(state.threads)
             for tid, entry in state.threads.items():

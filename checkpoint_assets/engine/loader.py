@@ -376,12 +376,15 @@ def apply_sync_batch(target: Target, chain: ExportChain, manifest: ExportManifes
 
 
 def apply_deletions(target: Target, chain: ExportChain, manifest: ExportManifest,
-                    cipher: Cipher | None = None) -> SyncApplyResult:
+                    cipher: Cipher | None = None,
+                    threads: Sequence[str] | None = None) -> SyncApplyResult:
     """Delete from the target the threads generation ``manifest`` found deleted in the
-    source, in one transaction, only where the target holds exactly the rows this tool
-    loaded for them (else ConflictError by key, nothing deleted)."""
+    source (or ``threads`` of them), in one transaction, only where the target holds
+    exactly the rows this tool loaded for them (else ConflictError by key, nothing
+    deleted)."""
     started = time.perf_counter()
-    deleted = list(manifest.header.get("deleted_threads") or [])
+    deleted = list(manifest.header.get("deleted_threads") or [] if threads is None
+                   else threads)
     before = convert_rows(chain.rows_before(deleted, manifest.generation), cipher)
     result = _apply_threads(target, chain, f"sync-{manifest.generation:04d}-deletions",
                             deleted, {t: [] for t in COLUMNS}, before, cipher)
