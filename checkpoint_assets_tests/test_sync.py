@@ -272,3 +272,35 @@ def test_a_selection_migrates_and_syncs_those_threads_only(
     report = verify(source, export, target)
     assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
     assert thread_rows(target_dsn, "late-paused")["checkpoints"] == []
+
+
+def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, target_dsn: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """checkpoint-assets export/import --threads @FILE, sync, cutover: the cutover waits
+    for quiet, proves the selection equal, prints its window and says in the evidence
+    that only those threads were compared."""
+    from checkpoint_assets.cli import main
+
+    export, ids = tmp_path / "app.export", tmp_path / "tenant.txt"
+    ids.write_text("rich-approve\nrich-basic\n\nlate-basic\n", encoding="utf-8")
+    common = ["--source", str(source), "--export", str(export)]
+    assert main(["export", *common, "--threads", f"@{ids}"]) == 0
+    assert main(["import", "--export", str(export), "--target", target_dsn]) == 0
+    run(source, new_threads)
+    run(source, resume_and_new_turn)
+    assert main(["sync", *common, "--target", target_dsn]) == 0
+    assert ("Sync generation 1: 1 new, 2 changed, 0 deleted thread(s) in the source; their"
+            in capsys.readouterr().out)
+    assert main(["sync", *common, "--target", target_dsn, "--threads", "rich-basic"]) == 3
+    assert "--threads names other threads" in capsys.readouterr().err
+
+    evidence = tmp_path / "cutover.md"
+    status = main(["cutover", *common, "--target", target_dsn, "--quiet-seconds", "0.2",
+                   "--workers", "1", "--evidence", str(evidence)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "Waiting until" in out and "nothing was moved" in out
+    assert "cutover window:" in out and "PASSED: the target equals the source as of" in out
+    text = evidence.read_text(encoding="utf-8")
+    assert "ONLY these 3 thread(s) (--threads)" in text
+    assert "equals the source as of" in text

@@ -139,7 +139,8 @@ class SourceDatabase:
                 entry[position:position + 3] = [count, highest, total]
         return out
 
-    def last_row(self, table: str, rowid: int | None = None) -> tuple[int, CheckpointRow | WriteRow] | None:
+    def last_row(self, table: str, rowid: int | None = None,
+                 ) -> tuple[int, CheckpointRow | WriteRow] | None:
         """(rowid, row) of the table's last row (highest rowid), or of the row ``rowid``;
         None when there is no such row."""
         select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()

@@ -17,6 +17,7 @@ from pathlib import Path
 from psycopg import sql
 
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.evidence import markdown_cell
 from checkpoint_assets.engine.export_chain import (
     ExportChain,
     SyncResult,
@@ -55,16 +56,18 @@ class SyncReport:
         found = self.found
         lines = []
         if not found.moved:
+            touched = any(n for what in ("inserted", "updated", "deleted")
+                          for n in self.total(what).values())
             lines.append(f"Nothing changed in the source since the last generation "
                          f"(read {found.threads_read} thread(s) whose fingerprint changed); "
-                         "nothing was moved.")
+                         + ("no new generation." if touched else "nothing was moved."))
         else:
             assert found.manifest is not None
             lines.append(
                 f"Sync generation {found.generation}: {len(found.added)} new, "
                 f"{len(found.changed)} changed, {len(found.deleted)} deleted thread(s) in "
-                f"the source ({found.manifest.checkpoints} checkpoints, "
-                f"{found.manifest.writes} writes moved) -> {found.manifest.path}")
+                f"the source; their {found.manifest.checkpoints} checkpoints and "
+                f"{found.manifest.writes} writes (whole threads) -> {found.manifest.path}")
         if found.read_every_thread:
             lines.append("Every thread was read and digested this time (asked for, or a "
                          "rowid of the previous generation's last row was used again).")
@@ -96,10 +99,12 @@ def apply_generation(target: Target, chain: ExportChain, manifest: ExportManifes
 
 def sync_target(source_path: str | Path, export_path: str | Path, target: Target, *,
                 cipher: Cipher | None = None, propagate_deletes: bool = False,
-                on_batch: Callable[[SyncApplyResult], None] | None = None) -> SyncReport:
+                on_batch: Callable[[SyncApplyResult], None] | None = None,
+                read_every_thread: bool = False) -> SyncReport:
     """One sync: apply the newest generation again (a no-op once applied; it completes a
     sync that stopped), write the next one from the source's changes, apply it, and
-    handle the threads deleted in the source.
+    handle the threads deleted in the source. ``read_every_thread``: digest every thread of
+    the source instead of trusting the fingerprints (see export_chain).
 
     Raises ConflictError (nothing of that batch written) when the target holds rows of a
     changed thread that this tool did not load; MigrationError for bad input.
@@ -109,7 +114,7 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     chain = load_chain(export_path)
     if chain.synced:
         apply_generation(target, chain, chain.latest, cipher)
-    found = write_sync(source_path, export_path)
+    found = write_sync(source_path, export_path, read_every_thread=read_every_thread)
     report = SyncReport(found)
     if found.manifest is not None:
         chain = load_chain(export_path)
@@ -173,3 +178,28 @@ def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
             state, changed_at = now, time.time()
             say(f"  the source was written at {time.strftime('%H:%M:%S')}; waiting "
                 f"{quiet_seconds:g} s more...")
+
+
+def live_migration_section(chain: ExportChain, *, deletions_kept: list[str],
+                           cutover: dict[str, str] | None = None) -> str:
+    """The evidence report's section on the export's sync generations: as of when the
+    target was compared with the source, which threads (a selection says so), what the
+    cutover took (``cutover``: label -> value), deleted threads kept in the target."""
+    selection = chain.selection
+    rows = [
+        ("compared with the source as of", f"{chain.snapshot_at} (generation "
+                                           f"{chain.latest.generation}: "
+                                           f"{chain.latest.path.name})"),
+        ("generations", f"the export and {len(chain.generations) - 1} sync(s); state digest "
+                        f"{chain.content_sha256}"),
+        ("threads", f"{chain.threads} live threads, {chain.checkpoints} checkpoints, "
+                    f"{chain.writes} writes"),
+        ("selection", "every thread of the source" if selection is None else
+         f"ONLY these {len(selection)} thread(s) (--threads); the checks speak of them "
+         f"alone: {', '.join(selection)}"),
+        ("deleted in the source, kept in the target",
+         ", ".join(deletions_kept) if deletions_kept else "none"),
+        *(cutover or {}).items(),
+    ]
+    return "## Live migration\n\n" + "\n".join(
+        f"- **{label}**: {markdown_cell(value, 2000)}" for label, value in rows)

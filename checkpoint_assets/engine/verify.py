@@ -605,17 +605,16 @@ def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | N
     if workers <= 1 or len(keys) <= 1:
         results = map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
                       repeat(None), threads)
-        return [_progressed(result, m, progress) for result, m in zip(results, manifests)]
+        return [_progressed(result, progress) for result in results]
     with process_pool(min(workers, len(keys))) as pool:
         results = pool.map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
                            repeat(None), threads)
-        return [_progressed(result, m, progress) for result, m in zip(results, manifests)]
+        return [_progressed(result, progress) for result in results]
 
 
-def _progressed(comparison: BatchComparison, manifest: ExportManifest,
-                progress: Any) -> BatchComparison:
-    if progress is not None:
-        progress(manifest.batch(comparison.key).checkpoints)
+def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
+    if progress is not None:  # the checkpoints compared: the batch's, or its live threads'
+        progress(comparison.expected_counts["checkpoints"])
     return comparison
 
 
