@@ -28,6 +28,11 @@ For each size, in this one run on this machine:
   ``migrate`` left, the wall time of ``checkpoint-assets checks`` and of the GraphQL query
   the batches asset's partitions page makes to ``dagster dev``; ``migrate`` also reports
   the disk its export and caches take against the SQLite file;
+- ``sync`` (after ``migrate``, on a private copy of the corpus): the application changes 1%
+  of the threads (new turns, resumed interrupts, interrupt writes replaced in place), adds 20
+  threads and deletes 0.2% (untimed, ``sync_change``); then ``sync`` (``sync_target``,
+  its peak RSS) and the ``cutover`` window (a final sync that finds nothing, plus the
+  verification reading back every thread), each also as a ratio to the ``migrate`` time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
   in-process (benchmarks/backfill_paths.py's machinery).
@@ -84,9 +89,12 @@ SMOKE_SIZE = 300
 CLONE_BASE_SIZE = 100_000  # larger corpora are this one's threads copied under new ids
 RESULT_MARK = "BENCH_RESULT "
 
-STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "dagster_ui",
-         "dagster_backfill")
+STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "sync",
+         "dagster_ui", "dagster_backfill")
 SMOKE_STEPS = STEPS[:-2]
+# Results of the sync step besides its own: the cutover window (see step_cutover).
+SYNC_RESULTS = ("sync", "cutover")
+SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS, SYNC_DELETED_FRACTION = 0.01, 20, 0.002
 # Timings of a different kind (not a pass over the corpus): no ratio to the copy ceiling.
 NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
 
@@ -440,6 +448,96 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
             "batch_seconds_by_tenth": batch_seconds_by_tenth(batches)}
 
 
+def step_sync_change(source: str) -> dict[str, Any]:
+    """The application writes to the migrated source (untimed by the targets): 1% of the
+    threads get a new turn, a resume or a replaced interrupt write; 20 new threads; 0.2%
+    deleted."""
+    import random
+
+    from langgraph.constants import INTERRUPT
+    from langgraph.types import Command, Interrupt
+
+    from checkpoint_assets_tests.corpus_graphs import (
+        build_chat_graph,
+        chat_input,
+        open_sqlite_saver,
+        thread_config,
+    )
+
+    started = time.perf_counter()
+    rng = random.Random(14)
+    counts = {"new_turns": 0, "resumed": 0, "replaced_writes": 0, "new_threads": 0,
+              "deleted": 0}
+    with open_sqlite_saver(source) as saver:
+        graph = build_chat_graph(saver)
+        ids = [row[0] for row in saver.conn.execute(
+            "SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id")]
+        changed = rng.sample(ids, max(1, round(len(ids) * SYNC_CHANGED_FRACTION)))
+        for n, thread_id in enumerate(changed):
+            config = thread_config(thread_id)
+            latest = saver.get_tuple(config)
+            interrupts = [w for w in latest.pending_writes or () if w[1] == INTERRUPT]
+            if interrupts and n % 2:
+                task_id = interrupts[0][0]
+                saver.put_writes(latest.config, [(INTERRUPT, (Interrupt(
+                    value="changed while migrating", id=f"bench-{n}"),))], task_id)
+                counts["replaced_writes"] += 1
+            elif interrupts:
+                graph.invoke(Command(resume="approve"), config)
+                counts["resumed"] += 1
+            else:
+                graph.invoke(chat_input(rng, 1, False), config)
+                counts["new_turns"] += 1
+        for n in range(SYNC_NEW_THREADS):
+            graph.invoke(chat_input(rng, 0, False), thread_config(f"bench-new-{n:03d}"))
+            counts["new_threads"] += 1
+        rest = sorted(set(ids) - set(changed))
+        for thread_id in rng.sample(rest, max(1, round(len(ids) * SYNC_DELETED_FRACTION))):
+            saver.delete_thread(thread_id)
+            counts["deleted"] += 1
+    return {"seconds": time.perf_counter() - started, **counts}
+
+
+def step_sync(source: str, export: str, dsn: str) -> dict[str, Any]:
+    """``sync_target``: what changed since the migrate's export, applied to its target."""
+    from checkpoint_assets.engine.sync import sync_target
+    from checkpoint_assets.engine.target import Target
+
+    started = time.perf_counter()
+    report = sync_target(source, export, Target(dsn), propagate_deletes=True)
+    seconds = time.perf_counter() - started
+    found = report.found
+    return {"seconds": seconds, "added": len(found.added), "changed": len(found.changed),
+            "deleted": len(found.deleted), "threads_read": found.threads_read,
+            "read_every_thread": found.read_every_thread,
+            "rows": {what: report.total(what)
+                     for what in ("inserted", "updated", "deleted", "already_present")}}
+
+
+def step_cutover(source: str, export: str, dsn: str) -> dict[str, Any]:
+    """The cutover window without its wait for quiet: the final sync (nothing changed) and
+    the verification reading back every thread."""
+    from checkpoint_assets.engine.export_chain import load_chain
+    from checkpoint_assets.engine.sync import sync_target
+    from checkpoint_assets.engine.target import Target
+    from checkpoint_assets.engine.verify import verify_migration
+
+    started = time.perf_counter()
+    final = sync_target(source, export, Target(dsn))
+    synced = time.perf_counter()
+    chain = load_chain(export)
+    report = verify_migration(chain.export, Target(dsn), source_path=source,
+                              readback_threads=None, chain=chain)
+    seconds = time.perf_counter() - started
+    if not report.passed:
+        failed = [name for name, check in report.checks.items() if not check.passed]
+        raise RuntimeError(f"cutover verification failed: {failed}")
+    return {"seconds": seconds, "final_sync_seconds": synced - started,
+            "final_sync_moved": final.found.moved,
+            "verification_seconds": seconds - (synced - started),
+            "checkpoints": chain.checkpoints}
+
+
 def batch_seconds_by_tenth(batches: list[dict[str, Any]]) -> list[float]:
     """Mean seconds per batch in each tenth of the batches, in load order: flat when a
     batch's cost does not grow with the tables."""
@@ -566,7 +664,8 @@ STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "copy_ceiling": step_copy_ceiling, "api_loop": step_api_loop, "export": step_export,
     "import": step_import, "profile_import": step_profile_import, "verify": step_verify,
     "migrate": step_migrate, "dagster_ui": step_dagster_ui,
-    "dagster_backfill": step_dagster_backfill,
+    "dagster_backfill": step_dagster_backfill, "sync_change": step_sync_change,
+    "sync": step_sync, "cutover": step_cutover,
 }
 
 
@@ -726,6 +825,8 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
     work = Path(tempfile.mkdtemp(prefix=f"size-{size}-", dir=work_root))
     export = str(work / "run.export")
     source = str(corpus)
+    if "sync" in steps:  # the application writes to it: a private copy, migrated first
+        source = str(shutil.copyfile(corpus, work / corpus.name))
     results: dict[str, dict[str, Any]] = {}
 
     def run(step: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -772,6 +873,15 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                 if "dagster_ui" in steps:
                     results["dagster_ui"] = run("dagster_ui", {"source": source,
                                                                "workdir": str(migrate_dir)})
+                if "sync" in steps:
+                    change = run("sync_change", {"source": source})
+                    chained = {"source": source, "export": str(migrate_dir / "run.export"),
+                               "dsn": dsn}
+                    results["sync"] = {**run("sync", chained), "change": change}
+                    results["cutover"] = run("cutover", chained)
+                    for name in SYNC_RESULTS:
+                        results[name]["ratio_to_migrate"] = (
+                            results[name]["seconds"] / results["migrate"]["seconds"])
         if "dagster_backfill" in steps:
             dagster_dir = Path(tempfile.mkdtemp(prefix="dagster-", dir=work))
             results["dagster_backfill"] = run("dagster_backfill", {
@@ -940,7 +1050,7 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
     for size in sorted(sizes):
         steps = sizes[size]["steps"]
         scale_out = [f"import_{n}_loaders" for n in SCALE_OUT_LOADERS]
-        for name in (*STEPS, *scale_out):
+        for name in (*STEPS, "cutover", *scale_out):
             r = steps.get(name)
             if r is None or name in NOT_CORPUS_STEPS:
                 continue
@@ -951,6 +1061,8 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
             if name == "dagster_backfill":
                 note = (f"in-process same partitions: "
                         f"{in_process_batches_wall(r['in_process']):.1f} s wall")
+            if name in SYNC_RESULTS:
+                note = f"{r['ratio_to_migrate']:.3f}x the migrate"
             if "peak_rss_tree_sum_mb" in r:
                 note += tree_note.format(r["peak_rss_mb"], r["peak_rss_tree_sum_mb"])
             lines.append(
