@@ -7,6 +7,7 @@ postgresql://postgres@127.0.0.1:5432/postgres):
                                        [--dagster-sizes 10000,100000] [--api-prefix 10000]
                                        [--profile-import 50000] [--scale-out]
                                        [--steps copy_ceiling,migrate] [--ui-sizes 1000000]
+                                       [--sync-changed-threads 88]
                                        [--out benchmarks/results/latest.json]
     .venv/bin/python -m benchmarks.run --smoke --out /tmp/smoke.json   # ~300 checkpoints
 
@@ -448,10 +449,10 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
             "batch_seconds_by_tenth": batch_seconds_by_tenth(batches)}
 
 
-def step_sync_change(source: str) -> dict[str, Any]:
+def step_sync_change(source: str, changed_threads: int | None = None) -> dict[str, Any]:
     """The application writes to the migrated source (untimed by the targets): 1% of the
-    threads get a new turn, a resume or a replaced interrupt write; 20 new threads; 0.2%
-    deleted."""
+    threads (or ``changed_threads``) get a new turn, a resume or a replaced interrupt
+    write; 20 new threads; 0.2% deleted (or a fifth of ``changed_threads``)."""
     import random
 
     from langgraph.constants import INTERRUPT
@@ -472,7 +473,8 @@ def step_sync_change(source: str) -> dict[str, Any]:
         graph = build_chat_graph(saver)
         ids = [row[0] for row in saver.conn.execute(
             "SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id")]
-        changed = rng.sample(ids, max(1, round(len(ids) * SYNC_CHANGED_FRACTION)))
+        how_many = changed_threads or max(1, round(len(ids) * SYNC_CHANGED_FRACTION))
+        changed = rng.sample(ids, how_many)
         for n, thread_id in enumerate(changed):
             config = thread_config(thread_id)
             latest = saver.get_tuple(config)
@@ -492,7 +494,9 @@ def step_sync_change(source: str) -> dict[str, Any]:
             graph.invoke(chat_input(rng, 0, False), thread_config(f"bench-new-{n:03d}"))
             counts["new_threads"] += 1
         rest = sorted(set(ids) - set(changed))
-        for thread_id in rng.sample(rest, max(1, round(len(ids) * SYNC_DELETED_FRACTION))):
+        deleted = max(1, round(changed_threads / 5 if changed_threads
+                               else len(ids) * SYNC_DELETED_FRACTION))
+        for thread_id in rng.sample(rest, deleted):
             saver.delete_thread(thread_id)
             counts["deleted"] += 1
     return {"seconds": time.perf_counter() - started, **counts}
@@ -874,7 +878,8 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                     results["dagster_ui"] = run("dagster_ui", {"source": source,
                                                                "workdir": str(migrate_dir)})
                 if "sync" in steps:
-                    change = run("sync_change", {"source": source})
+                    change = run("sync_change", {"source": source,
+                                                 "changed_threads": args.sync_changed_threads})
                     chained = {"source": source, "export": str(migrate_dir / "run.export"),
                                "dsn": dsn}
                     results["sync"] = {**run("sync", chained), "change": change}
@@ -1146,6 +1151,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", default=None,
                         help=f"only these steps, comma-separated (of {','.join(STEPS)}); "
                              "e.g. copy_ceiling,migrate,dagster_ui for a 1M run")
+    parser.add_argument("--sync-changed-threads", type=int, default=None,
+                        help="the sync step changes this many threads (and deletes a fifth "
+                             "as many) at every size, instead of 1%% (and 0.2%%): the same "
+                             "change on corpora of different sizes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
