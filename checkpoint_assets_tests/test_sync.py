@@ -203,6 +203,22 @@ def _resumed_on_postgres(dsn: str, thread_id: str) -> Any:
                                               RICH_RESUME_VALUES["approve"]))
 
 
+def test_a_thread_deleted_and_written_again_replaces_the_kept_rows(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """A thread deleted in the source (kept in the target) that the application starts
+    again under the same id: the next sync replaces the rows this tool loaded for it."""
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    run(source, delete("rich-approve"))
+    assert sync_target(source, export, target).deletions_kept == ["rich-approve"]
+    run(source, lambda graph, saver: graph.invoke(rich_input("basic"),
+                                                  thread_config("rich-approve")))
+    again = sync_target(source, export, target)
+    assert again.found.added == ["rich-approve"] and again.total("deleted")["checkpoints"]
+    report = verify(source, export, target)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+
+
 def test_a_target_row_changed_by_someone_else_is_a_conflict_and_stays(
         source: Path, tmp_path: Path, target_dsn: str) -> None:
     """The sync changes a thread whose target row someone else edited: ConflictError by

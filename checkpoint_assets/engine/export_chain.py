@@ -169,15 +169,24 @@ class ExportChain:
 
     def rows_before(self, thread_ids: Sequence[str], generation: int) -> list[ThreadRows]:
         """The rows these threads had as of generation ``generation - 1`` (what this tool
-        loaded for them before), read from the generations that held them; threads that
-        did not exist then are left out."""
+        loaded for them before), read from the generations that held them. A thread
+        deleted in the source before then (its rows kept in the target) counts with its
+        rows before it was deleted; threads that never existed are left out."""
         state = self.state_at(generation - 1)
+        deleted_at = {tid: m.generation for m in self.generations[1:generation]
+                      for tid in m.header.get("deleted_threads") or ()}
         wanted: dict[tuple[int, str], set[str]] = {}
         for tid in thread_ids:
             entry = state.threads.get(tid)
+            if entry is None and tid in deleted_at:
+                earlier = self.state_at(deleted_at[tid] - 1)
+                entry = earlier.threads.get(tid)
+                state_of_entry = earlier
+            else:
+                state_of_entry = state
             if entry is None:
                 continue
-            holder = self.generations[entry[state.GENERATION]]
+            holder = self.generations[entry[state_of_entry.GENERATION]]
             key = _batch_of(holder, tid)
             if key is not None:
                 wanted.setdefault((holder.generation, key), set()).add(tid)
