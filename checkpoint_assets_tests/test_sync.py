@@ -57,9 +57,7 @@ def rich_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def source(rich_master: Path, tmp_path: Path) -> Path:
     """A private copy of the rich corpus the application of a test writes to."""
-    path = tmp_path / "app.sqlite"
-    shutil.copyfile(rich_master, path)
-    return path
+    return Path(shutil.copyfile(rich_master, tmp_path / "app.sqlite"))
 
 
 def migrate(source: Path, export: Path, target: Target, **selection: Any) -> None:

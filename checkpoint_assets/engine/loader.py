@@ -225,14 +225,7 @@ def _load_rows(
     inserted: dict[str, int] = {}
     present: dict[str, int] = {}
     for table, table_rows in rows.items():
-        stage = sql.Identifier(f"stage_{table}")
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
-        ).format(stage, sql.Identifier(table)))
-        _copy(conn, stage, table, table_rows)
-        # A temporary table is never analyzed by autovacuum; without statistics the planner
-        # may join it to the whole table instead of looking its keys up (raise_on_conflict).
-        conn.execute(sql.SQL("ANALYZE {}").format(stage))
+        stage = _stage(conn, f"stage_{table}", table, table_rows)
         # Re-running is safe: rows already there are skipped, then compared below.
         cursor = conn.execute(sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
@@ -241,6 +234,20 @@ def _load_rows(
         present[table] = len(table_rows) - cursor.rowcount
         raise_on_conflict(conn, table, stage, cipher, threads)
     return inserted, present
+
+
+def _stage(conn: psycopg.Connection, name: str, table: str,
+           rows: Sequence[tuple]) -> sql.Identifier:
+    """A temporary table ``name`` shaped like ``table`` holding ``rows``, analyzed."""
+    stage = sql.Identifier(name)
+    conn.execute(sql.SQL(
+        "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ).format(stage, sql.Identifier(table)))
+    _copy(conn, stage, table, rows)
+    # A temporary table is never analyzed by autovacuum; without statistics the planner
+    # may join it to the whole table instead of looking its keys up (raise_on_conflict).
+    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+    return stage
 
 
 def _any_thread_present(conn: psycopg.Connection, threads: list[str]) -> bool:
@@ -406,13 +413,8 @@ def _apply_threads(target: Target, chain: ExportChain, key: str, threads: list[s
             conn.execute("SELECT pg_advisory_xact_lock(%s)",
                          (_lock_id(target.schema, "sync:" + chain.export.footer_sha256),))
             for table in COLUMNS:
-                for name, table_rows in (("new", rows[table]), ("before", before[table])):
-                    stage = sql.Identifier(f"{name}_{table}")
-                    conn.execute(sql.SQL(
-                        "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
-                    ).format(stage, sql.Identifier(table)))
-                    _copy(conn, stage, table, table_rows)
-                    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+                _stage(conn, f"new_{table}", table, rows[table])
+                _stage(conn, f"before_{table}", table, before[table])
             conflicts = {table: _not_ours(conn, table, threads, cipher) for table in COLUMNS}
             found = [k for keys in conflicts.values() for k in keys]
             if found:
