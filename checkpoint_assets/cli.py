@@ -41,6 +41,7 @@ from checkpoint_assets.engine.private_files import (
 )
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.sync import (
     SyncReport,
     live_migration_section,
@@ -74,6 +75,7 @@ from checkpoint_assets.settings import (
     SOURCE_ENV,
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
+    THREADS_ENV,
     WORKERS_ENV,
     Settings,
     SettingsError,
@@ -217,6 +219,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=settings.batch_size)
         p.add_argument("--readback-all", action="store_true",
                        help="read back every thread through the official savers")
+        add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
 
@@ -330,31 +333,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         source.close()
     with progress("export", total) as advance:
         manifest = write_export(args.source, args.export, batch_size=args.batch_size,
-                                progress=advance, selection=thread_selection(args.threads))
+                                progress=advance, selection=parse_thread_selection(args.threads))
     summary = {"command": "export", "ok": True, **manifest_summary(manifest)}
     _emit(args, summary, _export_text(manifest))
     return EXIT_OK
-
-
-def thread_selection(value: str | None) -> list[str] | None:
-    """--threads: ids separated by commas, or @FILE with one id a line; None: all threads."""
-    if not value:
-        return None
-    if value.startswith("@"):
-        try:
-            text = Path(value[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MigrationError(f"Cannot read the thread list {value[1:]}: "
-                                 f"{exc.strerror or exc}.",
-                                 "Pass --threads @FILE with one thread id a line.") from None
-        ids = [line.strip() for line in text.splitlines()]
-    else:
-        ids = [part.strip() for part in value.split(",")]
-    ids = sorted({tid for tid in ids if tid})
-    if not ids:
-        raise MigrationError(f"--threads {value!r} names no thread.",
-                             "Pass thread ids separated by commas, or @FILE.")
-    return ids
 
 
 def manifest_summary(manifest: ExportManifest) -> dict[str, Any]:
@@ -446,7 +428,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 def _sync(args: argparse.Namespace, settings: Settings,
           read_every_thread: bool = False) -> SyncReport:
     chain = load_chain(args.export)
-    selection = thread_selection(args.threads)
+    selection = parse_thread_selection(args.threads)
     if selection is not None and selection != chain.selection:
         raise MigrationError(
             f"--threads names other threads than the export {chain.export.path} was taken "
@@ -637,6 +619,7 @@ def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     ``settings``."""
     return replace(settings, source=args.source, export=args.export,
                    target_schema=args.schema, batch_size=args.batch_size,
+                   threads=args.threads or settings.threads,
                    readback_threads=None if args.readback_all else settings.readback_threads)
 
 

@@ -318,3 +318,22 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
     text = evidence.read_text(encoding="utf-8")
     assert "ONLY these 3 thread(s) (--threads)" in text
     assert "equals the source as of" in text
+
+
+def test_migrate_a_selection_as_dagster_runs(source: Path, tmp_path: Path, target_dsn: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint-assets migrate --threads: the export asset exports those threads, its
+    count check counts them in the source, the verification passes for them and its
+    evidence says that only they were compared."""
+    from checkpoint_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("CHECKPOINT_ASSETS_WORKERS", "1")
+    export = tmp_path / "tenant.export"
+    assert main(["migrate", "--source", str(source), "--export", str(export), "--target",
+                 target_dsn, "--readback-all", "--threads", "rich-basic,rich-review"]) == 0
+    with psycopg.connect(target_dsn) as conn:
+        assert {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")} \
+            == {"rich-basic", "rich-review"}
+    evidence = Path(f"{export}.evidence.md").read_text(encoding="utf-8")
+    assert "ONLY these 2 thread(s) (--threads)" in evidence

@@ -18,6 +18,7 @@ from checkpoint_assets.engine.export_file import (
     verify_export,
     write_export,
 )
+from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.source import SourceCounts
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
@@ -87,8 +88,10 @@ def checkpoint_export(
         return
     started = time.perf_counter()
     try:
-        manifest = write_export(source.path, path, batch_size=export_file.batch_size)
-        counts = source.counts()
+        selection = parse_thread_selection(export_file.threads)
+        manifest = write_export(source.path, path, batch_size=export_file.batch_size,
+                                selection=selection)
+        counts = source.counts(selection)
     except MigrationError as exc:
         message = error_text(exc, None)
         for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):

@@ -17,6 +17,7 @@ from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.export_chain import load_chain
+from checkpoint_assets.engine.sync import live_migration_section
 from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import (
@@ -121,6 +122,8 @@ def migration_verification(
     evidence = render_evidence(report, manifest=manifest, target_display=load_target.display,
                                batches=batch_timings(context.instance, manifest),
                                batch_labels=partitions)
+    if chain.synced or chain.selection is not None:
+        evidence += "\n" + live_migration_section(chain) + "\n"
     yield dg.MaterializeResult(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),

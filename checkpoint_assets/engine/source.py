@@ -9,7 +9,7 @@ the size of the database.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +74,14 @@ class SourceDatabase:
         finally:
             self._conn.execute("ROLLBACK")
 
-    def counts(self) -> SourceCounts:
-        """Count checkpoints, writes and distinct threads."""
+    def counts(self, selection: Sequence[str] | None = None) -> SourceCounts:
+        """Count checkpoints, writes and distinct threads (of ``selection`` only, if given:
+        from the fingerprints, see :meth:`fingerprints`)."""
+        if selection is not None:
+            wanted = set(selection)
+            selected = [fp for tid, fp in self.fingerprints().items() if tid in wanted]
+            return SourceCounts(sum(fp[0] for fp in selected), sum(fp[3] for fp in selected),
+                                len(selected))
         checkpoints = self._execute("SELECT count(*) FROM checkpoints").fetchone()[0]
         writes = self._execute("SELECT count(*) FROM writes").fetchone()[0]
         threads = self._execute(

@@ -180,11 +180,12 @@ def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
                 f"{quiet_seconds:g} s more...")
 
 
-def live_migration_section(chain: ExportChain, *, deletions_kept: list[str],
+def live_migration_section(chain: ExportChain, *, deletions_kept: list[str] | None = None,
                            cutover: dict[str, str] | None = None) -> str:
     """The evidence report's section on the export's sync generations: as of when the
     target was compared with the source, which threads (a selection says so), what the
-    cutover took (``cutover``: label -> value), deleted threads kept in the target."""
+    cutover took (``cutover``: label -> value), deleted threads kept in the target (when
+    known)."""
     selection = chain.selection
     rows = [
         ("compared with the source as of", f"{chain.snapshot_at} (generation "
@@ -197,8 +198,9 @@ def live_migration_section(chain: ExportChain, *, deletions_kept: list[str],
         ("selection", "every thread of the source" if selection is None else
          f"ONLY these {len(selection)} thread(s) (--threads); the checks speak of them "
          f"alone: {', '.join(selection)}"),
-        ("deleted in the source, kept in the target",
-         ", ".join(deletions_kept) if deletions_kept else "none"),
+        *([("deleted in the source, kept in the target",
+            ", ".join(deletions_kept) if deletions_kept else "none")]
+          if deletions_kept is not None else []),
         *(cutover or {}).items(),
     ]
     return "## Live migration\n\n" + "\n".join(

@@ -624,16 +624,10 @@ def _source_state(source_path: str | Path,
     threads that differ from the expected state."""
     src = open_source(source_path)
     try:
-        if chain.selection is None:
-            sc = src.counts()
-            counts = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
-        else:
-            selected = set(chain.selection)
-            fingerprints = [fp for tid, fp in src.fingerprints().items() if tid in selected]
-            counts = {"checkpoints": sum(fp[0] for fp in fingerprints),
-                      "checkpoint_writes": sum(fp[3] for fp in fingerprints)}
+        sc = src.counts(chain.selection)
     finally:
         src.close()
+    counts = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
     return counts, source_drift(source_path, chain)
 
 
