@@ -217,6 +217,29 @@ def test_a_thread_deleted_and_written_again_replaces_the_kept_rows(
     assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
 
 
+def test_rowids_used_again_make_the_sync_digest_every_thread(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The newest thread is deleted and another written: SQLite hands out the freed rowids
+    again, so the row at the previous generation's last rowid holds other content; the
+    sync then digests every thread instead of trusting the fingerprints."""
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    newest = last_write(source)
+    run(source, delete(QUOTED_THREAD_ID))  # the corpus's last thread
+    run(source, lambda graph, saver: graph.invoke(rich_input("basic"),
+                                                  thread_config("reuses-rowids")))
+    assert last_write(source)[0] >= newest[0]
+    synced = sync_target(source, export, target)
+    assert synced.found.read_every_thread
+    assert synced.found.threads_read == len(load_chain(export).state.threads)
+    assert synced.found.added == ["reuses-rowids"]
+    assert synced.found.deleted == [QUOTED_THREAD_ID] and synced.found.changed == []
+    asked = sync_target(source, export, target, read_every_thread=True)
+    assert asked.found.read_every_thread and not asked.found.moved
+    report = verify(source, export, target)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+
+
 def test_a_target_row_changed_by_someone_else_is_a_conflict_and_stays(
         source: Path, tmp_path: Path, target_dsn: str) -> None:
     """The sync changes a thread whose target row someone else edited: ConflictError by
