@@ -396,7 +396,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             chain=chain)
     evidence = write_evidence(
         _evidence_path(args, manifest.path),
-        _chain_evidence(report, chain, target, []))
+        _chain_evidence(report, chain, target, None))
     summary = {"command": "verify", "ok": report.passed, "target": target.display,
                **manifest_summary(manifest), **verification_json(report),
                "evidence": str(evidence)}
@@ -406,7 +406,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _chain_evidence(report: VerificationReport, chain: ExportChain, target: Target,
-                    deletions_kept: list[str], cutover: dict[str, str] | None = None) -> str:
+                    deletions_kept: list[str] | None,
+                    cutover: dict[str, str] | None = None) -> str:
     """The evidence report; with a section on the syncs and the selection when there are."""
     markdown = render_evidence(report, manifest=chain.export, target_display=target.display,
                                untimed_hint=EVIDENCE_UNTIMED_HINT,

@@ -360,3 +360,30 @@ def test_migrate_a_selection_as_dagster_runs(source: Path, tmp_path: Path, targe
             == {"rich-basic", "rich-review"}
     evidence = Path(f"{export}.evidence.md").read_text(encoding="utf-8")
     assert "ONLY these 2 thread(s) (--threads)" in evidence
+
+
+def test_encrypted_threads_sync_without_false_conflicts(tmp_path: Path, target_dsn: str) -> None:
+    """EncryptedSerializer: every load encrypts blobs again with fresh nonces, so the rows
+    this tool loaded are recognised by their plaintext; a resumed thread is updated, a
+    re-run applies nothing, and the target verifies equal."""
+    from langgraph.types import Command
+
+    from checkpoint_assets.engine.crypto import Cipher
+    from checkpoint_assets_tests.corpus_graphs import build_encrypted_corpus
+
+    key = b"0123456789abcdef0123456789abcdef"
+    corpus = build_encrypted_corpus(tmp_path / "enc.sqlite", key)
+    cipher, export, target = Cipher(key), tmp_path / "enc.export", Target(target_dsn)
+    import_export(write_export(corpus.path, export, batch_size=20), target, cipher=cipher)
+    with open_sqlite_saver(corpus.path, serde=corpus.serde) as saver:
+        corpus.graph_factory(saver).invoke(Command(resume="approve"), thread_config("enc-1"))
+    synced = sync_target(corpus.path, export, target, cipher=cipher)
+    assert synced.found.changed == ["enc-1"] and synced.total("inserted")["checkpoints"]
+    again = sync_target(corpus.path, export, target, cipher=cipher)  # applies it once more
+    assert not again.found.moved and again.applied == [] and again.reapplied
+    assert not any(n for what in ("inserted", "updated", "deleted")
+                   for n in again.total(what).values())
+    chain = load_chain(export)
+    report = verify_migration(chain.export, target, source_path=corpus.path, cipher=cipher,
+                              readback_threads=None, workers=1, chain=chain)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}

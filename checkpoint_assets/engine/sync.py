@@ -40,6 +40,9 @@ class SyncReport:
 
     found: SyncResult
     applied: list[SyncApplyResult] = field(default_factory=list)
+    # The newest earlier generation applied once more first (rows only when it had not
+    # been applied whole).
+    reapplied: list[SyncApplyResult] = field(default_factory=list)
     deletions: list[SyncApplyResult] = field(default_factory=list)
     # Threads deleted in the source that still have rows in the target (not propagated).
     deletions_kept: list[str] = field(default_factory=list)
@@ -48,7 +51,8 @@ class SyncReport:
     def total(self, what: str) -> dict[str, int]:
         """Rows per table over the applied batches: "inserted", "updated", "deleted" or
         "already_present" (deletions of threads included)."""
-        return {t: sum(getattr(r, what)[t] for r in [*self.applied, *self.deletions])
+        return {t: sum(getattr(r, what)[t]
+                       for r in [*self.reapplied, *self.applied, *self.deletions])
                 for t in COLUMNS}
 
     def render(self) -> str:
@@ -112,10 +116,9 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     started = time.perf_counter()
     target.setup()
     chain = load_chain(export_path)
-    if chain.synced:
-        apply_generation(target, chain, chain.latest, cipher)
+    reapplied = apply_generation(target, chain, chain.latest, cipher) if chain.synced else []
     found = write_sync(source_path, export_path, read_every_thread=read_every_thread)
-    report = SyncReport(found)
+    report = SyncReport(found, reapplied=reapplied)
     if found.manifest is not None:
         chain = load_chain(export_path)
         report.applied = apply_generation(target, chain, found.manifest, cipher, on_batch)
