@@ -33,6 +33,7 @@ from checkpoint_assets.partitions import (
     PUBLISH_ASSET,
     VERIFICATION_ASSET,
     batch_partitions,
+    batches_with_a_passed_check,
 )
 
 # A command's runs are looked for in check records created after its start, less this
@@ -84,12 +85,7 @@ def partitions_without_a_passed_check(instance: dg.DagsterInstance) -> set[str]:
     rows are already there and are compared).
     """
     current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-    infos = {info.partition_key: info for info in
-             instance.event_log_storage.get_asset_check_partition_info([BATCH_CHECK.key])}
-    return {key for key in current
-            if (info := infos.get(key)) is None or not info.is_current
-            or info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED}
-
+    return current - batches_with_a_passed_check(instance, BATCH_CHECK.key)
 
 
 def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -147,6 +143,7 @@ class _Evaluations:
 
     def __init__(self, instance: dg.DagsterInstance, run_ids: Collection[str] | None,
                  since: float) -> None:
+        self.instance = instance
         self.storage = instance.event_log_storage
         self.run_ids = None if run_ids is None else set(run_ids)
         self.since = since
@@ -166,14 +163,34 @@ class _Evaluations:
             key, limit=1, status=_FINISHED, partition_filter=partitions)
         return finished[0] if finished else None
 
-    def passed_partitions(self, key: dg.AssetCheckKey, partitions: Collection[str]) -> set[str]:
-        """The partitions of ``key`` whose evaluation to show passed."""
+    def passed_partitions(self, key: dg.AssetCheckKey) -> set[str]:
+        """The current partitions of ``key`` whose evaluation to show passed.
+
+        Without run ids: :func:`batches_with_a_passed_check` (one query). With them: the
+        command's own result where it evaluated the partition, else the same current
+        passed result; only a partition whose latest evaluation is still in progress
+        (another command) is looked up on its own, for its latest finished one.
+        """
+        passed = batches_with_a_passed_check(self.instance, key)
         if self.run_ids is None:
-            infos = self.storage.get_asset_check_partition_info([key])
-            return {i.partition_key for i in infos if i.partition_key in partitions
-                    and i.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-        return {p for p in partitions if (record := self.record(key, p)) is not None
-                and record.status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+            return passed
+        own = self._own_records(key)
+        in_progress = {info.partition_key for info in
+                       self.storage.get_asset_check_partition_info([key])
+                       if info.latest_execution_status
+                       == AssetCheckExecutionRecordStatus.PLANNED}
+        current = set(self.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+        result = set()
+        for partition in current:
+            record = own.get(partition)
+            if record is None and partition in in_progress:
+                record = self.record(key, partition)
+            if record is not None:
+                if record.status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+                    result.add(partition)
+            elif partition in passed:
+                result.add(partition)
+        return result
 
     def _own_records(self, key: dg.AssetCheckKey
                      ) -> dict[str | None, AssetCheckExecutionRecord]:
@@ -205,7 +222,7 @@ def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
         # Per-batch check: it passes when the latest result of every current batch passed;
         # otherwise show the first batch that did not pass.
         current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-        passed = evaluations.passed_partitions(key, current)
+        passed = evaluations.passed_partitions(key)
         row.partitions = f"{len(current & passed)}/{len(current)} passed"
         failing = sorted(current - passed)
         if failing:
@@ -213,6 +230,12 @@ def _check_row(instance: dg.DagsterInstance, key: dg.AssetCheckKey,
             record = evaluations.record(key, failing[0])
             if record is None:
                 row.passed, row.summary = False, f"{failing[0]}: never evaluated"
+                return row
+            if record.status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+                # A pass of an earlier load: the latest load was never checked.
+                row.passed, row.summary = False, (
+                    f"{failing[0]}: its latest load has no check result (backfill loads "
+                    "and checks it again)")
                 return row
     if record is None:
         return row

@@ -10,6 +10,9 @@ import hashlib
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
 from checkpoint_assets.engine.errors import MigrationError
@@ -135,6 +138,24 @@ def batch_key_for(manifest: ExportManifest, partition_key: str) -> str:
         "The export was re-taken (another source state or batch size) after this run was "
         "launched; load the current export's partitions (backfill failed and missing).")
 
+
+
+def batches_with_a_passed_check(instance: dg.DagsterInstance,
+                                check_key: dg.AssetCheckKey) -> set[str]:
+    """Current batch partitions whose latest ``batch_matches_export`` result passed and is
+    current: it belongs to the partition's latest materialization.
+
+    The one definition of "this batch is proven" that ``backfill`` (what to load again),
+    ``checkpoint-assets checks`` (n/m passed) and the publish gate share. A result of an
+    earlier materialization does not count: a run stopped between a batch's
+    materialization and its check result leaves the partition materialized but unproven.
+    One query for all partitions.
+    """
+    current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
+    return {info.partition_key for info in
+            instance.event_log_storage.get_asset_check_partition_info([check_key])
+            if info.partition_key in current and info.is_current
+            and info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
 
 # A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
 # per Dagster run, each batch still in its own transaction with its own materialization and

@@ -33,6 +33,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
     THREADS_ENV,
+    WORKERS_ENV,
     Settings,
 )
 
@@ -127,6 +128,12 @@ class PostgresTargetResource(dg.ConfigurableResource):
                 f"Set {STAGING_SCHEMA_ENV} to a separate schema, e.g. checkpoints_staging.")
         return Target(self.dsn, self.staging_schema)
 
+    verification_workers: int = Field(
+        default=0,
+        description=f"Processes comparing batches at once during verification (env "
+                    f"{WORKERS_ENV}); 0 lets the verification choose (one per core when the "
+                    "export has enough batches).")
+
     def readback_sample(self) -> int | None:
         """Threads to read back (None: all)."""
         return self.readback_threads if self.readback_threads > 0 else None
@@ -182,11 +189,13 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         staging_schema: Any = _env_or(STAGING_SCHEMA_ENV, settings.staging_schema)
         readback: Any = 0 if settings.readback_threads is None else _env_or(
             READBACK_THREADS_ENV, settings.readback_threads, as_int=True)
+        workers: Any = _env_or(WORKERS_ENV, settings.workers or 0, as_int=True)
     else:
         source, export, batch_size = settings.source, settings.export, settings.batch_size
         threads = settings.threads
         target_schema, staging_schema = settings.target_schema, settings.staging_schema
         readback = settings.readback_threads or 0  # 0: every thread
+        workers = settings.workers or 0
     return {
         "source": SqliteSourceResource(path=source if source is not None
                                        else dg.EnvVar(SOURCE_ENV),
@@ -195,7 +204,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
                                           threads=threads),
         "target": PostgresTargetResource(
             dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
-            readback_threads=readback),
+            readback_threads=readback, verification_workers=workers),
     }
 
 

@@ -15,8 +15,22 @@ import psycopg
 import pytest
 
 from checkpoint_assets.embedded_postgres import start_embedded, temporary_database
+from checkpoint_assets.settings import AES_KEY_ENV
 
 SHARED_SERVER_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_settings_from_the_developers_shell() -> Iterator[None]:
+    """The suite starts without the tool's settings from the shell that runs it: an
+    exported CHECKPOINT_ASSETS_TARGET_DSN must never reach a test's migration (tests set
+    what they need; the suite's own CHECKPOINT_ASSETS_TEST_* switches stay)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if (name.startswith("CHECKPOINT_ASSETS_") and not name.startswith(
+                    "CHECKPOINT_ASSETS_TEST_")) or name == AES_KEY_ENV:
+                patch.delenv(name)
+        yield
 
 
 def _shared_server_answers() -> bool:

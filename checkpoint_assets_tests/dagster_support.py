@@ -138,7 +138,7 @@ def dagster_dev_project(root: Path, target_dsn: str, *, threads: int,
     (home / ".nux").mkdir()
     (home / ".nux" / "nux.yaml").write_text("seen: 1\n")
     source = write_corpus(root / "support.sqlite", threads=threads)
-    export = root / "export.jsonl"
+    export = root / "export.export"
     env = {SOURCE_ENV: str(source), EXPORT_ENV: str(export), BATCH_SIZE_ENV: str(batch_size),
            READBACK_THREADS_ENV: "0", TARGET_DSN_ENV: target_dsn, "DAGSTER_HOME": str(home)}
     return source, export, env

@@ -137,9 +137,9 @@ def migrated(admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with fresh_database(admin_dsn) as dsn, dg.instance_for_test() as instance:
         mp = pytest.MonkeyPatch()
         mp.setenv(TARGET_DSN_ENV, with_password(dsn, PASSWORD))
-        code = definitions(source, work / "export.jsonl", batch_size=BATCH_SIZE)
+        code = definitions(source, work / "export.export", batch_size=BATCH_SIZE)
         runs = migrate(code, instance)
-        yield {"source": source, "export": work / "export.jsonl", "dsn": dsn,
+        yield {"source": source, "export": work / "export.export", "dsn": dsn,
                "instance": instance, "defs": code, "runs": runs, "work": work}
         mp.undo()
 
@@ -188,7 +188,7 @@ def test_verification_reports_the_sources_counts_and_digests(migrated: dict[str,
     assert metadata["sqlite_writes"].value == counts["writes"]
     assert metadata["postgres_writes"].value == counts["writes"]
     # A fresh export of the source (engine only, no Dagster) has the same content digest.
-    again = write_export(migrated["source"], migrated["work"] / "again.jsonl",
+    again = write_export(migrated["source"], migrated["work"] / "again.export",
                          batch_size=BATCH_SIZE)
     assert metadata["export_content_sha256"].value == again.content_sha256
     digests = metadata["batch_digests"].value.records
@@ -231,11 +231,11 @@ def test_a_new_batch_size_replaces_stale_partitions(migrated: dict[str, Any]) ->
     the verification's checks are out of date until it runs again."""
     instance = migrated["instance"]
     old_keys = instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
-    bigger = definitions(migrated["source"], migrated["work"] / "big.jsonl", batch_size=10_000)
+    bigger = definitions(migrated["source"], migrated["work"] / "big.export", batch_size=10_000)
     run = materialize(bigger, instance, EXPORT_ASSET)
     assert run.success
     [new_key] = instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
-    assert new_key == partition_keys(read_manifest(migrated["work"] / "big.jsonl"))[0]
+    assert new_key == partition_keys(read_manifest(migrated["work"] / "big.export"))[0]
     assert new_key not in old_keys
     assert partition_statuses(instance) == {new_key: "MISSING"}
     removed = run.asset_materializations_for_node("checkpoint_export")[0].metadata
@@ -269,7 +269,7 @@ def test_staging_mode_publishes_verified_batches_in_one_step(
     source = write_corpus(tmp_path / "support.sqlite", threads=4)
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     with dg.instance_for_test() as instance:
-        code = definitions(source, tmp_path / "export.jsonl", batch_size=BATCH_SIZE,
+        code = definitions(source, tmp_path / "export.export", batch_size=BATCH_SIZE,
                            schema="checkpoints_live", staging_schema="checkpoints_staging")
         early = materialize(code, instance, EXPORT_ASSET)
         assert early.success
@@ -278,7 +278,7 @@ def test_staging_mode_publishes_verified_batches_in_one_step(
         assert not check_results(refused, instance)[PUBLISHED_MATCHES_EXPORT].passed
 
         result = migrate_in_process(
-            source=str(source), export=str(tmp_path / "export.jsonl"),
+            source=str(source), export=str(tmp_path / "export.export"),
             target_schema="checkpoints_live", staging_schema="checkpoints_staging",
             batch_size=BATCH_SIZE, readback_threads=None, instance=instance)
         assert result.passed, result.render()

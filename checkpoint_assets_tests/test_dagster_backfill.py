@@ -26,6 +26,7 @@ from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
+from checkpoint_assets.assets.publish import unpassed_checks
 from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
 from checkpoint_assets.runner import backfill_in_process, migrate_in_process
 from checkpoint_assets_tests.dagster_support import (
@@ -61,7 +62,7 @@ def test_failed_partition_is_backfilled_alone(
 ) -> None:
     """Conflict -> FAILED partition + failed check; remove it -> backfill loads only it."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, PASSWORD))
     settings = {"source": str(source), "export": str(export), "batch_size": 12,
                 "readback_threads": None}
@@ -129,7 +130,7 @@ def test_a_batch_loaded_without_its_check_result_is_loaded_and_checked_again(
     land there) leaves the partition MATERIALIZED with no current passed check: `backfill`
     loads and checks that batch again, and only it, and then passes."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     settings = {"source": str(source), "export": str(export), "batch_size": 12}
     with dg.instance_for_test() as instance:
@@ -139,6 +140,14 @@ def test_a_batch_loaded_without_its_check_result_is_loaded_and_checked_again(
         instance.report_runless_asset_event(
             dg.AssetMaterialization(BATCHES_ASSET, partition=unproven))
         assert partition_statuses(instance)[unproven] == "MATERIALIZED"
+        # Every reader agrees that the batch is unproven: the checks table and the publish
+        # gate count only a passed result of the batch's latest materialization.
+        row = next(r for r in latest_check_evaluations(instance)
+                   if r.check == BATCH_MATCHES_EXPORT)
+        total = len(partition_statuses(instance))
+        assert row.partitions == f"{total - 1}/{total} passed" and not row.ok
+        assert {"check": f"imported_checkpoint_batches:{BATCH_MATCHES_EXPORT}[{unproven}]",
+                "problem": "not passed on the batch's latest load"} in unpassed_checks(instance)
 
         result = backfill_in_process(**settings, instance=instance)
 

@@ -44,7 +44,7 @@ def test_killed_run_leaves_a_failed_partition_that_a_backfill_completes(
     """SIGKILL mid-partition: nothing of the batch in PostgreSQL, partition FAILED once the
     next command looks, the backfill reloads only what is missing, all checks pass."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     home = tmp_path / "dagster_home"
     # The same bytes migrate will write (exports are deterministic): learn the batch's lock.
     manifest = write_export(source, export, batch_size=BATCH_SIZE)

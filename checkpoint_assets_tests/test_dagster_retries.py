@@ -78,7 +78,7 @@ def test_transient_errors_retry_only_the_batches_still_missing(
     load and are recorded, Dagster retries the step, the retry loads FLAKY alone, and every
     partition ends MATERIALIZED with a passed check and rows equal to the export."""
     source = write_corpus(tmp_path / "support.sqlite", threads=6)
-    export = tmp_path / "export.jsonl"
+    export = tmp_path / "export.export"
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     code = definitions(source, export, batch_size=12)
     with dg.instance_for_test() as instance:

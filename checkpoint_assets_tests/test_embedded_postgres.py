@@ -38,17 +38,23 @@ def test_stop_postgres_stops_the_server_that_ui_left_running(tmp_path: Path) -> 
     as_ui_does = ("import os, sys; from checkpoint_assets.embedded_postgres import "
                   "start_embedded; start_embedded(sys.argv[1]); os.execv('/bin/true', ['true'])")
     subprocess.run([sys.executable, "-c", as_ui_does, str(data_dir)], check=True, timeout=120)
-    handles = data_dir / HANDLE_PIDS_FILE
-    assert not handles.exists() or json.loads(handles.read_text()) == []
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    assert psutil.pid_exists(postmaster)
+    try:
+        handles = data_dir / HANDLE_PIDS_FILE
+        assert not handles.exists() or json.loads(handles.read_text()) == []
+        assert psutil.pid_exists(postmaster)
 
-    stop = [sys.executable, "-m", "checkpoint_assets.cli", "stop-postgres",
-            "--workdir", str(tmp_path)]
-    stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
-    assert stopped.returncode == 0, stopped.stderr
-    assert stopped.stdout.startswith("Stopped the embedded PostgreSQL")
-    assert not (data_dir / "postmaster.pid").exists()
-    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == "zombie"
-    again = subprocess.run(stop, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0 and again.stdout.startswith("No embedded PostgreSQL runs")
+        stop = [sys.executable, "-m", "checkpoint_assets.cli", "stop-postgres",
+                "--workdir", str(tmp_path)]
+        stopped = subprocess.run(stop, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith("Stopped the embedded PostgreSQL")
+        assert not (data_dir / "postmaster.pid").exists()
+        assert not psutil.pid_exists(postmaster) \
+            or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+        again = subprocess.run(stop, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and again.stdout.startswith("No embedded PostgreSQL runs")
+    finally:  # a failed assertion must not leave the server running for the rest of the suite
+        if psutil.pid_exists(postmaster) \
+                and psutil.Process(postmaster).status() != psutil.STATUS_ZOMBIE:
+            psutil.Process(postmaster).terminate()

@@ -53,7 +53,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ExportManife
     """A support-agent corpus of 12 threads and its export in batches of 12 checkpoints."""
     root = tmp_path_factory.mktemp("processes")
     source = write_corpus(root / "support.sqlite", threads=12)
-    manifest = write_export(source, root / "support.export.jsonl", batch_size=BATCH_SIZE)
+    manifest = write_export(source, root / "support.export", batch_size=BATCH_SIZE)
     assert len(manifest.batches) >= 4
     return source, manifest
 
@@ -179,12 +179,13 @@ def test_two_migrations_at_once_on_a_fresh_home_both_pass_with_their_own_checks(
     home = tmp_path / "home"
     with temporary_database(admin_dsn, "ca_test") as first, \
             temporary_database(admin_dsn, "ca_test") as second:
-        procs = [subprocess.Popen(
-            _migrate_args("migrate", source, tmp_path / f"{name}.export.jsonl", "--json"),
-            env=_env(home, dsn, workers=1), cwd=tmp_path, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-            for name, dsn in (("first", first), ("second", second))]
-        outputs = [proc.communicate(timeout=600) for proc in procs]
+        with _command(_migrate_args("migrate", source, tmp_path / "first.export", "--json"),
+                      _env(home, first, workers=1), cwd=tmp_path) as one, \
+                _command(_migrate_args("migrate", source, tmp_path / "second.export",
+                                       "--json"),
+                         _env(home, second, workers=1), cwd=tmp_path) as two:
+            procs = [one, two]
+            outputs = [proc.communicate(timeout=600) for proc in procs]
         for proc, (out, err) in zip(procs, outputs):
             assert proc.returncode == 0, out[-3000:] + err[-3000:]
             result = json.loads(out)
@@ -208,7 +209,7 @@ def test_ctrl_c_during_batches_stops_with_whole_batches_and_backfill_completes(
     `checkpoint-assets backfill`, leaves no process; every batch is whole or absent; the
     backfill then loads the rest and every check passes."""
     source, manifest = corpus
-    export = tmp_path / "support.export.jsonl"
+    export = tmp_path / "support.export"
     home = tmp_path / "home"
     held = manifest.batches[1].key
     Target(target_dsn).setup()
@@ -316,7 +317,7 @@ def test_role_limited_to_one_connection_migrates_a_new_database_with_one_worker(
     """With one worker, `migrate` sets up the tables, loads and verifies within the role's
     single connection."""
     source, _ = corpus
-    run = subprocess.run(_migrate_args("migrate", source, tmp_path / "export.jsonl", "--json"),
+    run = subprocess.run(_migrate_args("migrate", source, tmp_path / "export.export", "--json"),
                          env=_env(tmp_path / "home", one_connection_dsn, workers=1),
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -337,7 +338,7 @@ def test_exhausted_connection_limit_is_named_and_not_retried(
     database, user or password."""
     source, manifest = corpus
     args = ([*CLI, "import", "--export", str(manifest.path)] if command == "import"
-            else _migrate_args("migrate", source, tmp_path / "export.jsonl"))
+            else _migrate_args("migrate", source, tmp_path / "export.export"))
     with psycopg.connect(one_connection_dsn):
         run = subprocess.run(args, env=_env(tmp_path / "home", one_connection_dsn, workers=1),
                              cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -34,6 +34,7 @@ from checkpoint_assets.partitions import (
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
     VERIFICATION_WARNING_CHECKS,
+    batches_with_a_passed_check,
 )
 from checkpoint_assets.resources import (
     ExportFileResource,
@@ -149,9 +150,8 @@ def unpassed_checks(instance: dg.DagsterInstance) -> list[dict[str, str]]:
                              "problem": "not evaluated on the latest verification"})
     batch_check = dg.AssetCheckKey(BATCHES_ASSET, BATCH_MATCHES_EXPORT)
     current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
-    passed = {info.partition_key for info in
-              instance.event_log_storage.get_asset_check_partition_info([batch_check])
-              if info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
-    problems += [{"check": f"{batch_check.to_user_string()}[{key}]", "problem": "not passed"}
+    passed = batches_with_a_passed_check(instance, batch_check)
+    problems += [{"check": f"{batch_check.to_user_string()}[{key}]",
+                  "problem": "not passed on the batch's latest load"}
                  for key in sorted(current - passed)]
     return problems

@@ -46,7 +46,7 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
-from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV, Settings
+from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV
 
 # The materialization's metadata entry holding the evidence report (Markdown).
 EVIDENCE_METADATA = "evidence"
@@ -101,7 +101,7 @@ def migration_verification(
         report = verify_migration(
             manifest, load_target, source_path=source.path, cipher=source.cipher(),
             readback_threads=target.readback_sample(),
-            workers=workers_for(manifest, Settings.from_env().workers),
+            workers=workers_for(manifest, target.verification_workers or None),
             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain)
     except Exception as exc:
         message = error_text(exc, target.dsn)
