@@ -450,56 +450,22 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
 
 
 def step_sync_change(source: str, changed_threads: int | None = None) -> dict[str, Any]:
-    """The application writes to the migrated source (untimed by the targets): 1% of the
-    threads (or ``changed_threads``) get a new turn, a resume or a replaced interrupt
+    """The application writes to the migrated source (benchmarks/live_changes.py): 1% of
+    the threads (or ``changed_threads``) get a new turn, a resume or a replaced interrupt
     write; 20 new threads; 0.2% deleted (or a fifth of ``changed_threads``)."""
-    import random
-
-    from langgraph.constants import INTERRUPT
-    from langgraph.types import Command, Interrupt
-
-    from checkpoint_assets_tests.corpus_graphs import (
-        build_chat_graph,
-        chat_input,
-        open_sqlite_saver,
-        thread_config,
-    )
+    from benchmarks.live_changes import apply_live_changes, corpus_thread_ids
 
     started = time.perf_counter()
-    rng = random.Random(14)
-    counts = {"new_turns": 0, "resumed": 0, "replaced_writes": 0, "new_threads": 0,
-              "deleted": 0}
-    with open_sqlite_saver(source) as saver:
-        graph = build_chat_graph(saver)
-        ids = [row[0] for row in saver.conn.execute(
-            "SELECT DISTINCT thread_id FROM checkpoints ORDER BY thread_id")]
-        how_many = changed_threads or max(1, round(len(ids) * SYNC_CHANGED_FRACTION))
-        changed = rng.sample(ids, how_many)
-        for n, thread_id in enumerate(changed):
-            config = thread_config(thread_id)
-            latest = saver.get_tuple(config)
-            interrupts = [w for w in latest.pending_writes or () if w[1] == INTERRUPT]
-            if interrupts and n % 2:
-                task_id = interrupts[0][0]
-                saver.put_writes(latest.config, [(INTERRUPT, (Interrupt(
-                    value="changed while migrating", id=f"bench-{n}"),))], task_id)
-                counts["replaced_writes"] += 1
-            elif interrupts:
-                graph.invoke(Command(resume="approve"), config)
-                counts["resumed"] += 1
-            else:
-                graph.invoke(chat_input(rng, 1, False), config)
-                counts["new_turns"] += 1
-        for n in range(SYNC_NEW_THREADS):
-            graph.invoke(chat_input(rng, 0, False), thread_config(f"bench-new-{n:03d}"))
-            counts["new_threads"] += 1
-        rest = sorted(set(ids) - set(changed))
-        deleted = max(1, round(changed_threads / 5 if changed_threads
-                               else len(ids) * SYNC_DELETED_FRACTION))
-        for thread_id in rng.sample(rest, deleted):
-            saver.delete_thread(thread_id)
-            counts["deleted"] += 1
-    return {"seconds": time.perf_counter() - started, **counts}
+    threads = len(corpus_thread_ids(source))
+    changed = changed_threads or max(3, round(threads * SYNC_CHANGED_FRACTION))
+    deleted = max(1, round(changed_threads / 5 if changed_threads
+                           else threads * SYNC_DELETED_FRACTION))
+    change = apply_live_changes(source, changed=changed, added=SYNC_NEW_THREADS,
+                                deleted=deleted)
+    return {"seconds": time.perf_counter() - started,
+            **{kind: len(getattr(change, kind)) for kind in (
+                "new_turns", "resumed", "replaced_writes", "added", "deleted")},
+            "changed_threads": change.changed_threads()}
 
 
 def step_sync(source: str, export: str, dsn: str) -> dict[str, Any]:
