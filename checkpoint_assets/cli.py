@@ -359,6 +359,12 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     """import: export file -> PostgreSQL, batch by batch (checked against --source, if
     given, before anything is written)."""
     manifest = verify_export(args.export)
+    if manifest.generation:
+        raise MigrationError(
+            f"{manifest.path} is sync generation {manifest.generation} of an export: it "
+            "holds only what changed and is applied under the sync's rules.",
+            "Run checkpoint-assets sync (it applies the newest generation again) and import "
+            "only the export itself.")
     if args.source:
         require_same_source(manifest, args.source)
     target = Target(settings.target_dsn or "", args.schema)

@@ -330,6 +330,8 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
             in capsys.readouterr().out)
     assert main(["sync", *common, "--target", target_dsn, "--threads", "rich-basic"]) == 3
     assert "--threads names other threads" in capsys.readouterr().err
+    assert main(["import", "--export", f"{export}.sync-0001", "--target", target_dsn]) == 3
+    assert "is sync generation 1 of an export" in capsys.readouterr().err
 
     evidence = tmp_path / "cutover.md"
     status = main(["cutover", *common, "--target", target_dsn, "--quiet-seconds", "0.2",

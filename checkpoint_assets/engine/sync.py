@@ -191,7 +191,7 @@ def live_migration_section(chain: ExportChain, *, deletions_kept: list[str] | No
     known)."""
     selection = chain.selection
     rows = [
-        ("compared with the source as of", f"{chain.snapshot_at} (generation "
+        ("expected state read from the source at", f"{chain.snapshot_at} (generation "
                                            f"{chain.latest.generation}: "
                                            f"{chain.latest.path.name})"),
         ("generations", f"the export and {len(chain.generations) - 1} sync(s); state digest "
