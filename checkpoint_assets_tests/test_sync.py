@@ -381,10 +381,12 @@ def test_encrypted_threads_sync_without_false_conflicts(tmp_path: Path, target_d
         corpus.graph_factory(saver).invoke(Command(resume="approve"), thread_config("enc-1"))
     synced = sync_target(corpus.path, export, target, cipher=cipher)
     assert synced.found.changed == ["enc-1"] and synced.total("inserted")["checkpoints"]
+    Path(f"{export}.sync-0001.applied").unlink()  # as if that sync had stopped midway
     again = sync_target(corpus.path, export, target, cipher=cipher)  # applies it once more
     assert not again.found.moved and again.applied == [] and again.reapplied
     assert not any(n for what in ("inserted", "updated", "deleted")
                    for n in again.total(what).values())
+    assert sync_target(corpus.path, export, target, cipher=cipher).reapplied == []
     chain = load_chain(export)
     report = verify_migration(chain.export, target, source_path=corpus.path, cipher=cipher,
                               readback_threads=None, workers=1, chain=chain)

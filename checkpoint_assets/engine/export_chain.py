@@ -192,8 +192,7 @@ class ExportChain:
                 wanted.setdefault((holder.generation, key), set()).add(tid)
         rows: list[ThreadRows] = []
         for (holder, key), tids in sorted(wanted.items()):
-            rows.extend(t for t in read_batch(self.generations[holder], key)
-                        if t.thread_id in tids)
+            rows.extend(read_batch(self.generations[holder], key, tids))
         return sorted(rows, key=lambda t: t.thread_id)
 
 

@@ -32,7 +32,7 @@ import datetime as dt
 import hashlib
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -161,9 +161,9 @@ class SourceState:
     sum of rowids, content sha256, generation]``: the fingerprint read from SQLite's
     indexes (:meth:`SourceDatabase.fingerprints`), the thread digest, and the generation
     whose file holds these rows. ``last_rows``: table -> ``[rowid, thread_id, sha256 of
-    the row]`` of each table's last row (SQLite gives a replaced last row its rowid
-    again, so only its content shows the change). ``snapshot_at``: when the source was
-    read (UTC, ISO 8601).
+    the row]`` of each table's last row (when that rowid later holds other content,
+    rowids were used again, which fingerprints cannot see: see export_chain).
+    ``snapshot_at``: when the source was read (UTC, ISO 8601).
     """
 
     threads: dict[str, list[Any]]
@@ -704,20 +704,22 @@ def verify_export(path: str | Path) -> ExportManifest:
     return manifest
 
 
-def _row_count(path: Path, payload: bytes) -> int:
+def _row_count(path: Path, payload: bytes | memoryview) -> int:
     try:
         return array_body(payload)[0]
     except ValueError:
         raise _bad(path, f"a rows frame is not a list of rows ({CHANGED})") from None
 
 
-def read_batch(manifest: ExportManifest, key: str) -> Iterator[ThreadRows]:
-    """Yield the threads of one batch, after checking the batch's digest and structure.
+def read_batch(manifest: ExportManifest, key: str,
+               threads: Collection[str] | None = None) -> Iterator[ThreadRows]:
+    """Yield the threads of one batch (only ``threads`` of it, if given), after checking
+    the batch's digest and structure.
 
     The batch's bytes are read once and hashed before the first thread is yielded, so a
     damaged batch never reaches the database. Counts, key order and per-thread digests
     (over the rows as they decode, re-encoded canonically) are checked before each thread
-    is yielded.
+    is yielded; the rows of threads not asked for are counted, not decoded.
     """
     entry = manifest.batch(key)
     path = manifest.path
@@ -726,7 +728,7 @@ def read_batch(manifest: ExportManifest, key: str) -> Iterator[ThreadRows]:
         data = handle.read(entry.length)
     if len(data) != entry.length or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise _bad(path, f"batch {key} does not match its digest ({CHANGED} in it)")
-    yield from _parse_batch(path, entry, memoryview(data))
+    yield from _parse_batch(path, entry, memoryview(data), threads)
 
 
 def _frames_in(path: Path, data: memoryview) -> Iterator[tuple[bytes, memoryview]]:
@@ -742,7 +744,8 @@ def _frames_in(path: Path, data: memoryview) -> Iterator[tuple[bytes, memoryview
         position += length
 
 
-def _parse_batch(path: Path, entry: BatchEntry, data: memoryview) -> Iterator[ThreadRows]:
+def _parse_batch(path: Path, entry: BatchEntry, data: memoryview,
+                 wanted: Collection[str] | None = None) -> Iterator[ThreadRows]:
     frames = _frames_in(path, data)
     kind, payload = next(frames, (b"", memoryview(b"")))
     if kind != BATCH or _unpack_map(path, payload, "batch frame").get("key") != entry.key:
@@ -757,6 +760,15 @@ def _parse_batch(path: Path, entry: BatchEntry, data: memoryview) -> Iterator[Th
             raise _bad(path, f"batch {entry.key}: a thread is not a summary, its checkpoints "
                              "and its writes")
         thread_id = summary.get("thread_id")
+        if wanted is not None and thread_id not in wanted:
+            if not isinstance(thread_id, str) or (
+                    previous_thread is not None and thread_id <= previous_thread):
+                raise _bad(path, f"batch {entry.key}: threads out of order")
+            counts[0] += 1
+            counts[1] += _row_count(path, checkpoint_payload)
+            counts[2] += _row_count(path, write_payload)
+            previous_thread = thread_id
+            continue
         checkpoints = _checkpoint_rows(path, entry.key, checkpoint_payload)
         writes = _write_rows(path, entry.key, write_payload)
         owners = {r.thread_id for r in checkpoints} | {r.thread_id for r in writes}

@@ -8,6 +8,7 @@ deleted in the source. :func:`wait_until_quiet` is the cutover's wait for writer
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from checkpoint_assets.engine.loader import (
     apply_deletions,
     apply_sync_batch,
 )
+from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.target import Target
 
 
@@ -105,9 +107,9 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
                 cipher: Cipher | None = None, propagate_deletes: bool = False,
                 on_batch: Callable[[SyncApplyResult], None] | None = None,
                 read_every_thread: bool = False) -> SyncReport:
-    """One sync: apply the newest generation again (a no-op once applied; it completes a
-    sync that stopped), write the next one from the source's changes, apply it, and
-    handle the threads deleted in the source. ``read_every_thread``: digest every thread of
+    """One sync: apply the newest generation again unless a sync applied it whole to this
+    target (it completes a sync that stopped), write the next one from the source's
+    changes, apply it, and handle the threads deleted in the source. ``read_every_thread``: digest every thread of
     the source instead of trusting the fingerprints (see export_chain).
 
     Raises ConflictError (nothing of that batch written) when the target holds rows of a
@@ -116,12 +118,16 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     started = time.perf_counter()
     target.setup()
     chain = load_chain(export_path)
-    reapplied = apply_generation(target, chain, chain.latest, cipher) if chain.synced else []
+    reapplied = []
+    if chain.synced and not _was_applied(chain.latest, target):
+        reapplied = apply_generation(target, chain, chain.latest, cipher)
+        _mark_applied(chain.latest, target)
     found = write_sync(source_path, export_path, read_every_thread=read_every_thread)
     report = SyncReport(found, reapplied=reapplied)
     if found.manifest is not None:
         chain = load_chain(export_path)
         report.applied = apply_generation(target, chain, found.manifest, cipher, on_batch)
+        _mark_applied(found.manifest, target)
     still_there = _threads_in_target(target, chain.deleted)
     if propagate_deletes:
         for manifest in chain.generations[1:]:
@@ -133,6 +139,34 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     report.deletions_kept = still_there
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _applied_marker(manifest: ExportManifest) -> Path:
+    """Beside a generation file: the targets a sync applied it to whole (one digest of
+    the target's display name and schema a line)."""
+    return manifest.path.with_name(f"{manifest.path.name}.applied")
+
+
+def _target_id(target: Target) -> str:
+    return hashlib.sha256(f"{target.display}\x00{target.schema or ''}".encode()).hexdigest()
+
+
+def _was_applied(manifest: ExportManifest, target: Target) -> bool:
+    """Whether a sync applied every batch of this generation to ``target`` (else the next
+    sync applies it again before it writes the next generation)."""
+    try:
+        lines = _applied_marker(manifest).read_text(encoding="ascii").split()
+    except OSError:
+        return False
+    return _target_id(target) in lines
+
+
+def _mark_applied(manifest: ExportManifest, target: Target) -> None:
+    marker = _applied_marker(manifest)
+    known = marker.read_text(encoding="ascii").split() if marker.exists() else []
+    if _target_id(target) not in known:
+        write_private_text(marker, "".join(f"{line}\n" for line in [*known,
+                                                                      _target_id(target)]))
 
 
 def _threads_in_target(target: Target, threads: list[str]) -> list[str]:

@@ -194,8 +194,8 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
         return known
     rows, decoded = _LOADED_IN_PROCESS.pop(loaded_key, (None, None))
     if rows is None:
-        rows = list(read_batch(manifest, key))
-    if threads is not None:
+        rows = list(read_batch(manifest, key, threads))
+    elif threads is not None:
         rows = [t for t in rows if t.thread_id in threads]
     view = source_view(rows, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in rows],
@@ -228,8 +228,7 @@ def compare_batch(
     content: list[dict] = []
     metadata: list[dict] = []
     if actual_digest != expected.digest:
-        full = source_view((t for t in read_batch(manifest, key)
-                            if threads is None or t.thread_id in threads), cipher)
+        full = source_view(read_batch(manifest, key, threads), cipher)
         content, metadata = _view_mismatches(full, actual)
     return BatchComparison(
         key=key,
@@ -391,10 +390,9 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
         source_state = beside.submit(_source_state, source_path, chain) \
             if source_path is not None else None
-        comparisons = compare_batches(
-            manifest, target, cipher,
-            workers=workers_for(manifest) if workers is None else workers,
-            progress=progress, chain=chain)
+        workers = workers_for(manifest) if workers is None else workers
+        comparisons = compare_batches(manifest, target, cipher, workers=workers,
+                                      progress=progress, chain=chain)
         sqlite_counts, drift = source_state.result() if source_state is not None \
             else (None, {"changed": [], "added": [], "removed": []})
     counts = {"export": {"checkpoints": chain.checkpoints,
@@ -405,7 +403,7 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
-                        readback_all_hint, comparisons, counts, drift, chain)
+                        readback_all_hint, comparisons, counts, drift, chain, workers)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
@@ -428,6 +426,7 @@ class Findings:
     counts: dict[str, dict[str, int]]
     drift: dict[str, list[str]]
     chain: ExportChain  # the expected state: the export and its sync generations
+    workers: int = 1  # processes the read-back may use
 
 
 def check_count_match(f: Findings) -> CheckOutcome:
@@ -491,7 +490,7 @@ def check_official_readback(f: Findings) -> CheckOutcome:
     assert f.source_path is not None
     threads = readback_sample(f.chain, f.readback_threads)
     read_mismatches, notes = compare_thread_readback(f.source_path, f.target, threads,
-                                                     f.cipher)
+                                                     f.cipher, workers=f.workers)
     if len(threads) < f.chain.threads:
         how = f" with {f.readback_all_hint}" if f.readback_all_hint else ""
         notes = [*notes, f"A sample of {len(threads)} of {f.chain.threads} threads; "
