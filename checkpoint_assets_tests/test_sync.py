@@ -391,3 +391,21 @@ def test_encrypted_threads_sync_without_false_conflicts(tmp_path: Path, target_d
     report = verify_migration(chain.export, target, source_path=corpus.path, cipher=cipher,
                               readback_threads=None, workers=1, chain=chain)
     assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+
+
+def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
+        source: Path, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-back of every thread, split over worker processes, reports the same
+    mismatches (in thread order) and the same normalisations as one process."""
+    from checkpoint_assets.engine import readback
+
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    with psycopg.connect(target_dsn) as conn:
+        conn.execute("DELETE FROM checkpoint_writes WHERE thread_id IN "
+                     "('rich-error', 'rich-fanout')")
+    threads = sorted(load_chain(export).state.threads)
+    monkeypatch.setattr(readback, "PARALLEL_MIN_THREADS", 1)
+    alone = readback.compare_thread_readback(source, target, threads)
+    split = readback.compare_thread_readback(source, target, threads, workers=2)
+    assert alone[0] and split == alone
