@@ -18,6 +18,7 @@ from pathlib import Path
 from psycopg import sql
 
 from checkpoint_assets.engine.crypto import Cipher
+from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.evidence import markdown_cell
 from checkpoint_assets.engine.export_chain import (
     ExportChain,
@@ -109,8 +110,9 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
                 read_every_thread: bool = False) -> SyncReport:
     """One sync: apply the newest generation again unless a sync applied it whole to this
     target (it completes a sync that stopped), write the next one from the source's
-    changes, apply it, and handle the threads deleted in the source. ``read_every_thread``: digest every thread of
-    the source instead of trusting the fingerprints (see export_chain).
+    changes, apply it, and handle the threads deleted in the source.
+    ``read_every_thread``: digest every thread of the source instead of trusting the
+    fingerprints (see export_chain).
 
     Raises ConflictError (nothing of that batch written) when the target holds rows of a
     changed thread that this tool did not load; MigrationError for bad input.
@@ -202,6 +204,9 @@ def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
     waits for whenever a write is seen. Returns (when the last change was seen as a
     ``time.time()``, the files' state then)."""
     state = source_files_state(source_path)
+    if state[0] is None:
+        raise MigrationError(f"Source {source_path} does not exist.",
+                             "Pass the path of the SqliteSaver database file (--source).")
     changed_at = max(entry[1] for entry in state if entry is not None) / 1e9
     say(f"Waiting until {source_path} has not changed for {quiet_seconds:g} s (stop the "
         "application's writers now)...")
