@@ -19,6 +19,7 @@ from checkpoint_assets.assets.export import ExportConfig
 from checkpoint_assets.engine.export_chain import load_chain
 from checkpoint_assets.engine.sync import source_files_state
 from checkpoint_assets.partitions import (
+    BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     EXPORT_ASSET,
     batch_partitions,
@@ -56,9 +57,12 @@ def source_changed_sync(context: dg.SensorEvaluationContext, source: SqliteSourc
         return dg.SkipReason(f"No export at {path} yet: migrate first; this sensor then keeps "
                              "the target in step.")
     chain = load_chain(path)
+    # Partitions of syncs this sensor requested (a `checkpoint-assets sync` applies its
+    # generations itself and registers none).
+    registered = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
     loaded = context.instance.get_materialized_partitions(BATCHES_ASSET)
     missing = [key for (generation, _), key in chain_partition_keys(chain).items()
-               if generation > 0 and key not in loaded]
+               if generation > 0 and key in registered and key not in loaded]
     if missing:
         return dg.SensorResult(run_requests=[
             dg.RunRequest(run_key=key, job_name=SYNC_BATCHES_JOB, partition_key=key)
