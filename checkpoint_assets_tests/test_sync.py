@@ -24,7 +24,7 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.constants import ERROR
 
-from checkpoint_assets.engine.errors import ConflictError
+from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_chain import load_chain
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.pipeline import import_export
@@ -409,3 +409,21 @@ def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
     alone = readback.compare_thread_readback(source, target, threads)
     split = readback.compare_thread_readback(source, target, threads, workers=2)
     assert alone[0] and split == alone
+
+
+def test_an_edited_source_state_is_refused(sample_db: Path, tmp_path: Path) -> None:
+    """The S frame (what the next sync compares with) is covered by the footer: one changed
+    byte and neither the state nor the file is accepted."""
+    from checkpoint_assets.engine.export_file import read_manifest, read_state, verify_export
+
+    manifest = write_export(sample_db, tmp_path / "x.export")
+    assert set(read_state(manifest).threads) == {
+        tid for tid, *_ in load_chain(manifest.path).thread_digests()}
+    data = bytearray(manifest.path.read_bytes())
+    data[manifest.state["offset"] + 20] ^= 1
+    edited = tmp_path / "edited.export"
+    edited.write_bytes(bytes(data))
+    with pytest.raises(MigrationError, match="source state does not match its digest"):
+        read_state(read_manifest(edited))
+    with pytest.raises(MigrationError, match="do not match the digest in its footer"):
+        verify_export(edited)
