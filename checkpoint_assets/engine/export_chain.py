@@ -26,7 +26,9 @@ when its verification finds the source differs from the chain's state).
 from __future__ import annotations
 
 import bisect
+import fcntl
 import time
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -254,8 +256,29 @@ def write_sync(source_path: str | Path, export_path: str | Path, *,
     source since the newest generation; nothing is written when nothing changed.
 
     One snapshot of the source is read: the fingerprints (indexes only), each table's
-    recorded last row, then the rows of the threads whose fingerprint or last row changed.
+    recorded last row, then the rows of the threads whose fingerprint changed. Two syncs
+    of one export (the sensor's and a command's) take turns: each holds an exclusive lock
+    on the export file while it reads the chain and writes the next generation.
     """
+    with _exclusive(Path(export_path)):
+        return _write_sync(source_path, export_path, read_every_thread)
+
+
+@contextmanager
+def _exclusive(export_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the export file (released when the process ends)."""
+    try:
+        handle = export_path.open("rb")
+    except OSError:
+        read_manifest(export_path)  # says that the export does not exist, what to do
+        raise
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _write_sync(source_path: str | Path, export_path: str | Path,
+                read_every_thread: bool) -> SyncResult:
     started = time.perf_counter()
     chain = load_chain(export_path)
     require_same_source(chain.export, source_path)
