@@ -7,6 +7,7 @@ postgresql://postgres@127.0.0.1:5432/postgres):
                                        [--dagster-sizes 10000,100000] [--api-prefix 10000]
                                        [--profile-import 50000] [--scale-out]
                                        [--steps copy_ceiling,migrate] [--ui-sizes 1000000]
+                                       [--sync-changed-threads 88]
                                        [--out benchmarks/results/latest.json]
     .venv/bin/python -m benchmarks.run --smoke --out /tmp/smoke.json   # ~300 checkpoints
 
@@ -31,6 +32,11 @@ For each size, in this one run on this machine:
   ``migrate`` left, the wall time of ``checkpoint-assets checks`` and of the GraphQL query
   the batches asset's partitions page makes to ``dagster dev``; ``migrate`` also reports
   the disk its export and caches take against the SQLite file;
+- ``sync`` (after ``migrate``, on a private copy of the corpus): the application changes 1%
+  of the threads (new turns, resumed interrupts, interrupt writes replaced in place), adds 20
+  threads and deletes 0.2% (untimed, ``sync_change``); then ``sync`` (``sync_target``,
+  its peak RSS) and the ``cutover`` window (a final sync that finds nothing, plus the
+  verification reading back every thread), each also as a ratio to the ``migrate`` time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
   in-process (benchmarks/backfill_paths.py's machinery).
@@ -87,9 +93,12 @@ SMOKE_SIZE = 300
 CLONE_BASE_SIZE = 100_000  # larger corpora are this one's threads copied under new ids
 RESULT_MARK = "BENCH_RESULT "
 
-STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "rollback",
-         "dagster_ui", "dagster_backfill")
+STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "sync",
+         "rollback", "dagster_ui", "dagster_backfill")
 SMOKE_STEPS = STEPS[:-2]
+# Results of the sync step besides its own: the cutover window (see step_cutover).
+SYNC_RESULTS = ("sync", "cutover")
+SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS, SYNC_DELETED_FRACTION = 0.01, 20, 0.002
 # Timings of a different kind (not a pass over the corpus): no ratio to the copy ceiling.
 NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
 
@@ -454,6 +463,65 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
             "batch_seconds_by_tenth": batch_seconds_by_tenth(batches)}
 
 
+def step_sync_change(source: str, changed_threads: int | None = None) -> dict[str, Any]:
+    """The application writes to the migrated source (benchmarks/live_changes.py): 1% of
+    the threads (or ``changed_threads``) get a new turn, a resume or a replaced interrupt
+    write; 20 new threads; 0.2% deleted (or a fifth of ``changed_threads``)."""
+    from benchmarks.live_changes import apply_live_changes, corpus_thread_ids
+
+    started = time.perf_counter()
+    threads = len(corpus_thread_ids(source))
+    changed = changed_threads or max(3, round(threads * SYNC_CHANGED_FRACTION))
+    deleted = max(1, round(changed_threads / 5 if changed_threads
+                           else threads * SYNC_DELETED_FRACTION))
+    change = apply_live_changes(source, changed=changed, added=SYNC_NEW_THREADS,
+                                deleted=deleted)
+    return {"seconds": time.perf_counter() - started,
+            **{kind: len(getattr(change, kind)) for kind in (
+                "new_turns", "resumed", "replaced_writes", "added", "deleted")},
+            "changed_threads": change.changed_threads()}
+
+
+def step_sync(source: str, export: str, dsn: str) -> dict[str, Any]:
+    """``sync_target``: what changed since the migrate's export, applied to its target."""
+    from checkpoint_assets.engine.sync import sync_target
+    from checkpoint_assets.engine.target import Target
+
+    started = time.perf_counter()
+    report = sync_target(source, export, Target(dsn), propagate_deletes=True)
+    seconds = time.perf_counter() - started
+    found = report.found
+    return {"seconds": seconds, "added": len(found.added), "changed": len(found.changed),
+            "deleted": len(found.deleted), "threads_read": found.threads_read,
+            "read_every_thread": found.read_every_thread,
+            "rows": {what: report.total(what)
+                     for what in ("inserted", "updated", "deleted", "already_present")}}
+
+
+def step_cutover(source: str, export: str, dsn: str) -> dict[str, Any]:
+    """The cutover window without its wait for quiet: the final sync (nothing changed) and
+    the verification reading back every thread."""
+    from checkpoint_assets.engine.export_chain import load_chain
+    from checkpoint_assets.engine.sync import sync_target
+    from checkpoint_assets.engine.target import Target
+    from checkpoint_assets.engine.verify import verify_migration
+
+    started = time.perf_counter()
+    final = sync_target(source, export, Target(dsn))
+    synced = time.perf_counter()
+    chain = load_chain(export)
+    report = verify_migration(chain.export, Target(dsn), source_path=source,
+                              readback_threads=None, chain=chain)
+    seconds = time.perf_counter() - started
+    if not report.passed:
+        failed = [name for name, check in report.checks.items() if not check.passed]
+        raise RuntimeError(f"cutover verification failed: {failed}")
+    return {"seconds": seconds, "final_sync_seconds": synced - started,
+            "final_sync_moved": final.found.moved,
+            "verification_seconds": seconds - (synced - started),
+            "checkpoints": chain.checkpoints}
+
+
 def step_rollback(dsn: str, workdir: str) -> dict[str, Any]:
     """``checkpoint-assets rollback`` via the console script, from the database ``migrate``
     just loaded into a new SQLite file (export, restore, verification end to end)."""
@@ -591,7 +659,8 @@ STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "copy_ceiling": step_copy_ceiling, "api_loop": step_api_loop, "export": step_export,
     "import": step_import, "profile_import": step_profile_import, "verify": step_verify,
     "migrate": step_migrate, "rollback": step_rollback, "dagster_ui": step_dagster_ui,
-    "dagster_backfill": step_dagster_backfill,
+    "dagster_backfill": step_dagster_backfill, "sync_change": step_sync_change,
+    "sync": step_sync, "cutover": step_cutover,
 }
 
 
@@ -751,6 +820,8 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
     work = Path(tempfile.mkdtemp(prefix=f"size-{size}-", dir=work_root))
     export = str(work / "run.export")
     source = str(corpus)
+    if "sync" in steps:  # the application writes to it: a private copy, migrated first
+        source = str(shutil.copyfile(corpus, work / corpus.name))
     results: dict[str, dict[str, Any]] = {}
 
     def run(step: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -800,6 +871,16 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                 if "dagster_ui" in steps:
                     results["dagster_ui"] = run("dagster_ui", {"source": source,
                                                                "workdir": str(migrate_dir)})
+                if "sync" in steps:
+                    change = run("sync_change", {"source": source,
+                                                 "changed_threads": args.sync_changed_threads})
+                    chained = {"source": source, "export": str(migrate_dir / "run.export"),
+                               "dsn": dsn}
+                    results["sync"] = {**run("sync", chained), "change": change}
+                    results["cutover"] = run("cutover", chained)
+                    for name in SYNC_RESULTS:
+                        results[name]["ratio_to_migrate"] = (
+                            results[name]["seconds"] / results["migrate"]["seconds"])
         if "dagster_backfill" in steps:
             dagster_dir = Path(tempfile.mkdtemp(prefix="dagster-", dir=work))
             results["dagster_backfill"] = run("dagster_backfill", {
@@ -975,7 +1056,7 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
     for size in sorted(sizes):
         steps = sizes[size]["steps"]
         scale_out = [f"import_{n}_loaders" for n in SCALE_OUT_LOADERS]
-        for name in (*STEPS, *scale_out):
+        for name in (*STEPS, "cutover", *scale_out):
             r = steps.get(name)
             if r is None or name in NOT_CORPUS_STEPS:
                 continue
@@ -986,6 +1067,8 @@ def render_table(sizes: dict[int, dict[str, Any]]) -> str:
             if name == "dagster_backfill":
                 note = (f"in-process same partitions: "
                         f"{in_process_batches_wall(r['in_process']):.1f} s wall")
+            if name in SYNC_RESULTS:
+                note = f"{r['ratio_to_migrate']:.3f}x the migrate"
             if "peak_rss_tree_sum_mb" in r:
                 note += tree_note.format(r["peak_rss_mb"], r["peak_rss_tree_sum_mb"])
             lines.append(
@@ -1069,6 +1152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", default=None,
                         help=f"only these steps, comma-separated (of {','.join(STEPS)}); "
                              "e.g. copy_ceiling,migrate,dagster_ui for a 1M run")
+    parser.add_argument("--sync-changed-threads", type=int, default=None,
+                        help="the sync step changes this many threads (and deletes a fifth "
+                             "as many) at every size, instead of 1%% (and 0.2%%): the same "
+                             "change on corpora of different sizes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)

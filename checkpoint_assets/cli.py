@@ -8,9 +8,11 @@ found a mismatch; 2 usage error; 3 bad input or environment (MigrationError);
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from checkpoint_assets.engine.evidence import (
     every_mismatch,
     render_evidence,
 )
+from checkpoint_assets.engine.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     iter_records,
@@ -38,8 +41,17 @@ from checkpoint_assets.engine.private_files import (
 )
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.target import Target, scrub
+from checkpoint_assets.engine.selection import parse_thread_selection
+from checkpoint_assets.engine.sync import (
+    SyncReport,
+    live_migration_section,
+    source_files_state,
+    sync_target,
+    wait_until_quiet,
+)
 from checkpoint_assets.engine.verify import (
     DEFAULT_READBACK_SAMPLE,
+    SOURCE_MATCHES_EXPORT,
     MissingTablesError,
     VerificationReport,
     verify_migration,
@@ -64,6 +76,7 @@ from checkpoint_assets.settings import (
     SOURCE_ENV,
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
+    THREADS_ENV,
     WORKERS_ENV,
     Settings,
     SettingsError,
@@ -157,12 +170,19 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                             f"to this file (default: <export>{EVIDENCE_SUFFIX}, beside "
                             "the export file)")
 
+    def add_threads(p: argparse.Namespace, what: str) -> None:
+        p.add_argument("--threads", metavar="IDS|@FILE",
+                       help=f"{what} these threads only: thread ids separated by commas, or "
+                            "@FILE with one thread id a line; the verification and its "
+                            "evidence then speak of those threads only, and say so")
+
     p = sub.add_parser("export", help="write the export file from the SQLite source")
     add_source(p)
     add_export(p)
     p.add_argument("--batch-size", type=int, default=settings.batch_size,
                    help=f"checkpoints per batch (env {BATCH_SIZE_ENV}; default 1000; whole "
                         "threads per batch)")
+    add_threads(p, "export")
     add_report(p)
 
     p = sub.add_parser("import", help="load an export file into PostgreSQL")
@@ -200,8 +220,38 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=settings.batch_size)
         p.add_argument("--readback-all", action="store_true",
                        help="read back every thread through the official savers")
+        add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
+
+    p = sub.add_parser("sync", help="bring the target to the source's current state, moving "
+                                    "only what changed since the export or the last sync "
+                                    "(the application may keep writing to SQLite)")
+    add_source(p)
+    add_export(p)
+    add_target(p)
+    p.add_argument("--propagate-deletes", action="store_true",
+                   help="delete from the target the threads deleted in the source (only "
+                        "where the target holds exactly the rows this tool loaded)")
+    add_threads(p, "sync")
+    add_report(p)
+
+    p = sub.add_parser("cutover", help="wait until no writer touched the source for "
+                                       "--quiet-seconds, run the final sync and the full "
+                                       "verification (every thread read back), print the "
+                                       "cutover window and write the evidence report")
+    add_source(p)
+    add_export(p)
+    add_target(p)
+    p.add_argument("--quiet-seconds", type=float, default=10.0,
+                   help="how long the source's file and -wal must stay unchanged before "
+                        "the final sync starts (default 10)")
+    p.add_argument("--propagate-deletes", action="store_true",
+                   help="as for sync: delete threads deleted in the source from the target")
+    add_threads(p, "cut over")
+    add_workers(p, "compared")
+    add_report(p)
+    add_evidence(p)
 
     p = sub.add_parser("checks", help="print the latest result of every asset check")
     p.add_argument("--json", action="store_true")
@@ -250,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     dsn = ""
     try:
-        if args.command in ("export", "import", "verify"):
+        if args.command in ("export", "import", "verify", "sync", "cutover"):
             args.export = args.export or _default_export(args)
         if hasattr(args, "target"):
             dsn = args.target or settings.target_dsn or ""
@@ -290,7 +340,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         source.close()
     with progress("export", total) as advance:
         manifest = write_export(args.source, args.export, batch_size=args.batch_size,
-                                progress=advance)
+                                progress=advance, selection=parse_thread_selection(args.threads))
     summary = {"command": "export", "ok": True, **manifest_summary(manifest)}
     _emit(args, summary, _export_text(manifest))
     return EXIT_OK
@@ -316,6 +366,12 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     """import: export file -> PostgreSQL, batch by batch (checked against --source, if
     given, before anything is written)."""
     manifest = verify_export(args.export)
+    if manifest.generation:
+        raise MigrationError(
+            f"{manifest.path} is sync generation {manifest.generation} of an export: it "
+            "holds only what changed and is applied under the sync's rules.",
+            "Run checkpoint-assets sync (it applies the newest generation again) and import "
+            "only the export itself.")
     if args.source:
         require_same_source(manifest, args.source)
     target = Target(settings.target_dsn or "", args.schema)
@@ -343,22 +399,135 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     evidence report goes beside the export (or to --evidence)."""
     manifest = verify_export(args.export)
     require_same_source(manifest, args.source)
+    chain = load_chain(args.export)  # with its sync generations, if any
     target = Target(settings.target_dsn or "", args.schema)
     with progress("verify", manifest.checkpoints) as advance:
         report = verify_migration(
             manifest, target, source_path=args.source, cipher=_cipher(args),
             readback_threads=None if args.readback_all else args.readback, progress=advance,
-            workers=workers_for(manifest, args.workers), readback_all_hint=READBACK_ALL_HINT)
+            workers=workers_for(manifest, args.workers), readback_all_hint=READBACK_ALL_HINT,
+            chain=chain)
     evidence = write_evidence(
         _evidence_path(args, manifest.path),
-        render_evidence(report, manifest=manifest, target_display=target.display,
-                        untimed_hint=EVIDENCE_UNTIMED_HINT, more_hint=EVIDENCE_MORE_HINT))
+        _chain_evidence(report, chain, target, None))
     summary = {"command": "verify", "ok": report.passed, "target": target.display,
                **manifest_summary(manifest), **verification_json(report),
                "evidence": str(evidence)}
     _emit(args, summary, render_verification(report))
     _print_evidence_path(args, evidence)
     return EXIT_OK if report.passed else EXIT_MISMATCH
+
+
+def _chain_evidence(report: VerificationReport, chain: ExportChain, target: Target,
+                    deletions_kept: list[str] | None,
+                    cutover: dict[str, str] | None = None) -> str:
+    """The evidence report; with a section on the syncs and the selection when there are."""
+    markdown = render_evidence(report, manifest=chain.export, target_display=target.display,
+                               untimed_hint=EVIDENCE_UNTIMED_HINT,
+                               more_hint=EVIDENCE_MORE_HINT)
+    if chain.synced or chain.selection is not None or cutover:
+        markdown += "\n" + live_migration_section(chain, deletions_kept=deletions_kept,
+                                                   cutover=cutover) + "\n"
+    return markdown
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    """sync: the target follows the source, moving only what changed since the export
+    (or the last sync); exit 4 on a conflict (nothing of that batch written)."""
+    report = _sync(args, settings)
+    _emit(args, _sync_json(report), report.render())
+    return EXIT_OK
+
+
+def _sync(args: argparse.Namespace, settings: Settings,
+          read_every_thread: bool = False) -> SyncReport:
+    chain = load_chain(args.export)
+    selection = parse_thread_selection(args.threads)
+    if selection is not None and selection != chain.selection:
+        raise MigrationError(
+            f"--threads names other threads than the export {chain.export.path} was taken "
+            f"for ({'every thread' if chain.selection is None else chain.selection}).",
+            "Sync without --threads (a sync follows its export's selection), or export "
+            "and migrate that selection into its own export file (--export).")
+    target = Target(settings.target_dsn or "", args.schema)
+    return sync_target(args.source, args.export, target, cipher=_cipher(args),
+                       propagate_deletes=args.propagate_deletes,
+                       read_every_thread=read_every_thread)
+
+
+def _sync_json(report: SyncReport) -> dict[str, Any]:
+    found = report.found
+    return {"command": "sync", "ok": True, "moved": found.moved,
+            "generation": found.generation if found.moved else None,
+            "generation_file": str(found.manifest.path) if found.manifest else None,
+            "added": found.added, "changed": found.changed, "deleted": found.deleted,
+            "threads_read": found.threads_read, "read_every_thread": found.read_every_thread,
+            "snapshot_at": found.snapshot_at,
+            "rows": {what: report.total(what)
+                     for what in ("inserted", "updated", "deleted", "already_present")},
+            "deletions_kept": report.deletions_kept, "seconds": round(report.seconds, 3)}
+
+
+def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
+    """cutover: wait for quiet, final sync, verification of every thread (read back through
+    both savers), the cutover window, the evidence report; exit 0 only when proven equal
+    and no writer touched the source meanwhile."""
+    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds)
+    quiet_at = time.time()
+    print(f"Source quiet since {_clock(last_write)}; final sync...", flush=True)
+    synced = _sync(args, settings)
+    print(synced.render(), flush=True)
+    chain = load_chain(args.export)
+    target = Target(settings.target_dsn or "", args.schema)
+    report = _verify_chain(args, chain, target)
+    if not report.checks[SOURCE_MATCHES_EXPORT].passed \
+            and source_files_state(args.source) == quiet_files:
+        # The fingerprints missed a change (rowids used again): digest every thread.
+        print("The source differs from the synced state; syncing again, every thread "
+              "digested...", flush=True)
+        synced = _sync(args, settings, read_every_thread=True)
+        chain = load_chain(args.export)
+        report = _verify_chain(args, chain, target)
+    proven_at = time.time()
+    untouched = source_files_state(args.source) == quiet_files
+    passed = report.passed and untouched
+    window = {
+        "cutover": "PASSED: the target equals the source as of " + synced.found.snapshot_at
+        if passed else "FAILED: equality not proven",
+        "writers quiet since": f"{_clock(last_write)} (the source's last change; quiet "
+                               f"for {args.quiet_seconds:g} s by {_clock(quiet_at)})",
+        "proven equal at": _clock(proven_at) if passed else "-",
+        "cutover window": f"{proven_at - quiet_at:.1f} s (final sync {synced.seconds:.1f} s "
+                          f"+ verification {report.seconds:.1f} s)",
+        "source untouched during the cutover": "yes" if untouched else
+        "NO: a writer changed the source; stop every writer and run cutover again",
+    }
+    evidence = write_evidence(_evidence_path(args, chain.export.path),
+                              _chain_evidence(report, chain, target, synced.deletions_kept,
+                                              window))
+    summary = {"command": "cutover", "ok": passed, "target": target.display,
+               "sync": _sync_json(synced), **verification_json(report),
+               "window": window, "evidence": str(evidence)}
+    text = render_verification(report) + "\n\n" + "\n".join(
+        f"{label}: {value}" for label, value in window.items())
+    _emit(args, summary, text)
+    _print_evidence_path(args, evidence)
+    return EXIT_OK if passed else EXIT_MISMATCH
+
+
+def _verify_chain(args: argparse.Namespace, chain: ExportChain,
+                  target: Target) -> VerificationReport:
+    """The cutover's verification: every live thread, read back through both savers."""
+    with progress("verify", chain.checkpoints) as advance:
+        return verify_migration(chain.export, target, source_path=args.source,
+                                cipher=_cipher(args), readback_threads=None,
+                                progress=advance,
+                                workers=workers_for(chain.export, args.workers),
+                                chain=chain)
+
+
+def _clock(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _evidence_path(args: argparse.Namespace, export_path: str | Path) -> Path:
@@ -464,6 +633,7 @@ def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     ``settings``."""
     return replace(settings, source=args.source, export=args.export,
                    target_schema=args.schema, batch_size=args.batch_size,
+                   threads=args.threads or settings.threads,
                    readback_threads=None if args.readback_all else settings.readback_threads)
 
 
@@ -612,6 +782,7 @@ def _emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "verify": cmd_verify,
             "migrate": cmd_migrate, "backfill": cmd_backfill, "checks": cmd_checks,
+            "sync": cmd_sync, "cutover": cmd_cutover,
             "quickstart": cmd_quickstart, "ui": cmd_ui, "stop-postgres": cmd_stop_postgres,
             "show-export": cmd_show_export}
 

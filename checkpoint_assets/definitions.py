@@ -21,6 +21,7 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.settings import Settings
+from checkpoint_assets.sync_sensor import source_changed_sync, sync_batches_job, sync_job
 
 # Runs the verification again by itself when batches change (its automation condition).
 # Running by default: under `dagster dev` nobody has to remember to switch it on, and a
@@ -51,7 +52,8 @@ def build_definitions(
         assets = dg.with_source_code_references(assets)
     return dg.Definitions(
         assets=assets,
-        sensors=[verification_automation],
+        sensors=[verification_automation, source_changed_sync],
+        jobs=[sync_job, sync_batches_job],
         resources=dict(resources or build_resources()))
 
 

@@ -16,6 +16,7 @@ from dagster._core.storage.asset_check_execution_record import (
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
 from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_chain import ExportChain
 from checkpoint_assets.engine.export_file import ExportManifest
 
 # The engine's checks are the contract; re-exported here for the Dagster layer.
@@ -84,6 +85,38 @@ def partition_keys_by_batch(manifest: ExportManifest) -> dict[str, str]:
     prefix = _key_prefix(manifest)
     return {entry.key: f"{prefix}{index:05d}"
             for index, entry in enumerate(manifest.batches, start=1)}
+
+
+# A sync generation's batches (checkpoint-assets sync, the source_changed_sync sensor) add
+# partitions "g<export id>-s0001-b00001": the export they follow, the generation, the batch.
+# The export's own partitions stay: the verification covers the union.
+PARTITION_SYNC_MARK = "-s"
+
+
+def chain_partition_keys(chain: ExportChain) -> dict[tuple[int, str], str]:
+    """{(generation, batch key): partition key} for the export and every sync generation."""
+    keys = {(0, batch): key for batch, key in partition_keys_by_batch(chain.export).items()}
+    base = f"{PARTITION_KEY_PREFIX}{manifest_export_id(chain.export)}"
+    for manifest in chain.generations[1:]:
+        prefix = f"{base}{PARTITION_SYNC_MARK}{manifest.generation:04d}{PARTITION_BATCH_MARK}"
+        keys.update({(manifest.generation, entry.key): f"{prefix}{index:05d}"
+                     for index, entry in enumerate(manifest.batches, start=1)})
+    return keys
+
+
+def chain_batch_for(chain: ExportChain, partition_key: str) -> tuple[ExportManifest, str]:
+    """(the generation, its batch key) of a batch partition of the export or of a sync;
+    a MigrationError when the partition belongs to no generation of this chain."""
+    if PARTITION_SYNC_MARK not in partition_key:
+        return chain.export, batch_key_for(chain.export, partition_key)
+    for (generation, batch), key in chain_partition_keys(chain).items():
+        if key == partition_key:
+            return chain.generations[generation], batch
+    raise MigrationError(
+        f"Export {chain.export.path} and its {len(chain.generations) - 1} sync "
+        f"generation(s) have no batch partition {partition_key!r}.",
+        "The export was re-taken after this sync; its partitions replace the sync's. Load "
+        "the current export's partitions (backfill failed and missing), then sync again.")
 
 
 def partition_keys(manifest: ExportManifest) -> list[str]:

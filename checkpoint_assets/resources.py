@@ -32,6 +32,7 @@ from checkpoint_assets.settings import (
     STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
+    THREADS_ENV,
     WORKERS_ENV,
     Settings,
 )
@@ -55,11 +56,11 @@ class SqliteSourceResource(dg.ConfigurableResource):
         """The cipher for ``msgpack+aes`` rows, or None for an unencrypted source."""
         return Cipher(self.aes_key.encode()) if self.aes_key else None
 
-    def counts(self) -> SourceCounts:
-        """Checkpoints, writes and threads in the source right now."""
+    def counts(self, selection: list[str] | None = None) -> SourceCounts:
+        """Checkpoints, writes and threads in the source right now (of ``selection``)."""
         source = open_source(self.path)
         try:
-            return source.counts()
+            return source.counts(selection)
         finally:
             source.close()
 
@@ -75,6 +76,10 @@ class ExportFileResource(dg.ConfigurableResource):
         default=DEFAULT_BATCH_SIZE,
         description=f"Checkpoints per batch (env {BATCH_SIZE_ENV}); whole threads per batch, "
                     "so one partition per batch.")
+    threads: str | None = Field(
+        default=None,
+        description=f"Export these threads only (env {THREADS_ENV}): ids separated by "
+                    "commas, or @FILE with one id a line; default every thread.")
 
     def resolve_path(self, source_path: str) -> Path:
         """The configured export path, or the default one for this source."""
@@ -179,6 +184,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         source: Any = _env_or(SOURCE_ENV, settings.source)
         export: Any = _env_or(EXPORT_ENV, settings.export)
         batch_size: Any = _env_or(BATCH_SIZE_ENV, settings.batch_size, as_int=True)
+        threads: Any = _env_or(THREADS_ENV, settings.threads)
         target_schema: Any = _env_or(TARGET_SCHEMA_ENV, settings.target_schema)
         staging_schema: Any = _env_or(STAGING_SCHEMA_ENV, settings.staging_schema)
         readback: Any = 0 if settings.readback_threads is None else _env_or(
@@ -186,6 +192,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         workers: Any = _env_or(WORKERS_ENV, settings.workers or 0, as_int=True)
     else:
         source, export, batch_size = settings.source, settings.export, settings.batch_size
+        threads = settings.threads
         target_schema, staging_schema = settings.target_schema, settings.staging_schema
         readback = settings.readback_threads or 0  # 0: every thread
         workers = settings.workers or 0
@@ -193,7 +200,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "source": SqliteSourceResource(path=source if source is not None
                                        else dg.EnvVar(SOURCE_ENV),
                                        aes_key=secrets["aes_key"]),
-        "export_file": ExportFileResource(path=export, batch_size=batch_size),
+        "export_file": ExportFileResource(path=export, batch_size=batch_size,
+                                          threads=threads),
         "target": PostgresTargetResource(
             dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
             readback_threads=readback, verification_workers=workers),

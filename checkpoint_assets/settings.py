@@ -26,6 +26,7 @@ TARGET_SCHEMA_ENV = "CHECKPOINT_ASSETS_TARGET_SCHEMA"
 STAGING_SCHEMA_ENV = "CHECKPOINT_ASSETS_STAGING_SCHEMA"
 BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
 READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
+THREADS_ENV = "CHECKPOINT_ASSETS_THREADS"  # --threads: ids, or @FILE of ids
 WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
@@ -64,6 +65,7 @@ class Settings:
     batch_size: int = DEFAULT_BATCH_SIZE
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE
     workers: int | None = None
+    threads: str | None = None  # --threads as given (see engine.selection)
     log_level: str = "INFO"
     embedded_pg: str | None = None
     dagster_pg_host: str | None = None
@@ -87,6 +89,7 @@ class Settings:
                                     "the number of checkpoints per batch (e.g. 1000)"),
             readback_threads=_readback(text(READBACK_THREADS_ENV)),
             workers=_workers(text(WORKERS_ENV)),
+            threads=text(THREADS_ENV),
             log_level=(text(LOG_LEVEL_ENV) or "INFO").upper(),
             embedded_pg=text(EMBEDDED_PG_ENV),
             dagster_pg_host=text(DAGSTER_PG_HOST_ENV),

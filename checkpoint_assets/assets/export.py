@@ -5,16 +5,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.engine.errors import FailureKind, MigrationError
+from checkpoint_assets.engine.export_chain import ExportChain, SyncResult, load_chain, write_sync
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
+    export_thread_digests,
     verify_export,
     write_export,
 )
+from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.source import SourceCounts
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
@@ -25,12 +29,23 @@ from checkpoint_assets.partitions import (
     GROUP_NAME,
     OWNERS,
     SQLITE_KIND,
+    chain_partition_keys,
     manifest_export_id,
     partition_keys,
     partition_keys_by_batch,
 )
 from checkpoint_assets.project import initialize_target_pool
 from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
+
+
+class ExportConfig(dg.Config):
+    """A run's choice: a full export (the default) or a sync generation."""
+
+    sync: bool = Field(
+        default=False,
+        description="Write the next sync generation instead of a full export: only the "
+                    "threads that changed since the export or the last sync, as new batch "
+                    "partitions (g<export id>-s0001-b00001...) beside the export's.")
 
 
 @dg.asset(
@@ -52,6 +67,7 @@ from checkpoint_assets.resources import ExportFileResource, SqliteSourceResource
 )
 def checkpoint_export(
     context: dg.AssetExecutionContext,
+    config: ExportConfig,
     source: SqliteSourceResource,
     export_file: ExportFileResource,
 ) -> Iterator[Any]:
@@ -62,13 +78,20 @@ def checkpoint_export(
     per-batch and whole-file digests. Each batch becomes one dynamic partition of the
     imported batches asset; keys are deterministic (``batch-00001``, ...), so exporting
     the same source twice yields the same partitions. Partitions of an earlier export
-    that this one no longer has are removed.
+    that this one no longer has are removed. With ``sync`` (the ``checkpoint_sync`` job,
+    the ``source_changed_sync`` sensor), the materialization is a new generation of the
+    export holding only what changed, its digest chained to the previous one.
     """
     path = export_file.resolve_path(source.path)
+    if config.sync:
+        yield from _sync_generation(context, source, path)
+        return
     started = time.perf_counter()
     try:
-        manifest = write_export(source.path, path, batch_size=export_file.batch_size)
-        counts = source.counts()
+        selection = parse_thread_selection(export_file.threads)
+        manifest = write_export(source.path, path, batch_size=export_file.batch_size,
+                                selection=selection)
+        counts = source.counts(selection)
     except MigrationError as exc:
         message = error_text(exc, None)
         for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
@@ -118,6 +141,93 @@ def checkpoint_export(
         },
         check_results=[count_check, file_check],
     )
+
+
+def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceResource,
+                     path: Any) -> Iterator[Any]:
+    """Write the next sync generation, register its batches as partitions (the export's
+    and earlier syncs' stay), and materialize the export asset with what moved."""
+    try:
+        found = write_sync(source.path, path)
+        chain = load_chain(path)
+    except MigrationError as exc:
+        message = error_text(exc, None)
+        for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
+            yield dg.AssetCheckResult(
+                check_name=name, passed=False,
+                metadata=check_metadata(expected="a sync generation of the source",
+                                        actual=message))
+        raise failure(f"Sync of {source.path} failed: {message}") from None
+    count_check = _generation_counts_check(chain, found)
+    file_check = export_file_check(found.manifest.path) if found.manifest is not None else \
+        dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=True,
+                            metadata=check_metadata(expected="no new generation",
+                                                    actual="nothing changed"))
+    if not (count_check.passed and file_check.passed):
+        yield count_check
+        yield file_check
+        raise failure(f"Sync generation {found.generation} of {path} does not match the "
+                      "source or its own digests; no partitions were registered.",
+                      {"export_path": str(path)}, kind=FailureKind.MISMATCH)
+    keys = [key for (generation, _), key in chain_partition_keys(chain).items()
+            if found.manifest is not None and generation == found.generation]
+    context.instance.add_dynamic_partitions(BATCH_PARTITIONS_NAME, keys)
+    if keys:
+        yield from verification_out_of_date(
+            context.instance, f"sync generation {found.generation} ({len(keys)} new batch "
+                              "partitions)")
+    manifest = found.manifest
+    context.log.info(f"Sync of {source.path}: {len(found.added)} new, {len(found.changed)} "
+                     f"changed, {len(found.deleted)} deleted thread(s); "
+                     + (f"generation {found.generation}, {len(keys)} batch(es)"
+                        if manifest is not None else "nothing moved"))
+    yield dg.MaterializeResult(
+        metadata={
+            "sync_generation": dg.MetadataValue.int(chain.latest.generation),
+            "moved": dg.MetadataValue.bool(manifest is not None),
+            "path": dg.MetadataValue.path(str(chain.latest.path)),
+            "previous_export_sha256": dg.MetadataValue.text(
+                str(chain.latest.header.get("previous_export_sha256") or "")),
+            "footer_sha256": dg.MetadataValue.text(chain.latest.footer_sha256),
+            "threads_added": dg.MetadataValue.int(len(found.added)),
+            "threads_changed": dg.MetadataValue.int(len(found.changed)),
+            "threads_deleted": dg.MetadataValue.int(len(found.deleted)),
+            "threads_moved": dg.MetadataValue.json(
+                {"added": found.added[:100], "changed": found.changed[:100],
+                 "deleted": found.deleted[:100]}),
+            "checkpoints_moved": dg.MetadataValue.int(manifest.checkpoints if manifest else 0),
+            "writes_moved": dg.MetadataValue.int(manifest.writes if manifest else 0),
+            "threads_read": dg.MetadataValue.int(found.threads_read),
+            "source_snapshot_at": dg.MetadataValue.text(found.snapshot_at),
+            "expected_state_sha256": dg.MetadataValue.text(chain.content_sha256),
+            "partitions_added": dg.MetadataValue.int(len(keys)),
+            "seconds": dg.MetadataValue.float(round(found.seconds, 3)),
+        },
+        check_results=[count_check, file_check],
+    )
+
+
+def _generation_counts_check(chain: ExportChain, found: SyncResult) -> dg.AssetCheckResult:
+    """The rows written for each moved thread equal what SQLite's indexes counted for it
+    in the same snapshot (the source state the generation records)."""
+    if found.manifest is None:
+        return dg.AssetCheckResult(
+            check_name=EXPORT_COUNTS_MATCH_SOURCE, passed=True,
+            metadata=check_metadata(expected="no new generation", actual="nothing changed"))
+    state = chain.state
+    written = {entry.key: entry for entry in found.manifest.batches}
+    differing = [
+        {"thread_id": tid, "export": [c, w], "sqlite": [state.threads[tid][0],
+                                                        state.threads[tid][3]]}
+        for tid, _, c, w in export_thread_digests(found.manifest)
+        if [c, w] != [state.threads[tid][0], state.threads[tid][3]]]
+    return dg.AssetCheckResult(
+        check_name=EXPORT_COUNTS_MATCH_SOURCE, passed=not differing,
+        metadata=check_metadata(
+            expected="each moved thread's checkpoints and writes as SQLite counted them",
+            actual=f"{len(differing)} thread(s) differ" if differing else
+            f"{len(found.added) + len(found.changed)} thread(s) in {len(written)} batch(es) "
+            "equal", mismatches=differing[:50]))
 
 
 def _counts_check(manifest: ExportManifest, counts: SourceCounts) -> dg.AssetCheckResult:

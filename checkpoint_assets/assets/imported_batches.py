@@ -23,12 +23,17 @@ from checkpoint_assets.engine.errors import (
     MigrationError,
     failure_kind,
 )
+from checkpoint_assets.engine.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    read_manifest,
     require_same_source,
 )
-from checkpoint_assets.engine.loader import BatchLoadResult, load_batch
+from checkpoint_assets.engine.loader import (
+    BatchLoadResult,
+    SyncApplyResult,
+    apply_sync_batch,
+    load_batch,
+)
 from checkpoint_assets.engine.target import TABLES, Target
 from checkpoint_assets.engine.verify import BatchComparison, compare_batch
 from checkpoint_assets.partitions import (
@@ -44,8 +49,8 @@ from checkpoint_assets.partitions import (
     OWNERS,
     POSTGRES_KIND,
     TARGET_POOL,
-    batch_key_for,
     batch_partitions,
+    chain_batch_for,
     batch_retry_policy,
     manifest_export_id,
 )
@@ -128,8 +133,9 @@ def imported_checkpoint_batches(
     load_target = target.load_target()
     keys = _keys_still_to_load(context)
     try:
-        manifest = read_manifest(export_file.resolve_path(source.path))
-        require_same_source(manifest, source.path)
+        # The export and its sync generations: a sync's batches are partitions too.
+        chain = load_chain(export_file.resolve_path(source.path))
+        require_same_source(chain.export, source.path)
         ensure_tables(load_target)
         cipher = source.cipher()
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
@@ -139,7 +145,7 @@ def imported_checkpoint_batches(
     else:
         problems = []
         for key in keys:
-            problem = yield from _load_and_record(context, key, manifest, load_target, cipher)
+            problem = yield from _load_and_record(context, key, chain, load_target, cipher)
             if problem is not None:
                 problems.append(problem)
     if len(problems) < len(keys) or any(not p.retried for p in problems):
@@ -173,16 +179,27 @@ def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[st
             if m is not None and m.asset_key == BATCHES_ASSET and m.partition}
 
 
-def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: ExportManifest,
+def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportChain,
                      load_target: Target, cipher: Any) -> Iterator[Any]:
-    """Load one batch in its own transaction, compare it with the export, and yield its
-    materialization and check result (stored before the next batch starts); return the
-    problem if it did not load."""
+    """Load one batch in its own transaction (a sync's batch: apply it, see
+    loader.apply_sync_batch), compare it with the export, and yield its materialization
+    and check result (stored before the next batch starts); return the problem if it did
+    not load."""
     try:
-        batch = batch_key_for(manifest, key)
-        result = load_batch(load_target, manifest, batch, cipher=cipher,
-                            attempts=ENGINE_ATTEMPTS, backoff_seconds=ENGINE_BACKOFF_SECONDS)
-        comparison = compare_batch(load_target, manifest, batch, cipher)
+        manifest, batch = chain_batch_for(chain, key)
+        result: BatchLoadResult | SyncApplyResult
+        if manifest.generation == 0:
+            result = load_batch(load_target, manifest, batch, cipher=cipher,
+                                attempts=ENGINE_ATTEMPTS,
+                                backoff_seconds=ENGINE_BACKOFF_SECONDS)
+            comparison = compare_batch(load_target, manifest, batch, cipher)
+        else:
+            result = apply_sync_batch(load_target, chain, manifest, batch, cipher)
+            # Only the batch's threads no later generation holds.
+            live = {(m.generation, k): t for m, k, t in chain.live_batches()}
+            comparison = compare_batch(load_target, manifest, batch, cipher,
+                                       threads=live.get((manifest.generation, batch),
+                                                        frozenset()))
     except Exception as exc:
         return (yield from _record_problem(context, key, load_target, exc))
     if not comparison.passed:
@@ -192,7 +209,9 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, manifest: Expo
         return BatchProblem(key, message, MigrationError(message), FailureKind.MISMATCH)
     yield dg.AssetMaterialization(
         BATCHES_ASSET, partition=key,
-        metadata=_load_metadata(result, manifest, load_target))
+        metadata=_load_metadata(result, manifest, load_target)
+        if isinstance(result, BatchLoadResult) else _sync_metadata(result, manifest,
+                                                                   load_target))
     yield _comparison_check(context.instance, key, comparison, load_target)
     return None
 
@@ -278,6 +297,22 @@ def _load_metadata(result: BatchLoadResult, manifest: ExportManifest,
         "export_content_sha256": dg.MetadataValue.text(manifest.content_sha256),
         "attempts": dg.MetadataValue.int(result.attempts),
         "metadata_changes": dg.MetadataValue.int(len(result.metadata_changes)),
+        "target": dg.MetadataValue.text(load_target.display),
+    }
+
+
+def _sync_metadata(result: SyncApplyResult, manifest: ExportManifest,
+                   load_target: Target) -> dict[str, dg.MetadataValue]:
+    """What applying one sync batch did: rows inserted, updated, deleted, already there."""
+    return {
+        ROWS_INSERTED: dg.MetadataValue.int(sum(result.inserted.values())),
+        "rows_updated": dg.MetadataValue.int(sum(result.updated.values())),
+        "rows_deleted": dg.MetadataValue.int(sum(result.deleted.values())),
+        ROWS_ALREADY_PRESENT: dg.MetadataValue.int(sum(result.already_present.values())),
+        "threads": dg.MetadataValue.int(result.threads),
+        "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
+        "sync_generation": dg.MetadataValue.int(manifest.generation),
+        "batch_sha256": dg.MetadataValue.text(manifest.batch(result.key).sha256),
         "target": dg.MetadataValue.text(load_target.display),
     }
 

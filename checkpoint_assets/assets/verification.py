@@ -16,7 +16,9 @@ from checkpoint_assets.assets.dagster_metadata import (
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
-from checkpoint_assets.engine.export_file import ExportManifest, read_manifest
+from checkpoint_assets.engine.export_chain import load_chain
+from checkpoint_assets.engine.sync import live_migration_section
+from checkpoint_assets.engine.export_file import ExportManifest
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import (
     CheckOutcome,
@@ -93,12 +95,14 @@ def migration_verification(
     """
     load_target = target.load_target()
     try:
-        manifest = read_manifest(export_file.resolve_path(source.path))
+        # The export and the syncs after it (checkpoint-assets sync): the union is compared.
+        chain = load_chain(export_file.resolve_path(source.path))
+        manifest = chain.export
         report = verify_migration(
             manifest, load_target, source_path=source.path, cipher=source.cipher(),
             readback_threads=target.readback_sample(),
             workers=workers_for(manifest, target.verification_workers or None),
-            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}")
+            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain)
     except Exception as exc:
         message = error_text(exc, target.dsn)
         for spec in VERIFICATION_CHECK_SPECS:
@@ -118,6 +122,8 @@ def migration_verification(
     evidence = render_evidence(report, manifest=manifest, target_display=load_target.display,
                                batches=batch_timings(context.instance, manifest),
                                batch_labels=partitions)
+    if chain.synced or chain.selection is not None:
+        evidence += "\n" + live_migration_section(chain) + "\n"
     yield dg.MaterializeResult(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),

@@ -12,7 +12,8 @@ msgpack::
     ...                                     <- more threads of this batch
     E {key, threads, checkpoints, writes, sha256}   <- digest of the batch's bytes
     ...                                     <- more batches
-    F {totals, types, batches, content_sha256, file_sha256, footer_sha256}
+    S {threads, last_rows, snapshot_at}     <- optional: the source state (see SourceState)
+    F {totals, types, batches, state, content_sha256, file_sha256, footer_sha256}
     footer offset (8 bytes, big-endian) + END
 
 A frame is one ASCII kind byte, the payload's length (8 bytes, big-endian) and the
@@ -31,7 +32,7 @@ import datetime as dt
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -54,10 +55,12 @@ REEXPORT_HINT = "Export again from the SQLite source (checkpoint-assets export).
 
 FRAME_HEAD = struct.Struct(">cQ")
 TRAILER = struct.Struct(">Q8s")
-HEADER, BATCH, THREAD, CHECKPOINTS, WRITES, BATCH_END, FOOTER = (
-    b"H", b"B", b"T", b"C", b"W", b"E", b"F")
+HEADER, BATCH, THREAD, CHECKPOINTS, WRITES, BATCH_END, STATE, FOOTER = (
+    b"H", b"B", b"T", b"C", b"W", b"E", b"S", b"F")
 FRAME_KINDS = {HEADER: "header", BATCH: "batch", THREAD: "thread", CHECKPOINTS: "checkpoints",
-               WRITES: "writes", BATCH_END: "batch_end", FOOTER: "footer"}
+               WRITES: "writes", BATCH_END: "batch_end", STATE: "state", FOOTER: "footer"}
+# A sync generation's files sit beside the full export: <export>.sync-0001, ...
+GENERATION_SUFFIX = ".sync-"
 # A v1 export (JSON lines) starts with its header line.
 _V1_START = b'{"kind":"header"'
 
@@ -97,6 +100,17 @@ class ExportManifest:
     footer_offset: int
     batches: tuple[BatchEntry, ...] = field(default=())
     footer_sha256: str = ""
+    state: dict[str, Any] | None = None  # the footer's {offset, length, sha256} of S
+
+    @property
+    def generation(self) -> int:
+        """0 for a full export, n for the n-th sync (see export_chain)."""
+        return int(self.header.get("generation") or 0)
+
+    @property
+    def selection(self) -> list[str] | None:
+        """The thread ids this export was restricted to (--threads), or None: all."""
+        return self.header.get("selection")
 
     def batch(self, key: str) -> BatchEntry:
         """The batch with this key, or a MigrationError saying it is not in the file."""
@@ -137,6 +151,55 @@ class ThreadDigest:
     def hexdigest(self) -> str:
         """The thread's digest."""
         return self._hash.hexdigest()
+
+
+@dataclass
+class SourceState:
+    """The source as one export generation saw it, per thread, for the next sync.
+
+    ``threads``: thread_id -> ``[checkpoints, max rowid, sum of rowids, writes, max rowid,
+    sum of rowids, content sha256, generation]``: the fingerprint read from SQLite's
+    indexes (:meth:`SourceDatabase.fingerprints`), the thread digest, and the generation
+    whose file holds these rows. ``last_rows``: table -> ``[rowid, thread_id, sha256 of
+    the row]`` of each table's last row (when that rowid later holds other content,
+    rowids were used again, which fingerprints cannot see: see export_chain).
+    ``snapshot_at``: when the source was read (UTC, ISO 8601).
+    """
+
+    threads: dict[str, list[Any]]
+    last_rows: dict[str, list[Any] | None]
+    snapshot_at: str
+
+    FINGERPRINT = slice(0, 6)
+    SHA, GENERATION = 6, 7
+
+    def payload(self) -> bytes:
+        """The S frame's payload (threads in thread_id order)."""
+        return pack({"threads": [[tid, *self.threads[tid]] for tid in sorted(self.threads)],
+                     "last_rows": self.last_rows, "snapshot_at": self.snapshot_at})
+
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints of every thread in this state."""
+        return sum(entry[0] for entry in self.threads.values())
+
+    @property
+    def writes(self) -> int:
+        """Writes of every thread in this state."""
+        return sum(entry[3] for entry in self.threads.values())
+
+    def digest(self) -> str:
+        """The digest of the whole state's content: (thread_id, thread digest) in order,
+        as the footer's content_sha256 of a full export of the same rows."""
+        content = hashlib.sha256()
+        for tid in sorted(self.threads):
+            content.update(pack_opaque([tid, self.threads[tid][self.SHA]]))
+        return content.hexdigest()
+
+
+def row_sha256(row: CheckpointRow | WriteRow) -> str:
+    """SHA-256 of one row's canonical bytes (a table's last row in SourceState)."""
+    return hashlib.sha256(row_digest_bytes(row)).hexdigest()
 
 
 def array_body(payload: bytes | memoryview) -> tuple[int, int]:
@@ -213,7 +276,8 @@ class SqliteRows:
                 "task_path_column": self.source.has_task_path}
 
     def threads(self) -> Iterator[ThreadRows]:
-        """Every thread of the database; MigrationError if it changes while read."""
+        """Every thread of the database, its rows streamed from two ordered scans;
+        MigrationError if it changes while read."""
         source = self.source
         checkpoints = Peekable(source.checkpoints())
         writes = Peekable(source.writes())
@@ -239,6 +303,7 @@ def write_export(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Any = None,
     previous_export_sha256: str | None = None,
+    selection: Sequence[str] | None = None,
 ) -> ExportManifest:
     """Stream a SqliteSaver database into an export file and return its manifest.
 
@@ -247,17 +312,29 @@ def write_export(
     disk or a second export of the same file never leaves a half-written file at
     ``export_path``. ``progress``, if given, is called with the number of checkpoints just
     written. ``previous_export_sha256`` (the footer digest of the export this one follows)
-    is recorded in the header for exports that chain. Raises MigrationError when the file
-    cannot be written (read-only or full filesystem, no permission), leaving nothing behind.
+    is recorded in the header for exports that chain. ``selection``: export these thread
+    ids only (the header names them; threads not in the source are left out). The file
+    ends with the source's state (:class:`SourceState`) for later syncs; sync generation
+    files written before this export are removed, since they follow another export.
+    Raises MigrationError when the file cannot be written (read-only or full filesystem,
+    no permission), leaving nothing behind.
     """
+    export_path = Path(export_path)
     source = open_source(source_path)
     try:
         with source.snapshot():
-            return write_export_rows(SqliteRows(source), export_path, batch_size=batch_size,
-                                     progress=progress,
-                                     previous_export_sha256=previous_export_sha256)
+            state = read_source_state(source, selection)
+            threads = (SqliteRows(source).threads() if selection is None else
+                       (source.thread_rows(tid) for tid in sorted(state.threads)))
+            header = {"previous_export_sha256": previous_export_sha256,
+                      "selection": None if selection is None else sorted(set(selection))}
+            write_generation(source, export_path, threads, state, header=header,
+                             batch_size=batch_size, progress=progress)
     finally:
         source.close()
+    for stale in export_path.parent.glob(f"{export_path.name}{GENERATION_SUFFIX}*"):
+        stale.unlink(missing_ok=True)
+    return read_manifest(export_path)
 
 
 def write_export_rows(
@@ -269,14 +346,53 @@ def write_export_rows(
     previous_export_sha256: str | None = None,
 ) -> ExportManifest:
     """Write the threads of any :class:`RowSource` as an export file (see
-    :func:`write_export`, whose guarantees it gives) and return its manifest."""
+    :func:`write_export`, whose guarantees it gives, without a source state: such an export
+    is not synced) and return its manifest."""
     export_path = Path(export_path)
+    header = {"source": rows.source_header(), "previous_export_sha256": previous_export_sha256}
+    _write_file(export_path, header, rows.threads(), None, batch_size, progress, 0)
+    return read_manifest(export_path)
+
+
+def read_source_state(source: SourceDatabase, selection: Sequence[str] | None = None,
+                      ) -> SourceState:
+    """The fingerprints and last rows of the source now (digests and generations are
+    filled in as threads are written or carried over)."""
+    fingerprints = source.fingerprints()
+    if selection is not None:
+        wanted = set(selection)
+        fingerprints = {tid: fp for tid, fp in fingerprints.items() if tid in wanted}
+    last_rows: dict[str, list[Any] | None] = {}
+    for table in ("checkpoints", "writes"):
+        last = source.last_row(table)
+        last_rows[table] = None if last is None else [last[0], last[1].thread_id,
+                                                      row_sha256(last[1])]
+    return SourceState({tid: [*fp, None, None] for tid, fp in fingerprints.items()},
+                       last_rows, dt.datetime.now(dt.UTC).isoformat())
+
+
+def write_generation(source: SourceDatabase, export_path: Path, threads: Iterator[ThreadRows],
+                     state: SourceState, *, header: dict[str, Any], batch_size: int,
+                     progress: Any = None, generation: int = 0) -> None:
+    """Write one export generation: ``threads`` (whole, in thread_id order) in batches,
+    then ``state`` (each written thread's digest and generation recorded in it).
+
+    Generation 0 is a full export (batch keys ``batch-00001``...); a sync's generation n
+    names its batches ``sync-000n-batch-00001``... so keys never repeat along a chain.
+    """
+    header = {"source": SqliteRows(source).source_header(), "previous_export_sha256": None,
+              **header, "generation": generation}
+    _write_file(export_path, header, threads, state, batch_size, progress, generation)
+
+
+def _write_file(export_path: Path, header: dict[str, Any], threads: Iterator[ThreadRows],
+                state: SourceState | None, batch_size: int, progress: Any,
+                generation: int) -> None:
     try:
         with private_file(export_path, buffering=1 << 20) as handle:
-            _write_body(rows, handle, batch_size, progress, previous_export_sha256)
+            _write_body(handle, batch_size, progress, header, threads, state, generation)
     except OSError as exc:
         raise cannot_write_export(export_path, exc) from None
-    return read_manifest(export_path)
 
 
 def cannot_write_export(export_path: Path, exc: OSError) -> MigrationError:
@@ -289,31 +405,33 @@ def cannot_write_export(export_path: Path, exc: OSError) -> MigrationError:
         "SQLite database.")
 
 
-def _write_body(rows: RowSource, handle: BinaryIO, batch_size: int, progress: Any,
-                previous_export_sha256: str | None) -> dict[str, Any]:
+def _write_body(handle: BinaryIO, batch_size: int, progress: Any, header: dict[str, Any],
+                threads: Iterator[ThreadRows], state: SourceState | None,
+                generation: int) -> dict[str, Any]:
     writer = _FrameWriter(handle)
     writer.raw(MAGIC)
     writer.frame(HEADER, pack({
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "source": rows.source_header(),
-        "previous_export_sha256": previous_export_sha256,
         "batch_size": batch_size,
+        **header,
     }), in_batch=False)
     planner = BatchPlanner(batch_size)
+    key_prefix = f"sync-{generation:04d}-" if generation else ""
     batches: list[BatchEntry] = []
     current: dict[str, Any] | None = None
     totals = {"threads": 0, "checkpoints": 0, "writes": 0}
     types: dict[str, int] = {}
     content_hash = hashlib.sha256()
 
-    for thread in rows.threads():
+    for thread in threads:
         index, new_batch = planner.place(len(thread.checkpoints))
         if new_batch:
             if current is not None:
                 batches.append(_close_batch(writer, current))
-            current = {"key": batch_key(index), "offset": writer.offset, "threads": 0,
-                       "checkpoints": 0, "writes": 0, "first_thread": thread.thread_id}
+            current = {"key": key_prefix + batch_key(index), "offset": writer.offset,
+                       "threads": 0, "checkpoints": 0, "writes": 0,
+                       "first_thread": thread.thread_id}
             writer.batch_hash = hashlib.sha256()
             writer.frame(BATCH, pack({"key": current["key"]}), in_batch=True)
         thread_checkpoints = [["c", *row] for row in thread.checkpoints]
@@ -323,9 +441,10 @@ def _write_body(rows: RowSource, handle: BinaryIO, batch_size: int, progress: An
             types[row[5] or "null"] = types.get(row[5] or "null", 0) + 1
         checkpoint_payload, write_payload = pack(thread_checkpoints), pack(thread_writes)
         thread_sha = _rows_digest(checkpoint_payload, write_payload).hexdigest()
-        writer.frame(THREAD, pack({"thread_id": thread.thread_id,
-                                   "checkpoints": n_checkpoints, "writes": n_writes,
-                                   "sha256": thread_sha}), in_batch=True)
+        if state is not None and thread.thread_id in state.threads:
+            state.threads[thread.thread_id][state.SHA:] = [thread_sha, generation]
+        writer.frame(THREAD, pack({"thread_id": thread.thread_id, "checkpoints": n_checkpoints,
+                                   "writes": n_writes, "sha256": thread_sha}), in_batch=True)
         writer.frame(CHECKPOINTS, checkpoint_payload, in_batch=True)
         writer.frame(WRITES, write_payload, in_batch=True)
         content_hash.update(pack_opaque([thread.thread_id, thread_sha]))
@@ -341,12 +460,16 @@ def _write_body(rows: RowSource, handle: BinaryIO, batch_size: int, progress: An
             progress(n_checkpoints)
     if current is not None:
         batches.append(_close_batch(writer, current))
-
-    footer: dict[str, Any] = {
-        **totals, "types": types, "batches": [b.to_json() for b in batches],
-        "content_sha256": content_hash.hexdigest(),
-        "file_sha256": writer.file_hash.hexdigest(),
-    }
+    footer: dict[str, Any] = {**totals, "types": types,
+                              "batches": [b.to_json() for b in batches]}
+    if state is not None:
+        state_payload = state.payload()
+        footer["state"] = {"offset": writer.offset,
+                           "length": FRAME_HEAD.size + len(state_payload),
+                           "sha256": hashlib.sha256(state_payload).hexdigest()}
+        writer.frame(STATE, state_payload, in_batch=False)
+    footer.update(content_sha256=content_hash.hexdigest(),
+                  file_sha256=writer.file_hash.hexdigest())
     footer["footer_sha256"] = _footer_digest(footer)
     footer_offset = writer.offset
     writer.frame(FOOTER, pack(footer), in_batch=False)
@@ -549,9 +672,27 @@ def _manifest_from_footer(
             types=dict(footer["types"]), content_sha256=footer["content_sha256"],
             file_sha256=footer["file_sha256"], size_bytes=size, footer_offset=footer_offset,
             batches=batches, footer_sha256=footer["footer_sha256"],
+            state=footer.get("state"),
         )
     except (KeyError, TypeError) as exc:
         raise _bad(path, f"the footer lacks a field ({exc})") from None
+
+
+def read_state(manifest: ExportManifest) -> SourceState | None:
+    """The source state an export generation recorded (None for exports written before
+    the state frame existed), after checking it against the footer's digest of it."""
+    entry = manifest.state
+    if entry is None:
+        return None
+    path = manifest.path
+    with path.open("rb") as handle:
+        handle.seek(entry["offset"])
+        kind, payload = read_frame(path, handle, manifest.footer_offset)
+    if kind != STATE or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+        raise _bad(path, f"its source state does not match its digest ({CHANGED})")
+    body = _unpack_map(path, payload, "source state")
+    return SourceState({row[0]: list(row[1:]) for row in body["threads"]},
+                       dict(body["last_rows"]), body["snapshot_at"])
 
 
 def verify_export(path: str | Path) -> ExportManifest:
@@ -583,7 +724,7 @@ def verify_export(path: str | Path) -> ExportManifest:
             if entry is not None and entry.offset <= offset < entry.offset + entry.length:
                 batch_hash.update(head)
                 batch_hash.update(payload)
-            if kind in (THREAD, BATCH_END, HEADER, BATCH) and due is not None:
+            if kind in (THREAD, BATCH_END, HEADER, BATCH, STATE) and due is not None:
                 raise _bad(path, f"thread {summary.get('thread_id')!r} lacks its rows "
                                  f"({CHANGED})")
             if kind == THREAD:
@@ -603,7 +744,7 @@ def verify_export(path: str | Path) -> ExportManifest:
                                      f"({CHANGED})")
                 entry = next(batches, None)
                 batch_hash = hashlib.sha256()
-            elif kind not in (HEADER, BATCH):
+            elif kind not in (HEADER, BATCH, STATE):
                 raise _bad(path, f"a {FRAME_KINDS[kind]} frame is in the middle of the file "
                                  f"({CHANGED})")
     if file_hash.hexdigest() != manifest.file_sha256 or due is not None:
@@ -616,20 +757,22 @@ def verify_export(path: str | Path) -> ExportManifest:
     return manifest
 
 
-def _row_count(path: Path, payload: bytes) -> int:
+def _row_count(path: Path, payload: bytes | memoryview) -> int:
     try:
         return array_body(payload)[0]
     except ValueError:
         raise _bad(path, f"a rows frame is not a list of rows ({CHANGED})") from None
 
 
-def read_batch(manifest: ExportManifest, key: str) -> Iterator[ThreadRows]:
-    """Yield the threads of one batch, after checking the batch's digest and structure.
+def read_batch(manifest: ExportManifest, key: str,
+               threads: Collection[str] | None = None) -> Iterator[ThreadRows]:
+    """Yield the threads of one batch (only ``threads`` of it, if given), after checking
+    the batch's digest and structure.
 
     The batch's bytes are read once and hashed before the first thread is yielded, so a
     damaged batch never reaches the database. Counts, key order and per-thread digests
     (over the rows as they decode, re-encoded canonically) are checked before each thread
-    is yielded.
+    is yielded; the rows of threads not asked for are counted, not decoded.
     """
     entry = manifest.batch(key)
     path = manifest.path
@@ -638,7 +781,7 @@ def read_batch(manifest: ExportManifest, key: str) -> Iterator[ThreadRows]:
         data = handle.read(entry.length)
     if len(data) != entry.length or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise _bad(path, f"batch {key} does not match its digest ({CHANGED} in it)")
-    yield from _parse_batch(path, entry, memoryview(data))
+    yield from _parse_batch(path, entry, memoryview(data), threads)
 
 
 def _frames_in(path: Path, data: memoryview) -> Iterator[tuple[bytes, memoryview]]:
@@ -654,7 +797,8 @@ def _frames_in(path: Path, data: memoryview) -> Iterator[tuple[bytes, memoryview
         position += length
 
 
-def _parse_batch(path: Path, entry: BatchEntry, data: memoryview) -> Iterator[ThreadRows]:
+def _parse_batch(path: Path, entry: BatchEntry, data: memoryview,
+                 wanted: Collection[str] | None = None) -> Iterator[ThreadRows]:
     frames = _frames_in(path, data)
     kind, payload = next(frames, (b"", memoryview(b"")))
     if kind != BATCH or _unpack_map(path, payload, "batch frame").get("key") != entry.key:
@@ -669,6 +813,15 @@ def _parse_batch(path: Path, entry: BatchEntry, data: memoryview) -> Iterator[Th
             raise _bad(path, f"batch {entry.key}: a thread is not a summary, its checkpoints "
                              "and its writes")
         thread_id = summary.get("thread_id")
+        if wanted is not None and thread_id not in wanted:
+            if not isinstance(thread_id, str) or (
+                    previous_thread is not None and thread_id <= previous_thread):
+                raise _bad(path, f"batch {entry.key}: threads out of order")
+            counts[0] += 1
+            counts[1] += _row_count(path, checkpoint_payload)
+            counts[2] += _row_count(path, write_payload)
+            previous_thread = thread_id
+            continue
         checkpoints = _checkpoint_rows(path, entry.key, checkpoint_payload)
         writes = _write_rows(path, entry.key, write_payload)
         owners = {r.thread_id for r in checkpoints} | {r.thread_id for r in writes}

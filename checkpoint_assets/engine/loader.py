@@ -34,7 +34,9 @@ from checkpoint_assets.engine.convert import (
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.export_chain import ExportChain
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
+from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.target import (
     Target,
     TargetUnreachableError,
@@ -223,14 +225,7 @@ def _load_rows(
     inserted: dict[str, int] = {}
     present: dict[str, int] = {}
     for table, table_rows in rows.items():
-        stage = sql.Identifier(f"stage_{table}")
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
-        ).format(stage, sql.Identifier(table)))
-        _copy(conn, stage, table, table_rows)
-        # A temporary table is never analyzed by autovacuum; without statistics the planner
-        # may join it to the whole table instead of looking its keys up (raise_on_conflict).
-        conn.execute(sql.SQL("ANALYZE {}").format(stage))
+        stage = _stage(conn, f"stage_{table}", table, table_rows)
         # Re-running is safe: rows already there are skipped, then compared below.
         cursor = conn.execute(sql.SQL(
             "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
@@ -239,6 +234,20 @@ def _load_rows(
         present[table] = len(table_rows) - cursor.rowcount
         raise_on_conflict(conn, table, stage, cipher, threads)
     return inserted, present
+
+
+def _stage(conn: psycopg.Connection, name: str, table: str,
+           rows: Sequence[tuple]) -> sql.Identifier:
+    """A temporary table ``name`` shaped like ``table`` holding ``rows``, analyzed."""
+    stage = sql.Identifier(name)
+    conn.execute(sql.SQL(
+        "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ).format(stage, sql.Identifier(table)))
+    _copy(conn, stage, table, rows)
+    # A temporary table is never analyzed by autovacuum; without statistics the planner
+    # may join it to the whole table instead of looking its keys up (raise_on_conflict).
+    conn.execute(sql.SQL("ANALYZE {}").format(stage))
+    return stage
 
 
 def _any_thread_present(conn: psycopg.Connection, threads: list[str]) -> bool:
@@ -326,3 +335,185 @@ def _same_plaintext(cipher: Cipher, record: Sequence[Any]) -> bool:
         return False
     name = t_type.split("+", 1)[1]
     return cipher.decrypt(name, bytes(t_blob)) == cipher.decrypt(name, bytes(s_blob))
+
+
+# --------------------------------------------------------------------------- sync generations
+
+
+@dataclass
+class SyncApplyResult:
+    """What applying one batch of a sync generation (or its deletions) did, per table."""
+
+    key: str
+    threads: int
+    inserted: dict[str, int]
+    updated: dict[str, int]
+    deleted: dict[str, int]
+    already_present: dict[str, int]
+    seconds: float = 0.0
+
+
+def convert_rows(threads: Sequence[ThreadRows], cipher: Cipher | None) -> dict[str, list[tuple]]:
+    """The PostgresSaver rows of these threads, per table (as a load converts them)."""
+    rows: dict[str, list[tuple]] = {t: [] for t in COLUMNS}
+    for thread in threads:
+        converted = convert_thread(thread, cipher)
+        rows["checkpoints"].extend(converted.checkpoints)
+        rows["checkpoint_blobs"].extend(converted.blobs)
+        rows["checkpoint_writes"].extend(converted.writes)
+    return rows
+
+
+def apply_sync_batch(target: Target, chain: ExportChain, manifest: ExportManifest, key: str,
+                     cipher: Cipher | None = None) -> SyncApplyResult:
+    """Bring the target's rows of one sync batch's threads to the batch, in one transaction.
+
+    A row is inserted when its key is new; updated, or removed when the batch no longer
+    has it, only when the target row is the one this tool loaded before (the conversion
+    of the thread's rows in the generation that held it until now). Any other target row
+    of these threads (written or changed by someone else) is a ConflictError by key, and
+    nothing is written. Running it again changes nothing.
+    """
+    started = time.perf_counter()
+    threads, rows, _ = convert_batch(manifest, key, cipher)
+    before = convert_rows(chain.rows_before(threads, manifest.generation), cipher)
+    result = _apply_threads(target, chain, key, threads, rows, before, cipher)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def apply_deletions(target: Target, chain: ExportChain, manifest: ExportManifest,
+                    cipher: Cipher | None = None,
+                    threads: Sequence[str] | None = None) -> SyncApplyResult:
+    """Delete from the target the threads generation ``manifest`` found deleted in the
+    source (or ``threads`` of them), in one transaction, only where the target holds
+    exactly the rows this tool loaded for them (else ConflictError by key, nothing
+    deleted)."""
+    started = time.perf_counter()
+    deleted = list(manifest.header.get("deleted_threads") or [] if threads is None
+                   else threads)
+    before = convert_rows(chain.rows_before(deleted, manifest.generation), cipher)
+    result = _apply_threads(target, chain, f"sync-{manifest.generation:04d}-deletions",
+                            deleted, {t: [] for t in COLUMNS}, before, cipher)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply_threads(target: Target, chain: ExportChain, key: str, threads: list[str],
+                   rows: dict[str, list[tuple]], before: dict[str, list[tuple]],
+                   cipher: Cipher | None) -> SyncApplyResult:
+    result = SyncApplyResult(key, len(threads), {}, {}, {}, {})
+    if not threads:
+        for counts in (result.inserted, result.updated, result.deleted, result.already_present):
+            counts.update({t: 0 for t in COLUMNS})
+        return result
+    try:
+        with target.connect() as conn:
+            # One sync of this export at a time: batches of two generations share threads.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)",
+                         (_lock_id(target.schema, "sync:" + chain.export.footer_sha256),))
+            for table in COLUMNS:
+                _stage(conn, f"new_{table}", table, rows[table])
+                _stage(conn, f"before_{table}", table, before[table])
+            conflicts = {table: _not_ours(conn, table, threads, cipher) for table in COLUMNS}
+            found = [k for keys in conflicts.values() for k in keys]
+            if found:
+                raise ConflictError(
+                    f"The target holds {len(found)} row(s) of threads this sync changes that "
+                    f"this tool did not load or that someone changed since, e.g. "
+                    f"{found[:MAX_CONFLICT_KEYS]}. Nothing of {key} was written or deleted.",
+                    "Find out who wrote those rows (an application already writing to "
+                    "PostgresSaver?). Delete those threads from the target to let the sync "
+                    "load them again from the source, or leave them and keep these threads "
+                    "out of the migration (--threads).",
+                    keys=found)
+            for table in COLUMNS:
+                _apply_table(conn, table, threads, len(rows[table]), cipher, result)
+            conn.commit()
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"Applying {key} to {target.display} failed: {scrub(str(exc).strip(), target.dsn)}",
+            "Nothing of it was written. Fix the cause and run the sync again.") from None
+    return result
+
+
+def _key_join(left: str, right: str, table: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{l}.{c} = {r}.{c}").format(l=sql.Identifier(left), r=sql.Identifier(right),
+                                             c=sql.Identifier(c))
+        for c in PRIMARY_KEYS[table])
+
+
+def _differs(left: str, right: str, table: str) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(
+        sql.SQL("{l}.{c} IS DISTINCT FROM {r}.{c}").format(
+            l=sql.Identifier(left), r=sql.Identifier(right), c=sql.Identifier(c))
+        for c in CONTENT_COLUMNS[table]))
+
+
+def _not_ours(conn: psycopg.Connection, table: str, threads: list[str],
+              cipher: Cipher | None) -> list[dict]:
+    """Keys of target rows of ``threads`` equal neither to what this tool loaded before
+    (stage ``before_*``) nor to what it loads now (stage ``new_*``)."""
+    keys = PRIMARY_KEYS[table]
+    blobs = table == "checkpoint_blobs"
+    extra = sql.SQL(", t.type, t.blob, b.type, b.blob, n.type, n.blob") if blobs \
+        else sql.SQL("")
+    query = sql.SQL(
+        "SELECT {keys}{extra} FROM {table} t "
+        "LEFT JOIN {before} b ON {jb} LEFT JOIN {new} n ON {jn} "
+        "WHERE t.thread_id = ANY(%s) AND (b.thread_id IS NULL OR {db}) "
+        "AND (n.thread_id IS NULL OR {dn})").format(
+        keys=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in keys),
+        extra=extra, table=sql.Identifier(table),
+        before=sql.Identifier(f"before_{table}"), new=sql.Identifier(f"new_{table}"),
+        jb=_key_join("t", "b", table), jn=_key_join("t", "n", table),
+        db=_differs("t", "b", table), dn=_differs("t", "n", table))
+    out = []
+    for record in conn.execute(query, (threads,)):
+        if blobs and cipher is not None:
+            t_type, t_blob, b_type, b_blob, n_type, n_blob = record[len(keys):]
+            if any(s_type is not None and _same_plaintext(cipher, (t_type, t_blob, s_type,
+                                                                    s_blob))
+                   for s_type, s_blob in ((b_type, b_blob), (n_type, n_blob))):
+                continue  # the same value, encrypted with another nonce
+        out.append({"table": table, **dict(zip(keys, record[:len(keys)]))})
+    return out
+
+
+def _apply_table(conn: psycopg.Connection, table: str, threads: list[str], new_rows: int,
+                 cipher: Cipher | None, result: SyncApplyResult) -> None:
+    """Delete, update and insert so the target's rows of ``threads`` are stage ``new_*``
+    (every target row of them is known to be this tool's: see :func:`_not_ours`)."""
+    ident, new = sql.Identifier(table), sql.Identifier(f"new_{table}")
+    keys = PRIMARY_KEYS[table]
+    deleted = conn.execute(sql.SQL(
+        "DELETE FROM {table} t WHERE t.thread_id = ANY(%s) "
+        "AND NOT EXISTS (SELECT 1 FROM {new} n WHERE {join})").format(
+        table=ident, new=new, join=_key_join("t", "n", table)), (threads,)).rowcount
+    blobs = table == "checkpoint_blobs"
+    stale = conn.execute(sql.SQL(
+        "SELECT {keys}{extra} FROM {table} t JOIN {new} n ON {join} WHERE {differs}").format(
+        keys=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in keys),
+        extra=sql.SQL(", t.type, t.blob, n.type, n.blob") if blobs else sql.SQL(""),
+        table=ident, new=new, join=_key_join("t", "n", table),
+        differs=_differs("t", "n", table))).fetchall()
+    if blobs and cipher is not None:
+        stale = [r for r in stale if not _same_plaintext(cipher, r[len(keys):])]
+    content = CONTENT_COLUMNS[table]
+    update = sql.SQL("UPDATE {table} t SET ({cols}) = (SELECT {ncols} FROM {new} n WHERE "
+                     "{join}) WHERE {keys}").format(
+        table=ident, new=new, join=_key_join("t", "n", table),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in content),
+        ncols=sql.SQL(", ").join(sql.SQL("n.{}").format(sql.Identifier(c)) for c in content),
+        keys=sql.SQL(" AND ").join(sql.SQL("t.{} = %s").format(sql.Identifier(c))
+                                   for c in keys))
+    with conn.cursor() as cursor:
+        cursor.executemany(update, [tuple(r[:len(keys)]) for r in stale])
+    inserted = conn.execute(sql.SQL(
+        "INSERT INTO {table} ({cols}) SELECT {cols} FROM {new} ON CONFLICT DO NOTHING").format(
+        table=ident, new=new, cols=_cols(table))).rowcount
+    result.inserted[table] = inserted
+    result.updated[table] = len(stale)
+    result.deleted[table] = deleted
+    result.already_present[table] = new_rows - inserted - len(stale)

@@ -20,9 +20,11 @@ the saver's error; only database errors stop the comparison.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from enum import Enum
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -38,24 +40,46 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.workers import process_pool
+
+
+# Below this many threads a second process does not pay for its start.
+PARALLEL_MIN_THREADS = 200
 
 
 def compare_thread_readback(
     source_path: str | Path, target: Target, threads: Sequence[str],
-    cipher: Cipher | None = None,
+    cipher: Cipher | None = None, workers: int = 1,
 ) -> tuple[list[dict], list[str]]:
-    """Compare the given threads through both savers; return (mismatches, notes)."""
-    serde = cipher.serializer if cipher is not None else JsonPlusSerializer()
+    """Compare the given threads through both savers; return (mismatches, notes).
+
+    With ``workers`` > 1 (and enough threads) the threads are read back in that many
+    processes at once, each from the same private snapshot of the source.
+    """
     with private_snapshot(Path(source_path)) as copy:
-        return _compare_threads(copy, target, threads, serde)
+        if workers <= 1 or len(threads) < PARALLEL_MIN_THREADS:
+            mismatches, normalised = _compare_threads(copy, target, threads, cipher)
+        else:
+            chunks = [list(threads[i::workers]) for i in range(workers)]
+            mismatches, normalised = [], Counter()
+            with process_pool(workers) as pool:
+                for found, counts in pool.map(_compare_threads, repeat(copy), repeat(target),
+                                              chunks, repeat(cipher)):
+                    mismatches.extend(found)
+                    normalised.update(counts)
+            order = {thread_id: n for n, thread_id in enumerate(threads)}
+            mismatches.sort(key=lambda m: order.get(m.get("thread_id"), -1))
+    notes = [f"normalised ({name}): {count}" for name, count in normalised.items() if count]
+    return mismatches, notes
 
 
 def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
-                     serde: Any) -> tuple[list[dict], list[str]]:
+                     cipher: Cipher | None) -> tuple[list[dict], Counter]:
+    serde = cipher.serializer if cipher is not None else JsonPlusSerializer()
     sqlite_conn = sqlite3.connect(copy, check_same_thread=False)
     mismatches: list[dict] = []
-    normalised = {"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0,
-                  "metadata value PostgreSQL cannot hold (see metadata_changes)": 0}
+    normalised = Counter({"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0,
+                          "metadata value PostgreSQL cannot hold (see metadata_changes)": 0})
     try:
         sqlite_saver = SqliteSaver(sqlite_conn, serde=serde)
         sqlite_saver.is_setup = True  # never run setup(): it may create tables or columns
@@ -83,8 +107,7 @@ def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
                             mismatches.extend(_unreadable(name, saver, config, ids, listed))
     finally:
         sqlite_conn.close()
-    notes = [f"normalised ({name}): {count}" for name, count in normalised.items() if count]
-    return mismatches, notes
+    return mismatches, normalised
 
 
 def _listed(saver: Any, config: dict) -> list | Exception:

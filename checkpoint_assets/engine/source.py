@@ -9,13 +9,13 @@ the size of the database.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.rows import CheckpointRow, WriteRow
+from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.snapshot import private_snapshot
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -74,8 +74,14 @@ class SourceDatabase:
         finally:
             self._conn.execute("ROLLBACK")
 
-    def counts(self) -> SourceCounts:
-        """Count checkpoints, writes and distinct threads."""
+    def counts(self, selection: Sequence[str] | None = None) -> SourceCounts:
+        """Count checkpoints, writes and distinct threads (of ``selection`` only, if given:
+        from the fingerprints, see :meth:`fingerprints`)."""
+        if selection is not None:
+            wanted = set(selection)
+            selected = [fp for tid, fp in self.fingerprints().items() if tid in wanted]
+            return SourceCounts(sum(fp[0] for fp in selected), sum(fp[3] for fp in selected),
+                                len(selected))
         checkpoints = self._execute("SELECT count(*) FROM checkpoints").fetchone()[0]
         writes = self._execute("SELECT count(*) FROM writes").fetchone()[0]
         threads = self._execute(
@@ -96,32 +102,66 @@ class SourceDatabase:
         for thread_id, checkpoints, writes in cursor:
             yield ThreadSize(_text(thread_id), checkpoints, writes)
 
-    def checkpoints(self) -> Iterator[CheckpointRow]:
-        """All checkpoint rows in primary-key order."""
+    def checkpoints(self, thread_id: str | None = None) -> Iterator[CheckpointRow]:
+        """All checkpoint rows (or one thread's) in primary-key order."""
+        where, params = _one_thread(thread_id)
         cursor = self._execute(
-            "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
-            "checkpoint, metadata FROM checkpoints "
-            "ORDER BY thread_id, checkpoint_ns, checkpoint_id"
-        )
-        for tid, ns, cid, parent, typ, blob, meta in cursor:
-            yield CheckpointRow(
-                _text(tid), _text(ns), _text(cid), _opt_text(parent), _opt_text(typ),
-                _opt_bytes(blob), _opt_bytes(meta),
-            )
+            f"SELECT {_CHECKPOINT_SELECT} FROM checkpoints {where}"
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id", params)
+        for record in cursor:
+            yield _checkpoint_row(record)
 
-    def writes(self) -> Iterator[WriteRow]:
-        """All writes rows in primary-key order (``task_path`` '' where the column is absent)."""
-        task_path = "task_path" if self.has_task_path else "''"
+    def writes(self, thread_id: str | None = None) -> Iterator[WriteRow]:
+        """All writes rows (or one thread's) in primary-key order (``task_path`` '' where the
+        column is absent)."""
+        where, params = _one_thread(thread_id)
         cursor = self._execute(
-            f"SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
-            "channel, type, value FROM writes "
-            "ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx"
-        )
-        for tid, ns, cid, task_id, path, idx, channel, typ, value in cursor:
-            yield WriteRow(
-                _text(tid), _text(ns), _text(cid), _text(task_id), _text(path), idx,
-                _text(channel), _opt_text(typ), _opt_bytes(value),
-            )
+            f"SELECT {self._write_select()} FROM writes {where}"
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx", params)
+        for record in cursor:
+            yield _write_row(record)
+
+    def thread_rows(self, thread_id: str) -> ThreadRows:
+        """One thread's rows, read through the primary-key indexes (not the whole table)."""
+        return ThreadRows(thread_id, list(self.checkpoints(thread_id)),
+                          list(self.writes(thread_id)))
+
+    def fingerprints(self) -> dict[str, list[int]]:
+        """Every thread's fingerprint: ``[checkpoints, max rowid, sum of rowids, writes, max
+        rowid, sum of rowids]``.
+
+        Read from the primary-key indexes alone (each index entry carries its rowid), never
+        from the rows' blobs. A new, deleted or replaced row changes its thread's
+        fingerprint, except a replaced row that was its table's last row: SQLite gives it
+        the same rowid again (see :meth:`last_row`).
+        """
+        out: dict[str, list[int]] = {}
+        for position, table in ((0, "checkpoints"), (3, "writes")):
+            cursor = self._execute(
+                f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
+                "GROUP BY thread_id")
+            for thread_id, count, highest, total in cursor:
+                entry = out.setdefault(_text(thread_id), [0] * 6)
+                entry[position:position + 3] = [count, highest, total]
+        return out
+
+    def last_row(self, table: str, rowid: int | None = None,
+                 ) -> tuple[int, CheckpointRow | WriteRow] | None:
+        """(rowid, row) of the table's last row (highest rowid), or of the row ``rowid``;
+        None when there is no such row."""
+        select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
+        where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
+        record = self._execute(f"SELECT rowid, {select} FROM {table} {where} "
+                               "ORDER BY rowid DESC LIMIT 1", params).fetchone()
+        if record is None:
+            return None
+        make = _checkpoint_row if table == "checkpoints" else _write_row
+        return record[0], make(record[1:])
+
+    def _write_select(self) -> str:
+        task_path = "task_path" if self.has_task_path else "''"
+        return (f"thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
+                "channel, type, value")
 
     def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:
@@ -134,6 +174,26 @@ class SourceDatabase:
                 "Check that the path points at the application's checkpoint database; "
                 "restore it from a backup if it is damaged.",
             ) from None
+
+
+_CHECKPOINT_SELECT = ("thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
+                      "checkpoint, metadata")
+
+
+def _one_thread(thread_id: str | None) -> tuple[str, tuple]:
+    return ("", ()) if thread_id is None else ("WHERE thread_id = ? ", (thread_id,))
+
+
+def _checkpoint_row(record: tuple) -> CheckpointRow:
+    tid, ns, cid, parent, typ, blob, meta = record
+    return CheckpointRow(_text(tid), _text(ns), _text(cid), _opt_text(parent), _opt_text(typ),
+                         _opt_bytes(blob), _opt_bytes(meta))
+
+
+def _write_row(record: tuple) -> WriteRow:
+    tid, ns, cid, task_id, path, idx, channel, typ, value = record
+    return WriteRow(_text(tid), _text(ns), _text(cid), _text(task_id), _text(path), idx,
+                    _text(channel), _opt_text(typ), _opt_bytes(value))
 
 
 def open_source(path: str | Path) -> SourceDatabase:

@@ -24,9 +24,9 @@ from psycopg import sql
 from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_chain import ExportChain
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
-    export_thread_digests,
     read_batch,
     thread_digests,
 )
@@ -151,7 +151,8 @@ class ExpectedBatch:
 # a cache file beside the export could be edited apart from the export, and a forged
 # expectation would make a tampered target pass, so every process derives what it
 # compares with from the export's digest-verified bytes. Oldest entries go first.
-_EXPECTED_IN_PROCESS: OrderedDict[tuple[str, bool], ExpectedBatch] = OrderedDict()
+_EXPECTED_IN_PROCESS: OrderedDict[tuple[str, bool, frozenset[str] | None], ExpectedBatch] = \
+    OrderedDict()
 _EXPECTED_KEPT = 64
 
 
@@ -174,24 +175,30 @@ def remember_loaded_batch(manifest: ExportManifest, key: str, cipher: Cipher | N
         _LOADED_IN_PROCESS.popitem(last=False)
 
 
-def expected_batch(manifest: ExportManifest, key: str,
-                   cipher: Cipher | None = None) -> ExpectedBatch:
+def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
+                   threads: frozenset[str] | None = None) -> ExpectedBatch:
     """The expected view summary of one batch, derived from the export's verified bytes.
+
+    ``threads``: only these threads of the batch (the others are held by a later sync
+    generation, see export_chain); None: all of them.
 
     Computed once per process and batch digest (the view depends only on the batch's
     bytes, which :func:`read_batch` checks against that digest, and on whether a key
     decrypts them); a batch this process's loader has just read and decoded (see
     :func:`remember_loaded_batch`) is not read or decoded again.
     """
-    memo_key = (manifest.batch(key).sha256, cipher is not None)
+    loaded_key = (manifest.batch(key).sha256, cipher is not None)
+    memo_key = (*loaded_key, threads)
     known = _EXPECTED_IN_PROCESS.get(memo_key)
     if known is not None:
         return known
-    threads, decoded = _LOADED_IN_PROCESS.pop(memo_key, (None, None))
-    if threads is None:
-        threads = list(read_batch(manifest, key))
-    view = source_view(threads, cipher, decoded)
-    expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in threads],
+    rows, decoded = _LOADED_IN_PROCESS.pop(loaded_key, (None, None))
+    if rows is None:
+        rows = list(read_batch(manifest, key, threads))
+    elif threads is not None:
+        rows = [t for t in rows if t.thread_id in threads]
+    view = source_view(rows, cipher, decoded)
+    expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in rows],
                              view.metadata_changes, view.resume_hazards)
     _EXPECTED_IN_PROCESS[memo_key] = expected
     while len(_EXPECTED_IN_PROCESS) > _EXPECTED_KEPT:
@@ -201,15 +208,16 @@ def expected_batch(manifest: ExportManifest, key: str,
 
 def compare_batch(
     target: Target, manifest: ExportManifest, key: str, cipher: Cipher | None = None,
-    conn: Any = None,
+    conn: Any = None, threads: frozenset[str] | None = None,
 ) -> BatchComparison:
-    """Compare one batch of the export with what the target holds for its threads.
+    """Compare one batch of the export (or only ``threads`` of it) with what the target
+    holds for its threads.
 
     The target's rows are always read and digested; the export side comes from
     :func:`expected_batch`. Only when the digests differ is the batch decoded again to
     name every mismatching checkpoint and write.
     """
-    expected = expected_batch(manifest, key, cipher)
+    expected = expected_batch(manifest, key, cipher, threads)
     if conn is None:
         with target.connect() as own:
             rows = target_rows(own, expected.thread_ids)
@@ -220,7 +228,7 @@ def compare_batch(
     content: list[dict] = []
     metadata: list[dict] = []
     if actual_digest != expected.digest:
-        full = source_view(read_batch(manifest, key), cipher)
+        full = source_view(read_batch(manifest, key, threads), cipher)
         content, metadata = _view_mismatches(full, actual)
     return BatchComparison(
         key=key,
@@ -269,16 +277,22 @@ def _view_mismatches(expected: BatchView, actual: BatchView) -> tuple[list[dict]
     return content, metadata
 
 
-def source_drift(source_path: str | Path, manifest: ExportManifest) -> dict[str, list[str]]:
-    """Threads whose rows in the SQLite source differ from the export right now.
+def source_drift(source_path: str | Path, manifest: ExportManifest | ExportChain,
+                 ) -> dict[str, list[str]]:
+    """Threads whose rows in the SQLite source differ from the export (or from the state
+    its sync generations reached) right now; only the chain's selection, if it has one.
 
     Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
     """
-    exported = {tid: sha for tid, sha, _, _ in export_thread_digests(manifest)}
+    chain = _as_chain(manifest)
+    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()}
+    selection = set(chain.selection) if chain.selection is not None else None
     source = open_source(source_path)
     try:
         with source.snapshot():
-            current = dict(thread_digests(source.checkpoints(), source.writes()))
+            current = {tid: sha for tid, sha in thread_digests(source.checkpoints(),
+                                                               source.writes())
+                       if selection is None or tid in selection}
     finally:
         source.close()
     return {
@@ -296,12 +310,17 @@ def target_table_counts(target: Target) -> dict[str, int]:
             for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")}
 
 
-def readback_sample(manifest: ExportManifest, size: int | None) -> list[str]:
+def readback_sample(manifest: ExportManifest | ExportChain, size: int | None) -> list[str]:
     """Threads to read back through the official savers: all (size None) or a fixed sample."""
-    threads = [tid for tid, _, _, _ in export_thread_digests(manifest)]
+    chain = _as_chain(manifest)
+    threads = [tid for tid, _, _, _ in chain.thread_digests()]
     if size is None or size >= len(threads):
         return threads
-    return sorted(random.Random(manifest.content_sha256).sample(threads, size))
+    return sorted(random.Random(chain.content_sha256).sample(threads, size))
+
+
+def _as_chain(expected: ExportManifest | ExportChain) -> ExportChain:
+    return expected if isinstance(expected, ExportChain) else ExportChain([expected])
 
 
 def verify_migration(
@@ -314,8 +333,13 @@ def verify_migration(
     progress: Any = None,
     workers: int | None = None,
     readback_all_hint: str = "",
+    chain: ExportChain | None = None,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
+
+    ``chain``: the export's sync generations (export_chain): the target is then compared
+    with the state they reached (each live thread with the generation holding it), and
+    the source with that state. Without it, the export ``manifest`` alone is the state.
 
     ``readback_threads`` None reads back every thread through the official savers;
     ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
@@ -326,8 +350,9 @@ def verify_migration(
     """
     require_target_tables(target)
     try:
-        return _verify_migration(manifest, target, source_path, cipher, readback_threads,
-                                 progress, workers, readback_all_hint)
+        return _verify_migration(manifest, chain or ExportChain([manifest]), target,
+                                 source_path, cipher, readback_threads, progress, workers,
+                                 readback_all_hint)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -355,7 +380,7 @@ class MissingTablesError(MigrationError):
     """The target has no PostgresSaver tables to verify against."""
 
 
-def _verify_migration(manifest: ExportManifest, target: Target,
+def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Target,
                       source_path: str | Path | None, cipher: Cipher | None,
                       readback_threads: int | None, progress: Any,
                       workers: int | None, readback_all_hint: str) -> VerificationReport:
@@ -363,23 +388,22 @@ def _verify_migration(manifest: ExportManifest, target: Target,
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     with ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
-        source_state = beside.submit(_source_state, source_path, manifest) \
+        source_state = beside.submit(_source_state, source_path, chain) \
             if source_path is not None else None
-        comparisons = compare_batches(
-            manifest, target, cipher,
-            workers=workers_for(manifest) if workers is None else workers,
-            progress=progress)
+        workers = workers_for(manifest) if workers is None else workers
+        comparisons = compare_batches(manifest, target, cipher, workers=workers,
+                                      progress=progress, chain=chain)
         sqlite_counts, drift = source_state.result() if source_state is not None \
             else (None, {"changed": [], "added": [], "removed": []})
-    counts = {"export": {"checkpoints": manifest.checkpoints,
-                         "checkpoint_writes": manifest.writes},
+    counts = {"export": {"checkpoints": chain.checkpoints,
+                         "checkpoint_writes": chain.writes},
               "expected_target": _sum_counts(c.expected_counts for c in comparisons),
               "target": _sum_counts(c.actual_counts for c in comparisons),
               "target_tables": target_table_counts(target)}
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
-                        readback_all_hint, comparisons, counts, drift)
+                        readback_all_hint, comparisons, counts, drift, chain, workers)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
@@ -401,6 +425,8 @@ class Findings:
     comparisons: list[BatchComparison]
     counts: dict[str, dict[str, int]]
     drift: dict[str, list[str]]
+    chain: ExportChain  # the expected state: the export and its sync generations
+    workers: int = 1  # processes the read-back may use
 
 
 def check_count_match(f: Findings) -> CheckOutcome:
@@ -410,8 +436,8 @@ def check_count_match(f: Findings) -> CheckOutcome:
         {"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts}
         for c in f.comparisons if c.expected_counts != c.actual_counts]
     sqlite_ok = f.source_path is None or (
-        counts["sqlite"]["checkpoints"] == f.manifest.checkpoints
-        and counts["sqlite"]["checkpoint_writes"] == f.manifest.writes)
+        counts["sqlite"]["checkpoints"] == f.chain.checkpoints
+        and counts["sqlite"]["checkpoint_writes"] == f.chain.writes)
     return CheckOutcome(
         COUNT_MATCH, passed=(not count_mismatches
                              and counts["expected_target"] == counts["target"] and sqlite_ok),
@@ -439,8 +465,8 @@ def check_metadata_integrity(f: Findings) -> CheckOutcome:
     changes = sum(len(c.metadata_changes) for c in f.comparisons)
     return CheckOutcome(
         METADATA_INTEGRITY, passed=not metadata,
-        expected=f.manifest.checkpoints,
-        actual=f.manifest.checkpoints - len(metadata),
+        expected=f.chain.checkpoints,
+        actual=f.chain.checkpoints - len(metadata),
         mismatches=metadata[:MAX_LISTED], mismatch_count=len(metadata),
         notes=[f"{changes} metadata value(s) PostgreSQL cannot hold were changed; "
                "see metadata_changes."] if changes else [])
@@ -452,7 +478,7 @@ def check_source_matches_export(f: Findings) -> CheckOutcome:
     drifted = drift["changed"] + drift["added"] + drift["removed"]
     return CheckOutcome(
         SOURCE_MATCHES_EXPORT, passed=not drifted,
-        expected=f.manifest.content_sha256, actual="unchanged" if not drifted else drift,
+        expected=f.chain.content_sha256, actual="unchanged" if not drifted else drift,
         mismatches=[{"thread_id": t, "problem": kind} for kind, ts in drift.items()
                     for t in ts][:MAX_LISTED],
         mismatch_count=len(drifted),
@@ -462,12 +488,12 @@ def check_source_matches_export(f: Findings) -> CheckOutcome:
 def check_official_readback(f: Findings) -> CheckOutcome:
     """SqliteSaver.list equals PostgresSaver.list for the sampled (or every) thread."""
     assert f.source_path is not None
-    threads = readback_sample(f.manifest, f.readback_threads)
+    threads = readback_sample(f.chain, f.readback_threads)
     read_mismatches, notes = compare_thread_readback(f.source_path, f.target, threads,
-                                                     f.cipher)
-    if len(threads) < f.manifest.threads:
+                                                     f.cipher, workers=f.workers)
+    if len(threads) < f.chain.threads:
         how = f" with {f.readback_all_hint}" if f.readback_all_hint else ""
-        notes = [*notes, f"A sample of {len(threads)} of {f.manifest.threads} threads; "
+        notes = [*notes, f"A sample of {len(threads)} of {f.chain.threads} threads; "
                          f"read back every thread{how}."]
     return CheckOutcome(
         OFFICIAL_READBACK, passed=not read_mismatches,
@@ -579,36 +605,41 @@ def _drifted_threads(outcome: CheckOutcome) -> list[dict]:
 
 
 def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | None = None,
-                    *, workers: int = 1, progress: Any = None) -> list[BatchComparison]:
-    """:func:`compare_batch` for every batch of the export, in export order, in ``workers``
-    processes; ``progress(checkpoints)`` after each batch."""
-    keys = [entry.key for entry in manifest.batches]
+                    *, workers: int = 1, progress: Any = None,
+                    chain: ExportChain | None = None) -> list[BatchComparison]:
+    """:func:`compare_batch` for every batch of the export (with ``chain``: every batch of
+    its generations, each for the threads it still holds), in export order, in
+    ``workers`` processes; ``progress(checkpoints)`` after each batch."""
+    items = (chain or ExportChain([manifest])).live_batches()
+    manifests, keys, threads = [m for m, _, _ in items], [k for _, k, _ in items], \
+        [t for _, _, t in items]
     if workers <= 1 or len(keys) <= 1:
-        results = (compare_batch(target, manifest, key, cipher) for key in keys)
-        return [_progressed(result, manifest, progress) for result in results]
+        results = map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
+                      repeat(None), threads)
+        return [_progressed(result, progress) for result in results]
     with process_pool(min(workers, len(keys))) as pool:
-        results = pool.map(compare_batch, repeat(target), repeat(manifest), keys,
-                           repeat(cipher))
-        return [_progressed(result, manifest, progress) for result in results]
+        results = pool.map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
+                           repeat(None), threads)
+        return [_progressed(result, progress) for result in results]
 
 
-def _progressed(comparison: BatchComparison, manifest: ExportManifest,
-                progress: Any) -> BatchComparison:
-    if progress is not None:
-        progress(manifest.batch(comparison.key).checkpoints)
+def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
+    if progress is not None:  # the checkpoints compared: the batch's, or its live threads'
+        progress(comparison.expected_counts["checkpoints"])
     return comparison
 
 
 def _source_state(source_path: str | Path,
-                  manifest: ExportManifest) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """The SQLite source's counts now, and its threads that differ from the export."""
+                  chain: ExportChain) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """The SQLite source's counts now (of the chain's selection, if it has one), and its
+    threads that differ from the expected state."""
     src = open_source(source_path)
     try:
-        sc = src.counts()
+        sc = src.counts(chain.selection)
     finally:
         src.close()
     counts = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
-    return counts, source_drift(source_path, manifest)
+    return counts, source_drift(source_path, chain)
 
 
 def _sum_counts(items: Any) -> dict[str, int]:

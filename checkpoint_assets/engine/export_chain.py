@@ -1,0 +1,332 @@
+"""The chain of export generations: a full export (generation 0) and the syncs after it.
+
+A sync writes generation n beside the export (``<export>.sync-000n``, the same file format)
+holding only the threads whose content changed since generation n-1, whole, and the
+source's state (:class:`SourceState`: every thread's fingerprint, digest and the generation
+holding its rows). The chain defines what the target must hold: each live thread's rows
+come from the latest generation holding it; threads deleted in the source are listed in
+the header of the sync that noticed them. Every generation's header names the footer
+digest of the one before, so a stale or foreign file breaks the chain and is refused.
+
+How a sync finds changes, at a cost that follows the change: the source's per-thread
+fingerprints (count, max and sum of rowids per table, read from the primary-key indexes)
+are compared with the previous state; the threads whose fingerprint differs are read and
+digested, and only those whose digest differs are written. Why a fingerprint cannot stay
+the same when a thread's rows change: SqliteSaver only inserts (a new row raises the
+count), replaces (``INSERT OR REPLACE``: SQLite picks the new row's rowid, the table's
+max + 1, before it deletes the old row, so the thread's max and sum grow, even for the
+table's last row) and deletes whole threads. Only a rowid used again can fool it: after
+the rows with the highest rowids were deleted, a new row may get a rowid a deleted row
+had. Each generation records its tables' last rows; when the row at that rowid now holds
+other content, rowids were reused and every thread is digested that time (read whole).
+``write_sync(..., read_every_thread=True)`` does the same on request (the cutover does
+when its verification finds the source differs from the chain's state).
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.export_file import (
+    GENERATION_SUFFIX,
+    ExportManifest,
+    SourceState,
+    export_thread_digests,
+    read_batch,
+    read_manifest,
+    read_source_state,
+    read_state,
+    require_same_source,
+    row_sha256,
+    thread_digests,
+    write_generation,
+)
+from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.source import open_source
+
+
+def generation_path(export_path: str | Path, generation: int) -> Path:
+    """Where generation ``generation`` of an export lives (0: the export itself)."""
+    export_path = Path(export_path)
+    if generation == 0:
+        return export_path
+    return export_path.with_name(f"{export_path.name}{GENERATION_SUFFIX}{generation:04d}")
+
+
+@dataclass
+class ExportChain:
+    """An export and its sync generations, read from their footers and the last state."""
+
+    generations: list[ExportManifest]
+    _states: dict[int, SourceState] = field(default_factory=dict)
+
+    @property
+    def export(self) -> ExportManifest:
+        """Generation 0: the full export."""
+        return self.generations[0]
+
+    @property
+    def latest(self) -> ExportManifest:
+        """The newest generation."""
+        return self.generations[-1]
+
+    @property
+    def selection(self) -> list[str] | None:
+        """The threads the chain is restricted to (--threads), or None: every thread."""
+        return self.export.selection
+
+    @property
+    def state(self) -> SourceState:
+        """The source state as of the newest generation: the expected target."""
+        return self.state_at(len(self.generations) - 1)
+
+    def state_at(self, generation: int) -> SourceState:
+        """The source state generation ``generation`` recorded (an export written before
+        states existed: its threads' digests, with no fingerprints)."""
+        if generation not in self._states:
+            manifest = self.generations[generation]
+            state = read_state(manifest)
+            if state is None:
+                state = SourceState(
+                    {tid: [c, None, None, w, None, None, sha, generation]
+                     for tid, sha, c, w in export_thread_digests(manifest)},
+                    {}, manifest.header.get("created_at", ""))
+            self._states[generation] = state
+        return self._states[generation]
+
+    @property
+    def synced(self) -> bool:
+        """Whether any sync generation follows the export (else the export alone is the
+        expected state, and its footer's figures are used as they are)."""
+        return len(self.generations) > 1
+
+    @property
+    def threads(self) -> int:
+        """Live threads of the expected state."""
+        return len(self.state.threads) if self.synced else self.export.threads
+
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints of the expected state."""
+        return self.state.checkpoints if self.synced else self.export.checkpoints
+
+    @property
+    def writes(self) -> int:
+        """Writes of the expected state."""
+        return self.state.writes if self.synced else self.export.writes
+
+    @cached_property
+    def content_sha256(self) -> str:
+        """Digest of the expected state's content (as a full export of it would state)."""
+        return self.state.digest() if self.synced else self.export.content_sha256
+
+    @property
+    def snapshot_at(self) -> str:
+        """When the newest generation read the source."""
+        return self.state.snapshot_at
+
+    @property
+    def deleted(self) -> list[str]:
+        """Threads deleted in the source after they were exported (and not re-created)."""
+        live = self.state.threads
+        return sorted({tid for m in self.generations[1:]
+                       for tid in m.header.get("deleted_threads") or ()} - set(live))
+
+    def thread_digests(self) -> Iterator[tuple[str, str, int, int]]:
+        """(thread_id, sha256, checkpoints, writes) of every live thread, in order."""
+        if not self.synced:
+            yield from export_thread_digests(self.export)
+            return
+        state = self.state
+        for tid in sorted(state.threads):
+            entry = state.threads[tid]
+            yield tid, entry[state.SHA], entry[0], entry[3]
+
+    def live_batches(self) -> list[tuple[ExportManifest, str, frozenset[str] | None]]:
+        """Every (generation, batch key, threads) whose rows the target must hold: the
+        threads of the batch this generation still holds (None: all of them)."""
+        if not self.synced:
+            return [(self.export, entry.key, None) for entry in self.export.batches]
+        state = self.state
+        held: dict[int, list[str]] = {}
+        for tid in sorted(state.threads):
+            held.setdefault(state.threads[tid][state.GENERATION], []).append(tid)
+        out: list[tuple[ExportManifest, str, frozenset[str] | None]] = []
+        for manifest in self.generations:
+            mine = held.get(manifest.generation, [])
+            for entry in manifest.batches:
+                inside = _between(mine, entry.first_thread, entry.last_thread)
+                if inside:
+                    out.append((manifest, entry.key,
+                                None if len(inside) == entry.threads else frozenset(inside)))
+        return out
+
+    def rows_before(self, thread_ids: Sequence[str], generation: int) -> list[ThreadRows]:
+        """The rows these threads had as of generation ``generation - 1`` (what this tool
+        loaded for them before), read from the generations that held them. A thread
+        deleted in the source before then (its rows kept in the target) counts with its
+        rows before it was deleted; threads that never existed are left out."""
+        state = self.state_at(generation - 1)
+        deleted_at = {tid: m.generation for m in self.generations[1:generation]
+                      for tid in m.header.get("deleted_threads") or ()}
+        wanted: dict[tuple[int, str], set[str]] = {}
+        for tid in thread_ids:
+            entry = state.threads.get(tid)
+            if entry is None and tid in deleted_at:
+                earlier = self.state_at(deleted_at[tid] - 1)
+                entry = earlier.threads.get(tid)
+                state_of_entry = earlier
+            else:
+                state_of_entry = state
+            if entry is None:
+                continue
+            holder = self.generations[entry[state_of_entry.GENERATION]]
+            key = _batch_of(holder, tid)
+            if key is not None:
+                wanted.setdefault((holder.generation, key), set()).add(tid)
+        rows: list[ThreadRows] = []
+        for (holder, key), tids in sorted(wanted.items()):
+            rows.extend(read_batch(self.generations[holder], key, tids))
+        return sorted(rows, key=lambda t: t.thread_id)
+
+
+def _between(sorted_ids: list[str], first: str, last: str) -> list[str]:
+    return sorted_ids[bisect.bisect_left(sorted_ids, first):
+                      bisect.bisect_right(sorted_ids, last)]
+
+
+def _batch_of(manifest: ExportManifest, thread_id: str) -> str | None:
+    for entry in manifest.batches:
+        if entry.first_thread <= thread_id <= entry.last_thread:
+            return entry.key
+    return None
+
+
+def load_chain(export_path: str | Path) -> ExportChain:
+    """The export at ``export_path`` and every sync generation after it, each link checked
+    (its header names the previous generation's footer digest)."""
+    generations = [read_manifest(export_path)]
+    while True:
+        path = generation_path(export_path, len(generations))
+        if not path.exists():
+            return ExportChain(generations)
+        manifest = read_manifest(path)
+        previous = generations[-1]
+        if (manifest.header.get("previous_export_sha256") != previous.footer_sha256
+                or manifest.generation != len(generations)):
+            raise MigrationError(
+                f"Sync generation {path} does not follow {previous.path} (it belongs to "
+                "another export of this source).",
+                f"Delete the files {Path(export_path).name}{GENERATION_SUFFIX}* from "
+                f"{path.parent} from {path.name} on, then run the sync again.")
+        generations.append(manifest)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync found in the source and wrote (``manifest`` None: nothing changed)."""
+
+    manifest: ExportManifest | None
+    generation: int
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+    threads_read: int  # threads whose rows were read and digested
+    read_every_thread: bool  # rowids were reused (or asked): every thread was digested
+    snapshot_at: str
+    seconds: float
+
+    @property
+    def moved(self) -> bool:
+        """Whether the sync wrote a generation (something changed)."""
+        return self.manifest is not None
+
+
+def write_sync(source_path: str | Path, export_path: str | Path, *,
+               read_every_thread: bool = False) -> SyncResult:
+    """Write the next generation of the export at ``export_path`` with what changed in the
+    source since the newest generation; nothing is written when nothing changed.
+
+    One snapshot of the source is read: the fingerprints (indexes only), each table's
+    recorded last row, then the rows of the threads whose fingerprint changed. Two syncs
+    of one export (the sensor's and a command's) take turns: each holds an exclusive lock
+    on the export file while it reads the chain and writes the next generation.
+    """
+    with _exclusive(Path(export_path)):
+        return _write_sync(source_path, export_path, read_every_thread)
+
+
+@contextmanager
+def _exclusive(export_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on the export file (released when the process ends)."""
+    try:
+        handle = export_path.open("rb")
+    except OSError:
+        read_manifest(export_path)  # says that the export does not exist, what to do
+        raise
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _write_sync(source_path: str | Path, export_path: str | Path,
+                read_every_thread: bool) -> SyncResult:
+    started = time.perf_counter()
+    chain = load_chain(export_path)
+    require_same_source(chain.export, source_path)
+    previous = chain.state
+    generation = len(chain.generations)
+    source = open_source(source_path)
+    try:
+        with source.snapshot():
+            state = read_source_state(source, chain.selection)
+            suspects = {tid for tid, entry in state.threads.items()
+                        if tid not in previous.threads
+                        or previous.threads[tid][previous.FINGERPRINT]
+                        != entry[state.FINGERPRINT]}
+            for table, recorded in previous.last_rows.items():
+                now = source.last_row(table, recorded[0]) if recorded is not None else None
+                if now is not None and row_sha256(now[1]) != recorded[2]:
+                    read_every_thread = True  # the rowid was used again
+            if read_every_thread or not previous.last_rows:
+                suspects = set(state.threads)
+            for tid, entry in state.threads.items():
+                if tid not in suspects:
+                    entry[state.SHA:] = previous.threads[tid][previous.SHA:]
+            added: list[str] = []
+            changed: list[str] = []
+
+            def changed_threads() -> Iterator[ThreadRows]:
+                for tid in sorted(suspects & state.threads.keys()):
+                    rows = source.thread_rows(tid)
+                    sha = next(thread_digests(iter(rows.checkpoints), iter(rows.writes)))[1]
+                    old = previous.threads.get(tid)
+                    if old is not None and old[previous.SHA] == sha:
+                        state.threads[tid][state.SHA:] = old[previous.SHA:]
+                        continue
+                    (changed if old is not None else added).append(tid)
+                    yield rows
+
+            deleted = sorted(previous.threads.keys() - state.threads.keys())
+            path = generation_path(export_path, generation)
+            write_generation(
+                source, path, changed_threads(), state, generation=generation,
+                batch_size=int(chain.export.header.get("batch_size") or 1000),
+                header={"previous_export_sha256": chain.latest.footer_sha256,
+                        "deleted_threads": deleted, "selection": chain.selection})
+    finally:
+        source.close()
+    manifest: ExportManifest | None = read_manifest(path)
+    if not (added or changed or deleted):
+        path.unlink()
+        manifest = None
+    return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
+                      read_every_thread, state.snapshot_at, time.perf_counter() - started)

@@ -1,0 +1,91 @@
+"""Dagster keeps PostgreSQL in step: the source_changed_sync sensor, evaluated directly.
+
+The sensor (stopped by default) notices the SQLite file changed and requests a sync run;
+the sync is a new materialization of the export asset whose batches become new partitions
+(``g<export id>-s0001-b00001``); the sensor then requests their loads, each with its
+``batch_matches_export`` result; the verification covers the export and the sync.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from pathlib import Path
+
+from checkpoint_assets.partitions import (
+    BATCH_MATCHES_EXPORT,
+    BATCH_PARTITIONS_NAME,
+    EXPORT_ASSET,
+    VERIFICATION_ASSET,
+)
+from checkpoint_assets.sync_sensor import (
+    SYNC_BATCHES_JOB,
+    SYNC_JOB,
+    SYNC_SENSOR,
+    source_changed_sync,
+)
+from checkpoint_assets_tests.dagster_support import (
+    check_results,
+    definitions,
+    materialize,
+    migrate,
+    write_corpus,
+)
+from checkpoint_assets_tests.test_changing_source import running_application
+from langchain_core.messages import HumanMessage
+
+pytestmark = [pytest.mark.timeout(180)]
+
+
+def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance,
+             cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+    """One tick of the sensor, as the daemon would run it."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                      sensor_name=SYNC_SENSOR, resources=defs.resources)
+    return source_changed_sync(context)
+
+
+def test_the_sensor_syncs_a_changed_source_into_new_partitions(
+        tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed source -> sync run -> new partitions loaded -> verification passes."""
+    monkeypatch.setenv("CHECKPOINT_ASSETS_TARGET_DSN", target_dsn)
+    source, export = write_corpus(tmp_path / "app.sqlite", threads=4), tmp_path / "app.export"
+    defs = definitions(source, export, batch_size=10)
+    assert source_changed_sync.default_status == dg.DefaultSensorStatus.STOPPED
+    with dg.DagsterInstance.ephemeral() as instance:
+        migrate(defs, instance)
+        first = evaluate(defs, instance, None)
+        assert isinstance(first, dg.SensorResult)  # no cursor yet: a sync is requested
+        quiet = evaluate(defs, instance, first.cursor)
+        assert isinstance(quiet, dg.SkipReason)
+
+        with running_application(source) as graph:
+            graph.invoke({"messages": [HumanMessage(content="Where is A-4242?", id="h-0")],
+                          "customer": "Late Customer", "order_id": "A-4242"},
+                         {"configurable": {"thread_id": "support-late"}})
+        changed = evaluate(defs, instance, first.cursor)
+        assert isinstance(changed, dg.SensorResult) and changed.cursor != first.cursor
+        assert [r.job_name for r in changed.run_requests] == [SYNC_JOB]
+
+        sync = defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance)
+        assert sync.success
+        metadata = sync.asset_materializations_for_node(EXPORT_ASSET.path[-1])[0].metadata
+        assert metadata["sync_generation"].value == 1
+        assert metadata["threads_added"].value == 1
+        new_keys = [k for k in instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
+                    if "-s0001-b" in k]
+        assert new_keys
+
+        loads = evaluate(defs, instance, changed.cursor)
+        assert isinstance(loads, dg.SensorResult)
+        assert [(r.job_name, r.partition_key) for r in loads.run_requests] == [
+            (SYNC_BATCHES_JOB, k) for k in new_keys]
+        job = defs.resolve_job_def(SYNC_BATCHES_JOB)
+        for key in new_keys:
+            run = job.execute_in_process(instance=instance, partition_key=key)
+            assert check_results(run, instance)[BATCH_MATCHES_EXPORT].passed
+        assert isinstance(evaluate(defs, instance, changed.cursor), dg.SkipReason)
+
+        verification = materialize(defs, instance, VERIFICATION_ASSET)
+        assert verification.success
+        assert all(e.passed for e in check_results(verification, instance).values())
