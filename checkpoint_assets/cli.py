@@ -471,15 +471,25 @@ def _sync_json(report: SyncReport) -> dict[str, Any]:
 def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
-    and no writer touched the source meanwhile."""
+    and no writer touched the source meanwhile.
+
+    Before it waits, while writers may still write, it syncs and compares every thread
+    (certified: with PostgreSQL's SHA-256 of the rows compared); after the final sync the
+    verification compares again only what changed since, so the window follows the last
+    changes rather than the size of the database.
+    """
+    print("Catch-up sync and a first verification of every thread while writers may still "
+          "write (before the cutover window)...", flush=True)
+    print(_sync(args, settings).render(), flush=True)
+    target = Target(settings.target_dsn or "", args.schema)
+    first = _verify_chain(args, load_chain(args.export), target, certify=True)
     last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds)
     quiet_at = time.time()
     print(f"Source quiet since {_clock(last_write)}; final sync...", flush=True)
     synced = _sync(args, settings)
     print(synced.render(), flush=True)
     chain = load_chain(args.export)
-    target = Target(settings.target_dsn or "", args.schema)
-    report = _verify_chain(args, chain, target)
+    report = _verify_chain(args, chain, target, certify=True, earlier=first)
     if not report.checks[SOURCE_MATCHES_EXPORT].passed \
             and source_files_state(args.source) == quiet_files:
         # The fingerprints missed a change (rowids used again): digest every thread.
@@ -487,7 +497,7 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
               "digested...", flush=True)
         synced = _sync(args, settings, read_every_thread=True)
         chain = load_chain(args.export)
-        report = _verify_chain(args, chain, target)
+        report = _verify_chain(args, chain, target, certify=True, earlier=first)
     proven_at = time.time()
     untouched = source_files_state(args.source) == quiet_files
     passed = report.passed and untouched
@@ -515,15 +525,17 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if passed else EXIT_MISMATCH
 
 
-def _verify_chain(args: argparse.Namespace, chain: ExportChain,
-                  target: Target) -> VerificationReport:
-    """The cutover's verification: every live thread, read back through both savers."""
+def _verify_chain(args: argparse.Namespace, chain: ExportChain, target: Target, *,
+                  certify: bool = False,
+                  earlier: VerificationReport | None = None) -> VerificationReport:
+    """The cutover's verification: every live thread, read back through both savers
+    (``certify``, ``earlier``: see verify_migration)."""
     with progress("verify", chain.checkpoints) as advance:
         return verify_migration(chain.export, target, source_path=args.source,
                                 cipher=_cipher(args), readback_threads=None,
                                 progress=advance,
                                 workers=workers_for(chain.export, args.workers),
-                                chain=chain)
+                                chain=chain, certify=certify, earlier=earlier)
 
 
 def _clock(seconds: float) -> str:

@@ -427,3 +427,46 @@ def test_an_edited_source_state_is_refused(sample_db: Path, tmp_path: Path) -> N
         read_state(read_manifest(edited))
     with pytest.raises(MigrationError, match="do not match the digest in its footer"):
         verify_export(edited)
+
+
+def test_a_certified_verification_compares_again_only_what_changed_since(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The cutover's short window: a first certified verification (while the application
+    still writes) compares every batch and reads back every thread; after a sync the
+    second compares again only batches whose rows changed since (new rows from the sync,
+    a row someone changed in PostgreSQL, caught and named) and reads back only their
+    threads."""
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    chain = load_chain(export)
+    first = verify_migration(chain.export, target, source_path=source, readback_threads=None,
+                             workers=1, chain=chain, certify=True)
+    assert first.passed and not any(c.reused for c in first.batches)
+    assert first.read_back_equal == {tid for c in first.batches for tid in c.thread_ids}
+
+    run(source, resume_and_new_turn)
+    sync_target(source, export, target)
+    chain = load_chain(export)
+    second = verify_migration(chain.export, target, source_path=source,
+                              readback_threads=None, workers=1, chain=chain, certify=True,
+                              earlier=first)
+    assert second.passed, {n: c.mismatches[:3] for n, c in second.checks.items()}
+    compared = {tid for c in second.batches if not c.reused for tid in c.thread_ids}
+    assert {"rich-approve", "rich-basic"} <= compared
+    assert any(c.reused for c in second.batches)
+    assert second.read_back_equal == first.read_back_equal
+    assert any("not read back again" in note
+               for note in second.checks["official_saver_readback"].notes)
+
+    # Someone changes a row of a thread whose batch was taken over: compared again, caught.
+    untouched = next(c for c in second.batches if c.reused)
+    thread = untouched.thread_ids[0]
+    with psycopg.connect(target_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE checkpoints SET metadata = metadata || '{\"edited\": 1}' "
+                     "WHERE thread_id = %s", (thread,))
+    third = verify_migration(chain.export, target, source_path=source, readback_threads=None,
+                             workers=1, chain=chain, certify=True, earlier=second)
+    assert not third.passed
+    rechecked = next(c for c in third.batches if thread in c.thread_ids)
+    assert not rechecked.reused and not rechecked.passed
+    assert thread not in third.read_back_equal

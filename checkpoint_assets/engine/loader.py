@@ -38,6 +38,8 @@ from checkpoint_assets.engine.export_chain import ExportChain
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.target import (
+    COLUMNS,
+    PRIMARY_KEYS,
     Target,
     TargetUnreachableError,
     refresh_statistics,
@@ -45,26 +47,6 @@ from checkpoint_assets.engine.target import (
 )
 from checkpoint_assets.engine.verify import remember_loaded_batch
 
-COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
-    "checkpoints": (
-        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
-        ("parent_checkpoint_id", "text"), ("checkpoint", "jsonb"), ("metadata", "jsonb"),
-    ),
-    "checkpoint_blobs": (
-        ("thread_id", "text"), ("checkpoint_ns", "text"), ("channel", "text"),
-        ("version", "text"), ("type", "text"), ("blob", "bytea"),
-    ),
-    "checkpoint_writes": (
-        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
-        ("task_id", "text"), ("task_path", "text"), ("idx", "int4"), ("channel", "text"),
-        ("type", "text"), ("blob", "bytea"),
-    ),
-}
-PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("thread_id", "checkpoint_ns", "checkpoint_id"),
-    "checkpoint_blobs": ("thread_id", "checkpoint_ns", "channel", "version"),
-    "checkpoint_writes": ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
-}
 # Columns whose equality means "the same row"; the writes' task_path is part of content.
 CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "checkpoints": ("parent_checkpoint_id", "checkpoint", "metadata"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import re
 import time
@@ -17,6 +18,27 @@ from checkpoint_assets.engine.errors import FailureKind, MigrationError
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 MIGRATIONS_TABLE = "checkpoint_migrations"
+# PostgresSaver's tables: their columns (with the type COPY sends) and primary keys.
+COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "checkpoints": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
+        ("parent_checkpoint_id", "text"), ("checkpoint", "jsonb"), ("metadata", "jsonb"),
+    ),
+    "checkpoint_blobs": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("channel", "text"),
+        ("version", "text"), ("type", "text"), ("blob", "bytea"),
+    ),
+    "checkpoint_writes": (
+        ("thread_id", "text"), ("checkpoint_ns", "text"), ("checkpoint_id", "text"),
+        ("task_id", "text"), ("task_path", "text"), ("idx", "int4"), ("channel", "text"),
+        ("type", "text"), ("blob", "bytea"),
+    ),
+}
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("thread_id", "checkpoint_ns", "checkpoint_id"),
+    "checkpoint_blobs": ("thread_id", "checkpoint_ns", "channel", "version"),
+    "checkpoint_writes": ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"),
+}
 # The schema version PostgresSaver.setup() leaves: the index of its last migration.
 LATEST_SCHEMA_VERSION = len(PostgresSaver.MIGRATIONS) - 1
 # What loading needs on tables an owner set up: read the version, read and add rows.
@@ -316,3 +338,24 @@ def _library_version() -> str:
         return importlib.metadata.version("langgraph-checkpoint-postgres")
     except importlib.metadata.PackageNotFoundError:
         return "(version unknown)"
+
+
+def rows_sha256(conn: psycopg.Connection, threads: Sequence[str]) -> str:
+    """SHA-256 of every row these threads have in PostgresSaver's tables, computed by
+    PostgreSQL: equal only while the rows are byte for byte the same (a row added, changed
+    or removed changes it). Read in the caller's transaction, so with the rows a caller
+    compared in the same snapshot it certifies exactly those rows."""
+    parts = []
+    for table in TABLES:
+        # A blob is hashed on its own: the row's text would spell it out in hex first.
+        fields = sql.SQL(", ").join(
+            sql.SQL("md5({})").format(sql.Identifier(name)) if pg_type == "bytea"
+            else sql.Identifier(name) for name, pg_type in COLUMNS[table])
+        order = sql.SQL(", ").join(sql.Identifier(name) for name in PRIMARY_KEYS[table])
+        parts.append(sql.SQL(
+            "(SELECT coalesce(md5(string_agg(md5(row({fields})::text), '' ORDER BY {order})),"
+            " '') FROM {table} WHERE thread_id = ANY(%(threads)s))").format(
+            fields=fields, order=order, table=sql.Identifier(table)))
+    query = sql.SQL("SELECT {}").format(sql.SQL(" || '/' || ").join(parts))
+    row = conn.execute(query, {"threads": list(threads)}).fetchone()
+    return hashlib.sha256(f"{sorted(threads)}\x00{row[0] if row else ''}".encode()).hexdigest()

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import TABLES, Target, refresh_statistics_of, scrub
+from checkpoint_assets.engine.target import (
+    TABLES,
+    Target,
+    refresh_statistics_of,
+    rows_sha256,
+    scrub,
+)
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
@@ -92,6 +98,13 @@ class BatchComparison:
     metadata_mismatches: list[dict]
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
+    # What was compared, and (certified comparisons) the SHA-256 PostgreSQL computed of the
+    # target rows in the same snapshot: while it stays the same, so does this result.
+    batch_sha256: str = ""
+    threads: frozenset[str] | None = None
+    thread_ids: list[str] = field(default_factory=list)
+    target_rows_sha256: str = ""
+    reused: bool = False  # taken over from an earlier verification (rows unchanged since)
 
     @property
     def passed(self) -> bool:
@@ -110,6 +123,9 @@ class VerificationReport:
     metadata_changes: list[dict]
     seconds: float
     batches: list[BatchComparison] = field(default_factory=list)
+    # Threads read back equal through both savers (in this run, or in the earlier one a
+    # certified run took them over from).
+    read_back_equal: frozenset[str] = frozenset()
 
     @property
     def passed(self) -> bool:
@@ -209,20 +225,31 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
 def compare_batch(
     target: Target, manifest: ExportManifest, key: str, cipher: Cipher | None = None,
     conn: Any = None, threads: frozenset[str] | None = None,
+    earlier: BatchComparison | None = None, certify: bool = False,
 ) -> BatchComparison:
     """Compare one batch of the export (or only ``threads`` of it) with what the target
     holds for its threads.
 
     The target's rows are always read and digested; the export side comes from
     :func:`expected_batch`. Only when the digests differ is the batch decoded again to
-    name every mismatching checkpoint and write.
+    name every mismatching checkpoint and write. ``certify``: the rows are read in one
+    snapshot with PostgreSQL's SHA-256 of them (:func:`rows_sha256`); ``earlier``, a
+    certified passed comparison of the same batch, is returned as it is (``reused``) when
+    that SHA-256 has not changed since: the same rows, already compared.
     """
-    expected = expected_batch(manifest, key, cipher, threads)
     if conn is None:
         with target.connect() as own:
-            rows = target_rows(own, expected.thread_ids)
-    else:
-        rows = target_rows(conn, expected.thread_ids)
+            if certify:
+                own.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                own.read_only = True
+            return compare_batch(target, manifest, key, cipher, own, threads, earlier,
+                                 certify)
+    if certify and earlier is not None and earlier.passed and earlier.target_rows_sha256 \
+            and rows_sha256(conn, earlier.thread_ids) == earlier.target_rows_sha256:
+        return replace(earlier, reused=True)
+    expected = expected_batch(manifest, key, cipher, threads)
+    rows = target_rows(conn, expected.thread_ids)
+    certificate = rows_sha256(conn, expected.thread_ids) if certify else ""
     actual = target_view(*rows, cipher=cipher)
     actual_digest = actual.digest()
     content: list[dict] = []
@@ -237,6 +264,8 @@ def compare_batch(
         content_mismatches=content, metadata_mismatches=metadata,
         metadata_changes=expected.metadata_changes,
         resume_hazards=expected.resume_hazards,
+        batch_sha256=manifest.batch(key).sha256, threads=threads,
+        thread_ids=expected.thread_ids, target_rows_sha256=certificate,
     )
 
 
@@ -334,8 +363,18 @@ def verify_migration(
     workers: int | None = None,
     readback_all_hint: str = "",
     chain: ExportChain | None = None,
+    certify: bool = False,
+    earlier: VerificationReport | None = None,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
+
+    ``certify``: every batch is compared together with PostgreSQL's SHA-256 of the rows
+    compared (the report can then be the ``earlier`` of a later run). ``earlier``: a
+    certified report of the same target: a batch whose rows still have the SHA-256 it
+    passed with is taken over instead of compared again, and its threads that were read
+    back equal are not read back again (their source rows are the same too: the batch is
+    the same and the source-drift check compares every thread). This is how the cutover
+    keeps its window short: the full comparison runs first, while writers still write.
 
     ``chain``: the export's sync generations (export_chain): the target is then compared
     with the state they reached (each live thread with the generation holding it), and
@@ -352,7 +391,7 @@ def verify_migration(
     try:
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
-                                 readback_all_hint)
+                                 readback_all_hint, certify, earlier)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -383,7 +422,8 @@ class MissingTablesError(MigrationError):
 def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Target,
                       source_path: str | Path | None, cipher: Cipher | None,
                       readback_threads: int | None, progress: Any,
-                      workers: int | None, readback_all_hint: str) -> VerificationReport:
+                      workers: int | None, readback_all_hint: str, certify: bool,
+                      earlier: VerificationReport | None) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     with ThreadPoolExecutor(max_workers=1) as beside:
@@ -392,7 +432,8 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
             if source_path is not None else None
         workers = workers_for(manifest) if workers is None else workers
         comparisons = compare_batches(manifest, target, cipher, workers=workers,
-                                      progress=progress, chain=chain)
+                                      progress=progress, chain=chain, certify=certify,
+                                      earlier=earlier)
         sqlite_counts, drift = source_state.result() if source_state is not None \
             else (None, {"changed": [], "added": [], "removed": []})
     counts = {"export": {"checkpoints": chain.checkpoints,
@@ -402,14 +443,19 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
               "target_tables": target_table_counts(target)}
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
+    read_back_before = frozenset(
+        tid for c in comparisons if c.reused for tid in c.thread_ids
+        if earlier is not None and tid in earlier.read_back_equal)
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
-                        readback_all_hint, comparisons, counts, drift, chain, workers)
+                        readback_all_hint, comparisons, counts, drift, chain, workers,
+                        read_back_before)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
         checks=checks, counts=counts,
         metadata_changes=[m for c in comparisons for m in c.metadata_changes],
-        seconds=time.perf_counter() - started, batches=comparisons)
+        seconds=time.perf_counter() - started, batches=comparisons,
+        read_back_equal=frozenset(findings.read_back_equal))
 
 
 @dataclass(frozen=True)
@@ -427,6 +473,9 @@ class Findings:
     drift: dict[str, list[str]]
     chain: ExportChain  # the expected state: the export and its sync generations
     workers: int = 1  # processes the read-back may use
+    # Threads an earlier certified run read back equal, their rows unchanged since.
+    read_back_before: frozenset[str] = frozenset()
+    read_back_equal: set[str] = field(default_factory=set)  # filled by the read-back check
 
 
 def check_count_match(f: Findings) -> CheckOutcome:
@@ -489,8 +538,15 @@ def check_official_readback(f: Findings) -> CheckOutcome:
     """SqliteSaver.list equals PostgresSaver.list for the sampled (or every) thread."""
     assert f.source_path is not None
     threads = readback_sample(f.chain, f.readback_threads)
-    read_mismatches, notes = compare_thread_readback(f.source_path, f.target, threads,
+    again = [tid for tid in threads if tid not in f.read_back_before]
+    read_mismatches, notes = compare_thread_readback(f.source_path, f.target, again,
                                                      f.cipher, workers=f.workers)
+    f.read_back_equal.update(set(threads) - {m["thread_id"] for m in read_mismatches})
+    if len(again) < len(threads):
+        notes = [*notes, f"{len(threads) - len(again)} thread(s) were read back equal "
+                         "before the final sync and their rows are the same since on both "
+                         "sides (same PostgreSQL SHA-256, same source digest): not read "
+                         "back again."]
     if len(threads) < f.chain.threads:
         how = f" with {f.readback_all_hint}" if f.readback_all_hint else ""
         notes = [*notes, f"A sample of {len(threads)} of {f.chain.threads} threads; "
@@ -606,20 +662,23 @@ def _drifted_threads(outcome: CheckOutcome) -> list[dict]:
 
 def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | None = None,
                     *, workers: int = 1, progress: Any = None,
-                    chain: ExportChain | None = None) -> list[BatchComparison]:
+                    chain: ExportChain | None = None, certify: bool = False,
+                    earlier: VerificationReport | None = None) -> list[BatchComparison]:
     """:func:`compare_batch` for every batch of the export (with ``chain``: every batch of
     its generations, each for the threads it still holds), in export order, in
-    ``workers`` processes; ``progress(checkpoints)`` after each batch."""
+    ``workers`` processes; ``progress(checkpoints)`` after each batch. ``certify`` and
+    ``earlier``: see :func:`verify_migration`."""
     items = (chain or ExportChain([manifest])).live_batches()
-    manifests, keys, threads = [m for m, _, _ in items], [k for _, k, _ in items], \
-        [t for _, _, t in items]
-    if workers <= 1 or len(keys) <= 1:
-        results = map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
-                      repeat(None), threads)
+    known = {(c.batch_sha256, c.threads): c for c in (earlier.batches if earlier else ())}
+    arguments = (
+        [m for m, _, _ in items], [k for _, k, _ in items], repeat(cipher), repeat(None),
+        [t for _, _, t in items],
+        [known.get((m.batch(k).sha256, t)) for m, k, t in items], repeat(certify))
+    if workers <= 1 or len(items) <= 1:
+        results = map(compare_batch, repeat(target), *arguments)
         return [_progressed(result, progress) for result in results]
-    with process_pool(min(workers, len(keys))) as pool:
-        results = pool.map(compare_batch, repeat(target), manifests, keys, repeat(cipher),
-                           repeat(None), threads)
+    with process_pool(min(workers, len(items))) as pool:
+        results = pool.map(compare_batch, repeat(target), *arguments)
         return [_progressed(result, progress) for result in results]
 
 
