@@ -32,9 +32,6 @@ from checkpoint_assets_tests.corpus_graphs import (
     thread_config,
 )
 
-REFUND_EVERY = 8  # build_scaled_corpus pauses every eighth thread on the approval interrupt
-
-
 @dataclass
 class LiveChange:
     """The threads one application session touched, by kind of write."""
@@ -65,7 +62,7 @@ def apply_live_changes(path: str | Path, *, changed: int, added: int, deleted: i
     others, through SqliteSaver on the file at ``path``."""
     rng = random.Random(seed)
     threads = corpus_thread_ids(path)
-    paused = [t for t in threads if _is_paused_corpus_thread(t)]
+    paused = paused_thread_ids(path)
     finished = [t for t in threads if t not in set(paused)]
     rng.shuffle(paused)
     rng.shuffle(finished)
@@ -110,8 +107,14 @@ def replace_interrupt_write(saver: SqliteSaver, thread_id: str, note: str) -> No
                      task_id)
 
 
-def _is_paused_corpus_thread(thread_id: str) -> bool:
-    """build_scaled_corpus's ``scaled-NNNNN`` threads pause on every eighth (cloned ones end
-    in ``-cK``)."""
-    number = thread_id.removeprefix("scaled-").split("-", 1)[0]
-    return number.isdigit() and int(number) % REFUND_EVERY == REFUND_EVERY - 1
+def paused_thread_ids(path: str | Path) -> list[str]:
+    """Threads whose latest root checkpoint waits on an interrupt (an ``__interrupt__``
+    write on it), sorted."""
+    with closing(sqlite3.connect(str(path))) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT DISTINCT w.thread_id FROM writes w JOIN ("
+            " SELECT thread_id, max(checkpoint_id) AS latest FROM checkpoints"
+            " WHERE checkpoint_ns = '' GROUP BY thread_id) c"
+            " ON w.thread_id = c.thread_id AND w.checkpoint_ns = ''"
+            " AND w.checkpoint_id = c.latest"
+            " WHERE w.channel = ? ORDER BY w.thread_id", (INTERRUPT,))]

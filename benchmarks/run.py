@@ -34,9 +34,13 @@ For each size, in this one run on this machine:
   the disk its export and caches take against the SQLite file;
 - ``sync`` (after ``migrate``, on a private copy of the corpus): the application changes 1%
   of the threads (new turns, resumed interrupts, interrupt writes replaced in place), adds 20
-  threads and deletes 0.2% (untimed, ``sync_change``); then ``sync`` (``sync_target``,
-  its peak RSS) and the ``cutover`` window (a final sync that finds nothing, plus the
-  verification reading back every thread), each also as a ratio to the ``migrate`` time;
+  threads and deletes 0.2% (untimed, ``sync_change``); then ``checkpoint-assets sync
+  --propagate-deletes`` (console script, its peak RSS) and ``checkpoint-assets cutover``:
+  it syncs and verifies every thread, then waits for quiet while the application makes a
+  last change (a fifth of the first) and stops; the ``cutover`` figure is the window the
+  command prints (quiet -> final sync -> every thread proven equal, the batches unchanged
+  since the first verification taken over by their PostgreSQL SHA-256), each also as a
+  ratio to the ``migrate`` time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
   in-process (benchmarks/backfill_paths.py's machinery).
@@ -98,7 +102,7 @@ STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "s
 SMOKE_STEPS = STEPS[:-2]
 # Results of the sync step besides its own: the cutover window (see step_cutover).
 SYNC_RESULTS = ("sync", "cutover")
-SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS, SYNC_DELETED_FRACTION = 0.01, 20, 0.002
+SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS = 0.01, 20
 # Timings of a different kind (not a pass over the corpus): no ratio to the copy ceiling.
 NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
 
@@ -111,6 +115,9 @@ MIN_X_FASTER_THAN_API = {"migrate": 5.0, "import": 20.0}
 MAX_RSS_MB = 1024.0
 # Issue 15: the way back, after a migrate in the same run.
 ROLLBACK_MAX_X_MIGRATE = 2.0
+SYNC_MAX_X_MIGRATE = 0.10
+CUTOVER_MAX_X_MIGRATE = 0.25
+SYNC_MAX_SPREAD = 1.5
 MAX_RSS_GROWTH = 0.20          # between the two largest sizes (50K -> 100K)
 DAGSTER_MAX_X_IN_PROCESS = 3.0
 # How much the seconds per 1K checkpoints may grow from the 100K size (or the smallest, if
@@ -463,63 +470,82 @@ def step_migrate(source: str, dsn: str, workdir: str) -> dict[str, Any]:
             "batch_seconds_by_tenth": batch_seconds_by_tenth(batches)}
 
 
-def step_sync_change(source: str, changed_threads: int | None = None) -> dict[str, Any]:
+def step_sync_change(source: str, changed_threads: int | None = None,
+                     seed: int = 1) -> dict[str, Any]:
     """The application writes to the migrated source (benchmarks/live_changes.py): 1% of
     the threads (or ``changed_threads``) get a new turn, a resume or a replaced interrupt
     write; 20 new threads; 0.2% deleted (or a fifth of ``changed_threads``)."""
-    from benchmarks.live_changes import apply_live_changes, corpus_thread_ids
+    from benchmarks.live_changes import apply_live_changes
 
     started = time.perf_counter()
-    threads = len(corpus_thread_ids(source))
-    changed = changed_threads or max(3, round(threads * SYNC_CHANGED_FRACTION))
-    deleted = max(1, round(changed_threads / 5 if changed_threads
-                           else threads * SYNC_DELETED_FRACTION))
+    changed = _changed_threads(source, changed_threads)
+    deleted = max(1, round(changed / 5))  # 0.2% of the threads when 1% change
     change = apply_live_changes(source, changed=changed, added=SYNC_NEW_THREADS,
-                                deleted=deleted)
+                                deleted=deleted, seed=seed)
     return {"seconds": time.perf_counter() - started,
             **{kind: len(getattr(change, kind)) for kind in (
                 "new_turns", "resumed", "replaced_writes", "added", "deleted")},
             "changed_threads": change.changed_threads()}
 
 
+def _changed_threads(source: str, changed_threads: int | None) -> int:
+    """Threads a change touches: ``changed_threads``, or 1% of the source's threads."""
+    from benchmarks.live_changes import corpus_thread_ids
+
+    return changed_threads or max(3, round(len(corpus_thread_ids(source))
+                                           * SYNC_CHANGED_FRACTION))
+
+
 def step_sync(source: str, export: str, dsn: str) -> dict[str, Any]:
-    """``sync_target``: what changed since the migrate's export, applied to its target."""
-    from checkpoint_assets.engine.sync import sync_target
-    from checkpoint_assets.engine.target import Target
+    """``checkpoint-assets sync --propagate-deletes`` via the console script: what changed
+    since the migrate's export, applied to its target (process start included)."""
+    work = Path(export).parent
+    seconds, report = run_console_script(
+        work, dsn, ["sync", "--source", source, "--export", export, "--propagate-deletes"])
+    return {"seconds": seconds, "in_process_seconds": report["seconds"],
+            "added": len(report["added"]), "changed": len(report["changed"]),
+            "deleted": len(report["deleted"]), "threads_read": report["threads_read"],
+            "read_every_thread": report["read_every_thread"], "rows": report["rows"]}
 
+
+CUTOVER_QUIET_SECONDS = 3.0
+
+
+def step_cutover(source: str, export: str, dsn: str,
+                 changed_threads: int | None = None) -> dict[str, Any]:
+    """``checkpoint-assets cutover --quiet-seconds 3`` via the console script, with the
+    application still writing when it starts: once the cutover waits for quiet, the
+    application makes a last change (a fifth of the sync's) and stops. The window is the
+    cutover's own figure: quiet -> final sync of that change -> every thread proven equal
+    (the first verification, while writers write, is before it)."""
+    work = Path(export).parent
+    report_path = work / "cutover-report.json"
+    log = work / "cutover.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
+    env["CHECKPOINT_ASSETS_TARGET_DSN"] = dsn
+    script = Path(sys.executable).with_name("checkpoint-assets")
     started = time.perf_counter()
-    report = sync_target(source, export, Target(dsn), propagate_deletes=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(script), "cutover", "--source", source, "--export", export,
+             "--propagate-deletes", "--quiet-seconds", str(CUTOVER_QUIET_SECONDS),
+             "--report", str(report_path)], cwd=work, env=env, stdout=out,
+            stderr=subprocess.STDOUT)
+        while process.poll() is None and b"Waiting until" not in log.read_bytes():
+            time.sleep(0.1)
+        last_change = step_sync_change(source, max(5, _changed_threads(source, changed_threads)
+                                                    // 5), seed=2)
+        status = process.wait()
     seconds = time.perf_counter() - started
-    found = report.found
-    return {"seconds": seconds, "added": len(found.added), "changed": len(found.changed),
-            "deleted": len(found.deleted), "threads_read": found.threads_read,
-            "read_every_thread": found.read_every_thread,
-            "rows": {what: report.total(what)
-                     for what in ("inserted", "updated", "deleted", "already_present")}}
-
-
-def step_cutover(source: str, export: str, dsn: str) -> dict[str, Any]:
-    """The cutover window without its wait for quiet: the final sync (nothing changed) and
-    the verification reading back every thread."""
-    from checkpoint_assets.engine.export_chain import load_chain
-    from checkpoint_assets.engine.sync import sync_target
-    from checkpoint_assets.engine.target import Target
-    from checkpoint_assets.engine.verify import verify_migration
-
-    started = time.perf_counter()
-    final = sync_target(source, export, Target(dsn))
-    synced = time.perf_counter()
-    chain = load_chain(export)
-    report = verify_migration(chain.export, Target(dsn), source_path=source,
-                              readback_threads=None, chain=chain)
-    seconds = time.perf_counter() - started
-    if not report.passed:
-        failed = [name for name, check in report.checks.items() if not check.passed]
-        raise RuntimeError(f"cutover verification failed: {failed}")
-    return {"seconds": seconds, "final_sync_seconds": synced - started,
-            "final_sync_moved": final.found.moved,
-            "verification_seconds": seconds - (synced - started),
-            "checkpoints": chain.checkpoints}
+    if status != 0:
+        raise RuntimeError(f"cutover exited {status}: {log.read_text()[-3000:]}")
+    report = json.loads(report_path.read_text())
+    window = float(report["window"]["cutover window"].split(" s", 1)[0])
+    return {"seconds": window, "command_seconds": seconds,
+            "window": report["window"], "last_change": last_change,
+            "final_sync_moved": report["sync"]["moved"],
+            "final_sync_seconds": report["sync"]["seconds"],
+            "checkpoints": report["counts"]["export"]["checkpoints"]}
 
 
 def step_rollback(dsn: str, workdir: str) -> dict[str, Any]:
@@ -877,7 +903,8 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                     chained = {"source": source, "export": str(migrate_dir / "run.export"),
                                "dsn": dsn}
                     results["sync"] = {**run("sync", chained), "change": change}
-                    results["cutover"] = run("cutover", chained)
+                    results["cutover"] = run("cutover", {
+                        **chained, "changed_threads": args.sync_changed_threads})
                     for name in SYNC_RESULTS:
                         results[name]["ratio_to_migrate"] = (
                             results[name]["seconds"] / results["migrate"]["seconds"])
@@ -974,7 +1001,18 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio <= ROLLBACK_MAX_X_MIGRATE,
                 "both end to end through the console script, the rollback from the "
                 "database that migrate loaded, in the same run")
-        for name, result in (("import", imp), ("migrate", mig), ("rollback", back)):
+        synced, cutover = step(size, "sync"), step(size, "cutover")
+        if synced and mig:
+            ratio = synced["seconds"] / mig["seconds"]
+            add("sync <= 10% of migrate", size, ratio, f"<= {SYNC_MAX_X_MIGRATE}",
+                ratio <= SYNC_MAX_X_MIGRATE, "console script, process start included")
+        if cutover and mig:
+            ratio = cutover["seconds"] / mig["seconds"]
+            add("cutover window <= 25% of migrate", size, ratio,
+                f"<= {CUTOVER_MAX_X_MIGRATE}", ratio <= CUTOVER_MAX_X_MIGRATE,
+                "the window cutover prints: quiet -> every thread proven equal")
+        for name, result in (("import", imp), ("migrate", mig), ("rollback", back),
+                             ("sync", synced)):
             if result:
                 add(f"{name} peak RSS <= 1 GB", size, rss(result),
                     f"<= {MAX_RSS_MB:.0f} MB", rss(result) <= MAX_RSS_MB,
@@ -1035,6 +1073,13 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
             ", ".join(f"{s}: {v:.3f} s/1K, CPU "
                       f"{step(s, name).get('cpu_seconds_per_1k_checkpoints', 0.0):.3f} s/1K"
                       for s, v in per_1k.items()))
+    syncs = {size: sizes[size]["steps"]["sync"]["seconds"] for size in sorted(sizes)
+             if "sync" in sizes[size]["steps"]}
+    if len(syncs) >= 2:
+        ratio = max(syncs.values()) / min(syncs.values())
+        add("sync times within 1.5x across sizes (the same change)", "all", ratio,
+            f"<= {SYNC_MAX_SPREAD}", ratio <= SYNC_MAX_SPREAD,
+            "needs --sync-changed-threads N for the same change at every size")
     return targets
 
 
