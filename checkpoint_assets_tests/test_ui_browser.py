@@ -43,13 +43,14 @@ from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
+    GROUP_NAME,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
     partition_keys,
     partition_keys_by_batch,
 )
 from checkpoint_assets.runner import migrate_in_process, project_instance
-from checkpoint_assets_tests.dagster_dev_support import REPO, DagsterDev
+from checkpoint_assets_tests.dagster_dev_support import LOCATION, REPO, DagsterDev
 from checkpoint_assets_tests.dagster_support import (
     dagster_dev_project,
     definitions,
@@ -68,7 +69,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 VIEWPORT = {"width": 1600, "height": 1000}
 SCREENSHOTS = REPO / ".checkpoint_assets" / "screenshots"
 
-GRAPH = "/asset-groups"  # "Lineage" in the navigation: the global asset graph
+# The migration group's lineage (the global graph shows each group as one box once the
+# code location has two groups: the migration and the rollback).
+GRAPH = f"/locations/__repository__@{LOCATION}/asset-groups/{GROUP_NAME}"
 ASSET_NODE = "[class*='assetNodeContainer']"  # one box of the graph, its text starts with the name
 EXPECTED_CHECKS = {EXPORT_ASSET: len(EXPORT_CHECK_NAMES), BATCHES_ASSET: 1,
                    VERIFICATION_ASSET: len(VERIFICATION_CHECK_NAMES)}
