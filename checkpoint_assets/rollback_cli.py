@@ -15,6 +15,7 @@ from typing import Any
 
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import verify_export
+from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback import RollbackNotVerified, rollback
 from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
@@ -52,6 +53,12 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
                             "complete) or, if it exists, added to (rows already there with "
                             "the same content are kept; other content: conflict)")
 
+    def add_originals(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--original-export", type=Path, metavar="FILE",
+                       help="the forward migration's export (its sync generations beside "
+                            "it): checkpoints unchanged since come back in their original "
+                            "SQLite bytes")
+
     def add_export(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--export", type=Path, required=required,
                        help="export file" + ("" if required else
@@ -72,6 +79,7 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     add_to(p)
     add_threads(p)
     add_export(p, required=False)
+    add_originals(p)
     p.add_argument("--batch-size", type=int, default=settings.batch_size)
     add_verification(p)
 
@@ -80,6 +88,7 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     add_source(p)
     add_threads(p)
     add_export(p, required=True)
+    add_originals(p)
     p.add_argument("--batch-size", type=int, default=settings.batch_size)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--report", type=Path, help="also write the summary as JSON here")
@@ -133,7 +142,8 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
     try:
         result = rollback(dsn, args.to, export, schema=args.schema,
                           threads=parse_threads(args.threads), cipher=cipher,
-                          readback_threads=readback, batch_size=args.batch_size)
+                          readback_threads=readback, batch_size=args.batch_size,
+                          original_export=args.original_export)
     except RollbackNotVerified as exc:
         if exc.report is None:
             raise
@@ -142,23 +152,26 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
         print(f"FAILED: {exc}", file=sys.stderr)
         return status
     return _finish(args, result.report, result.manifest, source, str(args.to),
-                   result.restore.totals(), emit, write_evidence, export)
+                   result.restore.totals(), emit, write_evidence, export,
+                   result.original_bytes)
 
 
 def cmd_export_postgres(args: argparse.Namespace, settings: Settings, cipher: Any,
                         emit: Any, write_evidence: Any) -> int:
     """export-postgres: PostgresSaver's tables -> export file."""
     dsn = source_dsn(args, settings)
+    originals = OriginalRows(args.original_export) if args.original_export else None
     manifest = write_postgres_export(dsn, args.export, schema=args.schema,
                                      threads=parse_threads(args.threads), cipher=cipher,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, originals=originals)
+    counts = dict(originals.counts) if originals is not None else None
     emit(args, {"command": "export-postgres", "ok": True, "export": str(manifest.path),
                 "checkpoints": manifest.checkpoints, "writes": manifest.writes,
                 "threads": manifest.threads, "batches": len(manifest.batches),
-                "content_sha256": manifest.content_sha256},
+                "content_sha256": manifest.content_sha256, "original_bytes": counts},
          f"Exported {manifest.checkpoints} checkpoints, {manifest.writes} writes, "
          f"{manifest.threads} threads from {Target(dsn, args.schema).display} to "
-         f"{manifest.path}")
+         f"{manifest.path}" + (f"\nCheckpoint bytes: {_reasons(counts)}" if counts else ""))
     return 0
 
 
@@ -190,9 +203,15 @@ def cmd_verify_rollback(args: argparse.Namespace, settings: Settings, cipher: An
                    args.export)
 
 
+def _reasons(counts: dict[str, int]) -> str:
+    """Per-reason checkpoint counts, most first: "412 original bytes ..., 3 ..."."""
+    return "; ".join(f"{n} {reason}" for reason, n in
+                     sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def _finish(args: argparse.Namespace, report: VerificationReport, manifest: Any,
             source: Target, sqlite_path: str, totals: Any, emit: Any, write_evidence: Any,
-            export: Path) -> int:
+            export: Path, original_bytes: dict[str, int] | None = None) -> int:
     evidence = write_evidence(
         args.evidence or Path(f"{export}.evidence.md"),
         render_rollback_evidence(report, manifest=manifest, source_display=source.display,
@@ -204,9 +223,12 @@ def _finish(args: argparse.Namespace, report: VerificationReport, manifest: Any,
         lines += [f"         note: {n}" for n in check.notes]
     if totals is not None:
         lines.append(f"Restore: {totals}")
+    if original_bytes:
+        lines.append(f"Checkpoint bytes: {_reasons(original_bytes)}")
     lines.append(f"\nEvidence report (Markdown): {evidence}")
     emit(args, {"command": args.command, "ok": report.passed, "source": source.display,
                 "to": sqlite_path, "export": str(export), "restore": totals,
+                "original_bytes": original_bytes,
                 "checks": {n: {"passed": c.passed, "mismatch_count": c.mismatch_count,
                                "mismatches": c.mismatches, "notes": c.notes}
                            for n, c in report.checks.items()},

@@ -26,13 +26,18 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from checkpoint_assets.cli import main
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine import sqlite_target
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import read_manifest, write_export
+from checkpoint_assets.engine.original_rows import ORIGINAL_BYTES
 from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.reverse_convert import difference_reason
+from checkpoint_assets.engine.reverse_convert import (
+    METADATA_FITTED,
+    SAME_BYTES,
+    difference_reason,
+)
 from checkpoint_assets.engine.rollback import rollback
 from checkpoint_assets.engine.rows import CheckpointRow
 from checkpoint_assets.engine.target import Target
@@ -114,6 +119,23 @@ def test_round_trip_reads_back_and_resumes_like_the_original(
     record_property("byte_identity", dict(reasons))
     print(f"{name}: checkpoints rebuilt {dict(reasons)}")
     assert "different content" not in reasons
+
+    # Given the forward export, every checkpoint whose content is unchanged comes back in
+    # its original bytes; only metadata the migration had to change for JSONB stays rebuilt.
+    exact = tmp_path / "exact.sqlite"
+    again = rollback(target_dsn, exact, tmp_path / "exact.export", cipher=cipher,
+                     readback_threads=None,
+                     original_export=tmp_path / "forward" / "forward.export")
+    assert again.report.passed, {n: c.mismatches for n, c in again.report.checks.items()}
+    after = Counter(difference_reason(CheckpointRow(*a), CheckpointRow(*b), cipher)
+                    for a, b in zip(rows(info.path, CHECKPOINT_SQL),
+                                    rows(exact, CHECKPOINT_SQL), strict=True))
+    fitted = reasons.get(METADATA_FITTED, 0)
+    assert after == Counter({SAME_BYTES: sum(reasons.values()) - fitted,
+                             **({METADATA_FITTED: fitted} if fitted else {})})
+    assert again.original_bytes == {ORIGINAL_BYTES: after[SAME_BYTES],
+                                    **({METADATA_FITTED: fitted} if fitted else {})}
+    print(f"{name}: with the forward export {again.original_bytes}")
 
 
 def test_rollback_into_the_original_file_keeps_every_original_byte(

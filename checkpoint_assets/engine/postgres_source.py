@@ -25,6 +25,7 @@ from checkpoint_assets.engine.export_file import (
     Peekable,
     write_export_rows,
 )
+from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.reverse_convert import restore_thread
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.target import (
@@ -56,8 +57,10 @@ class PostgresRows:
     inside its (repeatable read) transaction."""
 
     def __init__(self, conn: psycopg.Connection, source: Target, schema_version: int,
-                 threads: Sequence[str] | None = None, cipher: Cipher | None = None) -> None:
+                 threads: Sequence[str] | None = None, cipher: Cipher | None = None,
+                 originals: OriginalRows | None = None) -> None:
         self.conn = conn
+        self.originals = originals
         self.source = source
         self.schema_version = schema_version
         self.only = sorted(set(threads)) if threads is not None else None
@@ -67,7 +70,8 @@ class PostgresRows:
         """Where the rows came from: the DSN without its password, schema, threads."""
         return {"kind": "postgres", "dsn": redact_dsn(self.source.dsn),
                 "schema": self.source.schema, "schema_version": self.schema_version,
-                "threads": self.only}
+                "threads": self.only,
+                "original_export": self.originals.provenance() if self.originals else None}
 
     def _stream(self, table: str) -> Iterator[tuple]:
         columns, order = _QUERIES[table]
@@ -101,10 +105,12 @@ class PostgresRows:
             missing.discard(thread)
             for _ in blobs.take_while(lambda r: r[0] < thread):
                 pass  # blobs of a thread with no checkpoint and no write
-            yield restore_thread(
+            rebuilt = restore_thread(
                 thread, list(checkpoints.take_while(lambda r: r[0] == thread)),
                 [r[1:] for r in blobs.take_while(lambda r: r[0] == thread)],
                 list(writes.take_while(lambda r: r[0] == thread)), self.cipher)
+            yield self.originals.prefer_original(rebuilt, self.cipher) if self.originals \
+                else rebuilt
         if missing:
             shown = ", ".join(repr(t) for t in sorted(missing)[:10])
             raise MigrationError(
@@ -122,8 +128,12 @@ def write_postgres_export(
     cipher: Cipher | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Any = None,
+    originals: OriginalRows | None = None,
 ) -> ExportManifest:
     """Export PostgresSaver's tables (all threads, or ``threads``) as SqliteSaver rows.
+
+    ``originals``: the forward migration's export; a checkpoint whose content is that of
+    its original row there is exported in the original's bytes (see :mod:`original_rows`).
 
     The same export file as :func:`export_file.write_export` (its header's source is
     ``postgres``, with the DSN without its password), written under a temporary name and
@@ -140,7 +150,8 @@ def write_postgres_export(
             conn.read_only = True
             with conn.transaction():
                 return write_export_rows(
-                    PostgresRows(conn, source, version, threads, cipher), export_path,
+                    PostgresRows(conn, source, version, threads, cipher, originals),
+                    export_path,
                     batch_size=batch_size, progress=progress)
         except psycopg.Error as exc:
             raise MigrationError(

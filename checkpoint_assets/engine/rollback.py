@@ -15,6 +15,7 @@ from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import FailureKind, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest
+from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
 from checkpoint_assets.engine.sqlite_target import RestoreSummary, restore_export
 from checkpoint_assets.engine.target import Target
@@ -43,6 +44,8 @@ class RollbackResult:
     manifest: ExportManifest
     restore: RestoreSummary
     report: VerificationReport
+    # With an original export: per rebuilt checkpoint, original bytes or why not.
+    original_bytes: dict[str, int] | None = None
 
 
 def rollback(
@@ -56,15 +59,20 @@ def rollback(
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Any = None,
+    original_export: str | Path | None = None,
 ) -> RollbackResult:
     """Export PostgresSaver's tables (or ``threads``) to ``export_path``, restore them into
     the SqliteSaver file ``to_path`` and verify; returns the result (check
     ``result.report.passed``). A new file that fails verification is not published: raises
-    RollbackNotVerified with the report, nothing at ``to_path``.
+    RollbackNotVerified with the report, nothing at ``to_path``. ``original_export``: the
+    forward migration's export; checkpoints unchanged since come back in their original
+    bytes (:mod:`original_rows`).
     """
+    originals = OriginalRows(original_export) if original_export is not None else None
     source = Target(source_dsn, schema, role="source")
     manifest = write_postgres_export(source_dsn, export_path, schema=schema, threads=threads,
-                                     cipher=cipher, batch_size=batch_size, progress=progress)
+                                     cipher=cipher, batch_size=batch_size, progress=progress,
+                                     originals=originals)
     reports: list[VerificationReport] = []
 
     def verify_before_publish(path: Path) -> None:
@@ -86,4 +94,5 @@ def rollback(
     if not new_file:
         reports.append(verify_rollback(manifest, source, to_path, cipher=cipher,
                                        readback_threads=readback_threads))
-    return RollbackResult(manifest, summary, reports[-1])
+    return RollbackResult(manifest, summary, reports[-1],
+                          dict(originals.counts) if originals is not None else None)
