@@ -40,6 +40,10 @@ from checkpoint_assets.settings import (  # noqa: F401
     EXPORT_ENV,
     LOG_LEVEL_ENV,
     READBACK_THREADS_ENV,
+    ROLLBACK_EXPORT_ENV,
+    ROLLBACK_ORIGINAL_EXPORT_ENV,
+    ROLLBACK_THREADS_ENV,
+    ROLLBACK_TO_ENV,
     SOURCE_ENV,
     STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
@@ -248,7 +252,3 @@ ROLLBACK_EXPORT_ASSET = dg.AssetKey("rollback_export")
 RESTORED_BATCHES_ASSET = dg.AssetKey("restored_checkpoint_batches")
 ROLLBACK_VERIFICATION_ASSET = dg.AssetKey("rollback_verification")
 RESTORED_BATCH_MATCHES_EXPORT = "restored_batch_matches_export"
-# Where the rollback writes (a SqliteSaver file: created, or added to) and its export.
-ROLLBACK_TO_ENV = "CHECKPOINT_ASSETS_ROLLBACK_TO"
-ROLLBACK_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_EXPORT"
-ROLLBACK_THREADS_ENV = "CHECKPOINT_ASSETS_ROLLBACK_THREADS"

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import dagster as dg
+from typing import TYPE_CHECKING
 
-from checkpoint_assets.partitions import TARGET_POOL
 from checkpoint_assets.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: the engine's commands start without Dagster
+    import dagster as dg
 
 SHIPPED_HOME = Path(__file__).parent / "dagster_home"
 SQLITE_INSTANCE_YAML = SHIPPED_HOME / "dagster.yaml"
@@ -102,6 +104,8 @@ def open_project_instance() -> dg.DagsterInstance:
     the home's lock makes a second process wait until the first has finished, after which
     it finds the storage complete.
     """
+    import dagster as dg
+
     home = ensure_dagster_home()
     with home_lock(home):
         instance = dg.DagsterInstance.get()
@@ -123,6 +127,8 @@ def initialize_target_pool(instance: dg.DagsterInstance) -> None:
     transaction fails its whole run (dagster 1.13 retries with an UPDATE inside the aborted
     transaction). Creating the row once, before any batch run starts, removes the race.
     """
+    from checkpoint_assets.partitions import TARGET_POOL
+
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return

@@ -28,6 +28,10 @@ from checkpoint_assets.settings import (
     BATCH_SIZE_ENV,
     EXPORT_ENV,
     READBACK_THREADS_ENV,
+    ROLLBACK_EXPORT_ENV,
+    ROLLBACK_ORIGINAL_EXPORT_ENV,
+    ROLLBACK_THREADS_ENV,
+    ROLLBACK_TO_ENV,
     SOURCE_ENV,
     STAGING_SCHEMA_ENV,
     TARGET_DSN_ENV,
@@ -213,16 +217,11 @@ def rollback_resource(aes_key: Any, batch_size: Any) -> dg.ConfigurableResource:
     """The rollback group's resource, from its environment variables (their names shown
     in the UI) and the migration's AES key and batch size."""
     from checkpoint_assets.assets.rollback import RollbackResource
-    from checkpoint_assets.partitions import (
-        ROLLBACK_EXPORT_ENV,
-        ROLLBACK_THREADS_ENV,
-        ROLLBACK_TO_ENV,
-    )
-
-    return RollbackResource(to_path=_env_or(ROLLBACK_TO_ENV, None),
-                            export_path=_env_or(ROLLBACK_EXPORT_ENV, None),
-                            threads=_env_or(ROLLBACK_THREADS_ENV, None),
-                            batch_size=batch_size, aes_key=aes_key)
+    return RollbackResource(
+        to_path=_env_or(ROLLBACK_TO_ENV, None), export_path=_env_or(ROLLBACK_EXPORT_ENV, None),
+        threads=_env_or(ROLLBACK_THREADS_ENV, None),
+        original_export=_env_or(ROLLBACK_ORIGINAL_EXPORT_ENV, None),
+        batch_size=batch_size, aes_key=aes_key)
 
 
 def _env_or(name: str, value: Any, *, as_int: bool = False) -> Any:

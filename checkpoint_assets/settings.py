@@ -31,6 +31,12 @@ WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
+# The way back (the checkpoint_rollback group): the SqliteSaver file (created, or added
+# to), its export, which threads, and the forward export holding the original bytes.
+ROLLBACK_TO_ENV = "CHECKPOINT_ASSETS_ROLLBACK_TO"
+ROLLBACK_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_EXPORT"
+ROLLBACK_THREADS_ENV = "CHECKPOINT_ASSETS_ROLLBACK_THREADS"
+ROLLBACK_ORIGINAL_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_ORIGINAL_EXPORT"
 # Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
 DAGSTER_PG_ENV = {
     "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",

@@ -25,6 +25,7 @@ from checkpoint_assets.assets.export import export_file_check, register_partitio
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
 from checkpoint_assets.engine.target import Target
@@ -67,7 +68,7 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.resources import PostgresTargetResource
 from checkpoint_assets.rollback_cli import ROLLBACK_EXPORT_SUFFIX, parse_threads
-from checkpoint_assets.settings import AES_KEY_ENV
+from checkpoint_assets.settings import AES_KEY_ENV, ROLLBACK_ORIGINAL_EXPORT_ENV
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK)
@@ -87,6 +88,10 @@ class RollbackResource(dg.ConfigurableResource):
     threads: str | None = Field(
         default=None, description=f"Only these threads (env {ROLLBACK_THREADS_ENV}): "
                                   "comma-separated ids or @FILE; default every thread.")
+    original_export: str | None = Field(
+        default=None, description=f"The forward migration's export (env "
+                                  f"{ROLLBACK_ORIGINAL_EXPORT_ENV}): checkpoints unchanged "
+                                  "since come back in their original SQLite bytes.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
     aes_key: str | None = Field(
         default=None, description=f"EncryptedSerializer AES key (env {AES_KEY_ENV}).")
@@ -134,13 +139,18 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     JSONB document and blobs without the application's classes. Each batch becomes one
     ``rollback_batches`` partition (keys of an earlier export are removed); a new file's
     unpublished work file from an earlier export is removed, so it holds this export only.
+    With the forward migration's export configured, checkpoints unchanged since come back
+    in their original bytes (metadata ``original_bytes`` counts them, and why not).
     """
     source = target.final_target()
     path = rollback.export()
+    originals = None
     try:
+        if rollback.original_export:
+            originals = OriginalRows(rollback.original_export)
         manifest = write_postgres_export(
             source.dsn, path, schema=source.schema, threads=parse_threads(rollback.threads),
-            cipher=rollback.cipher(), batch_size=rollback.batch_size)
+            cipher=rollback.cipher(), batch_size=rollback.batch_size, originals=originals)
     except MigrationError as exc:
         message = error_text(exc, source.dsn)
         yield dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=False,
@@ -168,6 +178,8 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
             "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
             "partitions_added": dg.MetadataValue.int(len(added)),
             "partitions_removed": dg.MetadataValue.json(removed),
+            **({"original_bytes": dg.MetadataValue.json(dict(originals.counts))}
+               if originals is not None else {}),
         },
         check_results=[check])
 
