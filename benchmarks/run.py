@@ -514,12 +514,13 @@ CUTOVER_QUIET_SECONDS = 3.0
 def step_cutover(source: str, export: str, dsn: str,
                  changed_threads: int | None = None) -> dict[str, Any]:
     """``checkpoint-assets cutover --quiet-seconds 3`` via the console script, with the
-    application still writing when it starts: while the cutover syncs and verifies every
-    thread, the application makes a last change (a fifth of the sync's) and stops; the
-    cutover then waits for 3 quiet seconds. The window is the cutover's own figure: quiet
+    application still writing when it starts: after the cutover's catch-up sync, while it
+    verifies every thread, the application makes a last change (a fifth of the sync's) and
+    stops; the cutover then waits for 3 quiet seconds. The window is the cutover's own figure: quiet
     -> final sync of that change -> every thread proven equal."""
     import benchmarks.live_changes  # noqa: F401  (imported before the clock: the change
-    # must start while the cutover still syncs and verifies, not after its wait began)
+    # must start while the cutover still verifies, not after its wait began)
+    from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE
 
     work = Path(export).parent
     report_path = work / "cutover-report.json"
@@ -534,6 +535,10 @@ def step_cutover(source: str, export: str, dsn: str,
              "--propagate-deletes", "--quiet-seconds", str(CUTOVER_QUIET_SECONDS),
              "--report", str(report_path)], cwd=work, env=env, stdout=out,
             stderr=subprocess.STDOUT)
+        # The last change lands after the catch-up sync, while every thread is verified.
+        while process.poll() is None and \
+                FIRST_VERIFICATION_MESSAGE.encode() not in log.read_bytes():
+            time.sleep(0.05)
         last_change = step_sync_change(source, max(5, _changed_threads(source, changed_threads)
                                                     // 5), seed=2)
         status = process.wait()

@@ -468,6 +468,10 @@ def _sync_json(report: SyncReport) -> dict[str, Any]:
             "deletions_kept": report.deletions_kept, "seconds": round(report.seconds, 3)}
 
 
+FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
+                              "(writers may still write)...")
+
+
 def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
@@ -478,9 +482,9 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     verification compares again only what changed since, so the window follows the last
     changes rather than the size of the database.
     """
-    print("Catch-up sync and a first verification of every thread while writers may still "
-          "write (before the cutover window)...", flush=True)
+    print("Catch-up sync (writers may still write)...", flush=True)
     print(_sync(args, settings).render(), flush=True)
+    print(FIRST_VERIFICATION_MESSAGE, flush=True)
     target = Target(settings.target_dsn or "", args.schema)
     first = _verify_chain(args, load_chain(args.export), target, certify=True)
     last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds)
