@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -340,22 +341,27 @@ def _library_version() -> str:
         return "(version unknown)"
 
 
-def rows_sha256(conn: psycopg.Connection, threads: Sequence[str]) -> str:
-    """SHA-256 of every row these threads have in PostgresSaver's tables, computed by
-    PostgreSQL: equal only while the rows are byte for byte the same (a row added, changed
-    or removed changes it). Read in the caller's transaction, so with the rows a caller
-    compared in the same snapshot it certifies exactly those rows."""
-    parts = []
-    for table in TABLES:
+def thread_rows_sha256(conn: psycopg.Connection,
+                       threads: Sequence[str]) -> dict[str, tuple[str, tuple[int, int, int]]]:
+    """Per thread: the SHA-256 of every row it has in PostgresSaver's tables, computed by
+    PostgreSQL, and its rows per table (checkpoints, blobs, writes). The SHA-256 stays the
+    same only while the rows are byte for byte the same (a row added, changed or removed
+    changes it). Read in the caller's transaction: with rows a caller compared in the same
+    snapshot, it certifies exactly those rows. Threads with no row are left out."""
+    found: dict[str, list[Any]] = {}
+    for position, table in enumerate(TABLES):
         # A blob is hashed on its own: the row's text would spell it out in hex first.
         fields = sql.SQL(", ").join(
             sql.SQL("md5({})").format(sql.Identifier(name)) if pg_type == "bytea"
             else sql.Identifier(name) for name, pg_type in COLUMNS[table])
         order = sql.SQL(", ").join(sql.Identifier(name) for name in PRIMARY_KEYS[table])
-        parts.append(sql.SQL(
-            "(SELECT coalesce(md5(string_agg(md5(row({fields})::text), '' ORDER BY {order})),"
-            " '') FROM {table} WHERE thread_id = ANY(%(threads)s))").format(
-            fields=fields, order=order, table=sql.Identifier(table)))
-    query = sql.SQL("SELECT {}").format(sql.SQL(" || '/' || ").join(parts))
-    row = conn.execute(query, {"threads": list(threads)}).fetchone()
-    return hashlib.sha256(f"{sorted(threads)}\x00{row[0] if row else ''}".encode()).hexdigest()
+        query = sql.SQL(
+            "SELECT thread_id, md5(string_agg(md5(row({fields})::text), '' ORDER BY {order})),"
+            " count(*) FROM {table} WHERE thread_id = ANY(%s) GROUP BY thread_id").format(
+            fields=fields, order=order, table=sql.Identifier(table))
+        for thread_id, digest, rows in conn.execute(query, (list(threads),)):
+            entry = found.setdefault(thread_id, [[""] * len(TABLES), [0] * len(TABLES)])
+            entry[0][position], entry[1][position] = digest, rows
+    return {thread_id: (hashlib.sha256("/".join(digests).encode()).hexdigest(),
+                        (counts[0], counts[1], counts[2]))
+            for thread_id, (digests, counts) in found.items()}

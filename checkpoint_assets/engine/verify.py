@@ -8,6 +8,7 @@ drift since the export) and returns its ``CheckOutcome``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import OrderedDict
@@ -37,8 +38,8 @@ from checkpoint_assets.engine.target import (
     TABLES,
     Target,
     refresh_statistics_of,
-    rows_sha256,
     scrub,
+    thread_rows_sha256,
 )
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
@@ -98,12 +99,13 @@ class BatchComparison:
     metadata_mismatches: list[dict]
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
-    # What was compared, and (certified comparisons) the SHA-256 PostgreSQL computed of the
-    # target rows in the same snapshot: while it stays the same, so does this result.
+    # What was compared, and (certified comparisons) per thread the SHA-256 PostgreSQL
+    # computed of its rows in the same snapshot, with its rows per table: while a thread's
+    # SHA-256 stays the same, so does its part of this result.
     batch_sha256: str = ""
     threads: frozenset[str] | None = None
     thread_ids: list[str] = field(default_factory=list)
-    target_rows_sha256: str = ""
+    certified: dict[str, tuple[str, tuple[int, int, int]]] = field(default_factory=dict)
     reused: bool = False  # taken over from an earlier verification (rows unchanged since)
 
     @property
@@ -233,9 +235,10 @@ def compare_batch(
     The target's rows are always read and digested; the export side comes from
     :func:`expected_batch`. Only when the digests differ is the batch decoded again to
     name every mismatching checkpoint and write. ``certify``: the rows are read in one
-    snapshot with PostgreSQL's SHA-256 of them (:func:`rows_sha256`); ``earlier``, a
-    certified passed comparison of the same batch, is returned as it is (``reused``) when
-    that SHA-256 has not changed since: the same rows, already compared.
+    snapshot with PostgreSQL's SHA-256 of each thread's rows
+    (:func:`thread_rows_sha256`); ``earlier``, a certified passed comparison of the same
+    export batch, is taken over (``reused``) when each of the batch's threads now still
+    has the SHA-256 it passed with: the same rows, already compared.
     """
     if conn is None:
         with target.connect() as own:
@@ -244,12 +247,13 @@ def compare_batch(
                 own.read_only = True
             return compare_batch(target, manifest, key, cipher, own, threads, earlier,
                                  certify)
-    if certify and earlier is not None and earlier.passed and earlier.target_rows_sha256 \
-            and rows_sha256(conn, earlier.thread_ids) == earlier.target_rows_sha256:
-        return replace(earlier, reused=True)
+    if certify and earlier is not None:
+        taken_over = _taken_over(conn, earlier, threads)
+        if taken_over is not None:
+            return taken_over
     expected = expected_batch(manifest, key, cipher, threads)
     rows = target_rows(conn, expected.thread_ids)
-    certificate = rows_sha256(conn, expected.thread_ids) if certify else ""
+    certified = thread_rows_sha256(conn, expected.thread_ids) if certify else {}
     actual = target_view(*rows, cipher=cipher)
     actual_digest = actual.digest()
     content: list[dict] = []
@@ -265,8 +269,39 @@ def compare_batch(
         metadata_changes=expected.metadata_changes,
         resume_hazards=expected.resume_hazards,
         batch_sha256=manifest.batch(key).sha256, threads=threads,
-        thread_ids=expected.thread_ids, target_rows_sha256=certificate,
+        thread_ids=expected.thread_ids, certified=certified,
     )
+
+
+def _taken_over(conn: Any, earlier: BatchComparison,
+                threads: frozenset[str] | None) -> BatchComparison | None:
+    """``earlier`` (a certified pass of the same export batch) for the batch's threads now
+    (``threads``: those a later generation did not take away; None: all of them), when
+    every one of them still has the rows it passed with; else None (compare again).
+
+    Sound because the export side of a thread is the same (same batch bytes) and its
+    target rows are byte for byte those that compared equal (same SHA-256, computed by
+    PostgreSQL in the snapshot the comparison read)."""
+    now_ids = earlier.thread_ids if threads is None else sorted(threads)
+    if not earlier.passed or not earlier.certified or not set(now_ids) <= set(
+            earlier.certified):
+        return None
+    now = thread_rows_sha256(conn, now_ids)
+    if any(now.get(tid) != earlier.certified[tid] for tid in now_ids):
+        return None
+    if len(now_ids) == len(earlier.thread_ids):
+        return replace(earlier, threads=threads, reused=True)
+    kept = set(now_ids)
+    counts = dict(zip(("checkpoints", "checkpoint_blobs", "checkpoint_writes"),
+                      (sum(now[tid][1][i] for tid in now_ids) for i in range(3))))
+    digest = "taken over: " + hashlib.sha256(
+        "".join(now[tid][0] for tid in now_ids).encode()).hexdigest()
+    return replace(
+        earlier, expected_counts=counts, actual_counts=dict(counts), expected_digest=digest,
+        actual_digest=digest, threads=threads, thread_ids=now_ids,
+        certified={tid: now[tid] for tid in now_ids}, reused=True,
+        metadata_changes=[m for m in earlier.metadata_changes if m["thread_id"] in kept],
+        resume_hazards=[h for h in earlier.resume_hazards if h["thread_id"] in kept])
 
 
 def _view_counts(view: BatchView) -> dict[str, int]:
@@ -368,11 +403,11 @@ def verify_migration(
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
-    ``certify``: every batch is compared together with PostgreSQL's SHA-256 of the rows
-    compared (the report can then be the ``earlier`` of a later run). ``earlier``: a
-    certified report of the same target: a batch whose rows still have the SHA-256 it
-    passed with is taken over instead of compared again, and its threads that were read
-    back equal are not read back again (their source rows are the same too: the batch is
+    ``certify``: every batch is compared together with PostgreSQL's SHA-256 of each of its
+    threads' rows (the report can then be the ``earlier`` of a later run). ``earlier``: a
+    certified report of the same target: a batch whose threads still have the SHA-256 they
+    passed with (those a sync did not move to a later generation) is taken over instead of
+    compared again, and its threads that were read back equal are not read back again (their source rows are the same too: the batch is
     the same and the source-drift check compares every thread). This is how the cutover
     keeps its window short: the full comparison runs first, while writers still write.
 
@@ -669,11 +704,11 @@ def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | N
     ``workers`` processes; ``progress(checkpoints)`` after each batch. ``certify`` and
     ``earlier``: see :func:`verify_migration`."""
     items = (chain or ExportChain([manifest])).live_batches()
-    known = {(c.batch_sha256, c.threads): c for c in (earlier.batches if earlier else ())}
+    known = {c.batch_sha256: c for c in (earlier.batches if earlier else ())}
     arguments = (
         [m for m, _, _ in items], [k for _, k, _ in items], repeat(cipher), repeat(None),
         [t for _, _, t in items],
-        [known.get((m.batch(k).sha256, t)) for m, k, t in items], repeat(certify))
+        [known.get(m.batch(k).sha256) for m, k, _ in items], repeat(certify))
     if workers <= 1 or len(items) <= 1:
         results = map(compare_batch, repeat(target), *arguments)
         return [_progressed(result, progress) for result in results]
