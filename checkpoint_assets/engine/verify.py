@@ -282,6 +282,8 @@ def _taken_over(conn: Any, earlier: BatchComparison,
     Sound because the export side of a thread is the same (same batch bytes) and its
     target rows are byte for byte those that compared equal (same SHA-256, computed by
     PostgreSQL in the snapshot the comparison read)."""
+    if threads is None and earlier.threads is not None:
+        return None  # a batch's live threads only ever shrink; anything else: compare
     now_ids = earlier.thread_ids if threads is None else sorted(threads)
     if not earlier.passed or not earlier.certified or not set(now_ids) <= set(
             earlier.certified):
@@ -407,9 +409,10 @@ def verify_migration(
     threads' rows (the report can then be the ``earlier`` of a later run). ``earlier``: a
     certified report of the same target: a batch whose threads still have the SHA-256 they
     passed with (those a sync did not move to a later generation) is taken over instead of
-    compared again, and its threads that were read back equal are not read back again (their source rows are the same too: the batch is
-    the same and the source-drift check compares every thread). This is how the cutover
-    keeps its window short: the full comparison runs first, while writers still write.
+    compared again, and its threads that were read back equal are not read back again
+    (their source rows are the same too: the batch is the same and the source-drift check
+    compares every thread). This is how the cutover keeps its window short: the full
+    comparison runs first, while writers still write.
 
     ``chain``: the export's sync generations (export_chain): the target is then compared
     with the state they reached (each live thread with the generation holding it), and
