@@ -482,23 +482,26 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     verification compares again only what changed since, so the window follows the last
     changes rather than the size of the database.
     """
-    print("Catch-up sync (writers may still write)...", flush=True)
-    print(_sync(args, settings).render(), flush=True)
-    print(FIRST_VERIFICATION_MESSAGE, flush=True)
+    def say(text: str) -> None:  # with --json, stdout holds the JSON alone
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    say("Catch-up sync (writers may still write)...")
+    say(_sync(args, settings).render())
+    say(FIRST_VERIFICATION_MESSAGE)
     target = Target(settings.target_dsn or "", args.schema)
     first = _verify_chain(args, load_chain(args.export), target, certify=True)
-    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds)
+    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say)
     quiet_at = time.time()
-    print(f"Source quiet since {_clock(last_write)}; final sync...", flush=True)
+    say(f"Source quiet since {_clock(last_write)}; final sync...")
     synced = _sync(args, settings)
-    print(synced.render(), flush=True)
+    say(synced.render())
     chain = load_chain(args.export)
     report = _verify_chain(args, chain, target, certify=True, earlier=first)
     if not report.checks[SOURCE_MATCHES_EXPORT].passed \
             and source_files_state(args.source) == quiet_files:
         # The fingerprints missed a change (rowids used again): digest every thread.
-        print("The source differs from the synced state; syncing again, every thread "
-              "digested...", flush=True)
+        say("The source differs from the synced state; syncing again, every thread "
+            "digested...")
         synced = _sync(args, settings, read_every_thread=True)
         chain = load_chain(args.export)
         report = _verify_chain(args, chain, target, certify=True, earlier=first)

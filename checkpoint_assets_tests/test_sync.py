@@ -12,6 +12,7 @@ the target is a conflict, never overwritten.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -316,7 +317,7 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
     """checkpoint-assets export/import --threads @FILE, sync, cutover: the cutover waits
     for quiet, proves the selection equal, prints its window and says in the evidence
     that only those threads were compared."""
-    from checkpoint_assets.cli import main
+    from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE, main
 
     export, ids = tmp_path / "app.export", tmp_path / "tenant.txt"
     ids.write_text("rich-approve\nrich-basic\n\nlate-basic\n", encoding="utf-8")
@@ -343,6 +344,12 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
     text = evidence.read_text(encoding="utf-8")
     assert "ONLY these 3 thread(s) (--threads)" in text
     assert "equals the source as of" in text
+    # With --json, stdout is the summary alone (what it waits for goes to stderr).
+    assert main(["cutover", *common, "--target", target_dsn, "--quiet-seconds", "0.2",
+                 "--workers", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is True
+    assert FIRST_VERIFICATION_MESSAGE in captured.err
 
 
 def test_migrate_a_selection_as_dagster_runs(source: Path, tmp_path: Path, target_dsn: str,
