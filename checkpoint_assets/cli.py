@@ -34,14 +34,14 @@ from checkpoint_assets.engine.export_file import (
     verify_export,
     write_export,
 )
+from checkpoint_assets.engine.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.private_files import (
     write_private_json,
     write_private_text,
 )
-from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.selection import parse_thread_selection
+from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sync import (
     SyncReport,
     live_migration_section,
@@ -49,6 +49,7 @@ from checkpoint_assets.engine.sync import (
     sync_target,
     wait_until_quiet,
 )
+from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
     DEFAULT_READBACK_SAMPLE,
     SOURCE_MATCHES_EXPORT,
@@ -56,7 +57,6 @@ from checkpoint_assets.engine.verify import (
     VerificationReport,
     verify_migration,
 )
-from checkpoint_assets.engine.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
 from checkpoint_assets.engine.workers import (
     PARALLEL_MIN_BATCHES,
     kill_workers,
@@ -681,7 +681,10 @@ def _unverified_evidence(result: Any) -> str:
 
 def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
     """checks: the latest evaluation of every asset check, from the Dagster instance."""
-    from checkpoint_assets.check_results import latest_check_evaluations, render_check_rows
+    from checkpoint_assets.check_results import (
+        latest_check_evaluations,
+        render_check_rows,
+    )
     from checkpoint_assets.runner import project_instance
 
     with project_instance() as instance:
@@ -717,7 +720,8 @@ def cmd_quickstart(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.update(variables)
     args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
                               batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
-                              report=None, evidence=None, aes_key_env=AES_KEY_ENV)
+                              report=None, evidence=None, aes_key_env=AES_KEY_ENV,
+                              threads=None)
     status = _migrate(args, Settings.from_env())
     print(f"\nSettings (source, target DSN, batch size): {workdir / QUICKSTART_ENV_FILE}")
     print("See it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "

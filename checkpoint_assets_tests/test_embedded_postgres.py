@@ -5,6 +5,7 @@ and the user can stop it after the quick start and ``checkpoint-assets ui``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,27 @@ def test_stop_postgres_stops_the_server_that_ui_left_running(tmp_path: Path) -> 
         if psutil.pid_exists(postmaster) \
                 and psutil.Process(postmaster).status() != psutil.STATUS_ZOMBIE:
             psutil.Process(postmaster).terminate()
+
+
+def test_the_quick_start_migrates_the_sample_and_leaves_nothing_after_stop_postgres(
+        tmp_path: Path) -> None:
+    """README command 1's CLI: `checkpoint-assets quickstart` writes the sample database,
+    starts its own embedded PostgreSQL, migrates (exit 0, every check PASS, the evidence
+    report PASSED); `stop-postgres` then stops that server, and no process of it stays."""
+    work, home = tmp_path / "quickstart", tmp_path / "dagster_home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
+    env["DAGSTER_HOME"] = str(home)
+    cli = [sys.executable, "-m", "checkpoint_assets.cli"]
+    try:
+        done = subprocess.run([*cli, "quickstart", "--workdir", str(work)], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Evidence report (PASSED" in done.stdout
+        assert "FAIL" not in done.stdout.replace("FAILED and missing", "")
+    finally:
+        stopped = subprocess.run([*cli, "stop-postgres", "--workdir", str(work)], env=env,
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and stopped.stdout.startswith(
+        "Stopped the embedded PostgreSQL"), stopped.stdout + stopped.stderr
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(work) in " ".join(p.info["cmdline"] or [])]
