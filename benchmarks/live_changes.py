@@ -32,6 +32,7 @@ from checkpoint_assets_tests.corpus_graphs import (
     thread_config,
 )
 
+
 @dataclass
 class LiveChange:
     """The threads one application session touched, by kind of write."""

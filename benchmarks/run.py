@@ -365,8 +365,8 @@ def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, 
     batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
     from checkpoint_assets.engine.export_file import read_manifest
     from checkpoint_assets.engine.pipeline import import_export
-    from checkpoint_assets.engine.workers import workers_for
     from checkpoint_assets.engine.target import Target
+    from checkpoint_assets.engine.workers import workers_for
 
     started = time.perf_counter()
     manifest = read_manifest(export)
@@ -519,6 +519,7 @@ def step_cutover(source: str, export: str, dsn: str,
     stops; the cutover then waits for 3 quiet seconds. The window is the cutover's own figure: quiet
     -> final sync of that change -> every thread proven equal."""
     import benchmarks.live_changes  # noqa: F401  (imported before the clock: the change
+
     # must start while the cutover still verifies, not after its wait began)
     from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE
 

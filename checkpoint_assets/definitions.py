@@ -21,7 +21,11 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.settings import Settings
-from checkpoint_assets.sync_sensor import source_changed_sync, sync_batches_job, sync_job
+from checkpoint_assets.sync_sensor import (
+    source_changed_sync,
+    sync_batches_job,
+    sync_job,
+)
 
 # Runs the verification again by itself when batches change (its automation condition).
 # Running by default: under `dagster dev` nobody has to remember to switch it on, and a

@@ -23,7 +23,12 @@ from checkpoint_assets.engine.sqlite_target import restore_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
 from checkpoint_assets.engine.verify_rollback import verify_rollback
-from checkpoint_assets.settings import AES_KEY_ENV, TARGET_DSN_ENV, TARGET_SCHEMA_ENV, Settings
+from checkpoint_assets.settings import (
+    AES_KEY_ENV,
+    TARGET_DSN_ENV,
+    TARGET_SCHEMA_ENV,
+    Settings,
+)
 
 ROLLBACK_EXPORT_SUFFIX = ".rollback.export"
 READBACK_ALL_FLAG = "--readback-all"

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psycopg
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -37,8 +37,8 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.resources import build_resources
-from checkpoint_assets.settings import Settings
 from checkpoint_assets.sample import write_sample_database
+from checkpoint_assets.settings import Settings
 
 
 def write_corpus(path: Path, threads: int = 6) -> Path:

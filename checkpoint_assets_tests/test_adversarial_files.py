@@ -37,8 +37,12 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.engine.content_view import source_view, target_view
-from checkpoint_assets.engine.export_file import read_batch, read_manifest, verify_export, \
-    write_export
+from checkpoint_assets.engine.export_file import (
+    read_batch,
+    read_manifest,
+    verify_export,
+    write_export,
+)
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import ExpectedBatch, target_rows
 from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT

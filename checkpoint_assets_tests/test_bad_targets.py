@@ -48,7 +48,11 @@ from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
 )
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
-from checkpoint_assets_tests.dagster_support import check_results, definitions, materialize
+from checkpoint_assets_tests.dagster_support import (
+    check_results,
+    definitions,
+    materialize,
+)
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 ALL_TABLES = ("checkpoint_migrations", *TABLES)

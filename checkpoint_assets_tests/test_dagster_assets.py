@@ -21,10 +21,15 @@ import dagster as dg
 import psycopg
 import pytest
 
-from checkpoint_assets.assets.imported_batches import ROWS_ALREADY_PRESENT, ROWS_INSERTED
+from checkpoint_assets.assets.imported_batches import (
+    ROWS_ALREADY_PRESENT,
+    ROWS_INSERTED,
+)
 from checkpoint_assets.assets.staleness import OUT_OF_DATE
+from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
 from checkpoint_assets.definitions import build_definitions, defs
 from checkpoint_assets.engine.export_file import read_manifest, write_export
+from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     AUTOMATION_SENSOR,
@@ -46,8 +51,6 @@ from checkpoint_assets.partitions import (
     manifest_export_id,
     partition_keys,
 )
-from checkpoint_assets.engine.target import TABLES
-from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
 from checkpoint_assets.runner import migrate_in_process
 from checkpoint_assets_tests.dagster_support import (
     check_results,

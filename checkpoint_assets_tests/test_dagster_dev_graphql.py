@@ -27,15 +27,15 @@ import psycopg
 import pytest
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 
+from checkpoint_assets.check_results import partition_statuses
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.partitions import (
+    AUTOMATION_SENSOR,
     BATCH_MATCHES_EXPORT,
     BATCHES_ASSET,
     VERIFICATION_ASSET,
-    AUTOMATION_SENSOR,
     partition_keys_by_batch,
 )
-from checkpoint_assets.check_results import partition_statuses
 from checkpoint_assets.runner import migrate_in_process, project_instance
 from checkpoint_assets_tests.dagster_dev_support import (
     CHECK_EXECUTIONS,

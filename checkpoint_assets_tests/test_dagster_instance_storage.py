@@ -18,6 +18,10 @@ import pytest
 from dagster._core.storage.tags import USER_TAG
 from psycopg.conninfo import conninfo_to_dict
 
+from checkpoint_assets.check_results import (
+    declared_check_keys,
+    latest_check_evaluations,
+)
 from checkpoint_assets.partitions import (
     DAGSTER_PG_ENV,
     DAGSTER_PG_HOST_ENV,
@@ -25,7 +29,6 @@ from checkpoint_assets.partitions import (
     FRONT_END_TAG,
     TARGET_POOL,
 )
-from checkpoint_assets.check_results import declared_check_keys, latest_check_evaluations
 from checkpoint_assets.project import (
     POSTGRES_INSTANCE_YAML,
     SQLITE_INSTANCE_YAML,

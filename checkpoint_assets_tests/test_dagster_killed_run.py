@@ -17,19 +17,23 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import psycopg
+import pytest
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
-import psycopg
-import pytest
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs
 from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import compare_batch
-from checkpoint_assets.partitions import TARGET_DSN_ENV, WORKERS_ENV, partition_keys_by_batch
+from checkpoint_assets.partitions import (
+    TARGET_DSN_ENV,
+    WORKERS_ENV,
+    partition_keys_by_batch,
+)
 from checkpoint_assets.runner import partition_statuses
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _dbname, _wait_for_backend

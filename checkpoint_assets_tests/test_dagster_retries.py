@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from checkpoint_assets.assets.imported_batches import materialized_partitions
+from checkpoint_assets.check_results import partition_statuses
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
@@ -30,7 +31,6 @@ from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
-from checkpoint_assets.check_results import partition_statuses
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,

@@ -35,7 +35,11 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.settings import Settings
-from checkpoint_assets_tests.dagster_support import check_results, materialize, write_corpus
+from checkpoint_assets_tests.dagster_support import (
+    check_results,
+    materialize,
+    write_corpus,
+)
 
 CHECKPOINTS_SQL = "SELECT * FROM checkpoints ORDER BY thread_id, checkpoint_ns, checkpoint_id"
 WRITES_SQL = "SELECT * FROM writes ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx"

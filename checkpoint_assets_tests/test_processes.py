@@ -29,10 +29,18 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.embedded_postgres import dsn_for_database, temporary_database
-from checkpoint_assets.engine.export_file import ExportManifest, read_manifest, write_export
+from checkpoint_assets.engine.export_file import (
+    ExportManifest,
+    read_manifest,
+    write_export,
+)
 from checkpoint_assets.engine.loader import _lock_id
 from checkpoint_assets.engine.target import Target
-from checkpoint_assets.partitions import TARGET_DSN_ENV, WORKERS_ENV, partition_keys_by_batch
+from checkpoint_assets.partitions import (
+    TARGET_DSN_ENV,
+    WORKERS_ENV,
+    partition_keys_by_batch,
+)
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _batch_state, _dbname, _wait_for_backend
 

@@ -32,10 +32,10 @@ from langgraph.graph import END, START, StateGraph
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.embedded_postgres import temporary_database
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.loader import TransientLoadError
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import verify_migration

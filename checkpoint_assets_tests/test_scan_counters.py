@@ -21,7 +21,11 @@ from psycopg import sql
 from checkpoint_assets.engine.export_file import ExportManifest, write_export
 from checkpoint_assets.engine.loader import load_batch
 from checkpoint_assets.engine.target import STATISTICS_MIN_ROWS, TABLES, Target
-from checkpoint_assets.engine.verify import compare_batch, compare_batches, verify_migration
+from checkpoint_assets.engine.verify import (
+    compare_batch,
+    compare_batches,
+    verify_migration,
+)
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 
 THREADS = 260  # about 3,000 checkpoints, 8,000 blob rows and 7,000 writes

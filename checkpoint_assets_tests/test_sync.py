@@ -421,7 +421,11 @@ def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
 def test_an_edited_source_state_is_refused(sample_db: Path, tmp_path: Path) -> None:
     """The S frame (what the next sync compares with) is covered by the footer: one changed
     byte and neither the state nor the file is accepted."""
-    from checkpoint_assets.engine.export_file import read_manifest, read_state, verify_export
+    from checkpoint_assets.engine.export_file import (
+        read_manifest,
+        read_state,
+        verify_export,
+    )
 
     manifest = write_export(sample_db, tmp_path / "x.export")
     assert set(read_state(manifest).threads) == {

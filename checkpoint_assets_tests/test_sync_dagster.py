@@ -8,9 +8,11 @@ the sync is a new materialization of the export asset whose batches become new p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
-from pathlib import Path
+from langchain_core.messages import HumanMessage
 
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
@@ -32,7 +34,6 @@ from checkpoint_assets_tests.dagster_support import (
     write_corpus,
 )
 from checkpoint_assets_tests.test_changing_source import running_application
-from langchain_core.messages import HumanMessage
 
 pytestmark = [pytest.mark.timeout(180)]
 

@@ -20,9 +20,9 @@ from langgraph.types import StateSnapshot
 from psycopg import Connection
 from psycopg.rows import dict_row
 
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import verify_migration

@@ -7,11 +7,20 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
+from checkpoint_assets.assets.dagster_metadata import (
+    check_metadata,
+    error_text,
+    failure,
+)
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.engine.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.export_chain import ExportChain, SyncResult, load_chain, write_sync
+from checkpoint_assets.engine.export_chain import (
+    ExportChain,
+    SyncResult,
+    load_chain,
+    write_sync,
+)
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     export_thread_digests,

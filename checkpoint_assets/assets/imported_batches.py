@@ -50,8 +50,8 @@ from checkpoint_assets.partitions import (
     POSTGRES_KIND,
     TARGET_POOL,
     batch_partitions,
-    chain_batch_for,
     batch_retry_policy,
+    chain_batch_for,
     manifest_export_id,
 )
 from checkpoint_assets.resources import (

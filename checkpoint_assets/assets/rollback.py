@@ -28,7 +28,6 @@ from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
-from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.sqlite_target import (
     connect_sqlite_target,
     discard_work_file,
@@ -37,6 +36,7 @@ from checkpoint_assets.engine.sqlite_target import (
     publish_restored,
     work_path,
 )
+from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import OFFICIAL_READBACK, check_spec
 from checkpoint_assets.engine.verify_rollback import (
     EXPORT_MATCHES_POSTGRES,

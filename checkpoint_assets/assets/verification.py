@@ -17,8 +17,8 @@ from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.export_chain import load_chain
-from checkpoint_assets.engine.sync import live_migration_section
 from checkpoint_assets.engine.export_file import ExportManifest
+from checkpoint_assets.engine.sync import live_migration_section
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import (
     CheckOutcome,

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
+from checkpoint_assets.engine import jsontext
+from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.codec import (
     is_delta_snapshot,
     pack_opaque,
@@ -31,9 +32,7 @@ from checkpoint_assets.engine.convert import (
     decode_thread,
     split_type,
 )
-from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.rows import ThreadRows
 
 CheckpointKey = tuple[str, str, str]

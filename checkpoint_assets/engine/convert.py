@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import ormsgpack
 
+from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.checkpoint_metadata import (
     MetadataChange,
     jsonb_metadata,
@@ -32,7 +33,6 @@ from checkpoint_assets.engine.codec import (
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine import jsontext
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 
 PLAIN_TYPES = ("msgpack", "json")

@@ -28,8 +28,8 @@ from __future__ import annotations
 import bisect
 import fcntl
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path

@@ -42,7 +42,6 @@ from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.workers import process_pool
 
-
 # Below this many threads a second process does not pay for its start.
 PARALLEL_MIN_THREADS = 200
 

@@ -38,7 +38,6 @@ from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sqlite_target import read_thread
 from checkpoint_assets.engine.target import Target, scrub
-from checkpoint_assets.engine.workers import workers_for
 from checkpoint_assets.engine.verify import (
     DEFAULT_READBACK_SAMPLE,
     MAX_LISTED,
@@ -50,6 +49,7 @@ from checkpoint_assets.engine.verify import (
     readback_sample,
     register_check_specs,
 )
+from checkpoint_assets.engine.workers import workers_for
 
 ROLLBACK_COUNT_MATCH = "rollback_count_match"
 EXPORT_MATCHES_POSTGRES = "export_matches_postgres"
