@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import verify_export
+from checkpoint_assets.engine.evidence import default_evidence_path
+from checkpoint_assets.engine.export_file import read_manifest, verify_export
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback import RollbackNotVerified, rollback
+from checkpoint_assets.engine.rollback import (
+    ROLLBACK_EXPORT_SUFFIX,
+    RollbackNotVerified,
+    default_rollback_export,
+    rollback,
+)
 from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
+from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.sqlite_target import restore_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
@@ -29,9 +36,6 @@ from checkpoint_assets.settings import (
     TARGET_SCHEMA_ENV,
     Settings,
 )
-
-ROLLBACK_EXPORT_SUFFIX = ".rollback.export"
-READBACK_ALL_FLAG = "--readback-all"
 
 
 def add_rollback_commands(sub: Any, settings: Settings) -> None:
@@ -113,21 +117,6 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     add_verification(p)
 
 
-def parse_threads(value: str | None) -> list[str] | None:
-    """--threads: None (every thread), ``a,b,c``, or ``@FILE`` (one id a line)."""
-    if not value:
-        return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MigrationError(f"Cannot read the thread list {path}: {exc.strerror or exc}.",
-                                 "Pass --threads @FILE with one thread id a line.") from None
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    return [part.strip() for part in value.split(",") if part.strip()]
-
-
 def source_dsn(args: argparse.Namespace, settings: Settings) -> str:
     """--source-dsn, else the migration's target DSN; MigrationError when neither is set."""
     dsn = getattr(args, "source_dsn", None) or settings.target_dsn
@@ -141,18 +130,18 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
                  emit: Any, write_evidence: Any) -> int:
     """rollback: export + restore + verify; a new file is published only when verified."""
     dsn = source_dsn(args, settings)
-    export = args.export or args.to.with_name(args.to.name + ROLLBACK_EXPORT_SUFFIX)
+    export = args.export or default_rollback_export(args.to)
     source = Target(dsn, args.schema, role="source")
     readback = None if args.readback_all else DEFAULT_READBACK_SAMPLE
     try:
         result = rollback(dsn, args.to, export, schema=args.schema,
-                          threads=parse_threads(args.threads), cipher=cipher,
+                          threads=parse_thread_selection(args.threads), cipher=cipher,
                           readback_threads=readback, batch_size=args.batch_size,
                           original_export=args.original_export)
     except RollbackNotVerified as exc:
         if exc.report is None:
             raise
-        status = _finish(args, exc.report, verify_export(export), source, str(args.to), None,
+        status = _finish(args, exc.report, read_manifest(export), source, str(args.to), None,
                          emit, write_evidence, export)
         print(f"FAILED: {exc}", file=sys.stderr)
         return status
@@ -167,7 +156,7 @@ def cmd_export_postgres(args: argparse.Namespace, settings: Settings, cipher: An
     dsn = source_dsn(args, settings)
     originals = OriginalRows(args.original_export) if args.original_export else None
     manifest = write_postgres_export(dsn, args.export, schema=args.schema,
-                                     threads=parse_threads(args.threads), cipher=cipher,
+                                     threads=parse_thread_selection(args.threads), cipher=cipher,
                                      batch_size=args.batch_size, originals=originals)
     counts = dict(originals.counts) if originals is not None else None
     emit(args, {"command": "export-postgres", "ok": True, "export": str(manifest.path),
@@ -218,7 +207,7 @@ def _finish(args: argparse.Namespace, report: VerificationReport, manifest: Any,
             source: Target, sqlite_path: str, totals: Any, emit: Any, write_evidence: Any,
             export: Path, original_bytes: dict[str, int] | None = None) -> int:
     evidence = write_evidence(
-        args.evidence or Path(f"{export}.evidence.md"),
+        args.evidence or default_evidence_path(export),
         render_rollback_evidence(report, manifest=manifest, source_display=source.display,
                                  sqlite_path=sqlite_path, restore_totals=totals))
     lines = ["Rollback verification " + ("PASSED" if report.passed else "FAILED")]

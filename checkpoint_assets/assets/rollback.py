@@ -27,7 +27,12 @@ from checkpoint_assets.engine.errors import ConflictError, FailureKind, Migratio
 from checkpoint_assets.engine.export_file import read_manifest
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback import (
+    ROLLBACK_EXPORT_SUFFIX,
+    default_rollback_export,
+)
 from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
+from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.sqlite_target import (
     connect_sqlite_target,
     discard_work_file,
@@ -67,8 +72,12 @@ from checkpoint_assets.partitions import (
     rollback_partitions,
 )
 from checkpoint_assets.resources import PostgresTargetResource
-from checkpoint_assets.rollback_cli import ROLLBACK_EXPORT_SUFFIX, parse_threads
-from checkpoint_assets.settings import AES_KEY_ENV, ROLLBACK_ORIGINAL_EXPORT_ENV
+from checkpoint_assets.settings import (
+    AES_KEY_ENV,
+    READBACK_ALL,
+    READBACK_THREADS_ENV,
+    ROLLBACK_ORIGINAL_EXPORT_ENV,
+)
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK)
@@ -107,7 +116,7 @@ class RollbackResource(dg.ConfigurableResource):
     def export(self) -> Path:
         """The export file of the rollback."""
         return Path(self.export_path) if self.export_path else \
-            self.to().with_name(self.to().name + ROLLBACK_EXPORT_SUFFIX)
+            default_rollback_export(self.to())
 
     def cipher(self) -> Cipher | None:
         """The cipher of an encrypted application, or None."""
@@ -149,7 +158,7 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
         if rollback.original_export:
             originals = OriginalRows(rollback.original_export)
         manifest = write_postgres_export(
-            source.dsn, path, schema=source.schema, threads=parse_threads(rollback.threads),
+            source.dsn, path, schema=source.schema, threads=parse_thread_selection(rollback.threads),
             cipher=rollback.cipher(), batch_size=rollback.batch_size, originals=originals)
     except MigrationError as exc:
         message = error_text(exc, source.dsn)
@@ -272,7 +281,8 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     source = Target(final.dsn, final.schema, role="source")
     path = rollback.loading_into()
     report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
-                             readback_threads=target.readback_sample())
+                             readback_threads=target.readback_sample(),
+                             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}")
     results = [dg.AssetCheckResult(
         check_name=name, passed=outcome.passed,
         metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,

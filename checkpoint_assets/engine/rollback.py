@@ -22,6 +22,14 @@ from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
 from checkpoint_assets.engine.verify_rollback import verify_rollback
 
+ROLLBACK_EXPORT_SUFFIX = ".rollback.export"
+
+
+def default_rollback_export(to_path: str | Path) -> Path:
+    """Where a rollback into ``to_path`` writes its export when none is given."""
+    to_path = Path(to_path)
+    return to_path.with_name(to_path.name + ROLLBACK_EXPORT_SUFFIX)
+
 
 class RollbackNotVerified(MigrationError):
     """The restored SQLite file failed a check; a new file was not published."""

@@ -47,6 +47,9 @@ REQUIRED_PRIVILEGES = ((MIGRATIONS_TABLE, "SELECT"),
                        *((table, privilege) for table in TABLES
                          for privilege in ("SELECT", "INSERT")))
 CONNECT_TIMEOUT_SECONDS = 10
+# Where the user gives a DSN, by the part it plays (the rollback reads from PostgreSQL).
+DSN_OPTIONS = {"target": "--target or $CHECKPOINT_ASSETS_TARGET_DSN",
+               "source": "--source-dsn, else $CHECKPOINT_ASSETS_TARGET_DSN"}
 # A table is analyzed again once the rows changed since its last ANALYZE reach this share of
 # the rows it had then (1.0: it doubled), and at least STATISTICS_MIN_ROWS: a geometric
 # schedule, so a load of N rows analyzes each table about log2(N) times.
@@ -111,7 +114,8 @@ class TargetConnectionLimitError(MigrationError):
 
 
 class Target:
-    """Where the migration writes: a DSN and an optional schema for PostgresSaver's tables."""
+    """PostgresSaver's tables in PostgreSQL: a DSN and an optional schema; the migration's
+    target, or a rollback's source (``role``, as messages name it)."""
 
     def __init__(self, dsn: str, schema: str | None = None, role: str = "target") -> None:
         self.dsn = dsn
@@ -129,7 +133,7 @@ class Target:
         try:
             conninfo = make_conninfo(self.dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except psycopg.ProgrammingError:
-            raise MigrationError("The target DSN cannot be parsed.",
+            raise MigrationError(f"The {self.role} DSN cannot be parsed.",
                                  "Use postgresql://user:password@host:port/dbname.") from None
         conn = self._open(conninfo, autocommit)
         try:
@@ -160,14 +164,14 @@ class Target:
             return TargetAuthenticationError(
                 f"The {self.role} {self.display} rejected the login (authentication "
                 f"failed): {reason}",
-                "Check the user name and password in the target DSN (--target or "
-                "$CHECKPOINT_ASSETS_TARGET_DSN; percent-encode special characters in a "
+                f"Check the user name and password in the {self.role} DSN ("
+                f"{DSN_OPTIONS[self.role]}; percent-encode special characters in a "
                 "postgresql:// URL), and that pg_hba.conf lets this user connect with a "
                 "password.",
             )
         if ROLE_LIMIT_REACHED in reason:
             return TargetConnectionLimitError(
-                f"The target {self.display} refused a connection: the role's connection "
+                f"The {self.role} {self.display} refused a connection: the role's connection "
                 f"limit is reached ({reason}). checkpoint-assets opens one connection per "
                 "worker process; other sessions of the role count too. Nothing more was "
                 "written.",
@@ -178,7 +182,7 @@ class Target:
             )
         if any(marker in reason for marker in SERVER_SLOTS_FULL):
             return TargetConnectionLimitError(
-                f"The target server {self.display} refused a connection: all its "
+                f"The {self.role} server {self.display} refused a connection: all its "
                 f"connection slots are in use (max_connections; {reason}). Nothing more "
                 "was written.",
                 "Run with fewer workers (--workers 1, or CHECKPOINT_ASSETS_WORKERS=1), close "
@@ -343,10 +347,11 @@ def _library_version() -> str:
 
 def thread_rows_sha256(conn: psycopg.Connection,
                        threads: Sequence[str]) -> dict[str, tuple[str, tuple[int, int, int]]]:
-    """Per thread: the SHA-256 of every row it has in PostgresSaver's tables, computed by
-    PostgreSQL, and its rows per table (checkpoints, blobs, writes). The SHA-256 stays the
-    same only while the rows are byte for byte the same (a row added, changed or removed
-    changes it). Read in the caller's transaction: with rows a caller compared in the same
+    """Per thread: a SHA-256 over the md5 PostgreSQL computes of its rows in each of
+    PostgresSaver's tables (each row's text, blobs by their own md5, in key order), and
+    its rows per table (checkpoints, blobs, writes). It stays the same only while the rows
+    are byte for byte the same (a row added, changed or removed changes it), short of an
+    md5 collision someone would have to construct. Read in the caller's transaction: with rows a caller compared in the same
     snapshot, it certifies exactly those rows. Threads with no row are left out."""
     found: dict[str, list[Any]] = {}
     for position, table in enumerate(TABLES):

@@ -99,9 +99,9 @@ class BatchComparison:
     metadata_mismatches: list[dict]
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
-    # What was compared, and (certified comparisons) per thread the SHA-256 PostgreSQL
-    # computed of its rows in the same snapshot, with its rows per table: while a thread's
-    # SHA-256 stays the same, so does its part of this result.
+    # What was compared, and (certified comparisons) per thread the digest of its rows
+    # (target.thread_rows_sha256) read in the same snapshot, with its rows per table: while
+    # a thread's digest stays the same, so does its part of this result.
     batch_sha256: str = ""
     threads: frozenset[str] | None = None
     thread_ids: list[str] = field(default_factory=list)

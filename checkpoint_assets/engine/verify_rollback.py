@@ -69,17 +69,24 @@ def verify_rollback(
     """Run every rollback check and return the report; never raises for a mismatch.
 
     ``readback_threads`` None reads every exported thread back through both savers.
-    Raises MigrationError when PostgreSQL cannot be read (the message without password).
+    Raises MigrationError when PostgreSQL cannot be read, in the comparison or the
+    read-back (the message without password).
     """
-    started = time.perf_counter()
     try:
-        comparisons = compare_batches(manifest, source, cipher,
-                                      workers=workers_for(manifest))
+        return _verify_rollback(manifest, source, sqlite_path, cipher, readback_threads,
+                                readback_all_hint)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the source {source.display} failed during the verification: "
             f"{scrub(str(exc).strip(), source.dsn)}",
             "Check that the server is up, then run the verification again.") from None
+
+
+def _verify_rollback(manifest: ExportManifest, source: Target, sqlite_path: str | Path,
+                     cipher: Cipher | None, readback_threads: int | None,
+                     readback_all_hint: str) -> VerificationReport:
+    started = time.perf_counter()
+    comparisons = compare_batches(manifest, source, cipher, workers=workers_for(manifest))
     postgres_counts = {t: sum(c.actual_counts[t] for c in comparisons) for t in COUNTED}
     export_counts = {"checkpoints": manifest.checkpoints, "checkpoint_writes": manifest.writes}
     sqlite_counts, identical, mismatches = compare_sqlite_with_export(sqlite_path, manifest,
