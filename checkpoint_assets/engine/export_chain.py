@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     GENERATION_SUFFIX,
@@ -89,8 +90,8 @@ class ExportChain:
         return self.state_at(len(self.generations) - 1)
 
     def state_at(self, generation: int) -> SourceState:
-        """The source state generation ``generation`` recorded (an export written before
-        states existed: its threads' digests, with no fingerprints)."""
+        """The source state generation ``generation`` recorded (an export written without
+        one, see export_file.read_state: its threads' digests, with no fingerprints)."""
         if generation not in self._states:
             manifest = self.generations[generation]
             state = read_state(manifest)
@@ -225,8 +226,8 @@ def load_chain(export_path: str | Path) -> ExportChain:
             raise MigrationError(
                 f"Sync generation {path} does not follow {previous.path} (it belongs to "
                 "another export of this source).",
-                f"Delete the files {Path(export_path).name}{GENERATION_SUFFIX}* from "
-                f"{path.parent} from {path.name} on, then run the sync again.")
+                f"Delete {path.name} and every later {Path(export_path).name}"
+                f"{GENERATION_SUFFIX}NNNN file in {path.parent}, then run the sync again.")
         generations.append(manifest)
 
 
@@ -266,7 +267,8 @@ def write_sync(source_path: str | Path, export_path: str | Path, *,
 
 @contextmanager
 def _exclusive(export_path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on the export file (released when the process ends)."""
+    """An exclusive advisory lock on the export file, held for the block (the system drops
+    it should the process die inside)."""
     try:
         handle = export_path.open("rb")
     except OSError:
@@ -292,7 +294,8 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                         if tid not in previous.threads
                         or previous.threads[tid][previous.FINGERPRINT]
                         != entry[state.FINGERPRINT]}
-            for table, recorded in previous.last_rows.items():
+            for table in ("checkpoints", "writes"):
+                recorded = previous.last_rows.get(table)
                 now = source.last_row(table, recorded[0]) if recorded is not None else None
                 if now is not None and row_sha256(now[1]) != recorded[2]:
                     read_every_thread = True  # the rowid was used again
@@ -305,7 +308,7 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
             changed: list[str] = []
 
             def changed_threads() -> Iterator[ThreadRows]:
-                for tid in sorted(suspects & state.threads.keys()):
+                for tid in sorted(suspects):
                     rows = source.thread_rows(tid)
                     sha = next(thread_digests(iter(rows.checkpoints), iter(rows.writes)))[1]
                     old = previous.threads.get(tid)
@@ -316,17 +319,21 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     yield rows
 
             deleted = sorted(previous.threads.keys() - state.threads.keys())
+            if not suspects and not deleted:  # nothing to write, not even a file to drop
+                return SyncResult(None, generation, [], [], [], 0, read_every_thread,
+                                  state.snapshot_at, time.perf_counter() - started)
             path = generation_path(export_path, generation)
             write_generation(
                 source, path, changed_threads(), state, generation=generation,
-                batch_size=int(chain.export.header.get("batch_size") or 1000),
+                batch_size=int(chain.export.header.get("batch_size") or DEFAULT_BATCH_SIZE),
                 header={"previous_export_sha256": chain.latest.footer_sha256,
                         "deleted_threads": deleted, "selection": chain.selection})
     finally:
         source.close()
-    manifest: ExportManifest | None = read_manifest(path)
-    if not (added or changed or deleted):
+    manifest: ExportManifest | None = None
+    if added or changed or deleted:
+        manifest = read_manifest(path)
+    else:  # fingerprints moved, contents did not (e.g. VACUUM renumbered rowids)
         path.unlink()
-        manifest = None
     return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
                       read_every_thread, state.snapshot_at, time.perf_counter() - started)

@@ -679,8 +679,9 @@ def _manifest_from_footer(
 
 
 def read_state(manifest: ExportManifest) -> SourceState | None:
-    """The source state an export generation recorded (None for exports written before
-    the state frame existed), after checking it against the footer's digest of it."""
+    """The source state an export generation recorded, after checking it against the
+    footer's digest of it; None for an export written without one (from PostgreSQL, by
+    :func:`write_export_rows`, or by a version 2 writer from before the state frame)."""
     entry = manifest.state
     if entry is None:
         return None

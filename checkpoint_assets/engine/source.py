@@ -132,8 +132,9 @@ class SourceDatabase:
 
         Read from the primary-key indexes alone (each index entry carries its rowid), never
         from the rows' blobs. A new, deleted or replaced row changes its thread's
-        fingerprint, except a replaced row that was its table's last row: SQLite gives it
-        the same rowid again (see :meth:`last_row`).
+        fingerprint (``INSERT OR REPLACE`` gives the new row max + 1, even for the table's
+        last row); only a rowid used again after the highest rowids were deleted can keep
+        it, which :meth:`last_row` lets a sync notice (see export_chain).
         """
         out: dict[str, list[int]] = {}
         for position, table in ((0, "checkpoints"), (3, "writes")):
@@ -149,6 +150,8 @@ class SourceDatabase:
                  ) -> tuple[int, CheckpointRow | WriteRow] | None:
         """(rowid, row) of the table's last row (highest rowid), or of the row ``rowid``;
         None when there is no such row."""
+        if table not in ("checkpoints", "writes"):
+            raise ValueError(f"not a SqliteSaver table: {table!r}")
         select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
         where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
         record = self._execute(f"SELECT rowid, {select} FROM {table} {where} "
