@@ -64,7 +64,8 @@ def apply_live_changes(path: str | Path, *, changed: int, added: int, deleted: i
     rng = random.Random(seed)
     threads = corpus_thread_ids(path)
     paused = paused_thread_ids(path)
-    finished = [t for t in threads if t not in set(paused)]
+    paused_set = set(paused)
+    finished = [t for t in threads if t not in paused_set]
     rng.shuffle(paused)
     rng.shuffle(finished)
     thirds = [changed // 3, changed // 3, changed - 2 * (changed // 3)]

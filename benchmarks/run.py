@@ -429,6 +429,20 @@ def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
             "checks_passed": len(report.checks)}
 
 
+def console_env(dsn: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without any CHECKPOINT_ASSETS_ setting, plus the target DSN (if
+    given) and ``extra``."""
+    from checkpoint_assets.settings import TARGET_DSN_ENV
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
+    return {**env, **({TARGET_DSN_ENV: dsn} if dsn else {}), **(extra or {})}
+
+
+def console_script() -> Path:
+    """The checkpoint-assets console script of this interpreter's environment."""
+    return Path(sys.executable).with_name("checkpoint-assets")
+
+
 def run_console_script(work: Path, dsn: str, arguments: list[str],
                        env_extra: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
     """Run ``checkpoint-assets <arguments> --report FILE`` in ``work`` with the target DSN
@@ -436,9 +450,7 @@ def run_console_script(work: Path, dsn: str, arguments: list[str],
     the end of its output when it fails."""
     command_name = arguments[0]
     report = work / f"{command_name}-report.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env.update({"CHECKPOINT_ASSETS_TARGET_DSN": dsn, **(env_extra or {})})
-    script = Path(sys.executable).with_name("checkpoint-assets")
+    env, script = console_env(dsn, env_extra), console_script()
     log = work / f"{command_name}.log"
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -518,17 +530,15 @@ def step_cutover(source: str, export: str, dsn: str,
     verifies every thread, the application makes a last change (a fifth of the sync's) and
     stops; the cutover then waits for 3 quiet seconds. The window is the cutover's own figure: quiet
     -> final sync of that change -> every thread proven equal."""
-    import benchmarks.live_changes  # noqa: F401  (imported before the clock: the change
-
-    # must start while the cutover still verifies, not after its wait began)
+    # Imported before the clock: the change must start while the cutover still verifies.
+    import benchmarks.live_changes  # noqa: F401
     from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE
 
     work = Path(export).parent
     report_path = work / "cutover-report.json"
     log = work / "cutover.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env["CHECKPOINT_ASSETS_TARGET_DSN"] = dsn
-    script = Path(sys.executable).with_name("checkpoint-assets")
+    env, script = console_env(dsn), console_script()
+    last_change_threads = max(5, _changed_threads(source, changed_threads) // 5)
     started = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -540,8 +550,7 @@ def step_cutover(source: str, export: str, dsn: str,
         while process.poll() is None and \
                 FIRST_VERIFICATION_MESSAGE.encode() not in log.read_bytes():
             time.sleep(0.05)
-        last_change = step_sync_change(source, max(5, _changed_threads(source, changed_threads)
-                                                    // 5), seed=2)
+        last_change = step_sync_change(source, last_change_threads, seed=2)
         status = process.wait()
     seconds = time.perf_counter() - started
     if status != 0:
@@ -618,10 +627,9 @@ def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
     from checkpoint_assets_tests.dagster_dev_support import DagsterDev
 
     work = Path(workdir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHECKPOINT_ASSETS_")}
-    env.update({"DAGSTER_HOME": str(work / "dagster_home"), SOURCE_ENV: source,
-                EXPORT_ENV: str(work / "run.export")})
-    script = Path(sys.executable).with_name("checkpoint-assets")
+    env = console_env(None, {"DAGSTER_HOME": str(work / "dagster_home"), SOURCE_ENV: source,
+                             EXPORT_ENV: str(work / "run.export")})
+    script = console_script()
     checks = []
     for _ in range(UI_REPEATS):
         started = time.perf_counter()
@@ -1005,18 +1013,18 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         back = step(size, "rollback")
         if back and mig:
             ratio = back["seconds"] / mig["seconds"]
-            add("rollback <= 2x migrate", size, ratio, f"<= {ROLLBACK_MAX_X_MIGRATE}",
+            add(f"rollback <= {ROLLBACK_MAX_X_MIGRATE:g}x migrate", size, ratio, f"<= {ROLLBACK_MAX_X_MIGRATE}",
                 ratio <= ROLLBACK_MAX_X_MIGRATE,
                 "both end to end through the console script, the rollback from the "
                 "database that migrate loaded, in the same run")
         synced, cutover = step(size, "sync"), step(size, "cutover")
         if synced and mig:
             ratio = synced["seconds"] / mig["seconds"]
-            add("sync <= 10% of migrate", size, ratio, f"<= {SYNC_MAX_X_MIGRATE}",
+            add(f"sync <= {SYNC_MAX_X_MIGRATE:.0%} of migrate", size, ratio, f"<= {SYNC_MAX_X_MIGRATE}",
                 ratio <= SYNC_MAX_X_MIGRATE, "console script, process start included")
         if cutover and mig:
             ratio = cutover["seconds"] / mig["seconds"]
-            add("cutover window <= 25% of migrate", size, ratio,
+            add(f"cutover window <= {CUTOVER_MAX_X_MIGRATE:.0%} of migrate", size, ratio,
                 f"<= {CUTOVER_MAX_X_MIGRATE}", ratio <= CUTOVER_MAX_X_MIGRATE,
                 "the window cutover prints: quiet -> every thread proven equal")
         for name, result in (("import", imp), ("migrate", mig), ("rollback", back),

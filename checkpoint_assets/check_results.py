@@ -134,6 +134,7 @@ def latest_check_evaluations(
     not evaluate (a backfill's batches loaded earlier) shows its latest finished
     evaluation, never another command's evaluation still in progress.
     """
+    defs = defs or build_definitions()  # built once: both groups' keys come from it
     keys = declared_check_keys(defs)
     publish_keys = sorted((key for asset in STAGING_ASSETS for key in asset.check_keys),
                           key=lambda k: k.name)

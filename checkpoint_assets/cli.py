@@ -718,11 +718,13 @@ def cmd_quickstart(args: argparse.Namespace, settings: Settings) -> int:
                  EMBEDDED_PG_ENV: str(workdir / EMBEDDED_PG_DIR)}
     write_env_file(workdir / QUICKSTART_ENV_FILE, variables)
     os.environ.update(variables)
-    args = argparse.Namespace(source=str(source), export=None, target=dsn, schema=None,
-                              batch_size=QUICKSTART_BATCH_SIZE, readback_all=True, json=False,
-                              report=None, evidence=None, aes_key_env=AES_KEY_ENV,
-                              threads=None)
-    status = _migrate(args, Settings.from_env())
+    # The quick start is `migrate` with these flags: parsed like them, so every flag
+    # migrate gains has its default here too.
+    settings = Settings.from_env()
+    args = build_parser(settings).parse_args(
+        ["migrate", "--source", str(source), "--target", dsn,
+         "--batch-size", str(QUICKSTART_BATCH_SIZE), "--readback-all"])
+    status = _migrate(args, settings)
     print(f"\nSettings (source, target DSN, batch size): {workdir / QUICKSTART_ENV_FILE}")
     print("See it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "
           "http://127.0.0.1:3000); the migration_verification asset shows the same "

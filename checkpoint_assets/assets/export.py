@@ -85,8 +85,8 @@ def checkpoint_export(
     Reads the source read-only in one consistent snapshot, groups whole threads into
     batches of about ``batch_size`` checkpoints, and writes every row with per-thread,
     per-batch and whole-file digests. Each batch becomes one dynamic partition of the
-    imported batches asset; keys are deterministic (``batch-00001``, ...), so exporting
-    the same source twice yields the same partitions. Partitions of an earlier export
+    imported batches asset; keys name the export and the batch's place
+    (``g<export id>-b00001``, ...), so the same source and batch size give the same keys. Partitions of an earlier export
     that this one no longer has are removed. With ``sync`` (the ``checkpoint_sync`` job,
     the ``source_changed_sync`` sensor), the materialization is a new generation of the
     export holding only what changed, its digest chained to the previous one.

@@ -22,6 +22,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     preview_silenced,
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
+from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export_file import read_manifest
@@ -183,7 +184,7 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
             "writes": dg.MetadataValue.int(manifest.writes),
             "threads": dg.MetadataValue.int(manifest.threads),
             "batches": dg.MetadataValue.int(len(manifest.batches)),
-            "export_id": dg.MetadataValue.text(manifest_export_id(manifest)),
+            EXPORT_ID_METADATA: dg.MetadataValue.text(manifest_export_id(manifest)),
             "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
             "partitions_added": dg.MetadataValue.int(len(added)),
             "partitions_removed": dg.MetadataValue.json(removed),

@@ -190,7 +190,7 @@ class ExportChain:
             if entry is None:
                 continue
             holder = self.generations[entry[state_of_entry.GENERATION]]
-            key = _batch_of(holder, tid)
+            key = batch_of(holder, tid)
             if key is not None:
                 wanted.setdefault((holder.generation, key), set()).add(tid)
         rows: list[ThreadRows] = []
@@ -204,10 +204,12 @@ def _between(sorted_ids: list[str], first: str, last: str) -> list[str]:
                       bisect.bisect_right(sorted_ids, last)]
 
 
-def _batch_of(manifest: ExportManifest, thread_id: str) -> str | None:
-    for entry in manifest.batches:
-        if entry.first_thread <= thread_id <= entry.last_thread:
-            return entry.key
+def batch_of(manifest: ExportManifest, thread_id: str) -> str | None:
+    """The key of the batch of ``manifest`` that holds ``thread_id``, or None (batches
+    hold threads in thread_id order, so a binary search over their last threads)."""
+    place = bisect.bisect_left([entry.last_thread for entry in manifest.batches], thread_id)
+    if place < len(manifest.batches) and manifest.batches[place].first_thread <= thread_id:
+        return manifest.batches[place].key
     return None
 
 

@@ -239,14 +239,6 @@ class _FrameWriter:
         self.offset += len(head) + len(payload)
 
 
-@dataclass(frozen=True)
-class ExportSummary:
-    """The result of writing an export file."""
-
-    manifest: ExportManifest
-    seconds: float
-
-
 class RowSource(Protocol):
     """Where an export's rows come from: SqliteSaver rows, one thread at a time.
 

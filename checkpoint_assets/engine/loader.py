@@ -372,8 +372,8 @@ def apply_deletions(target: Target, chain: ExportChain, manifest: ExportManifest
     exactly the rows this tool loaded for them (else ConflictError by key, nothing
     deleted)."""
     started = time.perf_counter()
-    deleted = list(manifest.header.get("deleted_threads") or [] if threads is None
-                   else threads)
+    deleted = list(threads if threads is not None
+                   else manifest.header.get("deleted_threads") or [])
     before = convert_rows(chain.rows_before(deleted, manifest.generation), cipher)
     result = _apply_threads(target, chain, f"sync-{manifest.generation:04d}-deletions",
                             deleted, {t: [] for t in COLUMNS}, before, cipher)

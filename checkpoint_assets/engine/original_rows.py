@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.export_chain import ExportChain, batch_of, load_chain
 from checkpoint_assets.engine.export_file import read_batch
 from checkpoint_assets.engine.reverse_convert import (
     JSON_TEXT,
@@ -57,8 +57,7 @@ class OriginalRows:
         if entry is None:
             return None
         manifest = self.chain.generations[entry[state.GENERATION]]
-        key = next((b.key for b in manifest.batches
-                    if b.first_thread <= thread_id <= b.last_thread), None)
+        key = batch_of(manifest, thread_id)
         if key is None:
             return None
         place = (manifest.generation, key)

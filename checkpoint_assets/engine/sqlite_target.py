@@ -29,7 +29,7 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_file import ExportManifest, read_batch
 from checkpoint_assets.engine.private_files import PARTIAL_SUFFIX, remove_abandoned
-from checkpoint_assets.engine.reverse_convert import SAME_BYTES, difference_reason
+from checkpoint_assets.engine.reverse_convert import difference_reason
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.source import (
     CHECKPOINT_COLUMNS,
@@ -304,8 +304,7 @@ def _load_thread(conn: sqlite3.Connection, thread: ThreadRows, cipher: Cipher | 
             new_checkpoints.append(row)
         elif _same_checkpoint(present, row, cipher):
             result.already_present["checkpoints"] += 1
-            result.present_bytes[difference_reason(present, row, cipher)
-                                 if present != row else SAME_BYTES] += 1
+            result.present_bytes[difference_reason(present, row, cipher)] += 1
         else:
             conflicts.append({"thread_id": row.thread_id, "checkpoint_ns": row.checkpoint_ns,
                               "checkpoint_id": row.checkpoint_id})

@@ -164,11 +164,13 @@ def _was_applied(manifest: ExportManifest, target: Target) -> bool:
 
 
 def _mark_applied(manifest: ExportManifest, target: Target) -> None:
-    marker = _applied_marker(manifest)
-    known = marker.read_text(encoding="ascii").split() if marker.exists() else []
-    if _target_id(target) not in known:
-        write_private_text(marker, "".join(f"{line}\n" for line in [*known,
-                                                                      _target_id(target)]))
+    marker, this = _applied_marker(manifest), _target_id(target)
+    try:
+        known = marker.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        known = []
+    if this not in known:
+        write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
 
 
 def _threads_in_target(target: Target, threads: list[str]) -> list[str]:
