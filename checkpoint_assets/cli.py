@@ -44,10 +44,10 @@ from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sync import (
     SyncReport,
-    live_migration_section,
     source_files_state,
     sync_target,
     wait_until_quiet,
+    with_live_migration_section,
 )
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
@@ -425,10 +425,8 @@ def _chain_evidence(report: VerificationReport, chain: ExportChain, target: Targ
     markdown = render_evidence(report, manifest=chain.export, target_display=target.display,
                                untimed_hint=EVIDENCE_UNTIMED_HINT,
                                more_hint=EVIDENCE_MORE_HINT)
-    if chain.synced or chain.selection is not None or cutover:
-        markdown += "\n" + live_migration_section(chain, deletions_kept=deletions_kept,
-                                                   cutover=cutover) + "\n"
-    return markdown
+    return with_live_migration_section(markdown, chain, deletions_kept=deletions_kept,
+                                       cutover=cutover)
 
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:

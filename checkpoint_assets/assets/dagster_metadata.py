@@ -17,7 +17,7 @@ import dagster as dg
 
 from checkpoint_assets.engine.errors import FailureKind
 from checkpoint_assets.engine.target import scrub
-from checkpoint_assets.engine.verify import CheckSpec
+from checkpoint_assets.engine.verify import CheckOutcome, CheckSpec
 
 # The step failure's metadata entry naming its FailureKind (read by the runner).
 FAILURE_KIND_METADATA = "failure_kind"
@@ -72,6 +72,21 @@ def check_metadata(
         metadata["notes"] = dg.MetadataValue.md("\n".join(f"- {n}" for n in notes))
     metadata.update({key: typed(value) for key, value in extra.items()})
     return metadata
+
+
+def outcome_check_result(outcome: CheckOutcome, *,
+                         level: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+                         description: str | None = None,
+                         **extra: Any) -> dg.AssetCheckResult:
+    """The asset check result of an engine check's outcome: expected, actual, every
+    mismatch (up to the listed few) and notes as typed metadata, plus ``extra``."""
+    return dg.AssetCheckResult(
+        check_name=outcome.name, passed=outcome.passed, severity=level,
+        description=description,
+        metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
+                                mismatches=outcome.mismatches,
+                                mismatch_count=outcome.mismatch_count, notes=outcome.notes,
+                                **extra))
 
 
 def severity(spec: CheckSpec) -> dg.AssetCheckSeverity:

@@ -19,6 +19,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
+    outcome_check_result,
     preview_silenced,
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
@@ -284,12 +285,7 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
                              readback_threads=target.readback_sample(),
                              readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}")
-    results = [dg.AssetCheckResult(
-        check_name=name, passed=outcome.passed,
-        metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
-                                mismatches=outcome.mismatches,
-                                mismatch_count=outcome.mismatch_count, notes=outcome.notes))
-        for name, outcome in report.checks.items()]
+    results = [outcome_check_result(outcome) for outcome in report.checks.values()]
     evidence = render_rollback_evidence(report, manifest=manifest,
                                         source_display=source.display,
                                         sqlite_path=str(rollback.to()))

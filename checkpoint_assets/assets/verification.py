@@ -9,6 +9,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
+    outcome_check_result,
     plain,
     scrubbed_traceback,
     severity,
@@ -18,7 +19,7 @@ from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.export_chain import load_chain
 from checkpoint_assets.engine.export_file import ExportManifest
-from checkpoint_assets.engine.sync import live_migration_section
+from checkpoint_assets.engine.sync import with_live_migration_section
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import (
     CheckOutcome,
@@ -119,11 +120,10 @@ def migration_verification(
     context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
                      + ("all checks passed" if not failed else f"FAILED {failed}"))
     partitions = partition_keys_by_batch(manifest)
-    evidence = render_evidence(report, manifest=manifest, target_display=load_target.display,
-                               batches=batch_timings(context.instance, manifest),
-                               batch_labels=partitions)
-    if chain.synced or chain.selection is not None:
-        evidence += "\n" + live_migration_section(chain) + "\n"
+    evidence = with_live_migration_section(
+        render_evidence(report, manifest=manifest, target_display=load_target.display,
+                        batches=batch_timings(context.instance, manifest),
+                        batch_labels=partitions), chain)
     yield dg.MaterializeResult(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),
@@ -134,16 +134,9 @@ def migration_verification(
 
 
 def _check_result(outcome: CheckOutcome, report: VerificationReport) -> dg.AssetCheckResult:
-    extra: dict[str, Any] = {}
-    if outcome.name == COUNT_MATCH:
-        extra["counts"] = report.counts
-    return dg.AssetCheckResult(
-        check_name=outcome.name, passed=outcome.passed, severity=severity(outcome.spec),
-        description=outcome.description,
-        metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
-                                mismatches=outcome.mismatches,
-                                mismatch_count=outcome.mismatch_count,
-                                notes=outcome.notes, **extra))
+    extra = {"counts": report.counts} if outcome.name == COUNT_MATCH else {}
+    return outcome_check_result(outcome, level=severity(outcome.spec),
+                                description=outcome.description, **extra)
 
 
 def _report_metadata(report: VerificationReport, manifest: ExportManifest,

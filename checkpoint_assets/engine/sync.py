@@ -224,6 +224,17 @@ def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
                 f"{quiet_seconds:g} s more...")
 
 
+def with_live_migration_section(markdown: str, chain: ExportChain, *,
+                                deletions_kept: list[str] | None = None,
+                                cutover: dict[str, str] | None = None) -> str:
+    """An evidence report with the :func:`live_migration_section` appended when there is
+    something to say: syncs, a selection of threads, or a cutover."""
+    if not (chain.synced or chain.selection is not None or cutover):
+        return markdown
+    return markdown + "\n" + live_migration_section(
+        chain, deletions_kept=deletions_kept, cutover=cutover) + "\n"
+
+
 def live_migration_section(chain: ExportChain, *, deletions_kept: list[str] | None = None,
                            cutover: dict[str, str] | None = None) -> str:
     """The evidence report's section on the export's sync generations: as of when the
