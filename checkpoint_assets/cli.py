@@ -77,6 +77,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
     THREADS_ENV,
+    VERIFY_EVERY_BATCH_ENV,
     WORKERS_ENV,
     Settings,
     SettingsError,
@@ -220,6 +221,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=settings.batch_size)
         p.add_argument("--readback-all", action="store_true",
                        help="read back every thread through the official savers")
+        p.add_argument("--verify-every-batch", action="store_true",
+                       help="compare every batch again in the verification, also those "
+                            "whose batch check certified rows that are still the same "
+                            f"(env {VERIFY_EVERY_BATCH_ENV}=1)")
         add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
@@ -651,7 +656,8 @@ def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     return replace(settings, source=args.source, export=args.export,
                    target_schema=args.schema, batch_size=args.batch_size,
                    threads=args.threads or settings.threads,
-                   readback_threads=None if args.readback_all else settings.readback_threads)
+                   readback_threads=None if args.readback_all else settings.readback_threads,
+                   verify_every_batch=args.verify_every_batch or settings.verify_every_batch)
 
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:

@@ -15,6 +15,7 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
+from checkpoint_assets.engine.certificates import BatchCertificate
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_chain import ExportChain
 from checkpoint_assets.engine.export_file import ExportManifest
@@ -161,6 +162,42 @@ def batches_with_a_passed_check(instance: dg.DagsterInstance, check_key: dg.Asse
             instance.event_log_storage.get_asset_check_partition_info([check_key])
             if info.partition_key in current and info.is_current
             and info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
+
+
+# The batch check's metadata entry holding its certificate (engine/certificates.py).
+CERTIFICATE_METADATA = "certificate"
+_HISTORY_PAGE = 500
+
+
+def batch_certificates(instance: dg.DagsterInstance,
+                       check_key: dg.AssetCheckKey) -> dict[str, BatchCertificate]:
+    """The certificates of the proven batches (:func:`batches_with_a_passed_check`), by
+    export batch SHA-256: each read from the partition's current passed result, the newest
+    passed result of that partition. Reads the check's passed results newest first, a page
+    of them per query, until every proven batch has its own."""
+    proven = batches_with_a_passed_check(instance, check_key)
+    found: dict[str, BatchCertificate] = {}
+    seen: set[str] = set()
+    cursor = None
+    while len(seen) < len(proven):
+        page = instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=_HISTORY_PAGE, cursor=cursor,
+            status={AssetCheckExecutionRecordStatus.SUCCEEDED})
+        for record in page:
+            if record.partition not in proven or record.partition in seen:
+                continue
+            seen.add(record.partition)
+            evaluation = record.evaluation
+            entry = evaluation.metadata.get(CERTIFICATE_METADATA) if evaluation else None
+            certificate = BatchCertificate.from_json(
+                getattr(entry, "value", None),
+                recorded_by=f"{check_key.name} of {record.partition}, run {record.run_id[:8]}")
+            if certificate is not None:
+                found[certificate.batch_sha256] = certificate
+        if len(page) < _HISTORY_PAGE:
+            break
+        cursor = page[-1].id
+    return found
 
 # A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
 # per Dagster run, each batch still in its own transaction with its own materialization and

@@ -37,6 +37,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
     THREADS_ENV,
+    VERIFY_EVERY_BATCH_ENV,
     WORKERS_ENV,
     Settings,
 )
@@ -138,6 +139,13 @@ class PostgresTargetResource(dg.ConfigurableResource):
                     f"{WORKERS_ENV}); 0 lets the verification choose (one per core when the "
                     "export has enough batches).")
 
+    verify_every_batch: bool = Field(
+        default=False,
+        description=f"Compare every batch again in the verification (env "
+                    f"{VERIFY_EVERY_BATCH_ENV}=1), even a batch whose batch check certified "
+                    "rows PostgreSQL still holds unchanged; by default such a batch is taken "
+                    "over from its check.")
+
     def readback_sample(self) -> int | None:
         """Threads to read back (None: all)."""
         return self.readback_threads if self.readback_threads > 0 else None
@@ -208,7 +216,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
                                           threads=threads),
         "target": PostgresTargetResource(
             dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
-            readback_threads=readback, verification_workers=workers),
+            readback_threads=readback, verification_workers=workers,
+            verify_every_batch=settings.verify_every_batch),
         "rollback": rollback_resource(secrets["aes_key"], batch_size),
     }
 

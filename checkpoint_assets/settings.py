@@ -28,6 +28,9 @@ BATCH_SIZE_ENV = "CHECKPOINT_ASSETS_BATCH_SIZE"
 READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
 THREADS_ENV = "CHECKPOINT_ASSETS_THREADS"  # --threads: ids, or @FILE of ids
 WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
+# 1: the verification compares every batch again, even those whose batch check certified
+# rows that are still the same (engine/certificates.py).
+VERIFY_EVERY_BATCH_ENV = "CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
@@ -72,6 +75,7 @@ class Settings:
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE
     workers: int | None = None
     threads: str | None = None  # --threads as given (see engine.selection)
+    verify_every_batch: bool = False
     log_level: str = "INFO"
     embedded_pg: str | None = None
     dagster_pg_host: str | None = None
@@ -96,6 +100,7 @@ class Settings:
             readback_threads=_readback(text(READBACK_THREADS_ENV)),
             workers=_workers(text(WORKERS_ENV)),
             threads=text(THREADS_ENV),
+            verify_every_batch=yes_or_no(VERIFY_EVERY_BATCH_ENV, text(VERIFY_EVERY_BATCH_ENV)),
             log_level=(text(LOG_LEVEL_ENV) or "INFO").upper(),
             embedded_pg=text(EMBEDDED_PG_ENV),
             dagster_pg_host=text(DAGSTER_PG_HOST_ENV),
@@ -117,6 +122,20 @@ def whole_number(name: str, value: str | None, default: int, what: str) -> int:
         raise SettingsError(f"{name}={value!r} is not a whole number.",
                             f"Set it to {what}, or unset it for the default (environment "
                             f"or {ENV_FILE}).") from None
+
+
+def yes_or_no(name: str, value: str | None) -> bool:
+    """``value`` of variable ``name`` as a switch: 1/true/yes/on or 0/false/no/off (unset:
+    off)."""
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} is neither on nor off.",
+                        f"Set it to 1 or 0, or unset it (environment or {ENV_FILE}).")
 
 
 def _readback(value: str | None) -> int | None:

@@ -10,6 +10,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
+    plain,
     preview_silenced,
     scrubbed_traceback,
 )
@@ -42,6 +43,7 @@ from checkpoint_assets.partitions import (
     BATCH_MAX_RETRIES,
     BATCHES_ASSET,
     BATCHES_PER_RUN,
+    CERTIFICATE_METADATA,
     ENGINE_ATTEMPTS,
     ENGINE_BACKOFF_SECONDS,
     EXPORT_ASSET,
@@ -192,18 +194,18 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
             result = load_batch(load_target, manifest, batch, cipher=cipher,
                                 attempts=ENGINE_ATTEMPTS,
                                 backoff_seconds=ENGINE_BACKOFF_SECONDS)
-            comparison = compare_batch(load_target, manifest, batch, cipher)
+            comparison = compare_batch(load_target, manifest, batch, cipher, certify=True)
         else:
             result = apply_sync_batch(load_target, chain, manifest, batch, cipher)
             # Only the batch's threads no later generation holds.
             live = {(m.generation, k): t for m, k, t in chain.live_batches()}
             comparison = compare_batch(load_target, manifest, batch, cipher,
                                        threads=live.get((manifest.generation, batch),
-                                                        frozenset()))
+                                                        frozenset()), certify=True)
     except Exception as exc:
         return (yield from _record_problem(context, key, load_target, exc))
     if not comparison.passed:
-        yield _comparison_check(context.instance, key, comparison, load_target)
+        yield _comparison_check(context.instance, key, comparison, load_target, cipher)
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
                    f"({load_target.display}).")
         return BatchProblem(key, message, MigrationError(message), FailureKind.MISMATCH)
@@ -212,7 +214,7 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
         metadata=_load_metadata(result, manifest, load_target)
         if isinstance(result, BatchLoadResult) else _sync_metadata(result, manifest,
                                                                    load_target))
-    yield _comparison_check(context.instance, key, comparison, load_target)
+    yield _comparison_check(context.instance, key, comparison, load_target, cipher)
     return None
 
 
@@ -338,18 +340,23 @@ def _check_evaluation(instance: dg.DagsterInstance, key: str, passed: bool,
 
 
 def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchComparison,
-                      load_target: Target) -> dg.AssetCheckEvaluation:
+                      load_target: Target, cipher: Any) -> dg.AssetCheckEvaluation:
+    """The batch check's result; a passed one keeps its certificate (what the verification
+    takes over while the batch's rows stay the same, see engine/certificates.py)."""
     mismatches = comparison.content_mismatches + comparison.metadata_mismatches
     if comparison.expected_counts != comparison.actual_counts:
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
+    certificate = comparison.certificate(encrypted=cipher is not None)
+    kept = {CERTIFICATE_METADATA: dg.MetadataValue.json(plain(certificate.to_json()))} \
+        if certificate is not None else {}
     return _check_evaluation(
-        instance, key, comparison.passed, check_metadata(
+        instance, key, comparison.passed, {**check_metadata(
             expected={"counts": comparison.expected_counts,
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
             mismatches=mismatches[:50], mismatch_count=len(mismatches),
-            batch=key, target=load_target.display))
+            batch=key, target=load_target.display), **kept})
 
 
 def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, problem: str,

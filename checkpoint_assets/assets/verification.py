@@ -14,7 +14,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     scrubbed_traceback,
     severity,
 )
-from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
+from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_METADATA
 from checkpoint_assets.engine.errors import failure_kind
 from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.export_chain import load_chain
@@ -38,6 +38,7 @@ from checkpoint_assets.partitions import (
     TARGET_POOL,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_SPECS,
+    batch_certificates,
     manifest_export_id,
     partition_keys,
     partition_keys_by_batch,
@@ -83,8 +84,11 @@ def migration_verification(
 ) -> Iterator[Any]:
     """Proof that PostgreSQL holds exactly what the SQLite source holds.
 
-    Compares every batch in PostgreSQL (the staging schema in staging mode) with the export,
-    and the export with the SQLite source, then reads a sample of threads back through the
+    Compares every batch in PostgreSQL (the staging schema in staging mode) with the export
+    (a batch whose own ``batch_matches_export`` certified rows PostgreSQL still holds
+    byte for byte is taken over from that check, see engine/certificates.py; with
+    CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH=1 every batch is compared again), and the export
+    with the SQLite source, then reads a sample of threads back through the
     official savers (SqliteSaver.list vs PostgresSaver.list). One asset check per question:
     checkpoint counts (PostgreSQL = export = SQLite), content integrity (channel values,
     parent links, pending writes), metadata integrity (values PostgreSQL cannot hold are
@@ -103,7 +107,9 @@ def migration_verification(
             manifest, load_target, source_path=source.path, cipher=source.cipher(),
             readback_threads=target.readback_sample(),
             workers=workers_for(manifest, target.verification_workers or None),
-            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain)
+            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain,
+            certificates=None if target.verify_every_batch
+            else batch_certificates(context.instance, BATCH_CHECK.key))
     except Exception as exc:
         message = error_text(exc, target.dsn)
         for spec in VERIFICATION_CHECK_SPECS:

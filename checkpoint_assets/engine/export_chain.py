@@ -68,6 +68,7 @@ class ExportChain:
 
     generations: list[ExportManifest]
     _states: dict[int, SourceState] = field(default_factory=dict)
+    _sorted_ids: dict[int, list[str]] = field(default_factory=dict)  # see batch_threads
 
     @property
     def export(self) -> ExportManifest:
@@ -169,6 +170,18 @@ class ExportChain:
                     out.append((manifest, entry.key,
                                 None if len(inside) == entry.threads else frozenset(inside)))
         return out
+
+    def batch_threads(self, manifest: ExportManifest, key: str) -> list[str]:
+        """The threads of batch ``key`` of generation ``manifest``, in order, from the
+        state that generation recorded (the batch's bytes are not read)."""
+        generation = manifest.generation
+        if generation not in self._sorted_ids:
+            state = self.state_at(generation)
+            self._sorted_ids[generation] = sorted(
+                tid for tid, entry in state.threads.items()
+                if entry[state.GENERATION] == generation)
+        entry = manifest.batch(key)
+        return _between(self._sorted_ids[generation], entry.first_thread, entry.last_thread)
 
     def rows_before(self, thread_ids: Sequence[str], generation: int) -> list[ThreadRows]:
         """The rows these threads had as of generation ``generation - 1`` (what this tool

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import fields, is_dataclass
 from enum import Enum
 from itertools import repeat
@@ -48,14 +49,15 @@ PARALLEL_MIN_THREADS = 200
 
 def compare_thread_readback(
     source_path: str | Path, target: Target, threads: Sequence[str],
-    cipher: Cipher | None = None, workers: int = 1,
+    cipher: Cipher | None = None, workers: int = 1, snapshot: Path | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Compare the given threads through both savers; return (mismatches, notes).
 
-    With ``workers`` > 1 (and enough threads) the threads are read back in that many
-    processes at once, each from the same private snapshot of the source.
+    The source is read from a private snapshot: a new one, or ``snapshot``, one the caller
+    took of ``source_path``. With ``workers`` > 1 (and enough threads) the threads are read
+    back in that many processes at once, each from the same snapshot.
     """
-    with private_snapshot(Path(source_path)) as copy:
+    with nullcontext(snapshot) if snapshot else private_snapshot(Path(source_path)) as copy:
         if workers <= 1 or len(threads) < PARALLEL_MIN_THREADS:
             mismatches, normalised = _compare_threads(copy, target, threads, cipher)
         else:

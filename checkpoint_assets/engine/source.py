@@ -199,12 +199,32 @@ def _write_row(record: tuple) -> WriteRow:
                     _text(channel), _opt_text(typ), _opt_bytes(value))
 
 
-def open_source(path: str | Path) -> SourceDatabase:
+def open_source(path: str | Path, snapshot: Path | None = None) -> SourceDatabase:
     """Open a SqliteSaver database read-only and check that it has the expected schema.
 
+    Reads a private snapshot of the file (snapshot.py): a new one, or ``snapshot``, one the
+    caller took of ``path`` and keeps for other readers of the same state.
     Raises MigrationError naming the file when it is missing, empty, not SQLite, corrupt,
     locked, or lacks the checkpoint tables.
     """
+    path = require_sqlite_file(path)
+    resources = ExitStack()
+    try:
+        copy = snapshot or resources.enter_context(private_snapshot(path))
+        conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        resources.callback(conn.close)
+        conn.text_factory = bytes
+        has_task_path = _check_schema(path, conn)
+    except BaseException:
+        resources.close()
+        raise
+    return SourceDatabase(path, conn, has_task_path, resources)
+
+
+def require_sqlite_file(path: str | Path) -> Path:
+    """``path``, after checking that it is a SQLite file; else a MigrationError saying
+    what it is instead (missing, not a file, empty, not SQLite)."""
     path = Path(path)
     if not path.exists():
         raise MigrationError(
@@ -222,18 +242,7 @@ def open_source(path: str | Path) -> SourceDatabase:
             f"Source {path} is not a SQLite database; expected {EXPECTED}.",
             "Point --source at the database your application writes.",
         )
-    resources = ExitStack()
-    try:
-        copy = resources.enter_context(private_snapshot(path))
-        conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                               check_same_thread=False)
-        resources.callback(conn.close)
-        conn.text_factory = bytes
-        has_task_path = _check_schema(path, conn)
-    except BaseException:
-        resources.close()
-        raise
-    return SourceDatabase(path, conn, has_task_path, resources)
+    return path
 
 
 def _check_schema(path: Path, conn: sqlite3.Connection) -> bool:

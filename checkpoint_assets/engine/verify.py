@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
@@ -22,6 +23,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from checkpoint_assets.engine.certificates import (
+    MAX_CERTIFIED_FINDINGS,
+    BatchCertificate,
+    digests_now,
+    rows_sha256,
+)
 from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
@@ -33,7 +40,12 @@ from checkpoint_assets.engine.export_file import (
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
-from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.snapshot import private_snapshot
+from checkpoint_assets.engine.source import (
+    SourceDatabase,
+    open_source,
+    require_sqlite_file,
+)
 from checkpoint_assets.engine.target import (
     TABLES,
     Target,
@@ -107,6 +119,8 @@ class BatchComparison:
     thread_ids: list[str] = field(default_factory=list)
     certified: dict[str, tuple[str, tuple[int, int, int]]] = field(default_factory=dict)
     reused: bool = False  # taken over from an earlier verification (rows unchanged since)
+    # Taken over from this batch's certificate (see certificates.py): where it was kept.
+    certificate_from: str = ""
 
     @property
     def passed(self) -> bool:
@@ -114,6 +128,21 @@ class BatchComparison:
         return (self.expected_counts == self.actual_counts
                 and self.expected_digest == self.actual_digest
                 and not self.content_mismatches and not self.metadata_mismatches)
+
+    def certificate(self, encrypted: bool) -> BatchCertificate | None:
+        """This comparison's certificate, for a later verification to take over
+        (``encrypted``: it was compared with a key); None unless it passed, certified
+        every thread it compared, and found few enough changes to keep."""
+        digest = rows_sha256(self.certified, self.thread_ids) if self.certified else None
+        if (not self.passed or digest is None or len(self.metadata_changes)
+                + len(self.resume_hazards) > MAX_CERTIFIED_FINDINGS):
+            return None
+        return BatchCertificate(
+            batch_sha256=self.batch_sha256, encrypted=encrypted,
+            threads=len(self.thread_ids), rows_sha256=digest,
+            expected_counts=dict(self.expected_counts), expected_digest=self.expected_digest,
+            metadata_changes=list(self.metadata_changes),
+            resume_hazards=list(self.resume_hazards))
 
 
 @dataclass
@@ -350,17 +379,20 @@ def source_drift(source_path: str | Path, manifest: ExportManifest | ExportChain
 
     Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
     """
-    chain = _as_chain(manifest)
-    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()}
-    selection = set(chain.selection) if chain.selection is not None else None
     source = open_source(source_path)
     try:
         with source.snapshot():
-            current = {tid: sha for tid, sha in thread_digests(source.checkpoints(),
-                                                               source.writes())
-                       if selection is None or tid in selection}
+            return _drift(source, _as_chain(manifest))
     finally:
         source.close()
+
+
+def _drift(source: SourceDatabase, chain: ExportChain) -> dict[str, list[str]]:
+    """:func:`source_drift` of an open source."""
+    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()}
+    selection = set(chain.selection) if chain.selection is not None else None
+    current = {tid: sha for tid, sha in thread_digests(source.checkpoints(), source.writes())
+               if selection is None or tid in selection}
     return {
         "changed": sorted(t for t in exported if t in current and current[t] != exported[t]),
         "added": sorted(t for t in current if t not in exported),
@@ -402,6 +434,7 @@ def verify_migration(
     chain: ExportChain | None = None,
     certify: bool = False,
     earlier: VerificationReport | None = None,
+    certificates: Mapping[str, BatchCertificate] | None = None,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
@@ -412,7 +445,9 @@ def verify_migration(
     compared again, and its threads that were read back equal are not read back again
     (their source rows are the same too: the batch is the same and the source-drift check
     compares every thread). This is how the cutover keeps its window short: the full
-    comparison runs first, while writers still write.
+    comparison runs first, while writers still write. ``certificates`` (by export batch
+    SHA-256, see certificates.py): what the batch checks proved; a batch whose certificate
+    still holds is taken over in the same way (the content check says how many were).
 
     ``chain``: the export's sync generations (export_chain): the target is then compared
     with the state they reached (each live thread with the generation holding it), and
@@ -429,7 +464,7 @@ def verify_migration(
     try:
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
-                                 readback_all_hint, certify, earlier)
+                                 readback_all_hint, certify, earlier, certificates)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -461,19 +496,35 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
                       source_path: str | Path | None, cipher: Cipher | None,
                       readback_threads: int | None, progress: Any,
                       workers: int | None, readback_all_hint: str, certify: bool,
-                      earlier: VerificationReport | None) -> VerificationReport:
+                      earlier: VerificationReport | None,
+                      certificates: Mapping[str, BatchCertificate] | None,
+                      ) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
-    with ThreadPoolExecutor(max_workers=1) as beside:
+    # One private snapshot of the source for its counts, its digests and the read-back.
+    with ExitStack() as held, ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
-        source_state = beside.submit(_source_state, source_path, chain) \
+        source_state = beside.submit(_source_state, source_path, chain, held) \
             if source_path is not None else None
         workers = workers_for(manifest) if workers is None else workers
         comparisons = compare_batches(manifest, target, cipher, workers=workers,
                                       progress=progress, chain=chain, certify=certify,
-                                      earlier=earlier)
-        sqlite_counts, drift = source_state.result() if source_state is not None \
-            else (None, {"changed": [], "added": [], "removed": []})
+                                      earlier=earlier, certificates=certificates)
+        source_copy, sqlite_counts, drift = source_state.result() \
+            if source_state is not None \
+            else (None, None, {"changed": [], "added": [], "removed": []})
+        return _report(started, manifest, chain, target, cipher, source_path, source_copy,
+                       readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
+                       workers, earlier)
+
+
+def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
+            cipher: Cipher | None, source_path: str | Path | None, source_copy: Path | None,
+            readback_threads: int | None, readback_all_hint: str,
+            comparisons: list[BatchComparison], sqlite_counts: dict[str, int] | None,
+            drift: dict[str, list[str]], workers: int,
+            earlier: VerificationReport | None) -> VerificationReport:
+    """Run every check on what was compared and read."""
     counts = {"export": {"checkpoints": chain.checkpoints,
                          "checkpoint_writes": chain.writes},
               "expected_target": _sum_counts(c.expected_counts for c in comparisons),
@@ -486,7 +537,7 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
         if earlier is not None and tid in earlier.read_back_equal)
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
                         readback_all_hint, comparisons, counts, drift, chain, workers,
-                        read_back_before)
+                        read_back_before, source_copy)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
@@ -513,6 +564,7 @@ class Findings:
     workers: int = 1  # processes the read-back may use
     # Threads an earlier certified run read back equal, their rows unchanged since.
     read_back_before: frozenset[str] = frozenset()
+    source_copy: Path | None = None  # the verification's private snapshot of the source
     read_back_equal: set[str] = field(default_factory=set)  # filled by the read-back check
 
 
@@ -539,11 +591,19 @@ def check_count_match(f: Findings) -> CheckOutcome:
 def check_content_integrity(f: Findings) -> CheckOutcome:
     """Per batch, the target's content digest equals the export's; mismatches by key."""
     content = [m for c in f.comparisons for m in c.content_mismatches]
+    certified = [c for c in f.comparisons if c.certificate_from]
+    compared = len(f.comparisons) - len(certified)
+    notes = [f"{len(certified)} of {len(f.comparisons)} batches were compared row by row "
+             "by their own batch check when they were loaded, and PostgreSQL's SHA-256 of "
+             "their threads' rows, read now, is the one that check certified (the same "
+             "rows): not compared again"
+             + (f"; the other {compared} were compared now." if compared else ".")] \
+        if certified else []
     return CheckOutcome(
         CONTENT_INTEGRITY, passed=not content,
         expected={c.key: c.expected_digest for c in f.comparisons},
         actual={c.key: c.actual_digest for c in f.comparisons},
-        mismatches=content[:MAX_LISTED], mismatch_count=len(content))
+        mismatches=content[:MAX_LISTED], mismatch_count=len(content), notes=notes)
 
 
 def check_metadata_integrity(f: Findings) -> CheckOutcome:
@@ -578,7 +638,8 @@ def check_official_readback(f: Findings) -> CheckOutcome:
     threads = readback_sample(f.chain, f.readback_threads)
     again = [tid for tid in threads if tid not in f.read_back_before]
     read_mismatches, notes = compare_thread_readback(f.source_path, f.target, again,
-                                                     f.cipher, workers=f.workers)
+                                                     f.cipher, workers=f.workers,
+                                                     snapshot=f.source_copy)
     f.read_back_equal.update(set(threads) - {m["thread_id"] for m in read_mismatches})
     if len(again) < len(threads):
         notes = [*notes, f"{len(threads) - len(again)} thread(s) were read back equal "
@@ -701,23 +762,67 @@ def _drifted_threads(outcome: CheckOutcome) -> list[dict]:
 def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | None = None,
                     *, workers: int = 1, progress: Any = None,
                     chain: ExportChain | None = None, certify: bool = False,
-                    earlier: VerificationReport | None = None) -> list[BatchComparison]:
+                    earlier: VerificationReport | None = None,
+                    certificates: Mapping[str, BatchCertificate] | None = None,
+                    ) -> list[BatchComparison]:
     """:func:`compare_batch` for every batch of the export (with ``chain``: every batch of
     its generations, each for the threads it still holds), in export order, in
     ``workers`` processes; ``progress(checkpoints)`` after each batch. ``certify`` and
-    ``earlier``: see :func:`verify_migration`."""
-    items = (chain or ExportChain([manifest])).live_batches()
+    ``earlier``: see :func:`verify_migration`. ``certificates`` (by batch SHA-256): a
+    batch whose certificate still holds is taken over (:func:`take_over_certified`), the
+    others are compared."""
+    chain = chain or ExportChain([manifest])
+    items = chain.live_batches()
+    taken = take_over_certified(target, chain, items, certificates, cipher, workers) \
+        if certificates else {}
+    rest = [item for place, item in enumerate(items) if place not in taken]
     known = {c.batch_sha256: c for c in (earlier.batches if earlier else ())}
     arguments = (
-        [m for m, _, _ in items], [k for _, k, _ in items], repeat(cipher), repeat(None),
-        [t for _, _, t in items],
-        [known.get(m.batch(k).sha256) for m, k, _ in items], repeat(certify))
-    if workers <= 1 or len(items) <= 1:
-        results = map(compare_batch, repeat(target), *arguments)
-        return [_progressed(result, progress) for result in results]
-    with process_pool(min(workers, len(items))) as pool:
-        results = pool.map(compare_batch, repeat(target), *arguments)
-        return [_progressed(result, progress) for result in results]
+        [m for m, _, _ in rest], [k for _, k, _ in rest], repeat(cipher), repeat(None),
+        [t for _, _, t in rest],
+        [known.get(m.batch(k).sha256) for m, k, _ in rest], repeat(certify))
+    if workers <= 1 or len(rest) <= 1:
+        compared = iter(list(map(compare_batch, repeat(target), *arguments)))
+        return [_progressed(taken[place] if place in taken else next(compared), progress)
+                for place in range(len(items))]
+    with process_pool(min(workers, len(rest))) as pool:
+        compared = pool.map(compare_batch, repeat(target), *arguments)
+        return [_progressed(taken[place] if place in taken else next(compared), progress)
+                for place in range(len(items))]
+
+
+def take_over_certified(target: Target, chain: ExportChain,
+                        items: Sequence[tuple[ExportManifest, str, frozenset[str] | None]],
+                        certificates: Mapping[str, BatchCertificate], cipher: Cipher | None,
+                        connections: int = 2) -> dict[int, BatchComparison]:
+    """The comparisons of the ``items`` (``chain.live_batches()``) whose certificate still
+    holds, by position: the same export batch, compared with a key exactly when the
+    certificate's was, the same threads, and PostgreSQL's digest of their rows now the
+    certified one. Digests are computed by the server, for every candidate at once."""
+    candidates = []
+    for place, (manifest, key, threads) in enumerate(items):
+        sha = manifest.batch(key).sha256
+        certificate = certificates.get(sha)
+        if certificate is None or certificate.encrypted != (cipher is not None):
+            continue
+        ids = sorted(threads) if threads is not None else chain.batch_threads(manifest, key)
+        if len(ids) == certificate.threads:
+            candidates.append((place, key, sha, threads, ids, certificate))
+    now = digests_now(target, [tid for c in candidates for tid in c[4]], connections)
+    taken = {}
+    for place, key, sha, threads, ids, certificate in candidates:
+        if rows_sha256(now, ids) != certificate.rows_sha256:
+            continue  # something changed (or another batch): compared again
+        counts = dict(zip(TABLES, (sum(now[tid][1][i] for tid in ids) for i in range(3))))
+        taken[place] = BatchComparison(
+            key=key, expected_counts=dict(certificate.expected_counts), actual_counts=counts,
+            expected_digest=certificate.expected_digest,
+            actual_digest=certificate.expected_digest, content_mismatches=[],
+            metadata_mismatches=[], metadata_changes=list(certificate.metadata_changes),
+            resume_hazards=list(certificate.resume_hazards), batch_sha256=sha,
+            threads=threads, thread_ids=ids, certified={tid: now[tid] for tid in ids},
+            reused=True, certificate_from=certificate.recorded_by or "its certificate")
+    return taken
 
 
 def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
@@ -726,17 +831,20 @@ def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
     return comparison
 
 
-def _source_state(source_path: str | Path,
-                  chain: ExportChain) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """The SQLite source's counts now (of the chain's selection, if it has one), and its
+def _source_state(source_path: str | Path, chain: ExportChain, held: ExitStack,
+                  ) -> tuple[Path, dict[str, int], dict[str, list[str]]]:
+    """A private snapshot of the SQLite source (kept open in ``held``, for the read-back
+    to read the same state), its counts (of the chain's selection, if it has one), and its
     threads that differ from the expected state."""
-    src = open_source(source_path)
+    copy = held.enter_context(private_snapshot(require_sqlite_file(source_path)))
+    source = open_source(source_path, snapshot=copy)
     try:
-        sc = src.counts(chain.selection)
+        with source.snapshot():
+            found = source.counts(chain.selection)
+            drift = _drift(source, chain)
     finally:
-        src.close()
-    counts = {"checkpoints": sc.checkpoints, "checkpoint_writes": sc.writes}
-    return counts, source_drift(source_path, chain)
+        source.close()
+    return copy, {"checkpoints": found.checkpoints, "checkpoint_writes": found.writes}, drift
 
 
 def _sum_counts(items: Any) -> dict[str, int]:
