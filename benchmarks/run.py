@@ -39,7 +39,7 @@ For each size, in this one run on this machine:
   it syncs and verifies every thread while the application makes a last change (a fifth
   of the first) and stops, then waits for quiet; the ``cutover`` figure is the window the
   command prints (quiet -> final sync -> every thread proven equal, the batches unchanged
-  since the first verification taken over by their PostgreSQL SHA-256), each also as a
+  since the first verification taken over by their row versions), each also as a
   ratio to the ``migrate`` time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded

@@ -481,7 +481,7 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     and no writer touched the source meanwhile.
 
     Before it waits, while writers may still write, it syncs and compares every thread
-    (certified: with PostgreSQL's SHA-256 of the rows compared); after the final sync the
+    (certified: with the versions of the rows compared); after the final sync the
     verification compares again only what changed since, so the window follows the last
     changes rather than the size of the database.
     """

@@ -2,17 +2,18 @@
 
 A batch check (``batch_matches_export``, right after the batch's transaction commits)
 compares the batch's rows in PostgreSQL with what the export's rows mean, and reads, in
-the same snapshot, PostgreSQL's SHA-256 of each thread's rows
-(:func:`target.thread_rows_sha256`). Its :class:`BatchCertificate` keeps the result: the
-export batch it compared (by SHA-256), whether a key decrypted it, one SHA-256 over its
-threads' row digests, and what the comparison found that the verification reports
+the same snapshot, the versions of those rows (:func:`target.thread_row_versions`: each
+row version's creating transaction and place; PostgreSQL never changes a stored row in
+place, an UPDATE writes a new version). Its :class:`BatchCertificate` keeps the result:
+the export batch it compared (by SHA-256), whether a key decrypted it, one SHA-256 over
+its threads' row versions, and what the comparison found that the verification reports
 (expected counts and view digest, metadata values PostgreSQL cannot hold, resume hazards).
 
 The verification takes a batch over from its certificate, instead of reading and
 comparing its rows again, when the export batch is the same, it is compared with a key
-exactly when the check was, and PostgreSQL's digest of the same threads, computed now, is
-the certified one: the same rows, byte for byte, as those that compared equal. A row
-added, changed or removed since changes the digest, and the batch is compared again.
+exactly when the check was, and the same threads have, now, the certified row versions:
+the very rows, byte for byte, that compared equal. A row added, changed (even to the same
+values) or removed since changes them, and the batch is compared again.
 
 A certificate is as trustworthy as the record that keeps it: the Dagster layer keeps it in
 the batch check's own result and takes it only from the partition's current, passed
@@ -30,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from checkpoint_assets.engine.target import Target, thread_rows_sha256
+from checkpoint_assets.engine.target import Target, thread_row_versions
 
 CERTIFICATE_VERSION = 1
 # A comparison that found more metadata changes and resume hazards than this is not
@@ -47,7 +48,7 @@ class BatchCertificate:
     batch_sha256: str  # the export batch compared (its bytes' SHA-256)
     encrypted: bool  # compared with a key (the views of encrypted values need one)
     threads: int  # how many threads the comparison covered
-    rows_sha256: str  # rows_sha256() of those threads' digests, read with the compared rows
+    rows_sha256: str  # rows_sha256() of those threads' row versions, read with the rows
     expected_counts: dict[str, int]
     expected_digest: str  # the view digest both sides had
     metadata_changes: list[dict] = field(default_factory=list)
@@ -80,8 +81,8 @@ class BatchCertificate:
 
 
 def rows_sha256(digests: ThreadDigests, thread_ids: Sequence[str]) -> str | None:
-    """One SHA-256 over the row digests and row counts of ``thread_ids`` (in order), or
-    None when one of them has no row in PostgreSQL."""
+    """One SHA-256 over the row-version digests and row counts of ``thread_ids`` (in
+    order), or None when one of them has no row in PostgreSQL."""
     combined = hashlib.sha256()
     for thread_id in thread_ids:
         found = digests.get(thread_id)
@@ -95,9 +96,8 @@ def rows_sha256(digests: ThreadDigests, thread_ids: Sequence[str]) -> str | None
 
 def digests_now(target: Target, thread_ids: Sequence[str],
                 connections: int = 2) -> dict[str, tuple[str, tuple[int, int, int]]]:
-    """PostgreSQL's digest of each of ``thread_ids``' rows now (threads with no row left
-    out), computed by the server on up to ``connections`` connections at once (hashing is
-    the server's work; each connection reads one snapshot)."""
+    """The digest of each of ``thread_ids``' row versions now (threads with no row left
+    out), read on up to ``connections`` connections at once, each in one snapshot."""
     ids = sorted(set(thread_ids))
     parts = max(1, min(connections, len(ids)))
     share = -(-len(ids) // parts) if ids else 0
@@ -107,7 +107,7 @@ def digests_now(target: Target, thread_ids: Sequence[str],
         with target.connect() as conn:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-            return thread_rows_sha256(conn, chunk)
+            return thread_row_versions(conn, chunk)
 
     found: dict[str, tuple[str, tuple[int, int, int]]] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(chunks))) as pool:

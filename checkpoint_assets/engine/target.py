@@ -345,25 +345,25 @@ def _library_version() -> str:
         return "(version unknown)"
 
 
-def thread_rows_sha256(conn: psycopg.Connection,
-                       threads: Sequence[str]) -> dict[str, tuple[str, tuple[int, int, int]]]:
-    """Per thread: a SHA-256 over the md5 PostgreSQL computes of its rows in each of
-    PostgresSaver's tables (each row's text, blobs by their own md5, in key order), and
-    its rows per table (checkpoints, blobs, writes). It stays the same only while the rows
-    are byte for byte the same (a row added, changed or removed changes it), short of an
-    md5 collision someone would have to construct. Read in the caller's transaction: with rows a caller compared in the same
+def thread_row_versions(conn: psycopg.Connection,
+                        threads: Sequence[str]) -> dict[str, tuple[str, tuple[int, int, int]]]:
+    """Per thread: a SHA-256 of the versions of its rows in each of PostgresSaver's tables
+    (each row version's creating transaction and place, ``xmin`` and ``ctid``), and its
+    rows per table (checkpoints, blobs, writes).
+
+    PostgreSQL never changes a stored row in place: an UPDATE, even to the same values,
+    writes a new row version with its own transaction id, and a DELETE or INSERT changes
+    the set; so while this digest stays the same, the rows are byte for byte the ones it
+    was read with. (A rewrite that moves rows, such as VACUUM FULL, changes it too: the
+    rows are then compared again, never taken as the same.) Cheap: no value is read or
+    hashed. Read in the caller's transaction: with rows a caller compared in the same
     snapshot, it certifies exactly those rows. Threads with no row are left out."""
     found: dict[str, list[Any]] = {}
     for position, table in enumerate(TABLES):
-        # A blob is hashed on its own: the row's text would spell it out in hex first.
-        fields = sql.SQL(", ").join(
-            sql.SQL("md5({})").format(sql.Identifier(name)) if pg_type == "bytea"
-            else sql.Identifier(name) for name, pg_type in COLUMNS[table])
-        order = sql.SQL(", ").join(sql.Identifier(name) for name in PRIMARY_KEYS[table])
         query = sql.SQL(
-            "SELECT thread_id, md5(string_agg(md5(row({fields})::text), '' ORDER BY {order})),"
-            " count(*) FROM {table} WHERE thread_id = ANY(%s) GROUP BY thread_id").format(
-            fields=fields, order=order, table=sql.Identifier(table))
+            "SELECT thread_id, md5(string_agg(xmin::text || ':' || ctid::text, ',' "
+            "ORDER BY ctid)), count(*) FROM {} WHERE thread_id = ANY(%s) "
+            "GROUP BY thread_id").format(sql.Identifier(table))
         for thread_id, digest, rows in conn.execute(query, (list(threads),)):
             entry = found.setdefault(thread_id, [[""] * len(TABLES), [0] * len(TABLES)])
             entry[0][position], entry[1][position] = digest, rows

@@ -51,7 +51,7 @@ from checkpoint_assets.engine.target import (
     Target,
     refresh_statistics_of,
     scrub,
-    thread_rows_sha256,
+    thread_row_versions,
 )
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
@@ -111,9 +111,9 @@ class BatchComparison:
     metadata_mismatches: list[dict]
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
-    # What was compared, and (certified comparisons) per thread the digest of its rows
-    # (target.thread_rows_sha256) read in the same snapshot, with its rows per table: while
-    # a thread's digest stays the same, so does its part of this result.
+    # What was compared, and (certified comparisons) per thread the digest of its row
+    # versions (target.thread_row_versions) read in the same snapshot, with its rows per
+    # table: while a thread's digest stays the same, so does its part of this result.
     batch_sha256: str = ""
     threads: frozenset[str] | None = None
     thread_ids: list[str] = field(default_factory=list)
@@ -264,10 +264,10 @@ def compare_batch(
     The target's rows are always read and digested; the export side comes from
     :func:`expected_batch`. Only when the digests differ is the batch decoded again to
     name every mismatching checkpoint and write. ``certify``: the rows are read in one
-    snapshot with PostgreSQL's SHA-256 of each thread's rows
-    (:func:`thread_rows_sha256`); ``earlier``, a certified passed comparison of the same
-    export batch, is taken over (``reused``) when each of the batch's threads now still
-    has the SHA-256 it passed with: the same rows, already compared.
+    snapshot with the digest of each thread's row versions (:func:`thread_row_versions`);
+    ``earlier``, a certified passed comparison of the same export batch, is taken over
+    (``reused``) when each of the batch's threads still has the row versions it passed
+    with: the same rows, already compared.
     """
     if conn is None:
         with target.connect() as own:
@@ -282,7 +282,7 @@ def compare_batch(
             return taken_over
     expected = expected_batch(manifest, key, cipher, threads)
     rows = target_rows(conn, expected.thread_ids)
-    certified = thread_rows_sha256(conn, expected.thread_ids) if certify else {}
+    certified = thread_row_versions(conn, expected.thread_ids) if certify else {}
     actual = target_view(*rows, cipher=cipher)
     actual_digest = actual.digest()
     content: list[dict] = []
@@ -309,15 +309,15 @@ def _taken_over(conn: Any, earlier: BatchComparison,
     every one of them still has the rows it passed with; else None (compare again).
 
     Sound because the export side of a thread is the same (same batch bytes) and its
-    target rows are byte for byte those that compared equal (same SHA-256, computed by
-    PostgreSQL in the snapshot the comparison read)."""
+    target rows are byte for byte those that compared equal (the same row versions as in
+    the snapshot the comparison read)."""
     if threads is None and earlier.threads is not None:
         return None  # a batch's live threads only ever shrink; anything else: compare
     now_ids = earlier.thread_ids if threads is None else sorted(threads)
     if not earlier.passed or not earlier.certified or not set(now_ids) <= set(
             earlier.certified):
         return None
-    now = thread_rows_sha256(conn, now_ids)
+    now = thread_row_versions(conn, now_ids)
     if any(now.get(tid) != earlier.certified[tid] for tid in now_ids):
         return None
     if len(now_ids) == len(earlier.thread_ids):
@@ -438,10 +438,10 @@ def verify_migration(
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
-    ``certify``: every batch is compared together with PostgreSQL's SHA-256 of each of its
-    threads' rows (the report can then be the ``earlier`` of a later run). ``earlier``: a
-    certified report of the same target: a batch whose threads still have the SHA-256 they
-    passed with (those a sync did not move to a later generation) is taken over instead of
+    ``certify``: every batch is compared together with the digest of each of its threads'
+    row versions (the report can then be the ``earlier`` of a later run). ``earlier``: a
+    certified report of the same target: a batch whose threads still have the row versions
+    they passed with (those a sync did not move to a later generation) is taken over instead of
     compared again, and its threads that were read back equal are not read back again
     (their source rows are the same too: the batch is the same and the source-drift check
     compares every thread). This is how the cutover keeps its window short: the full
@@ -594,9 +594,9 @@ def check_content_integrity(f: Findings) -> CheckOutcome:
     certified = [c for c in f.comparisons if c.certificate_from]
     compared = len(f.comparisons) - len(certified)
     notes = [f"{len(certified)} of {len(f.comparisons)} batches were compared row by row "
-             "by their own batch check when they were loaded, and PostgreSQL's SHA-256 of "
-             "their threads' rows, read now, is the one that check certified (the same "
-             "rows): not compared again"
+             "by their own batch check when they were loaded, and PostgreSQL still holds "
+             "the very row versions that check compared (a changed row is a new version): "
+             "not compared again"
              + (f"; the other {compared} were compared now." if compared else ".")] \
         if certified else []
     return CheckOutcome(
@@ -644,8 +644,8 @@ def check_official_readback(f: Findings) -> CheckOutcome:
     if len(again) < len(threads):
         notes = [*notes, f"{len(threads) - len(again)} thread(s) were read back equal "
                          "before the final sync and their rows are the same since on both "
-                         "sides (same PostgreSQL SHA-256, same source digest): not read "
-                         "back again."]
+                         "sides (same row versions in PostgreSQL, same source digest): "
+                         "not read back again."]
     if len(threads) < f.chain.threads:
         how = f" with {f.readback_all_hint}" if f.readback_all_hint else ""
         notes = [*notes, f"A sample of {len(threads)} of {f.chain.threads} threads; "
