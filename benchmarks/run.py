@@ -191,6 +191,9 @@ def ensure_cloned_corpus(size: int, directory: Path) -> Path:
                              f"SELECT thread_id || ?, {others} FROM base.{table}",
                              (f"-c{copy}",))
                 conn.commit()
+        # As SqliteSaver leaves its databases (and as read-only readers such as the API
+        # loop's SqliteSaver.setup() expect them): in WAL mode.
+        conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()
     os.replace(partial, path)
