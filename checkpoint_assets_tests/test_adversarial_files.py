@@ -46,6 +46,7 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.target import TABLES
 from checkpoint_assets.engine.verify import ExpectedBatch, target_rows
 from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT
+from checkpoint_assets_tests.tampering import append_a_byte_to_a_blob
 from checkpoint_assets_tests.test_cli import run
 
 BATCH_SIZE = 40  # the 12-thread sample spans four batches
@@ -114,14 +115,7 @@ def test_a_forged_expected_view_cache_cannot_make_a_tampered_target_pass(
     exported(sample_db, export)
     imported = run("import", "--export", str(export), env=dsn_env(target_dsn))
     assert imported.returncode == 0, imported.stderr
-    with psycopg.connect(target_dsn) as conn:
-        thread_id, ns, channel, version = conn.execute(
-            "UPDATE checkpoint_blobs SET blob = blob || '\\x00'::bytea WHERE ctid = (SELECT "
-            "ctid FROM checkpoint_blobs WHERE type = 'msgpack' ORDER BY thread_id, channel, "
-            "version LIMIT 1) RETURNING thread_id, checkpoint_ns, channel, version").fetchone()
-        readers = {row[0] for row in conn.execute(
-            "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s "
-            "AND checkpoint->'channel_versions'->>%s = %s", (thread_id, ns, channel, version))}
+    thread_id, ns, channel, _, readers = append_a_byte_to_a_blob(target_dsn)
     key = next(b.key for b in read_manifest(export).batches
                if b.first_thread <= thread_id <= b.last_thread)
     cache = forge_expected_view(export, target_dsn, key)

@@ -48,6 +48,7 @@ from checkpoint_assets_tests.dagster_support import (
     migrate,
     write_corpus,
 )
+from checkpoint_assets_tests.tampering import append_a_byte_to_a_blob
 
 BATCH_SIZE = 12
 TAKEN_OVER = "batches were compared row by row by their own batch check"
@@ -111,14 +112,7 @@ def test_a_byte_changed_after_its_batch_check_is_compared_again_and_caught(
     row and fails content_integrity naming the checkpoints reading the blob; every other
     batch is still taken over."""
     instance, batches = migrated["instance"], len(migrated["runs"]["batches"])
-    with psycopg.connect(migrated["dsn"]) as conn:
-        thread_id, ns, channel, version = conn.execute(
-            "UPDATE checkpoint_blobs SET blob = blob || '\\x00'::bytea WHERE ctid = (SELECT "
-            "ctid FROM checkpoint_blobs WHERE type = 'msgpack' ORDER BY thread_id, channel, "
-            "version LIMIT 1) RETURNING thread_id, checkpoint_ns, channel, version").fetchone()
-        readers = {row[0] for row in conn.execute(
-            "SELECT checkpoint_id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = %s "
-            "AND checkpoint->'channel_versions'->>%s = %s", (thread_id, ns, channel, version))}
+    changed = append_a_byte_to_a_blob(migrated["dsn"])
 
     again = materialize(migrated["defs"], instance, VERIFICATION_ASSET)
 
@@ -127,7 +121,7 @@ def test_a_byte_changed_after_its_batch_check_is_compared_again_and_caught(
     assert not content.passed
     named = {(m["thread_id"], m["checkpoint_id"])
              for m in content.metadata["mismatch_keys"].value}
-    assert named == {(thread_id, cid) for cid in readers}
+    assert named == {(changed.thread_id, cid) for cid in changed.readers}
     assert (f"{batches - 1} of {batches} {TAKEN_OVER}" in _notes(content)
             and "the other 1 were compared now" in _notes(content))
 
