@@ -191,7 +191,7 @@ def batch_certificates(instance: dg.DagsterInstance,
             entry = evaluation.metadata.get(CERTIFICATE_METADATA) if evaluation else None
             certificate = BatchCertificate.from_json(
                 getattr(entry, "value", None),
-                recorded_by=f"{check_key.name} of {record.partition}, run {record.run_id[:8]}")
+                recorded_by=f"run {record.run_id[:8]}")
             if certificate is not None:
                 found[certificate.batch_sha256] = certificate
         if len(page) < _HISTORY_PAGE:

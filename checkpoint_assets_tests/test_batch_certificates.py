@@ -8,7 +8,8 @@ check and its evidence; a byte changed in PostgreSQL after its batch check is co
 again and caught by key while the other batches are still taken over;
 CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH compares every batch; a certificate that does not
 describe the batch as PostgreSQL holds it now (a forged digest, another key, another
-export batch, an unreadable record) is never taken over.
+export batch, a row rewritten with the same values, a table altered without rewriting a
+row, an unreadable record) is never taken over.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
 
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.certificates import BatchCertificate
+from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.export_file import read_manifest, write_export
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.target import Target
@@ -150,7 +153,7 @@ def imported(target_dsn: str, tmp_path: Path) -> dict[str, Any]:
     certificates = {}
     for batch in manifest.batches:
         certificate = compare_batch(target, manifest, batch.key, certify=True).certificate(
-            encrypted=False)
+            None)
         assert certificate is not None
         certificates[certificate.batch_sha256] = certificate
     return {"source": source, "manifest": manifest, "target": target,
@@ -167,15 +170,15 @@ def _taken_over(imported: dict[str, Any], certificates: dict[str, BatchCertifica
 
 def test_only_a_certificate_that_describes_the_rows_now_is_taken_over(
         imported: dict[str, Any]) -> None:
-    """A certificate is taken over only for its own export batch, compared as the
-    verification compares (with a key or without), with PostgreSQL's digest of the same
-    rows; a forged digest, another key or another batch's certificate get the batch
-    compared again (and the verification still passes: the target is intact)."""
+    """A certificate is taken over only for its own export batch, compared with the key
+    the verification has (here none), with the same row versions in PostgreSQL; a forged
+    digest, a certificate recorded with a key, or another batch's certificate get the
+    batch compared again (and the verification still passes: the target is intact)."""
     certificates: dict[str, BatchCertificate] = imported["certificates"]
     assert _taken_over(imported, certificates) == len(certificates)
     first, *others = certificates.values()
     forged = replace(first, rows_sha256="0" * 64)
-    keyed = replace(first, encrypted=True)
+    keyed = replace(first, key=Cipher(b"k" * 32).fingerprint())
     moved = replace(others[0], batch_sha256=first.batch_sha256)
     for wrong in (forged, keyed, moved):
         assert _taken_over(imported, {**certificates, first.batch_sha256: wrong}) \
@@ -193,11 +196,28 @@ def test_a_row_rewritten_with_the_same_values_is_compared_again(
     assert _taken_over(imported, certificates) == len(certificates) - 1
 
 
+def test_a_table_altered_without_rewriting_a_row_is_compared_again_and_caught(
+        imported: dict[str, Any]) -> None:
+    """Two columns of checkpoint_writes swap names (no row is written, every row version
+    stays): the certificates no longer hold, every batch is compared row by row, and the
+    verification fails naming the writes."""
+    with psycopg.connect(imported["target"].dsn) as conn:
+        for old, new in (("channel", "swap"), ("type", "channel"), ("swap", "type")):
+            conn.execute(sql.SQL("ALTER TABLE checkpoint_writes RENAME COLUMN {} TO {}")
+                         .format(sql.Identifier(old), sql.Identifier(new)))
+    report = verify_migration(imported["manifest"], imported["target"],
+                              source_path=imported["source"], readback_threads=0,
+                              certificates=imported["certificates"])
+    assert not any(c.certificate_from for c in report.batches)
+    assert not report.checks[CONTENT_INTEGRITY].passed
+    assert report.checks[CONTENT_INTEGRITY].mismatch_count > 0
+
+
 def test_a_certificate_record_is_read_back_only_in_its_own_version() -> None:
     """What the batch check keeps reads back as it was; anything else (another version,
     missing fields, not a mapping) is no certificate at all."""
     certificate = BatchCertificate(
-        batch_sha256="a" * 64, encrypted=False, threads=3, rows_sha256="b" * 64,
+        batch_sha256="a" * 64, key="", threads=3, rows_sha256="b" * 64,
         expected_counts={"checkpoints": 5, "checkpoint_blobs": 2, "checkpoint_writes": 7},
         expected_digest="c" * 64, metadata_changes=[{"thread_id": "t", "path": "x"}])
     kept = json.loads(json.dumps(certificate.to_json()))

@@ -347,7 +347,7 @@ def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchC
     if comparison.expected_counts != comparison.actual_counts:
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
-    certificate = comparison.certificate(encrypted=cipher is not None)
+    certificate = comparison.certificate(cipher)
     kept = {CERTIFICATE_METADATA: dg.MetadataValue.json(plain(certificate.to_json()))} \
         if certificate is not None else {}
     return _check_evaluation(

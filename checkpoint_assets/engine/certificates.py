@@ -3,17 +3,20 @@
 A batch check (``batch_matches_export``, right after the batch's transaction commits)
 compares the batch's rows in PostgreSQL with what the export's rows mean, and reads, in
 the same snapshot, the versions of those rows (:func:`target.thread_row_versions`: each
-row version's creating transaction and place; PostgreSQL never changes a stored row in
-place, an UPDATE writes a new version). Its :class:`BatchCertificate` keeps the result:
-the export batch it compared (by SHA-256), whether a key decrypted it, one SHA-256 over
-its threads' row versions, and what the comparison found that the verification reports
-(expected counts and view digest, metadata values PostgreSQL cannot hold, resume hazards).
+row version's creating transaction and place, with the tables' definitions; PostgreSQL
+never changes a stored row in place, an UPDATE writes a new version). Its
+:class:`BatchCertificate` keeps the result: the export batch it compared (by SHA-256),
+which key decrypted it (a fingerprint, never the key), one SHA-256 over its threads' row
+versions, and what the comparison found that the verification reports (expected counts
+and view digest, metadata values PostgreSQL cannot hold, resume hazards).
 
 The verification takes a batch over from its certificate, instead of reading and
-comparing its rows again, when the export batch is the same, it is compared with a key
-exactly when the check was, and the same threads have, now, the certified row versions:
-the very rows, byte for byte, that compared equal. A row added, changed (even to the same
-values) or removed since changes them, and the batch is compared again.
+comparing its rows again, when the export batch is the same, it is compared with the same
+key (or none), and the same threads have, now, the certified row versions: no change made
+through PostgreSQL has reached those rows since they compared equal. A row added, changed
+(even to the same values) or removed since, or a table altered, truncated or rewritten,
+changes them, and the batch is compared again. Damage below PostgreSQL (storage
+corruption, files edited directly) after the check is not seen in a batch taken over.
 
 A certificate is as trustworthy as the record that keeps it: the Dagster layer keeps it in
 the batch check's own result and takes it only from the partition's current, passed
@@ -24,6 +27,7 @@ verify`` always does).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -31,12 +35,13 @@ from typing import Any
 
 import psycopg
 
+from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.target import Target, thread_row_versions
 
 CERTIFICATE_VERSION = 1
-# A comparison that found more metadata changes and resume hazards than this is not
-# certified (its certificate would be a large record): the verification compares it again.
-MAX_CERTIFIED_FINDINGS = 100
+# A comparison whose certificate would be larger than this (many metadata changes or
+# resume hazards, or long values in them) keeps none: the verification compares it again.
+MAX_CERTIFICATE_BYTES = 64 * 1024
 
 ThreadDigests = Mapping[str, tuple[str, tuple[int, int, int]]]
 
@@ -46,14 +51,14 @@ class BatchCertificate:
     """A passed comparison of one export batch with PostgreSQL, and the rows it compared."""
 
     batch_sha256: str  # the export batch compared (its bytes' SHA-256)
-    encrypted: bool  # compared with a key (the views of encrypted values need one)
+    key: str  # the fingerprint of the key it was compared with (Cipher.fingerprint), or ""
     threads: int  # how many threads the comparison covered
     rows_sha256: str  # rows_sha256() of those threads' row versions, read with the rows
     expected_counts: dict[str, int]
     expected_digest: str  # the view digest both sides had
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
-    recorded_by: str = ""  # where the certificate was kept (e.g. a run), for the evidence
+    recorded_by: str = ""  # where the certificate was kept (a run id), for the evidence
 
     def to_json(self) -> dict[str, Any]:
         """The certificate as JSON (``recorded_by`` is the reader's to fill in)."""
@@ -69,7 +74,7 @@ class BatchCertificate:
             return None
         try:
             return cls(batch_sha256=str(data["batch_sha256"]),
-                       encrypted=bool(data["encrypted"]), threads=int(data["threads"]),
+                       key=str(data["key"]), threads=int(data["threads"]),
                        rows_sha256=str(data["rows_sha256"]),
                        expected_counts={str(k): int(v)
                                         for k, v in dict(data["expected_counts"]).items()},
@@ -94,8 +99,18 @@ def rows_sha256(digests: ThreadDigests, thread_ids: Sequence[str]) -> str | None
     return combined.hexdigest()
 
 
+def key_fingerprint(cipher: Cipher | None) -> str:
+    """What a certificate records of the key a comparison used ("" for none)."""
+    return cipher.fingerprint() if cipher is not None else ""
+
+
+def fits(certificate: BatchCertificate) -> bool:
+    """Whether ``certificate`` is small enough to keep (MAX_CERTIFICATE_BYTES as JSON)."""
+    return len(json.dumps(certificate.to_json(), default=str)) <= MAX_CERTIFICATE_BYTES
+
+
 def digests_now(target: Target, thread_ids: Sequence[str],
-                connections: int = 2) -> dict[str, tuple[str, tuple[int, int, int]]]:
+                connections: int = 2) -> ThreadDigests:
     """The digest of each of ``thread_ids``' row versions now (threads with no row left
     out), read on up to ``connections`` connections at once, each in one snapshot."""
     ids = sorted(set(thread_ids))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
 
 from checkpoint_assets.engine.errors import MigrationError
@@ -32,6 +35,12 @@ class Cipher:
                 f"Cannot decrypt {where or 'a value'} with the given key ({exc}).",
                 "Check that LANGGRAPH_AES_KEY is the key the application encrypts with.",
             ) from None
+
+    def fingerprint(self) -> str:
+        """A name for this key that reveals nothing of it (an HMAC of a constant under the
+        key): equal for the same key, different for another."""
+        return hmac.new(self._key, b"checkpoint-assets key fingerprint",
+                        hashlib.sha256).hexdigest()[:32]
 
     def encrypt(self, cipher_name: str, plaintext: bytes) -> bytes:
         """Encrypt ``plaintext`` with the named cipher (only ``aes`` exists)."""

@@ -347,17 +347,21 @@ def _library_version() -> str:
 
 def thread_row_versions(conn: psycopg.Connection,
                         threads: Sequence[str]) -> dict[str, tuple[str, tuple[int, int, int]]]:
-    """Per thread: a SHA-256 of the versions of its rows in each of PostgresSaver's tables
-    (each row version's creating transaction and place, ``xmin`` and ``ctid``), and its
-    rows per table (checkpoints, blobs, writes).
+    """Per thread: a SHA-256 of the versions of its rows in each of PostgresSaver's tables,
+    and its rows per table (checkpoints, blobs, writes).
 
-    PostgreSQL never changes a stored row in place: an UPDATE, even to the same values,
-    writes a new row version with its own transaction id, and a DELETE or INSERT changes
-    the set; so while this digest stays the same, the rows are byte for byte the ones it
-    was read with. (A rewrite that moves rows, such as VACUUM FULL, changes it too: the
-    rows are then compared again, never taken as the same.) Cheap: no value is read or
-    hashed. Read in the caller's transaction: with rows a caller compared in the same
-    snapshot, it certifies exactly those rows. Threads with no row are left out."""
+    A row's version is its creating transaction and place (``xmin``, ``ctid``; hashed per
+    table by PostgreSQL with md5). PostgreSQL never changes a stored row in place: an
+    UPDATE, even to the same values, writes a new version with its own transaction id, and
+    a DELETE or INSERT changes the set. What could change how the same versions read is in
+    the digest too (:func:`_tables_fingerprint`): each table's identity, file and column
+    definitions (a renamed, dropped or added column; TRUNCATE, VACUUM FULL or CLUSTER give
+    a new file), the database, and the transaction-id era (a 32-bit xmin could only come
+    round again after 2^31 transactions). So while the digest stays the same, no change
+    made through PostgreSQL reached the rows; damage below it (storage corruption, files
+    edited directly) is not seen. Cheap: no value is read or hashed. Read in the caller's
+    transaction: with rows a caller compared in the same snapshot, it certifies exactly
+    those rows. Threads with no row are left out."""
     found: dict[str, list[Any]] = {}
     for position, table in enumerate(TABLES):
         query = sql.SQL(
@@ -367,6 +371,27 @@ def thread_row_versions(conn: psycopg.Connection,
         for thread_id, digest, rows in conn.execute(query, (list(threads),)):
             entry = found.setdefault(thread_id, [[""] * len(TABLES), [0] * len(TABLES)])
             entry[0][position], entry[1][position] = digest, rows
-    return {thread_id: (hashlib.sha256("/".join(digests).encode()).hexdigest(),
+    tables = _tables_fingerprint(conn) if found else ""
+    return {thread_id: (hashlib.sha256(f"{tables}|{'/'.join(digests)}".encode()).hexdigest(),
                         (counts[0], counts[1], counts[2]))
             for thread_id, (digests, counts) in found.items()}
+
+
+def _tables_fingerprint(conn: psycopg.Connection) -> str:
+    """What besides the row versions decides what PostgresSaver's tables read as: the
+    database, each table's oid, file and columns (name, type, dropped, the default a
+    column added without a rewrite gives old rows), and the era of 2^31 transaction ids
+    the current snapshot is in."""
+    row = conn.execute(
+        "SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), "
+        "floor(pg_snapshot_xmin(pg_current_snapshot())::text::numeric / 2147483648)"
+    ).fetchone()
+    parts = [f"db {row[0]} era {row[1]}"]
+    for table in TABLES:
+        parts.append(str(conn.execute(
+            "SELECT c.oid, pg_relation_filenode(c.oid), (SELECT string_agg(concat_ws(':', "
+            "a.attnum, a.attname, a.atttypid, a.atttypmod, a.attisdropped, a.atthasmissing, "
+            "a.attmissingval::text), ',' ORDER BY a.attnum) FROM pg_attribute a "
+            "WHERE a.attrelid = c.oid AND a.attnum > 0) FROM pg_class c "
+            "WHERE c.oid = to_regclass(%s)", (table,)).fetchone()))
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()

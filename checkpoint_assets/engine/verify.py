@@ -24,9 +24,10 @@ import psycopg
 from psycopg import sql
 
 from checkpoint_assets.engine.certificates import (
-    MAX_CERTIFIED_FINDINGS,
     BatchCertificate,
     digests_now,
+    fits,
+    key_fingerprint,
     rows_sha256,
 )
 from checkpoint_assets.engine.content_view import BatchView, source_view, target_view
@@ -129,20 +130,20 @@ class BatchComparison:
                 and self.expected_digest == self.actual_digest
                 and not self.content_mismatches and not self.metadata_mismatches)
 
-    def certificate(self, encrypted: bool) -> BatchCertificate | None:
+    def certificate(self, cipher: Cipher | None) -> BatchCertificate | None:
         """This comparison's certificate, for a later verification to take over
-        (``encrypted``: it was compared with a key); None unless it passed, certified
-        every thread it compared, and found few enough changes to keep."""
+        (``cipher``: the key it was compared with); None unless it passed and certified
+        every thread it compared, and when the certificate would be too large to keep."""
         digest = rows_sha256(self.certified, self.thread_ids) if self.certified else None
-        if (not self.passed or digest is None or len(self.metadata_changes)
-                + len(self.resume_hazards) > MAX_CERTIFIED_FINDINGS):
+        if not self.passed or digest is None:
             return None
-        return BatchCertificate(
-            batch_sha256=self.batch_sha256, encrypted=encrypted,
+        certificate = BatchCertificate(
+            batch_sha256=self.batch_sha256, key=key_fingerprint(cipher),
             threads=len(self.thread_ids), rows_sha256=digest,
             expected_counts=dict(self.expected_counts), expected_digest=self.expected_digest,
             metadata_changes=list(self.metadata_changes),
             resume_hazards=list(self.resume_hazards))
+        return certificate if fits(certificate) else None
 
 
 @dataclass
@@ -325,8 +326,7 @@ def _taken_over(conn: Any, earlier: BatchComparison,
     if len(now_ids) == len(earlier.thread_ids):
         return replace(earlier, threads=threads, reused=True)
     kept = set(now_ids)
-    counts = dict(zip(("checkpoints", "checkpoint_blobs", "checkpoint_writes"),
-                      (sum(now[tid][1][i] for tid in now_ids) for i in range(3))))
+    counts = _row_counts(now, now_ids)
     digest = "taken over: " + hashlib.sha256(
         "".join(now[tid][0] for tid in now_ids).encode()).hexdigest()
     return replace(
@@ -534,9 +534,11 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
               "target_tables": target_table_counts(target)}
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
+    # Read back equal by the earlier run and taken over from it (not from a certificate,
+    # which may be newer than that read-back).
     read_back_before = frozenset(
-        tid for c in comparisons if c.reused for tid in c.thread_ids
-        if earlier is not None and tid in earlier.read_back_equal)
+        tid for c in comparisons if c.reused and not c.certificate_from
+        for tid in c.thread_ids if earlier is not None and tid in earlier.read_back_equal)
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
                         readback_all_hint, comparisons, counts, drift, chain, workers,
                         read_back_before, source_copy)
@@ -593,19 +595,28 @@ def check_count_match(f: Findings) -> CheckOutcome:
 def check_content_integrity(f: Findings) -> CheckOutcome:
     """Per batch, the target's content digest equals the export's; mismatches by key."""
     content = [m for c in f.comparisons for m in c.content_mismatches]
-    certified = [c for c in f.comparisons if c.certificate_from]
-    compared = len(f.comparisons) - len(certified)
-    notes = [f"{len(certified)} of {len(f.comparisons)} batches were compared row by row "
-             "by their own batch check when they were loaded, and PostgreSQL still holds "
-             "the very row versions that check compared (a changed row is a new version): "
-             "not compared again"
-             + (f"; the other {compared} were compared now." if compared else ".")] \
-        if certified else []
     return CheckOutcome(
         CONTENT_INTEGRITY, passed=not content,
         expected={c.key: c.expected_digest for c in f.comparisons},
         actual={c.key: c.actual_digest for c in f.comparisons},
-        mismatches=content[:MAX_LISTED], mismatch_count=len(content), notes=notes)
+        mismatches=content[:MAX_LISTED], mismatch_count=len(content),
+        notes=_taken_over_notes(f.comparisons))
+
+
+def _taken_over_notes(comparisons: Sequence[BatchComparison]) -> list[str]:
+    """What the content and metadata checks say of batches taken over from certificates
+    (see certificates.py): how many, from which runs' batch checks, and why."""
+    certified = [c for c in comparisons if c.certificate_from]
+    if not certified:
+        return []
+    compared = len(comparisons) - len(certified)
+    runs = sorted({c.certificate_from for c in certified})
+    return [f"{len(certified)} of {len(comparisons)} batches were compared row by row by "
+            f"their own batch check when they were loaded ({', '.join(runs[:10])}"
+            f"{', ...' if len(runs) > 10 else ''}), and PostgreSQL still holds the very row "
+            "versions that check compared, under the same table definitions (a changed row "
+            "is a new version): not compared again"
+            + (f"; the other {compared} were compared now." if compared else ".")]
 
 
 def check_metadata_integrity(f: Findings) -> CheckOutcome:
@@ -617,8 +628,9 @@ def check_metadata_integrity(f: Findings) -> CheckOutcome:
         expected=f.chain.checkpoints,
         actual=f.chain.checkpoints - len(metadata),
         mismatches=metadata[:MAX_LISTED], mismatch_count=len(metadata),
-        notes=[f"{changes} metadata value(s) PostgreSQL cannot hold were changed; "
-               "see metadata_changes."] if changes else [])
+        notes=([f"{changes} metadata value(s) PostgreSQL cannot hold were changed; "
+                "see metadata_changes."] if changes else [])
+        + _taken_over_notes(f.comparisons))
 
 
 def check_source_matches_export(f: Findings) -> CheckOutcome:
@@ -705,7 +717,9 @@ CHECKS = (
         CONTENT_INTEGRITY,
         "Every checkpoint's channel values, versions and parent link, and every pending "
         "write, equal the source's byte for byte.",
-        "The behaviour of your application code on the migrated state.",
+        "The behaviour of your application code on the migrated state; in a batch taken "
+        "over from its batch check, damage below PostgreSQL (storage corruption, files "
+        "edited directly) after that check.",
         check_content_integrity,
         every_mismatch=lambda r: [m for b in r.batches for m in b.content_mismatches]),
     CheckSpec(
@@ -784,7 +798,7 @@ def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | N
         [t for _, _, t in rest],
         [known.get(m.batch(k).sha256) for m, k, _ in rest], repeat(certify))
     if workers <= 1 or len(rest) <= 1:
-        compared = iter(list(map(compare_batch, repeat(target), *arguments)))
+        compared = map(compare_batch, repeat(target), *arguments)
         return [_progressed(taken[place] if place in taken else next(compared), progress)
                 for place in range(len(items))]
     with process_pool(min(workers, len(rest))) as pool:
@@ -798,14 +812,14 @@ def take_over_certified(target: Target, chain: ExportChain,
                         certificates: Mapping[str, BatchCertificate], cipher: Cipher | None,
                         connections: int = 2) -> dict[int, BatchComparison]:
     """The comparisons of the ``items`` (``chain.live_batches()``) whose certificate still
-    holds, by position: the same export batch, compared with a key exactly when the
-    certificate's was, the same threads, and PostgreSQL's digest of their rows now the
-    certified one. Digests are computed by the server, for every candidate at once."""
+    holds, by position: the same export batch, compared with the same key (or none), the
+    same threads, and their row versions now the certified ones (read on ``connections``
+    connections at once, for every candidate)."""
     candidates = []
     for place, (manifest, key, threads) in enumerate(items):
         sha = manifest.batch(key).sha256
         certificate = certificates.get(sha)
-        if certificate is None or certificate.encrypted != (cipher is not None):
+        if certificate is None or certificate.key != key_fingerprint(cipher):
             continue
         ids = sorted(threads) if threads is not None else chain.batch_threads(manifest, key)
         if len(ids) == certificate.threads:
@@ -815,7 +829,7 @@ def take_over_certified(target: Target, chain: ExportChain,
     for place, key, sha, threads, ids, certificate in candidates:
         if rows_sha256(now, ids) != certificate.rows_sha256:
             continue  # something changed (or another batch): compared again
-        counts = dict(zip(TABLES, (sum(now[tid][1][i] for tid in ids) for i in range(3))))
+        counts = _row_counts(now, ids)
         taken[place] = BatchComparison(
             key=key, expected_counts=dict(certificate.expected_counts), actual_counts=counts,
             expected_digest=certificate.expected_digest,
@@ -825,6 +839,13 @@ def take_over_certified(target: Target, chain: ExportChain,
             threads=threads, thread_ids=ids, certified={tid: now[tid] for tid in ids},
             reused=True, certificate_from=certificate.recorded_by or "its certificate")
     return taken
+
+
+def _row_counts(digests: Mapping[str, tuple[str, tuple[int, int, int]]],
+                thread_ids: Sequence[str]) -> dict[str, int]:
+    """Rows per table of ``thread_ids``, from their row-version digests."""
+    return dict(zip(TABLES, (sum(digests[tid][1][i] for tid in thread_ids)
+                             for i in range(len(TABLES)))))
 
 
 def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
