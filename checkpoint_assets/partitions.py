@@ -199,6 +199,7 @@ def batch_certificates(instance: dg.DagsterInstance,
         cursor = page[-1].id
     return found
 
+
 # A backfill (UI or `checkpoint-assets migrate`) loads up to this many consecutive batches
 # per Dagster run, each batch still in its own transaction with its own materialization and
 # check result: a run costs about half a second in-process and seconds under dagster dev.

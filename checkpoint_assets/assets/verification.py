@@ -86,7 +86,8 @@ def migration_verification(
 
     Compares every batch in PostgreSQL (the staging schema in staging mode) with the export
     (a batch whose own ``batch_matches_export`` certified rows PostgreSQL still holds
-    byte for byte is taken over from that check, see engine/certificates.py; with
+    unchanged, the same row versions, is taken over from that check, see
+    engine/certificates.py; with
     CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH=1 every batch is compared again), and the export
     with the SQLite source, then reads a sample of threads back through the
     official savers (SqliteSaver.list vs PostgresSaver.list). One asset check per question:
