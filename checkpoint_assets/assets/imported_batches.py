@@ -10,7 +10,6 @@ from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
     error_text,
     failure,
-    plain,
     preview_silenced,
     scrubbed_traceback,
 )
@@ -348,15 +347,14 @@ def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchC
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
     certificate = comparison.certificate(cipher)
-    kept = {CERTIFICATE_METADATA: dg.MetadataValue.json(plain(certificate.to_json()))} \
-        if certificate is not None else {}
+    kept = {CERTIFICATE_METADATA: certificate.to_json()} if certificate is not None else {}
     return _check_evaluation(
-        instance, key, comparison.passed, {**check_metadata(
+        instance, key, comparison.passed, check_metadata(
             expected={"counts": comparison.expected_counts,
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
             mismatches=mismatches[:50], mismatch_count=len(mismatches),
-            batch=key, target=load_target.display), **kept})
+            batch=key, target=load_target.display, **kept))
 
 
 def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, problem: str,
