@@ -35,7 +35,8 @@ from checkpoint_assets.engine.export_file import (
 )
 from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
-from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.snapshot import private_snapshot
+from checkpoint_assets.engine.source import open_source, require_sqlite_file
 from checkpoint_assets.engine.sqlite_target import read_thread
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
@@ -89,63 +90,69 @@ def _verify_rollback(manifest: ExportManifest, source: Target, sqlite_path: str 
     comparisons = compare_batches(manifest, source, cipher, workers=workers_for(manifest))
     postgres_counts = {t: sum(c.actual_counts[t] for c in comparisons) for t in COUNTED}
     export_counts = {"checkpoints": manifest.checkpoints, "checkpoint_writes": manifest.writes}
-    sqlite_counts, identical, mismatches = compare_sqlite_with_export(sqlite_path, manifest,
-                                                                      cipher)
-    checks: dict[str, CheckOutcome] = {}
-    differing = [{"batch": c.key, "expected": {t: c.expected_counts[t] for t in COUNTED},
-                  "actual": {t: c.actual_counts[t] for t in COUNTED}}
-                 for c in comparisons
-                 if any(c.expected_counts[t] != c.actual_counts[t] for t in COUNTED)]
-    checks[ROLLBACK_COUNT_MATCH] = CheckOutcome(
-        ROLLBACK_COUNT_MATCH,
-        passed=not differing and postgres_counts == export_counts == sqlite_counts,
-        expected={"postgres": postgres_counts}, actual={"export": export_counts,
-                                                        "sqlite": sqlite_counts},
-        mismatches=differing[:MAX_LISTED], mismatch_count=len(differing))
-    export_mismatches = [m for c in comparisons
-                         for m in (*c.content_mismatches, *c.metadata_mismatches)]
-    checks[EXPORT_MATCHES_POSTGRES] = CheckOutcome(
-        EXPORT_MATCHES_POSTGRES, passed=not export_mismatches,
-        expected={c.key: c.actual_digest for c in comparisons},
-        actual={c.key: c.expected_digest for c in comparisons},
-        mismatches=export_mismatches[:MAX_LISTED], mismatch_count=len(export_mismatches))
-    checks[SQLITE_MATCHES_EXPORT] = CheckOutcome(
-        SQLITE_MATCHES_EXPORT, passed=not mismatches, expected=manifest.threads,
-        actual=manifest.threads - len(mismatches),
-        mismatches=mismatches[:MAX_LISTED], mismatch_count=len(mismatches),
-        notes=[f"{identical} of {manifest.threads} threads byte for byte; the others hold "
-               "rows that were already in the file with the same content (their original "
-               "bytes kept)."] if identical < manifest.threads - len(mismatches) else [])
-    threads = readback_sample(manifest, readback_threads)
-    read_mismatches, notes = compare_thread_readback(sqlite_path, source, threads, cipher)
-    if len(threads) < manifest.threads:
-        notes = [*notes, f"A sample of {len(threads)} of {manifest.threads} threads; read "
-                         f"back every thread with {readback_all_hint}."]
-    checks[OFFICIAL_READBACK] = CheckOutcome(
-        OFFICIAL_READBACK, passed=not read_mismatches, expected=len(threads),
-        actual=len(threads) - len({m["thread_id"] for m in read_mismatches}),
-        mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
-        notes=notes)
-    counts = {"postgres": postgres_counts, "export": export_counts, "sqlite": sqlite_counts}
-    return VerificationReport(checks=checks, counts=counts, metadata_changes=[],
-                              seconds=time.perf_counter() - started, batches=comparisons)
+    # One private snapshot of the restored file: its comparison with the export and the
+    # read-back see the same state, and the file is copied once.
+    with private_snapshot(require_sqlite_file(sqlite_path)) as copy:
+        sqlite_counts, identical, mismatches = compare_sqlite_with_export(
+            sqlite_path, manifest, cipher, snapshot=copy)
+        checks: dict[str, CheckOutcome] = {}
+        differing = [{"batch": c.key, "expected": {t: c.expected_counts[t] for t in COUNTED},
+                      "actual": {t: c.actual_counts[t] for t in COUNTED}}
+                     for c in comparisons
+                     if any(c.expected_counts[t] != c.actual_counts[t] for t in COUNTED)]
+        checks[ROLLBACK_COUNT_MATCH] = CheckOutcome(
+            ROLLBACK_COUNT_MATCH,
+            passed=not differing and postgres_counts == export_counts == sqlite_counts,
+            expected={"postgres": postgres_counts}, actual={"export": export_counts,
+                                                            "sqlite": sqlite_counts},
+            mismatches=differing[:MAX_LISTED], mismatch_count=len(differing))
+        export_mismatches = [m for c in comparisons
+                             for m in (*c.content_mismatches, *c.metadata_mismatches)]
+        checks[EXPORT_MATCHES_POSTGRES] = CheckOutcome(
+            EXPORT_MATCHES_POSTGRES, passed=not export_mismatches,
+            expected={c.key: c.actual_digest for c in comparisons},
+            actual={c.key: c.expected_digest for c in comparisons},
+            mismatches=export_mismatches[:MAX_LISTED], mismatch_count=len(export_mismatches))
+        checks[SQLITE_MATCHES_EXPORT] = CheckOutcome(
+            SQLITE_MATCHES_EXPORT, passed=not mismatches, expected=manifest.threads,
+            actual=manifest.threads - len(mismatches),
+            mismatches=mismatches[:MAX_LISTED], mismatch_count=len(mismatches),
+            notes=[f"{identical} of {manifest.threads} threads byte for byte; the others hold "
+                   "rows that were already in the file with the same content (their original "
+                   "bytes kept)."] if identical < manifest.threads - len(mismatches) else [])
+        threads = readback_sample(manifest, readback_threads)
+        read_mismatches, notes = compare_thread_readback(sqlite_path, source, threads, cipher,
+                                                         snapshot=copy)
+        if len(threads) < manifest.threads:
+            notes = [*notes, f"A sample of {len(threads)} of {manifest.threads} threads; read "
+                             f"back every thread with {readback_all_hint}."]
+        checks[OFFICIAL_READBACK] = CheckOutcome(
+            OFFICIAL_READBACK, passed=not read_mismatches, expected=len(threads),
+            actual=len(threads) - len({m["thread_id"] for m in read_mismatches}),
+            mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
+            notes=notes)
+        counts = {"postgres": postgres_counts, "export": export_counts, "sqlite": sqlite_counts}
+        return VerificationReport(checks=checks, counts=counts, metadata_changes=[],
+                                  seconds=time.perf_counter() - started, batches=comparisons)
 
 
 def compare_sqlite_with_export(
     sqlite_path: str | Path, manifest: ExportManifest, cipher: Cipher | None = None,
+    snapshot: Path | None = None,
 ) -> tuple[dict[str, int], int, list[dict]]:
     """(SQLite counts of the exported threads, threads equal byte for byte, mismatches).
 
     The export's threads (batch by batch) and the SQLite file's (one snapshot) are read
     side by side in thread_id order, one thread in memory at a time. A thread whose rows
     are not the export's bytes is compared by content (the verification's views): rows
-    kept from before with the same content pass.
+    kept from before with the same content pass. ``snapshot``: a private snapshot of
+    ``sqlite_path`` the caller took (see source.open_source).
     """
     wanted = {tid for tid, _, _, _ in export_thread_digests(manifest)}
     counts = {"checkpoints": 0, "checkpoint_writes": 0}
     identical = 0
     mismatches: list[dict] = []
-    source = open_source(sqlite_path)
+    source = open_source(sqlite_path, snapshot=snapshot)
     try:
         with source.snapshot():
             present = Peekable(_threads_of(source, wanted))
