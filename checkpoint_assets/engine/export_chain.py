@@ -220,7 +220,7 @@ def _between(sorted_ids: list[str], first: str, last: str) -> list[str]:
 def batch_of(manifest: ExportManifest, thread_id: str) -> str | None:
     """The key of the batch of ``manifest`` that holds ``thread_id``, or None (batches
     hold threads in thread_id order, so a binary search over their last threads)."""
-    place = bisect.bisect_left([entry.last_thread for entry in manifest.batches], thread_id)
+    place = bisect.bisect_left(manifest.last_threads, thread_id)
     if place < len(manifest.batches) and manifest.batches[place].first_thread <= thread_id:
         return manifest.batches[place].key
     return None

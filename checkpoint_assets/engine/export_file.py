@@ -34,6 +34,7 @@ import os
 import struct
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -111,6 +112,12 @@ class ExportManifest:
     def selection(self) -> list[str] | None:
         """The thread ids this export was restricted to (--threads), or None: all."""
         return self.header.get("selection")
+
+    @cached_property
+    def last_threads(self) -> list[str]:
+        """Each batch's last thread id, in order (batches hold threads in thread_id order,
+        so a bisect over this finds the batch of a thread, see export_chain.batch_of)."""
+        return [entry.last_thread for entry in self.batches]
 
     def batch(self, key: str) -> BatchEntry:
         """The batch with this key, or a MigrationError saying it is not in the file."""
