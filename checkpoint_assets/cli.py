@@ -77,6 +77,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
     THREADS_ENV,
+    STRICT_VERSIONS_ENV,
     VERIFY_EVERY_BATCH_ENV,
     WORKERS_ENV,
     Settings,
@@ -225,6 +226,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help="compare every batch again in the verification, also those "
                             "whose batch check certified rows that are still the same "
                             f"(env {VERIFY_EVERY_BATCH_ENV}=1)")
+        p.add_argument("--strict-versions", action="store_true",
+                       help="refuse a thread whose channel version holds two values that "
+                            "differ in content, instead of migrating it with the version's "
+                            "first value as PostgresSaver keeps it (the batch's other "
+                            f"threads still load; env {STRICT_VERSIONS_ENV}=1)")
         add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
@@ -657,7 +663,8 @@ def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
                    target_schema=args.schema, batch_size=args.batch_size,
                    threads=args.threads or settings.threads,
                    readback_threads=None if args.readback_all else settings.readback_threads,
-                   verify_every_batch=args.verify_every_batch or settings.verify_every_batch)
+                   verify_every_batch=args.verify_every_batch or settings.verify_every_batch,
+                   strict_versions=args.strict_versions or settings.strict_versions)
 
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:

@@ -37,6 +37,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
     THREADS_ENV,
+    STRICT_VERSIONS_ENV,
     VERIFY_EVERY_BATCH_ENV,
     WORKERS_ENV,
     Settings,
@@ -146,6 +147,13 @@ class PostgresTargetResource(dg.ConfigurableResource):
                     "rows PostgreSQL still holds unchanged; by default such a batch is taken "
                     "over from its check.")
 
+    strict_versions: bool = Field(
+        default=False,
+        description=f"Refuse a thread whose channel version holds two values that differ in "
+                    f"content (env {STRICT_VERSIONS_ENV}=1); by default it is migrated as "
+                    "PostgresSaver would hold it (the version's first value), the later "
+                    "values kept and reported as an ERROR check.")
+
     def readback_sample(self) -> int | None:
         """Threads to read back (None: all)."""
         return self.readback_threads if self.readback_threads > 0 else None
@@ -217,7 +225,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "target": PostgresTargetResource(
             dsn=secrets["dsn"], target_schema=target_schema, staging_schema=staging_schema,
             readback_threads=readback, verification_workers=workers,
-            verify_every_batch=settings.verify_every_batch),
+            verify_every_batch=settings.verify_every_batch,
+            strict_versions=settings.strict_versions),
         "rollback": rollback_resource(secrets["aes_key"], batch_size),
     }
 

@@ -31,6 +31,7 @@ WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at
 # 1: the verification compares every batch again, even those whose batch check certified
 # rows that are still the same (engine/certificates.py).
 VERIFY_EVERY_BATCH_ENV = "CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH"
+STRICT_VERSIONS_ENV = "CHECKPOINT_ASSETS_STRICT_VERSIONS"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
@@ -76,6 +77,9 @@ class Settings:
     workers: int | None = None
     threads: str | None = None  # --threads as given (see engine.selection)
     verify_every_batch: bool = False
+    # Refuse a thread whose content differs at one channel version (engine/versions.py)
+    # instead of migrating it with the version's first value.
+    strict_versions: bool = False
     log_level: str = "INFO"
     embedded_pg: str | None = None
     dagster_pg_host: str | None = None
@@ -101,6 +105,7 @@ class Settings:
             workers=_workers(text(WORKERS_ENV)),
             threads=text(THREADS_ENV),
             verify_every_batch=yes_or_no(VERIFY_EVERY_BATCH_ENV, text(VERIFY_EVERY_BATCH_ENV)),
+            strict_versions=yes_or_no(STRICT_VERSIONS_ENV, text(STRICT_VERSIONS_ENV)),
             log_level=(text(LOG_LEVEL_ENV) or "INFO").upper(),
             embedded_pg=text(EMBEDDED_PG_ENV),
             dagster_pg_host=text(DAGSTER_PG_HOST_ENV),

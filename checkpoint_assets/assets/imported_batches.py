@@ -146,7 +146,8 @@ def imported_checkpoint_batches(
     else:
         problems = []
         for key in keys:
-            problem = yield from _load_and_record(context, key, chain, load_target, cipher)
+            problem = yield from _load_and_record(context, key, chain, load_target, cipher,
+                                                  target.strict_versions)
             if problem is not None:
                 problems.append(problem)
     if len(problems) < len(keys) or any(not p.retried for p in problems):
@@ -181,7 +182,8 @@ def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[st
 
 
 def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportChain,
-                     load_target: Target, cipher: Any) -> Iterator[Any]:
+                     load_target: Target, cipher: Any,
+                     strict_versions: bool = False) -> Iterator[Any]:
     """Load one batch in its own transaction (a sync's batch: apply it, see
     loader.apply_sync_batch), compare it with the export, and yield its materialization
     and check result (stored before the next batch starts); return the problem if it did
@@ -192,7 +194,8 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
         if manifest.generation == 0:
             result = load_batch(load_target, manifest, batch, cipher=cipher,
                                 attempts=ENGINE_ATTEMPTS,
-                                backoff_seconds=ENGINE_BACKOFF_SECONDS)
+                                backoff_seconds=ENGINE_BACKOFF_SECONDS,
+                                strict_versions=strict_versions)
             comparison = compare_batch(load_target, manifest, batch, cipher, certify=True)
         else:
             result = apply_sync_batch(load_target, chain, manifest, batch, cipher)
@@ -203,6 +206,18 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
                                                         frozenset()), certify=True)
     except Exception as exc:
         return (yield from _record_problem(context, key, load_target, exc))
+    refused = result.refused if isinstance(result, BatchLoadResult) else []
+    if refused:
+        # The batch's other threads are loaded; the partition stays failed, naming these.
+        found = [r.found.as_dict() for r in refused]
+        yield _failed_check(context.instance, key, load_target,
+                            f"{len(refused)} thread(s) refused (--strict-versions)",
+                            refused[0], mismatches=found)
+        message = (f"Batch {key}: {len(refused)} thread(s) refused by --strict-versions "
+                   f"({', '.join(repr(r.found.thread_id) for r in refused[:10])}); the "
+                   f"batch's other threads are loaded. {refused[0]}")
+        return BatchProblem(key, message, refused[0], FailureKind.BAD_INPUT,
+                            metadata={"refused_threads": found[:50]})
     if not comparison.passed:
         yield _comparison_check(context.instance, key, comparison, load_target, cipher)
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "

@@ -34,6 +34,7 @@ from checkpoint_assets.engine.convert import (
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.versions import FirstValues
 
 CheckpointKey = tuple[str, str, str]
 WriteKey = tuple[str, str, str, str, int]
@@ -68,15 +69,25 @@ class BatchView:
     blob_rows: int = 0
     metadata_changes: list[dict] = field(default_factory=list)
     resume_hazards: list[dict] = field(default_factory=list)
+    # Later values of channel versions (versions.py), by (thread_id, ns, checkpoint_id,
+    # channel): (version, canonical bytes); in the target, the rows of SUPERSEDED_TABLE.
+    superseded: dict[tuple[str, str, str, str], tuple[str, bytes]] = field(
+        default_factory=dict)
+    # What differs in each (source views only): Superseded.as_dict() of each.
+    superseded_findings: list[dict] = field(default_factory=list)
 
     def digest(self) -> str:
-        """One digest over all checkpoints and writes, in key order: the SHA-256 of one
-        msgpack document ``[[[*key, parent, header, channels, metadata], ...],
-        [[*key, *write], ...]]``, encoded in one call."""
+        """One digest over all checkpoints and writes (and superseded values, when there
+        are any), in key order: the SHA-256 of one msgpack document
+        ``[[[*key, parent, header, channels, metadata], ...], [[*key, *write], ...]]``,
+        encoded in one call."""
         checkpoints = [(*key, view.parent, view.header, view.channels, view.metadata)
                        for key, view in sorted(self.checkpoints.items())]
         writes = [(*key, *write) for key, write in sorted(self.writes.items())]
-        return hashlib.sha256(pack_opaque([checkpoints, writes])).hexdigest()
+        document: list = [checkpoints, writes]
+        if self.superseded:
+            document.append([(*key, *value) for key, value in sorted(self.superseded.items())])
+        return hashlib.sha256(pack_opaque(document)).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
@@ -115,18 +126,29 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
     for thread in threads:
         known = decoded.get(thread.thread_id) if decoded is not None else None
         thread_decoded = known if known is not None else decode_thread(thread, cipher)
-        # PostgreSQL keeps one blob per (namespace, channel, version): the first value
-        # written at a version is the one every checkpoint naming that version reads.
-        first_blob: dict[tuple[str, str, str], bytes] = {}
+        # PostgreSQL keeps one value per (namespace, channel, version): the first written
+        # is the one every checkpoint naming that version reads (versions.py).
+        ledger = FirstValues()
         latest: dict[str, tuple] = {}
         for row, decoded_row in zip(thread.checkpoints, thread_decoded):
             versions = decoded_row.header.get("channel_versions") or {}
             channel_bytes = {}
             for channel, value in decoded_row.values.items():
                 plain = decoded_row.packed(channel)
-                if decoded_row.cipher_name or not primitive_survives_jsonb(value):
-                    key = (row.checkpoint_ns, channel, str(versions.get(channel)))
-                    plain = first_blob.setdefault(key, plain)
+                if channel in versions:
+                    inline = not decoded_row.cipher_name and primitive_survives_jsonb(value)
+                    version = str(versions[channel])
+                    first, found = ledger.see(row.thread_id, row.checkpoint_ns,
+                                              row.checkpoint_id, channel, version, value,
+                                              decoded_row.family, inline, plain)
+                    if found is not None:
+                        view.superseded[(row.thread_id, row.checkpoint_ns, row.checkpoint_id,
+                                         channel)] = (version, plain)
+                        view.superseded_findings.append(found.as_dict())
+                    if first is not None:
+                        plain = first.packed
+                    elif not inline:
+                        view.blob_rows += 1
                 channel_bytes[channel] = plain
             channels = tuple(sorted(channel_bytes.items()))
             latest[row.checkpoint_ns] = (row, decoded_row.values)
@@ -138,7 +160,6 @@ def source_view(threads: Iterable[ThreadRows], cipher: Cipher | None = None,
             view.checkpoints[(row.thread_id, row.checkpoint_ns, row.checkpoint_id)] = \
                 CheckpointView(row.parent_checkpoint_id, canonical_json(decoded_row.header),
                                channels, metadata_text)
-        view.blob_rows += len(first_blob)
         for row, values in latest.values():
             view.resume_hazards.extend(resume_hazards(row, values))
         for w in thread.writes:
@@ -167,13 +188,14 @@ def resume_hazards(row: Any, values: dict[str, Any]) -> list[dict]:
 
 def target_view(
     checkpoints: Iterable[tuple], blobs: Iterable[tuple], writes: Iterable[tuple],
-    cipher: Cipher | None = None,
+    superseded: Iterable[tuple] = (), cipher: Cipher | None = None,
 ) -> BatchView:
     """The view of target rows, the way PostgresSaver reads them.
 
     ``checkpoints`` rows are (thread_id, ns, checkpoint_id, parent, checkpoint, metadata)
     with JSONB already parsed; ``blobs`` rows (thread_id, ns, channel, version, type, blob);
-    ``writes`` rows in ``checkpoint_writes`` column order.
+    ``writes`` rows in ``checkpoint_writes`` column order; ``superseded`` rows of this
+    project's SUPERSEDED_TABLE (superseded_table.SUPERSEDED_COLUMNS order).
 
     One normalisation, the legitimate difference LangGraph's layout has: a DeltaChannel
     snapshot blob counts only on checkpoints whose inline value marks it (``True``);
@@ -211,6 +233,10 @@ def target_view(
     for thread_id, ns, cid, task_id, task_path, idx, channel, type_, blob in writes:
         view.writes[(thread_id, ns, cid, task_id, idx)] = (task_path, channel, type_,
                                                            bytes(blob))
+    for thread_id, ns, cid, channel, version, type_, blob, *_ in superseded:
+        data = None if blob is None else bytes(blob)
+        view.superseded[(thread_id, ns, cid, channel)] = (version, blob_canonical_bytes(
+            type_, data, blob_value(type_, data, cipher), cipher))
     return view
 
 

@@ -28,12 +28,12 @@ from checkpoint_assets.engine.codec import (
     json_safe_structure,
     pack_opaque,
     primitive_survives_jsonb,
-    same_value,
     unpack_opaque,
 )
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.versions import CONTENT, SUPERSEDED_TABLE, FirstValues, Superseded
 
 PLAIN_TYPES = ("msgpack", "json")
 REFUSED_TYPES = ("pickle",)
@@ -73,6 +73,26 @@ class ConvertedThread:
     writes: list[tuple] = field(default_factory=list)
     metadata_changes: list[tuple[tuple[str, str, str], MetadataChange]] = field(
         default_factory=list)
+    # Later values of a channel version (rows of versions.SUPERSEDED_TABLE) and what
+    # differs in each.
+    superseded: list[tuple] = field(default_factory=list)
+    superseded_findings: list[Superseded] = field(default_factory=list)
+
+
+class VersionConflictError(MigrationError):
+    """A thread refused under --strict-versions: one of its channel versions has two values
+    whose content differs."""
+
+    def __init__(self, found: Superseded) -> None:
+        self.found = found
+        super().__init__(
+            f"Thread {found.thread_id!r}: channel {found.channel!r} at version "
+            f"{found.version} has a different value in checkpoint {found.checkpoint_id} than "
+            f"in {found.first_checkpoint_id}, where the version was first written "
+            f"({found.detail}); the thread is refused (--strict-versions).",
+            "Without --strict-versions the thread is migrated as PostgresSaver would hold "
+            "it (the first value of each version) and the later value is kept in "
+            f"{SUPERSEDED_TABLE}; or fix the thread in the source and run again.")
 
 
 def checkpoint_key(row: CheckpointRow | WriteRow) -> dict[str, str]:
@@ -207,15 +227,19 @@ def decode_thread(thread: ThreadRows, cipher: Cipher | None = None) -> list[Deco
 
 
 def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
-                   decoded: list[DecodedCheckpoint] | None = None) -> ConvertedThread:
+                   decoded: list[DecodedCheckpoint] | None = None,
+                   strict_versions: bool = False) -> ConvertedThread:
     """Convert one thread's rows to the PostgresSaver layout.
 
-    Raises MigrationError if a row cannot be converted losslessly, or if two checkpoints of
-    the thread give one channel version two different values (PostgreSQL keeps one blob per
-    version). ``decoded``, if given, is :func:`decode_thread` of this thread.
+    A channel version keeps its FIRST value, as PostgresSaver does (see :mod:`versions`):
+    a later checkpoint whose value at that version differs reads the first one, and its
+    own value goes to ``superseded`` (a row of ``SUPERSEDED_TABLE``, original bytes).
+    ``strict_versions``: a value whose content (not only its encoding) differs raises
+    VersionConflictError for the thread instead. Raises MigrationError if a row cannot be
+    converted losslessly. ``decoded``, if given, is :func:`decode_thread` of this thread.
     """
     out = ConvertedThread()
-    blob_owner: dict[tuple[str, str, str], tuple[str, Any, str]] = {}
+    ledger = FirstValues()
     if decoded is None:
         decoded = decode_thread(thread, cipher)
     for row, decoded_row in zip(thread.checkpoints, decoded):
@@ -223,30 +247,41 @@ def convert_thread(thread: ThreadRows, cipher: Cipher | None = None,
         versions = decoded_row.header.get("channel_versions") or {}
         for channel, value in decoded_row.values.items():
             keep_inline = decoded_row.cipher_name is None and primitive_survives_jsonb(value)
-            if keep_inline:
-                inline[channel] = value
-                continue
             if channel not in versions:
+                if keep_inline:
+                    inline[channel] = value
+                    continue
                 raise MigrationError(
                     f"Checkpoint {checkpoint_key(row)}: channel {channel!r} has a value but no "
                     "version, so PostgresSaver could not find its blob.",
                     "Report this with the row; it is not migrated to avoid any loss.")
             version = str(versions[channel])
+            first, superseded = ledger.see(row.thread_id, row.checkpoint_ns, row.checkpoint_id,
+                                           channel, version, value, decoded_row.family,
+                                           keep_inline, decoded_row.packed(channel))
+            if superseded is not None:
+                if strict_versions and superseded.kind == CONTENT:
+                    raise VersionConflictError(superseded)
+                out.superseded_findings.append(superseded)
+                type_tag, payload = channel_blob(value, decoded_row.family,
+                                                 decoded_row.cipher_name, cipher,
+                                                 decoded_row.packed(channel))
+                out.superseded.append((row.thread_id, row.checkpoint_ns, row.checkpoint_id,
+                                       channel, version, type_tag, payload,
+                                       superseded.first_checkpoint_id, superseded.kind))
+            if first is not None:
+                # This checkpoint reads the version's first value: inline as it was, or
+                # the blob its first checkpoint wrote.
+                if first.inline:
+                    inline[channel] = first.value
+                elif is_delta_snapshot(first.value):
+                    inline[channel] = True
+                continue
+            if keep_inline:
+                inline[channel] = value
+                continue
             if is_delta_snapshot(value):
                 inline[channel] = True
-            key = (row.checkpoint_ns, channel, version)
-            seen = blob_owner.get(key)
-            if seen is not None:
-                if seen[0] == decoded_row.family and not same_value(seen[1], value):
-                    raise MigrationError(
-                        f"Thread {row.thread_id!r}: channel {channel!r} at version {version} "
-                        f"has different values in checkpoints {seen[2]} and {row.checkpoint_id}"
-                        "; PostgreSQL stores one value per version.",
-                        "Report this with the thread; it is not migrated to avoid any loss.")
-                # The same value in another encoding (a set's order; json rows before an
-                # upgrade, msgpack after): the first blob serves every checkpoint.
-                continue
-            blob_owner[key] = (decoded_row.family, value, row.checkpoint_id)
             # Only a version's first checkpoint builds (and re-encrypts) the blob.
             type_tag, payload = channel_blob(value, decoded_row.family, decoded_row.cipher_name,
                                              cipher, decoded_row.packed(channel))

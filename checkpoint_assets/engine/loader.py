@@ -25,9 +25,11 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.checkpoint_metadata import MetadataChange
+from checkpoint_assets.engine import superseded_table
 from checkpoint_assets.engine.convert import (
     ConvertedThread,
     JsonText,
+    VersionConflictError,
     convert_thread,
     decode_thread,
     split_type,
@@ -74,6 +76,8 @@ class BatchLoadResult:
     attempts: int = 1
     metadata_changes: list[tuple[tuple[str, str, str], MetadataChange]] = field(
         default_factory=list)
+    superseded: int = 0  # rows of versions.SUPERSEDED_TABLE this batch has
+    refused: list[VersionConflictError] = field(default_factory=list)  # --strict-versions
 
     @property
     def rows(self) -> dict[str, int]:
@@ -87,18 +91,29 @@ class TransientLoadError(MigrationError):
     kind = FailureKind.TRANSIENT
 
 
-def convert_batch(
-    manifest: ExportManifest, key: str, cipher: Cipher | None = None
-) -> tuple[list[str], dict[str, list[tuple]], list]:
-    """Verify and convert one batch: (thread ids, rows per table, metadata changes)."""
-    threads: list[str] = []
-    rows: dict[str, list[tuple]] = {t: [] for t in COLUMNS}
-    changes: list = []
+@dataclass
+class ConvertedBatch:
+    """One batch converted: its thread ids, PostgresSaver rows per table, the metadata
+    changes JSONB forced, and the later values of channel versions (versions.py) with the
+    threads --strict-versions refused."""
+
+    threads: list[str]
+    rows: dict[str, list[tuple]]
+    metadata_changes: list
+    superseded: list[tuple] = field(default_factory=list)
+    refused: list[VersionConflictError] = field(default_factory=list)
+
+
+def convert_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = None,
+                  strict_versions: bool = False) -> ConvertedBatch:
+    """Verify and convert one batch. With ``strict_versions`` a thread whose content
+    differs at one channel version is left out (listed in ``refused``); the others are
+    converted as usual."""
+    out = ConvertedBatch([], {t: [] for t in COLUMNS}, [])
     pickled: list[dict[str, str]] = []
     parsed = list(read_batch(manifest, key))
     decoded: dict[str, list] = {}
     for thread in parsed:
-        threads.append(thread.thread_id)
         pickled.extend(
             {"thread_id": r.thread_id, "checkpoint_ns": r.checkpoint_ns,
              "checkpoint_id": r.checkpoint_id}
@@ -106,11 +121,19 @@ def convert_batch(
         if pickled:
             continue
         decoded[thread.thread_id] = decode_thread(thread, cipher)
-        converted: ConvertedThread = convert_thread(thread, cipher, decoded[thread.thread_id])
-        rows["checkpoints"].extend(converted.checkpoints)
-        rows["checkpoint_blobs"].extend(converted.blobs)
-        rows["checkpoint_writes"].extend(converted.writes)
-        changes.extend(converted.metadata_changes)
+        try:
+            converted: ConvertedThread = convert_thread(thread, cipher,
+                                                        decoded[thread.thread_id],
+                                                        strict_versions)
+        except VersionConflictError as exc:
+            out.refused.append(exc)
+            continue
+        out.threads.append(thread.thread_id)
+        out.rows["checkpoints"].extend(converted.checkpoints)
+        out.rows["checkpoint_blobs"].extend(converted.blobs)
+        out.rows["checkpoint_writes"].extend(converted.writes)
+        out.metadata_changes.extend(converted.metadata_changes)
+        out.superseded.extend(converted.superseded)
     if pickled:
         raise MigrationError(
             f"Batch {key} holds {len(pickled)} checkpoints stored with pickle "
@@ -121,7 +144,7 @@ def convert_batch(
         )
     # The batch check that follows in this process builds its expected view from these.
     remember_loaded_batch(manifest, key, cipher, parsed, decoded)
-    return threads, rows, changes
+    return out
 
 
 def load_batch(
@@ -132,16 +155,20 @@ def load_batch(
     cipher: Cipher | None = None,
     attempts: int = 3,
     backoff_seconds: float = 1.0,
+    strict_versions: bool = False,
 ) -> BatchLoadResult:
     """Load one batch of ``manifest`` into ``target`` in one transaction.
 
     Transient database errors (connection lost, server restart, serialization failure)
     are retried up to ``attempts`` times with exponential backoff. Raises ConflictError
     if the target holds different rows under the batch's keys, MigrationError for bad
-    input; the target is unchanged in every failure case.
+    input; the target is unchanged in every failure case. ``strict_versions``: threads
+    whose content differs at one channel version are not loaded, the others are; the
+    result's ``refused`` names them (see convert_batch).
     """
     started = time.perf_counter()
-    threads, rows, changes = convert_batch(manifest, key, cipher)
+    batch = convert_batch(manifest, key, cipher, strict_versions)
+    threads, rows = batch.threads, batch.rows
     lock_id = _lock_id(target.schema, manifest.batch(key).sha256)
     for attempt in range(1, attempts + 1):
         try:
@@ -149,6 +176,7 @@ def load_batch(
                 # Before the batch's transaction: a rollback must not undo the statistics.
                 refresh_statistics(conn)
                 inserted, present = _load_rows(conn, lock_id, threads, rows, cipher)
+                superseded_table.insert_rows(conn, batch.superseded)
                 conn.commit()
             break
         except ConflictError:
@@ -182,7 +210,8 @@ def load_batch(
     return BatchLoadResult(
         key=key, inserted=inserted, already_present=present,
         seconds=time.perf_counter() - started, batch_sha256=manifest.batch(key).sha256,
-        threads=len(threads), attempts=attempt, metadata_changes=changes,
+        threads=len(threads), attempts=attempt, metadata_changes=batch.metadata_changes,
+        superseded=len(batch.superseded), refused=batch.refused,
     )
 
 
@@ -357,9 +386,11 @@ def apply_sync_batch(target: Target, chain: ExportChain, manifest: ExportManifes
     nothing is written. Running it again changes nothing.
     """
     started = time.perf_counter()
-    threads, rows, _ = convert_batch(manifest, key, cipher)
+    batch = convert_batch(manifest, key, cipher)
+    threads = batch.threads
     before = convert_rows(chain.rows_before(threads, manifest.generation), cipher)
-    result = _apply_threads(target, chain, key, threads, rows, before, cipher)
+    result = _apply_threads(target, chain, key, threads, batch.rows, before, cipher,
+                            batch.superseded)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -383,7 +414,7 @@ def apply_deletions(target: Target, chain: ExportChain, manifest: ExportManifest
 
 def _apply_threads(target: Target, chain: ExportChain, key: str, threads: list[str],
                    rows: dict[str, list[tuple]], before: dict[str, list[tuple]],
-                   cipher: Cipher | None) -> SyncApplyResult:
+                   cipher: Cipher | None, superseded: Sequence[tuple] = ()) -> SyncApplyResult:
     result = SyncApplyResult(key, len(threads), {}, {}, {}, {})
     if not threads:
         for counts in (result.inserted, result.updated, result.deleted, result.already_present):
@@ -411,6 +442,8 @@ def _apply_threads(target: Target, chain: ExportChain, key: str, threads: list[s
                     keys=found)
             for table in COLUMNS:
                 _apply_table(conn, table, threads, len(rows[table]), cipher, result)
+            # This project's own rows of these threads follow them (no one else writes them).
+            superseded_table.replace_threads(conn, threads, superseded)
             conn.commit()
     except psycopg.Error as exc:
         raise MigrationError(

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from checkpoint_assets.engine import superseded_table
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
@@ -28,6 +29,7 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.reverse_convert import restore_thread
 from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.superseded_table import SUPERSEDED_COLUMNS, SUPERSEDED_KEY
 from checkpoint_assets.engine.target import (
     LATEST_SCHEMA_VERSION,
     MIGRATIONS_TABLE,
@@ -35,6 +37,7 @@ from checkpoint_assets.engine.target import (
     redact_dsn,
     scrub,
 )
+from checkpoint_assets.engine.versions import SUPERSEDED_TABLE
 
 # Rows fetched per round trip from each server-side cursor.
 CURSOR_ITERSIZE = 2000
@@ -49,6 +52,7 @@ _QUERIES = {
     "checkpoint_writes": (("thread_id", "checkpoint_ns", "checkpoint_id", "task_id",
                            "task_path", "idx", "channel", "type", "blob"),
                           ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id")),
+    SUPERSEDED_TABLE: (tuple(name for name, _ in SUPERSEDED_COLUMNS), SUPERSEDED_KEY),
 }
 
 
@@ -92,10 +96,14 @@ class PostgresRows:
 
     def threads(self) -> Iterator[ThreadRows]:
         """Every thread with checkpoints or writes, in thread_id order, rebuilt as
-        SqliteSaver rows (blobs no checkpoint of a thread names are not rows of it)."""
+        SqliteSaver rows (blobs no checkpoint of a thread names are not rows of it); the
+        later values of channel versions the migration kept (superseded_table) come back
+        into their checkpoints."""
         checkpoints = Peekable(self._stream("checkpoints"))
         blobs = Peekable(self._stream("checkpoint_blobs"))
         writes = Peekable(self._stream("checkpoint_writes"))
+        superseded = Peekable(self._stream(SUPERSEDED_TABLE)
+                              if superseded_table.table_exists(self.conn) else iter(()))
         missing = set(self.only or ())
         while True:
             heads = [row[0] for row in (checkpoints.peek(), writes.peek()) if row is not None]
@@ -103,12 +111,14 @@ class PostgresRows:
                 break
             thread = min(heads)
             missing.discard(thread)
-            for _ in blobs.take_while(lambda r: r[0] < thread):
-                pass  # blobs of a thread with no checkpoint and no write
+            for stream in (blobs, superseded):
+                for _ in stream.take_while(lambda r: r[0] < thread):
+                    pass  # rows of a thread with no checkpoint and no write
             rebuilt = restore_thread(
                 thread, list(checkpoints.take_while(lambda r: r[0] == thread)),
                 [r[1:] for r in blobs.take_while(lambda r: r[0] == thread)],
-                list(writes.take_while(lambda r: r[0] == thread)), self.cipher)
+                list(writes.take_while(lambda r: r[0] == thread)), self.cipher,
+                list(superseded.take_while(lambda r: r[0] == thread)))
             yield self.originals.prefer_original(rebuilt, self.cipher) if self.originals \
                 else rebuilt
         if missing:

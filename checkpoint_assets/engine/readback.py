@@ -4,7 +4,10 @@ This is the witness closest to the application: ``SqliteSaver.list`` on the sour
 ``PostgresSaver.list`` on the target, per (thread_id, checkpoint_ns), compared on config,
 checkpoint (channel values included), metadata, parent config and pending writes.
 
-Three differences are legitimate and normalised, each counted in the notes:
+Four differences are legitimate and normalised, each counted in the notes:
+- a checkpoint whose value of a channel differs from the value first written at the same
+  version reads that first value from PostgresSaver, which keeps one value per version
+  (see versions.py; the later value is named by the verification's own checks);
 - a checkpoint with ``v`` < 4 keeps ``pending_sends`` in SQLite; PostgresSaver rebuilds
   them from the parent's ``__pregel_tasks`` writes as a channel value (the same rewrite
   LangGraph's ``Pregel._migrate_checkpoint`` applies when it loads such a checkpoint);
@@ -80,6 +83,7 @@ def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
     sqlite_conn = sqlite3.connect(copy, check_same_thread=False)
     mismatches: list[dict] = []
     normalised = Counter({"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0,
+                          FIRST_VALUE: 0,
                           "metadata value PostgreSQL cannot hold (see metadata_changes)": 0})
     try:
         sqlite_saver = SqliteSaver(sqlite_conn, serde=serde)
@@ -152,8 +156,9 @@ def _compare(thread_id: str, ns: str, left: list, right: list,
         return [{"thread_id": thread_id, "checkpoint_ns": ns,
                  "problem": f"{len(left)} checkpoints in SQLite, {len(right)} in PostgreSQL"}]
     found = []
+    firsts = _first_values(left, normalised)
     for a, b in zip(left, right):
-        checkpoint_a = _normalise_sqlite_checkpoint(a.checkpoint, normalised)
+        checkpoint_a = _normalise_sqlite_checkpoint(firsts[id(a)], normalised)
         checkpoint_b = _normalise_pg_checkpoint(b.checkpoint, checkpoint_a, normalised)
         pairs = {"config": (a.config, b.config), "checkpoint": (checkpoint_a, checkpoint_b),
                  "metadata": (_normalise_metadata(a.metadata, b.metadata, normalised),
@@ -166,6 +171,33 @@ def _compare(thread_id: str, ns: str, left: list, right: list,
                           "checkpoint_id": a.config["configurable"]["checkpoint_id"],
                           "problem": "differs: " + ", ".join(differing)})
     return found
+
+
+FIRST_VALUE = ("a later value at an unchanged channel version, read as the version's first "
+               "value (see reencoded_at_same_version, content_differs_at_same_version)")
+
+
+def _first_values(listed: list, normalised: dict[str, int]) -> dict[int, dict]:
+    """Each SQLite checkpoint of one namespace (``listed`` newest first, as ``list`` gives
+    them) as PostgresSaver reads it: every channel value at a version an older checkpoint
+    wrote first is that first value (PostgresSaver keeps one value per version). By
+    ``id()`` of the CheckpointTuple."""
+    first: dict[tuple[str, str], Any] = {}
+    out: dict[int, dict] = {}
+    for item in reversed(listed):
+        checkpoint = item.checkpoint
+        values = dict(checkpoint.get("channel_values", {}))
+        for channel, version in (checkpoint.get("channel_versions") or {}).items():
+            if channel not in values:
+                continue
+            key = (channel, str(version))
+            if key not in first:
+                first[key] = values[channel]
+            elif not _same(first[key], values[channel]):
+                values[channel] = first[key]
+                normalised[FIRST_VALUE] += 1
+        out[id(item)] = {**checkpoint, "channel_values": values}
+    return out
 
 
 def _normalise_metadata(metadata: Any, stored: Any, normalised: dict[str, int]) -> Any:

@@ -63,28 +63,38 @@ OTHER_CONTENT = "different content"
 
 
 def restore_thread(thread_id: str, checkpoints: Sequence[tuple], blobs: Iterable[tuple],
-                   writes: Sequence[tuple], cipher: Cipher | None = None) -> ThreadRows:
+                   writes: Sequence[tuple], cipher: Cipher | None = None,
+                   superseded: Iterable[tuple] = ()) -> ThreadRows:
     """The SqliteSaver rows of one thread, rebuilt from its PostgresSaver rows.
 
     ``checkpoints`` rows are (thread_id, ns, checkpoint_id, parent, checkpoint JSONB,
     metadata JSONB) with JSONB parsed, in key order; ``blobs`` rows (ns, channel, version,
     type, blob); ``writes`` rows in ``checkpoint_writes`` column order (thread_id, ns,
-    checkpoint_id, task_id, task_path, idx, channel, type, blob), in key order. Raises
-    MigrationError naming the checkpoint when a value cannot be rebuilt without loss.
+    checkpoint_id, task_id, task_path, idx, channel, type, blob), in key order;
+    ``superseded`` rows of this project's SUPERSEDED_TABLE (superseded_table columns): a
+    checkpoint whose value of a channel was a later value of its version gets that value
+    back, not the version's first. Raises MigrationError naming the checkpoint when a value
+    cannot be rebuilt without loss.
     """
     blob_index = {(ns, channel, version): (type_, None if blob is None else bytes(blob))
                   for ns, channel, version, type_, blob in blobs}
+    later: dict[tuple[str, str], dict[str, tuple[str, bytes | None]]] = {}
+    for _, ns, cid, channel, _version, type_, blob, *_ in superseded:
+        later.setdefault((ns, cid), {})[channel] = (type_, None if blob is None
+                                                    else bytes(blob))
     write_rows = [WriteRow(tid, ns, cid, task_id, task_path, idx, channel, type_,
                            bytes(blob) if blob is not None else b"")
                   for tid, ns, cid, task_id, task_path, idx, channel, type_, blob in writes]
     encrypted = any(split_type(t)[1] for t, _ in blob_index.values()) or any(
-        split_type(w.type)[1] for w in write_rows)
+        split_type(w.type)[1] for w in write_rows) or any(
+        split_type(t)[1] for values in later.values() for t, _ in values.values())
     if encrypted and cipher is None:
         raise MigrationError(
             f"Thread {thread_id!r} is encrypted (EncryptedSerializer) and no key was given.",
             NO_KEY_HINT)
     sends = _parent_sends(write_rows)
-    rows = [restore_checkpoint(row, blob_index, sends, cipher if encrypted else None)
+    rows = [restore_checkpoint(row, blob_index, sends, cipher if encrypted else None,
+                               later.get((row[1], row[2])))
             for row in checkpoints]
     return ThreadRows(thread_id, rows, write_rows)
 
@@ -102,9 +112,13 @@ def _parent_sends(writes: Sequence[WriteRow]) -> dict[tuple[str, str], list[Writ
 
 def restore_checkpoint(row: tuple, blob_index: dict[tuple[str, str, str], tuple],
                        sends: dict[tuple[str, str], list[WriteRow]],
-                       cipher: Cipher | None) -> CheckpointRow:
+                       cipher: Cipher | None,
+                       later: dict[str, tuple[str, bytes | None]] | None = None,
+                       ) -> CheckpointRow:
     """One SqliteSaver checkpoint row from its PostgresSaver row and the thread's blobs
-    (``cipher`` given: the thread is encrypted, so is the rebuilt checkpoint)."""
+    (``cipher`` given: the thread is encrypted, so is the rebuilt checkpoint); ``later``:
+    this checkpoint's own values of channels whose version's first value differs, by
+    channel (type, bytes), which it gets back instead."""
     thread_id, ns, checkpoint_id, parent, document, metadata = row
     key = {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}
     if not isinstance(document, dict):
@@ -127,6 +141,10 @@ def restore_checkpoint(row: tuple, blob_index: dict[tuple[str, str, str], tuple]
         families.add(family)
         json_channels[channel] = family == "json"
         values[channel] = value
+    for channel, found in (later or {}).items():
+        family, values[channel] = _blob_value(key, channel, found, cipher)
+        families.add(family)
+        json_channels[channel] = family == "json"
     if len(families) > 1:
         # A msgpack checkpoint reading a json blob an older checkpoint wrote (the first
         # blob of a version serves every checkpoint naming it): the json value is revived

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from checkpoint_assets.engine import superseded_table
 from checkpoint_assets.engine.certificates import (
     BatchCertificate,
     digests_now,
@@ -54,6 +55,7 @@ from checkpoint_assets.engine.target import (
     scrub,
     thread_row_versions,
 )
+from checkpoint_assets.engine.versions import CONTENT, SUPERSEDED_TABLE
 from checkpoint_assets.engine.workers import process_pool, workers_for
 
 COUNT_MATCH = "checkpoint_count_match"
@@ -62,6 +64,8 @@ METADATA_INTEGRITY = "metadata_integrity"
 SOURCE_MATCHES_EXPORT = "source_matches_export"
 OFFICIAL_READBACK = "official_saver_readback"
 RESUMABLE_ON_POSTGRES = "resumable_on_postgres_saver"
+REENCODED_AT_SAME_VERSION = "reencoded_at_same_version"
+CONTENT_DIFFERS_AT_SAME_VERSION = "content_differs_at_same_version"
 MAX_LISTED = 50
 DEFAULT_READBACK_SAMPLE = 25
 
@@ -122,6 +126,8 @@ class BatchComparison:
     reused: bool = False  # taken over from an earlier verification (rows unchanged since)
     # Taken over from this batch's certificate (see certificates.py): where it was kept.
     certificate_from: str = ""
+    # Later values of a channel version in the export (versions.Superseded.as_dict()).
+    superseded: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -135,7 +141,7 @@ class BatchComparison:
         (``cipher``: the key it was compared with); None unless it passed and certified
         every thread it compared, and when the certificate would be too large to keep."""
         digest = rows_sha256(self.certified, self.thread_ids) if self.certified else None
-        if not self.passed or digest is None:
+        if not self.passed or digest is None or self.superseded:
             return None
         certificate = BatchCertificate(
             batch_sha256=self.batch_sha256, key=key_fingerprint(cipher),
@@ -165,9 +171,9 @@ class VerificationReport:
         return all(c.passed for c in self.checks.values() if c.blocking)
 
 
-def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list]:
-    """All target rows of these threads: (checkpoints, blobs, writes), read in binary
-    (bytea as it is: as hex text it takes twice as long)."""
+def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list, list]:
+    """All target rows of these threads: (checkpoints, blobs, writes, superseded values),
+    read in binary (bytea as it is: as hex text it takes twice as long)."""
     q = {
         "checkpoints": "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
                        "checkpoint, metadata FROM {} WHERE thread_id = ANY(%s)",
@@ -182,7 +188,7 @@ def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, l
         query = sql.SQL(text).format(sql.Identifier(table))
         out.append(target_conn.cursor(binary=True).execute(query, (list(threads),))
                    .fetchall())
-    return out[0], out[1], out[2]
+    return out[0], out[1], out[2], superseded_table.read_rows(target_conn, threads)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,7 @@ class ExpectedBatch:
     thread_ids: list[str]
     metadata_changes: list[dict]
     resume_hazards: list[dict]
+    superseded: list[dict] = field(default_factory=list)  # versions.Superseded.as_dict()
 
 
 # Expected views this process computed, by (batch SHA-256, with a key?): the batch check
@@ -249,7 +256,8 @@ def expected_batch(manifest: ExportManifest, key: str, cipher: Cipher | None = N
         rows = [t for t in rows if t.thread_id in threads]
     view = source_view(rows, cipher, decoded)
     expected = ExpectedBatch(view.digest(), _view_counts(view), [t.thread_id for t in rows],
-                             view.metadata_changes, view.resume_hazards)
+                             view.metadata_changes, view.resume_hazards,
+                             view.superseded_findings)
     _EXPECTED_IN_PROCESS[memo_key] = expected
     while len(_EXPECTED_IN_PROCESS) > _EXPECTED_KEPT:
         _EXPECTED_IN_PROCESS.popitem(last=False)
@@ -285,7 +293,10 @@ def compare_batch(
             return taken_over
     expected = expected_batch(manifest, key, cipher, threads)
     rows = target_rows(conn, expected.thread_ids)
-    certified = thread_row_versions(conn, expected.thread_ids) if certify else {}
+    # Row versions cover PostgresSaver's tables only: a batch with superseded values is
+    # never certified, so every verification compares its SUPERSEDED_TABLE rows again.
+    certified = thread_row_versions(conn, expected.thread_ids) \
+        if certify and not expected.superseded else {}
     actual = target_view(*rows, cipher=cipher)
     actual_digest = actual.digest()
     content: list[dict] = []
@@ -299,7 +310,7 @@ def compare_batch(
         expected_digest=expected.digest, actual_digest=actual_digest,
         content_mismatches=content, metadata_mismatches=metadata,
         metadata_changes=expected.metadata_changes,
-        resume_hazards=expected.resume_hazards,
+        resume_hazards=expected.resume_hazards, superseded=expected.superseded,
         batch_sha256=manifest.batch(key).sha256, threads=threads,
         thread_ids=expected.thread_ids, certified=certified,
     )
@@ -334,7 +345,8 @@ def _taken_over(conn: Any, earlier: BatchComparison,
         actual_digest=digest, threads=threads, thread_ids=now_ids,
         certified={tid: now[tid] for tid in now_ids}, reused=True,
         metadata_changes=[m for m in earlier.metadata_changes if m["thread_id"] in kept],
-        resume_hazards=[h for h in earlier.resume_hazards if h["thread_id"] in kept])
+        resume_hazards=[h for h in earlier.resume_hazards if h["thread_id"] in kept],
+        superseded=[s for s in earlier.superseded if s["thread_id"] in kept])
 
 
 def _view_counts(view: BatchView) -> dict[str, int]:
@@ -371,6 +383,13 @@ def _view_mismatches(expected: BatchView, actual: BatchView) -> tuple[list[dict]
                        "write in target, not in export" if want_w is None else
                        "write differs")
             content.append({**_key_dict(key), "problem": problem})
+    for key in sorted(set(expected.superseded) | set(actual.superseded)):
+        want_s, got_s = expected.superseded.get(key), actual.superseded.get(key)
+        if want_s != got_s:
+            problem = (f"superseded value missing in {SUPERSEDED_TABLE}" if got_s is None
+                       else f"{SUPERSEDED_TABLE} row not in the export" if want_s is None
+                       else f"superseded value differs in {SUPERSEDED_TABLE}")
+            content.append({**_key_dict(key[:3]), "channel": key[3], "problem": problem})
     return content, metadata
 
 
@@ -684,6 +703,37 @@ def check_resumable_on_postgres(f: Findings) -> CheckOutcome:
                "dict/list channel (stored as a blob)."] if hazards else [])
 
 
+def check_reencoded_at_same_version(f: Findings) -> CheckOutcome:
+    """Checkpoints whose value of a channel is another encoding of the value first written
+    at the same version (or that value with fields added): listed, never silent."""
+    return _superseded_outcome(REENCODED_AT_SAME_VERSION, f,
+                               [s for c in f.comparisons for s in c.superseded
+                                if s["kind"] != CONTENT])
+
+
+def check_content_differs_at_same_version(f: Findings) -> CheckOutcome:
+    """Checkpoints whose value of a channel differs in content from the value first
+    written at the same version."""
+    return _superseded_outcome(CONTENT_DIFFERS_AT_SAME_VERSION, f,
+                               [s for c in f.comparisons for s in c.superseded
+                                if s["kind"] == CONTENT])
+
+
+def _superseded_outcome(name: str, f: Findings, found: list[dict]) -> CheckOutcome:
+    where = f"{f.target.schema}.{SUPERSEDED_TABLE}" if f.target.schema else SUPERSEDED_TABLE
+    notes = [] if not found else [
+        f"PostgreSQL holds the first value of each channel version, as PostgresSaver would "
+        f"had the application written to it from the start; each later value listed here "
+        f"is kept with its original bytes in {where} (content_integrity compares them) and "
+        "`checkpoint-assets rollback` gives those checkpoints back as they were."]
+    if found and name == CONTENT_DIFFERS_AT_SAME_VERSION:
+        notes.append("The application would read the first value for these checkpoints. "
+                     "Look at each thread; --strict-versions (or "
+                     "CHECKPOINT_ASSETS_STRICT_VERSIONS=1) refuses such threads instead.")
+    return CheckOutcome(name, passed=not found, expected=0, actual=len(found),
+                        mismatches=found[:MAX_LISTED], mismatch_count=len(found), notes=notes)
+
+
 @dataclass(frozen=True)
 class CheckSpec:
     """One check of the verification, declared once: the engine runs it, the Dagster layer
@@ -750,6 +800,27 @@ CHECKS = (
         "-",
         check_resumable_on_postgres, warning=True,
         every_mismatch=lambda r: [h for b in r.batches for h in b.resume_hazards]),
+    CheckSpec(
+        REENCODED_AT_SAME_VERSION,
+        "Every checkpoint whose channel value was re-encoded at an unchanged version (the "
+        "same fields and values with another class or none, as when a class moved or an "
+        "entry point could not import it; or a model that gained fields) is listed by key, "
+        "channel and version; PostgreSQL reads the version's first value, as PostgresSaver "
+        "would, and the later bytes are kept. A warning: nothing is lost.",
+        "Whether your application's current classes read the first value the way they "
+        "read the later one (defaults of added fields).",
+        check_reencoded_at_same_version, warning=True,
+        every_mismatch=lambda r: [s for b in r.batches for s in b.superseded
+                                  if s["kind"] != CONTENT]),
+    CheckSpec(
+        CONTENT_DIFFERS_AT_SAME_VERSION,
+        "No channel version holds two values whose content differs; each one that does is "
+        "listed by key, channel and version with what differs (PostgreSQL reads the first, "
+        "the later is kept).",
+        "-",
+        check_content_differs_at_same_version,
+        every_mismatch=lambda r: [s for b in r.batches for s in b.superseded
+                                  if s["kind"] == CONTENT]),
 )
 CHECK_SPECS = {spec.name: spec for spec in CHECKS}
 CHECK_NAMES = tuple(CHECK_SPECS)
