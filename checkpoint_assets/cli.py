@@ -178,6 +178,13 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                             "@FILE with one thread id a line; the verification and its "
                             "evidence then speak of those threads only, and say so")
 
+    def add_strict_versions(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--strict-versions", action="store_true",
+                       help="refuse a thread whose channel version holds two values that "
+                            "differ in content, instead of migrating it with the version's "
+                            "first value as PostgresSaver keeps it (the other threads still "
+                            f"move; env {STRICT_VERSIONS_ENV}=1)")
+
     p = sub.add_parser("export", help="write the export file from the SQLite source")
     add_source(p)
     add_export(p)
@@ -226,11 +233,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help="compare every batch again in the verification, also those "
                             "whose batch check certified rows that are still the same "
                             f"(env {VERIFY_EVERY_BATCH_ENV}=1)")
-        p.add_argument("--strict-versions", action="store_true",
-                       help="refuse a thread whose channel version holds two values that "
-                            "differ in content, instead of migrating it with the version's "
-                            "first value as PostgresSaver keeps it (the batch's other "
-                            f"threads still load; env {STRICT_VERSIONS_ENV}=1)")
+        add_strict_versions(p)
         add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
@@ -244,6 +247,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--propagate-deletes", action="store_true",
                    help="delete from the target the threads deleted in the source (only "
                         "where the target holds exactly the rows this tool loaded)")
+    add_strict_versions(p)
     add_threads(p, "sync")
     add_report(p)
 
@@ -259,6 +263,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "the final sync starts (default 10)")
     p.add_argument("--propagate-deletes", action="store_true",
                    help="as for sync: delete threads deleted in the source from the target")
+    add_strict_versions(p)
     add_threads(p, "cut over")
     add_workers(p, "compared")
     add_report(p)
@@ -442,10 +447,11 @@ def _chain_evidence(report: VerificationReport, chain: ExportChain, target: Targ
 
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     """sync: the target follows the source, moving only what changed since the export
-    (or the last sync); exit 4 on a conflict (nothing of that batch written)."""
+    (or the last sync); exit 4 on a conflict (nothing of that batch written), 3 when
+    threads were refused (the others moved; every later sync tries those again)."""
     report = _sync(args, settings)
     _emit(args, _sync_json(report), report.render())
-    return EXIT_OK
+    return EXIT_BAD_INPUT if report.found.refused else EXIT_OK
 
 
 def _sync(args: argparse.Namespace, settings: Settings,
@@ -461,12 +467,14 @@ def _sync(args: argparse.Namespace, settings: Settings,
     target = Target(settings.target_dsn or "", args.schema)
     return sync_target(args.source, args.export, target, cipher=_cipher(args),
                        propagate_deletes=args.propagate_deletes,
-                       read_every_thread=read_every_thread)
+                       read_every_thread=read_every_thread,
+                       strict_versions=args.strict_versions or settings.strict_versions)
 
 
 def _sync_json(report: SyncReport) -> dict[str, Any]:
     found = report.found
-    return {"command": "sync", "ok": True, "moved": found.moved,
+    return {"command": "sync", "ok": not found.refused, "moved": found.moved,
+            "refused": found.refused,
             "generation": found.generation if found.moved else None,
             "generation_file": str(found.manifest.path) if found.manifest else None,
             "added": found.added, "changed": found.changed, "deleted": found.deleted,

@@ -42,6 +42,13 @@ sync_batches_job = dg.define_asset_job(
     description="Load one batch partition of a sync generation (one transaction).")
 
 
+def _failed_load(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun | None:
+    """The latest run that loaded sync partition ``key``, when it failed."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=SYNC_BATCHES_JOB,
+                                                   tags={"dagster/partition": key}), limit=1)
+    return runs[0] if runs and runs[0].status == dg.DagsterRunStatus.FAILURE else None
+
+
 @dg.sensor(name=SYNC_SENSOR, jobs=[sync_job, sync_batches_job],
            minimum_interval_seconds=SYNC_INTERVAL_SECONDS,
            default_status=dg.DefaultSensorStatus.STOPPED,
@@ -63,6 +70,18 @@ def source_changed_sync(context: dg.SensorEvaluationContext, source: SqliteSourc
     loaded = context.instance.get_materialized_partitions(BATCHES_ASSET)
     missing = [key for (generation, _), key in chain_partition_keys(chain).items()
                if generation > 0 and key in registered and key not in loaded]
+    failed = {key: run for key in missing if (run := _failed_load(context.instance, key))}
+    if failed:
+        # Requested once already (the run key would drop a second request silently): say
+        # why nothing more moves, and what to do.
+        shown = ", ".join(f"{key} (run {run.run_id[:8]})" for key, run in
+                          list(failed.items())[:5])
+        return dg.SkipReason(
+            f"{len(failed)} sync batch partition(s) failed to load: {shown}. The sensor "
+            "requests nothing more until they load, since a generation is applied before "
+            "the next one is written. Open the failed run (or the partition's page) for the "
+            "cause and what to do, remove it, then backfill the failed partitions, or run "
+            "`checkpoint-assets sync`, which applies them again.")
     if missing:
         return dg.SensorResult(run_requests=[
             dg.RunRequest(run_key=key, job_name=SYNC_BATCHES_JOB, partition_key=key)

@@ -280,3 +280,44 @@ def test_what_differs_is_classified_by_content(first: object, later: object,
     """classify() calls a difference encoding only when every field and value is the same
     once LangGraph's objects are replaced by their data, as LangGraph itself does."""
     assert classify(first, later)[0] == kind
+
+
+def test_a_refused_thread_never_wedges_the_sync_chain(tmp_path: Path, target_dsn: str) -> None:
+    """sync --strict-versions leaves out the thread whose content differs at one version,
+    names it with what to do and exits 3, while the other thread's changes move; every
+    later sync reads the refused thread again (no generation is replayed, nothing is stuck)
+    and moves it once the source is fixed (here: the thread deleted in SQLite)."""
+    app = EvolvingApp(tmp_path / "app", tmp_path / "live.sqlite")
+    app.run("shop", "shouted", "turn")
+    app.run("shop", "calm", "turn")
+    status, evidence = migrate(app.database, target_dsn, tmp_path)
+    assert status == 0, evidence
+    common = ["--source", str(app.database), "--export", str(tmp_path / "x.export"),
+              "--target", target_dsn, "--strict-versions"]
+
+    def checkpoints_in_target(thread_id: str) -> int:
+        with psycopg.connect(target_dsn) as conn:
+            return conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = %s",
+                                (thread_id,)).fetchone()[0]
+
+    app.version("v3-validator")
+    app.run("shop", "shouted", "turn")
+    app.version("v1")
+    app.run("shop", "calm", "turn")
+    before = checkpoints_in_target("shouted")
+    for attempt in range(2):
+        if attempt:
+            app.run("shop", "calm", "turn")
+        done = run("sync", *common)
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "REFUSED thread 'shouted'" in done.stdout and "What to do:" in done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
+        assert checkpoints_in_target("shouted") == before
+        assert checkpoints_in_target("calm") == 4 * (attempt + 2)  # 4 a turn, all moved
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    with SqliteSaver.from_conn_string(str(app.database)) as saver:
+        saver.delete_thread("shouted")
+    fixed = run("sync", *common, "--propagate-deletes")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert checkpoints_in_target("shouted") == 0

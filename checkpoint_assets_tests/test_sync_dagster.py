@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 import pytest
 from langchain_core.messages import HumanMessage
 
@@ -90,3 +91,35 @@ def test_the_sensor_syncs_a_changed_source_into_new_partitions(
         verification = materialize(defs, instance, VERIFICATION_ASSET)
         assert verification.success
         assert all(e.passed for e in check_results(verification, instance).values())
+
+
+def test_the_sensor_says_why_it_requests_nothing_after_a_failed_load(
+        tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync partition whose load failed (here: the target application already wrote the
+    new thread, a conflict) is not requested again in silence: the sensor's skip reason
+    names the partition and its run and says what to do."""
+    monkeypatch.setenv("CHECKPOINT_ASSETS_TARGET_DSN", target_dsn)
+    source, export = write_corpus(tmp_path / "app.sqlite", threads=4), tmp_path / "app.export"
+    defs = definitions(source, export, batch_size=10)
+    with dg.DagsterInstance.ephemeral() as instance:
+        migrate(defs, instance)
+        first = evaluate(defs, instance, None)
+        with running_application(source) as graph:
+            graph.invoke({"messages": [HumanMessage(content="Where is A-4242?", id="h-0")],
+                          "customer": "Late Customer", "order_id": "A-4242"},
+                         {"configurable": {"thread_id": "support-late"}})
+        assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
+        with psycopg.connect(target_dsn) as conn:  # the PostgreSQL application's own row
+            conn.execute("INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+                         "checkpoint, metadata) VALUES ('support-late', '', 'theirs', "
+                         "'{}', '{}')")
+        (key,) = [k for k in instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
+                  if "-s0001-b" in k]
+        failed = defs.resolve_job_def(SYNC_BATCHES_JOB).execute_in_process(
+            instance=instance, partition_key=key, raise_on_error=False)
+        assert not failed.success
+
+        tick = evaluate(defs, instance, first.cursor)
+        assert isinstance(tick, dg.SkipReason)
+        assert key in tick.skip_message and failed.run_id[:8] in tick.skip_message
+        assert "backfill the failed partitions" in tick.skip_message

@@ -157,7 +157,7 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
     """Write the next sync generation, register its batches as partitions (the export's
     and earlier syncs' stay), and materialize the export asset with what moved."""
     try:
-        found = write_sync(source.path, path)
+        found = write_sync(source.path, path, cipher=source.cipher())
         chain = load_chain(path)
     except MigrationError as exc:
         message = error_text(exc, None)
@@ -186,6 +186,10 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
             context.instance, f"sync generation {found.generation} ({len(keys)} new batch "
                               "partitions)")
     manifest = found.manifest
+    for refused in found.refused:
+        context.log.warning(f"Thread {refused['thread_id']!r} was not moved (the others "
+                            f"were): {refused['problem']} What to do: "
+                            f"{refused['what_to_do']} Every later sync reads it again.")
     context.log.info(f"Sync of {source.path}: {len(found.added)} new, {len(found.changed)} "
                      f"changed, {len(found.deleted)} deleted thread(s); "
                      + (f"generation {found.generation}, {len(keys)} batch(es)"
@@ -201,6 +205,8 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
             "threads_added": dg.MetadataValue.int(len(found.added)),
             "threads_changed": dg.MetadataValue.int(len(found.changed)),
             "threads_deleted": dg.MetadataValue.int(len(found.deleted)),
+            # Changed threads that cannot be converted: left for a later sync, by key.
+            "threads_refused": dg.MetadataValue.json(found.refused[:50]),
             "threads_moved": dg.MetadataValue.json(
                 {"added": found.added[:100], "changed": found.changed[:100],
                  "deleted": found.deleted[:100]}),

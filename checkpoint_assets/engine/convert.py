@@ -94,6 +94,10 @@ class VersionConflictError(MigrationError):
             "it (the first value of each version) and the later value is kept in "
             f"{SUPERSEDED_TABLE}; or fix the thread in the source and run again.")
 
+    def __reduce__(self) -> tuple:
+        """Pickled with its finding (results cross process boundaries)."""
+        return (self.__class__, (self.found,))
+
 
 def checkpoint_key(row: CheckpointRow | WriteRow) -> dict[str, str]:
     """The identifying key of a row, for error messages and reports."""

@@ -35,6 +35,8 @@ from functools import cached_property
 from pathlib import Path
 
 from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.convert import convert_thread
+from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     GENERATION_SUFFIX,
@@ -259,6 +261,10 @@ class SyncResult:
     read_every_thread: bool  # rowids were reused (or asked): every thread was digested
     snapshot_at: str
     seconds: float
+    # Changed threads left out of the generation because they cannot be converted (a
+    # damaged or pickled row, or --strict-versions): thread_id, problem, what to do. The
+    # chain keeps their earlier state, so every later sync looks at them again.
+    refused: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def moved(self) -> bool:
@@ -267,7 +273,8 @@ class SyncResult:
 
 
 def write_sync(source_path: str | Path, export_path: str | Path, *,
-               read_every_thread: bool = False) -> SyncResult:
+               read_every_thread: bool = False, cipher: Cipher | None = None,
+               strict_versions: bool = False) -> SyncResult:
     """Write the next generation of the export at ``export_path`` with what changed in the
     source since the newest generation; nothing is written when nothing changed.
 
@@ -275,9 +282,15 @@ def write_sync(source_path: str | Path, export_path: str | Path, *,
     recorded last row, then the rows of the threads whose fingerprint changed. Two syncs
     of one export (the sensor's and a command's) take turns: each holds an exclusive lock
     on the export file while it reads the chain and writes the next generation.
+
+    A changed thread that cannot be converted (``cipher``: the key of an encrypted source;
+    ``strict_versions``: see convert.convert_thread) is left out and listed in ``refused``:
+    one thread never holds back the others, and since the chain keeps its earlier state
+    the next sync reads it again, and moves it once the source is fixed.
     """
     with _exclusive(Path(export_path)):
-        return _write_sync(source_path, export_path, read_every_thread)
+        return _write_sync(source_path, export_path, read_every_thread, cipher,
+                           strict_versions)
 
 
 @contextmanager
@@ -295,7 +308,8 @@ def _exclusive(export_path: Path) -> Iterator[None]:
 
 
 def _write_sync(source_path: str | Path, export_path: str | Path,
-                read_every_thread: bool) -> SyncResult:
+                read_every_thread: bool, cipher: Cipher | None,
+                strict_versions: bool) -> SyncResult:
     started = time.perf_counter()
     chain = load_chain(export_path)
     require_same_source(chain.export, source_path)
@@ -321,6 +335,7 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     entry[state.SHA:] = previous.threads[tid][previous.SHA:]
             added: list[str] = []
             changed: list[str] = []
+            refused: list[dict[str, str]] = []
 
             def changed_threads() -> Iterator[ThreadRows]:
                 for tid in sorted(suspects):
@@ -329,6 +344,15 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     old = previous.threads.get(tid)
                     if old is not None and old[previous.SHA] == sha:
                         state.threads[tid][state.SHA:] = old[previous.SHA:]
+                        continue
+                    problem = conversion_problem(rows, cipher, strict_versions)
+                    if problem is not None:
+                        refused.append({"thread_id": tid, **problem})
+                        # As if unseen: the next sync finds it changed and reads it again.
+                        if old is not None:
+                            state.threads[tid] = list(old)
+                        else:
+                            del state.threads[tid]
                         continue
                     (changed if old is not None else added).append(tid)
                     yield rows
@@ -351,4 +375,19 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
     else:  # fingerprints moved, contents did not (e.g. VACUUM renumbered rowids)
         path.unlink()
     return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
-                      read_every_thread, state.snapshot_at, time.perf_counter() - started)
+                      read_every_thread, state.snapshot_at, time.perf_counter() - started,
+                      refused)
+
+
+def conversion_problem(thread: ThreadRows, cipher: Cipher | None,
+                       strict_versions: bool) -> dict[str, str] | None:
+    """Why this thread's rows cannot be converted for PostgreSQL (problem, what to do), or
+    None when they can. Encrypted rows without a key are not looked into (the load that
+    follows says so for every such thread)."""
+    if cipher is None and any("+" in (row.type or "") for row in thread.checkpoints):
+        return None
+    try:
+        convert_thread(thread, cipher, strict_versions=strict_versions)
+    except MigrationError as exc:
+        return {"problem": exc.problem, "what_to_do": exc.hint}
+    return None

@@ -82,6 +82,10 @@ class SyncReport:
             counts = self.total(what)
             if any(counts.values()):
                 lines.append(f"  {what}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+        for refused in found.refused:
+            lines.append(f"  REFUSED thread {refused['thread_id']!r} (not moved; the others "
+                         f"were): {refused['problem']} What to do: {refused['what_to_do']} "
+                         "Every later sync reads it again and moves it once it converts.")
         if self.deletions_kept:
             lines.append(f"  {len(self.deletions_kept)} thread(s) deleted in the source are "
                          f"kept in the target: {self.deletions_kept[:20]} (pass "
@@ -107,12 +111,14 @@ def apply_generation(target: Target, chain: ExportChain, manifest: ExportManifes
 def sync_target(source_path: str | Path, export_path: str | Path, target: Target, *,
                 cipher: Cipher | None = None, propagate_deletes: bool = False,
                 on_batch: Callable[[SyncApplyResult], None] | None = None,
-                read_every_thread: bool = False) -> SyncReport:
+                read_every_thread: bool = False, strict_versions: bool = False) -> SyncReport:
     """One sync: apply the newest generation again unless a sync applied it whole to this
     target (it completes a sync that stopped), write the next one from the source's
     changes, apply it, and handle the threads deleted in the source.
     ``read_every_thread``: digest every thread of the source instead of trusting the
-    fingerprints (see export_chain).
+    fingerprints (see export_chain). A changed thread that cannot be converted is left
+    out and listed in ``found.refused`` (``strict_versions``: also one whose content
+    differs at one channel version); the others move.
 
     Raises ConflictError (nothing of that batch written) when the target holds rows of a
     changed thread that this tool did not load; MigrationError for bad input.
@@ -124,7 +130,8 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     if chain.synced and not _was_applied(chain.latest, target):
         reapplied = apply_generation(target, chain, chain.latest, cipher)
         _mark_applied(chain.latest, target)
-    found = write_sync(source_path, export_path, read_every_thread=read_every_thread)
+    found = write_sync(source_path, export_path, read_every_thread=read_every_thread,
+                       cipher=cipher, strict_versions=strict_versions)
     report = SyncReport(found, reapplied=reapplied)
     if found.manifest is not None:
         chain = load_chain(export_path)
