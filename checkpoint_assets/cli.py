@@ -40,7 +40,7 @@ from checkpoint_assets.engine.private_files import (
     write_private_json,
     write_private_text,
 )
-from checkpoint_assets.engine.selection import parse_thread_selection
+from checkpoint_assets.engine.selection import name_threads, parse_thread_selection
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sync import (
     SyncReport,
@@ -447,9 +447,15 @@ def _sync(args: argparse.Namespace, settings: Settings,
     chain = load_chain(args.export)
     selection = parse_thread_selection(args.threads)
     if selection is not None and selection != chain.selection:
+        exported = chain.selection or []
+        differ = ("every thread" if chain.selection is None else
+                  "; ".join(f"{what}: {name_threads(ids)}" for what, ids in (
+                      ("not in it", [t for t in selection if t not in exported]),
+                      ("in it, not given", [t for t in exported if t not in selection]))
+                      if ids))
         raise MigrationError(
             f"--threads names other threads than the export {chain.export.path} was taken "
-            f"for ({'every thread' if chain.selection is None else chain.selection}).",
+            f"for ({differ}).",
             "Sync without --threads (a sync follows its export's selection), or export "
             "and migrate that selection into its own export file (--export).")
     target = Target(settings.target_dsn or "", args.schema)
@@ -667,6 +673,8 @@ def _migration_status(args: argparse.Namespace, result: Any) -> int:
     _emit(args, {**result.to_json(), "evidence": str(evidence)}, result.render())
     if result.passed:
         return EXIT_OK
+    if any(r.step == "export" and r.failure is FailureKind.BAD_INPUT for r in result.runs):
+        return EXIT_BAD_INPUT  # the export refused its input: nothing was loaded
     return EXIT_CONFLICT if result.conflicted_batches else EXIT_MISMATCH
 
 
