@@ -164,13 +164,24 @@ def _was_applied(manifest: ExportManifest, target: Target) -> bool:
 
 
 def _mark_applied(manifest: ExportManifest, target: Target) -> None:
+    """Record beside the generation that a sync applied it whole to ``target``; a
+    MigrationError when the filesystem refuses (full, read-only, no permission)."""
     marker, this = _applied_marker(manifest), _target_id(target)
     try:
-        known = marker.read_text(encoding="ascii").split()
-    except FileNotFoundError:
-        known = []
-    if this not in known:
-        write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
+        try:
+            known = marker.read_text(encoding="ascii").split()
+        except FileNotFoundError:
+            known = []
+        if this not in known:
+            write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
+    except OSError as exc:
+        raise MigrationError(
+            f"Cannot record that sync generation {manifest.generation} was applied to the "
+            f"target: writing {marker} failed: {exc.strerror or exc}. Every batch of it "
+            "is in the target (each committed whole); the marker was left as it was.",
+            "Free space on that filesystem, or make the export's directory writable to "
+            "you, then run sync again: it applies this generation again (which changes "
+            "nothing) and records it.") from None
 
 
 def _threads_in_target(target: Target, threads: list[str]) -> list[str]:
