@@ -2,7 +2,8 @@
 
 Exit status: 0 success (for verify/migrate: every check passed); 1 verification ran and
 found a mismatch; 2 usage error; 3 bad input or environment (MigrationError);
-4 conflict with rows already in the target; 130 stopped by Ctrl-C.
+4 conflict with rows already in the target; 5 cutover's --timeout passed before the
+source was quiet; 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -85,10 +87,12 @@ from checkpoint_assets.settings import (
 )
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_TIMED_OUT = 5  # cutover --timeout passed before the source was quiet
 # How main() reports an error of each kind: the label before its message, the exit status.
 ERROR_REPORTS = {
     FailureKind.INTERRUPTED: ("INTERRUPTED", EXIT_INTERRUPTED),
     FailureKind.CONFLICT: ("CONFLICT", EXIT_CONFLICT),
+    FailureKind.TIMED_OUT: ("TIMED OUT", EXIT_TIMED_OUT),
 }
 DEFAULT_ERROR_REPORT = ("ERROR", EXIT_BAD_INPUT)
 # What the engine's texts leave to their caller: where to find more, which flag to pass.
@@ -123,7 +127,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         description="Move LangGraph checkpoints from SqliteSaver (SQLite) to PostgresSaver "
                     "(PostgreSQL) losslessly, and prove it.",
         epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
-               "environment, 4 conflict with existing target rows, 130 stopped by Ctrl-C. "
+               "environment, 4 conflict with existing target rows, 5 cutover --timeout "
+               "passed before the source was quiet, 130 stopped by Ctrl-C. "
                f"The target DSN is best given through ${TARGET_DSN_ENV} so the password never "
                "appears in a process list. "
                f"Environment variables may also come from a {ENV_FILE} file in the working "
@@ -248,9 +253,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add_source(p)
     add_export(p)
     add_target(p)
-    p.add_argument("--quiet-seconds", type=float, default=10.0,
+    p.add_argument("--quiet-seconds", type=seconds, default=10.0, metavar="SECONDS",
                    help="how long the source's file and -wal must stay unchanged before "
-                        "the final sync starts (default 10)")
+                        "the final sync starts (default 10; 0: do not wait, for writers "
+                        "known to be stopped)")
+    p.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                   help="give up when the source is not quiet within this long of starting "
+                        "to wait: exit 5, before the final sync (default: wait as long as "
+                        "writers write)")
     p.add_argument("--propagate-deletes", action="store_true",
                    help="as for sync: delete threads deleted in the source from the target")
     add_threads(p, "cut over")
@@ -284,6 +294,19 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="print only this batch (e.g. batch-00001), checking its own digest")
     add_rollback_commands(sub, settings)
     return parser
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more (NaN would wait for ever, a
+    negative value would skip the wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite number of seconds, 0 or more")
+    return value
 
 
 def _default_export(args: argparse.Namespace) -> Path:
@@ -484,7 +507,8 @@ FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cu
 def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
-    and no writer touched the source meanwhile.
+    and no writer touched the source meanwhile; exit 5 (TimedOut) when --timeout passed
+    before the source was quiet.
 
     Before it waits, while writers may still write, it syncs and compares every thread
     (certified: with the versions of the rows compared); after the final sync the
@@ -499,7 +523,8 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     say(FIRST_VERIFICATION_MESSAGE)
     target = Target(settings.target_dsn or "", args.schema)
     first = _verify_chain(args, load_chain(args.export), target, certify=True)
-    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say)
+    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say,
+                                               timeout_seconds=args.timeout)
     quiet_at = time.time()
     say(f"Source quiet since {_clock(last_write)}; final sync...")
     synced = _sync(args, settings)

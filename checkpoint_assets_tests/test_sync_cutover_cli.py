@@ -5,6 +5,10 @@ LangGraph graph writes and a real PostgreSQL:
 
 - a filesystem that refuses a sync generation's ``.applied`` marker (full, or read-only:
   real tmpfs mounts) ends with a message saying what to do and exit 3, never a traceback;
+- ``cutover --quiet-seconds`` and ``--timeout`` refuse NaN, infinity and negative values
+  (0 is allowed: writers known to be stopped); ``--timeout`` ends a wait that writers
+  never let finish with exit 5; the wait says when the source starts being written, not
+  at every poll that sees a write;
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +26,10 @@ from typing import Any
 
 import pytest
 
+from checkpoint_assets.cli import EXIT_TIMED_OUT, EXIT_USAGE, build_parser, main
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import sync_target
+from checkpoint_assets.engine.sync import sync_target, wait_until_quiet
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_corpus,
@@ -64,6 +71,33 @@ def application_writes(source: Path, *thread_ids: str) -> None:
         graph = build_rich_graph(saver)
         for thread_id in thread_ids:
             graph.invoke(rich_input("basic"), thread_config(thread_id))
+
+
+class Application(threading.Thread):
+    """The application writing while a cutover waits: ``writes`` new threads (None: until
+    ``stop()``), ``pause`` seconds apart, once ``begin`` is set. ``last_started`` is the
+    ``time.time()`` just before its last write began."""
+
+    def __init__(self, source: Path, writes: int | None, pause: float) -> None:
+        super().__init__(daemon=True)
+        self.source, self.writes, self.pause = source, writes, pause
+        self.begin, self.done = threading.Event(), threading.Event()
+        self.written, self.last_started = 0, 0.0
+
+    def run(self) -> None:
+        self.begin.wait()
+        with open_sqlite_saver(self.source) as saver:
+            graph = build_rich_graph(saver)
+            while not self.done.is_set() and self.written != self.writes:
+                self.last_started = time.time()
+                graph.invoke(rich_input("basic"), thread_config(f"during-{self.written}"))
+                self.written += 1
+                time.sleep(self.pause)
+
+    def stop(self) -> None:
+        """Stop writing and wait until the last write is done."""
+        self.done.set()
+        self.join()
 
 
 def cli(*args: str, dsn: str) -> subprocess.CompletedProcess:
@@ -136,3 +170,79 @@ def test_a_filesystem_that_refuses_the_applied_marker_is_exit_3_with_what_to_do(
         again = cli(*sync, dsn=target_dsn)
         assert again.returncode == 0, again.stderr
         assert "nothing was moved" in again.stdout and marker.is_file()
+
+
+# ------------------------------------------------------------- item 7: the cutover's wait
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--quiet-seconds", "nan"),  # waited for ever
+    ("--quiet-seconds", "inf"),
+    ("--quiet-seconds", "-1"),  # skipped the wait
+    ("--timeout", "nan"),
+    ("--timeout", "-0.5"),
+])
+def test_cutover_refuses_seconds_that_are_not_a_finite_number_0_or_more(
+        flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse refuses the value with a message (exit 2) before anything runs."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["cutover", "--source", "app.sqlite", "--target", "postgresql://", flag, value])
+
+    assert stopped.value.code == EXIT_USAGE
+    assert (f"argument {flag}: {value!r} is not a finite number of seconds, 0 or more"
+            in capsys.readouterr().err)
+
+
+def test_quiet_seconds_0_means_no_wait_for_writers_known_to_be_stopped() -> None:
+    """0 is allowed (the writers are known to be stopped); no --timeout: no limit."""
+    args = build_parser().parse_args(["cutover", "--source", "app.sqlite",
+                                      "--quiet-seconds", "0"])
+    assert args.quiet_seconds == 0.0 and args.timeout is None
+
+
+def test_the_wait_says_when_the_source_starts_being_written_not_at_every_poll(
+        source: Path) -> None:
+    """Six writes a fifth of a second apart, each seen by its own poll: one line says that
+    the source is being written (the wait's own line before it); the wait returns the
+    time of the last write it saw."""
+    application = Application(source, writes=6, pause=0.2)
+    application.start()
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        lines.append(text)
+        application.begin.set()  # the application writes once the wait has begun
+
+    last_write, _ = wait_until_quiet(source, 3.0, say=say, poll_seconds=0.05)
+    application.join()
+
+    assert application.written == 6 and last_write >= application.last_started
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"Waiting until {source} has not changed for 3 s")
+    assert "the source is being written; waiting until it has not changed for 3 s" \
+        in lines[1]
+
+
+def test_cutover_timeout_ends_a_wait_that_writers_never_let_finish_with_exit_5(
+        source: Path, tmp_path: Path, target_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The application keeps writing: after --timeout the cutover stops before its final
+    sync with exit 5 and says why and what to do; no evidence report claims anything."""
+    export, evidence = tmp_path / "app.export", tmp_path / "cutover.md"
+    migrate(source, export, Target(target_dsn))
+    application = Application(source, writes=None, pause=0.05)
+    application.start()
+    application.begin.set()
+    try:
+        status = main(["cutover", "--source", str(source), "--export", str(export),
+                       "--target", target_dsn, "--quiet-seconds", "5", "--timeout", "1",
+                       "--workers", "1", "--evidence", str(evidence)])
+    finally:
+        application.stop()
+
+    captured = capsys.readouterr()
+    assert status == EXIT_TIMED_OUT, captured.out + captured.err
+    assert (f"TIMED OUT: The source {source} was not quiet for 5 s within --timeout 1 s"
+            in captured.err)
+    assert "What to do: Stop every writer of the source" in captured.err
+    assert "Waiting until" in captured.out and not evidence.exists()
