@@ -9,13 +9,17 @@ LangGraph graph writes and a real PostgreSQL:
   (0 is allowed: writers known to be stopped); ``--timeout`` ends a wait that writers
   never let finish with exit 5; the wait says when the source starts being written, not
   at every poll that sees a write;
+- sync says in its own output what it assumes (rowid fingerprints: an UPDATE in place is
+  not seen), and verify, which compares content, catches such an UPDATE;
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import json
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -26,10 +30,17 @@ from typing import Any
 
 import pytest
 
-from checkpoint_assets.cli import EXIT_TIMED_OUT, EXIT_USAGE, build_parser, main
+from checkpoint_assets.cli import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_TIMED_OUT,
+    EXIT_USAGE,
+    build_parser,
+    main,
+)
 from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import sync_target, wait_until_quiet
+from checkpoint_assets.engine.sync import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_corpus,
@@ -246,3 +257,34 @@ def test_cutover_timeout_ends_a_wait_that_writers_never_let_finish_with_exit_5(
             in captured.err)
     assert "What to do: Stop every writer of the source" in captured.err
     assert "Waiting until" in captured.out and not evidence.exists()
+
+
+# ------------------------------------------------------------ item 7: what a sync assumes
+
+
+def test_sync_says_what_it_assumes_and_verify_catches_what_it_cannot_see(
+        source: Path, tmp_path: Path, target_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint's metadata changed in SQLite by an UPDATE in place (its rowid kept;
+    SqliteSaver never does this, a hand-made fix might; not the table's last row, which
+    each generation records): sync finds nothing to move and says, in the same output,
+    that it finds changes by rowid fingerprints; verify compares content and fails
+    (exit 1) naming the thread."""
+    export = tmp_path / "app.export"
+    migrate(source, export, Target(target_dsn))
+    with sqlite3.connect(source) as conn:
+        thread_id, rowid = conn.execute(
+            "SELECT thread_id, min(rowid) FROM checkpoints").fetchone()  # not the last row
+        conn.execute("UPDATE checkpoints SET metadata = ? WHERE rowid = ?",
+                     (json.dumps({"edited": "in place"}).encode(), rowid))
+    common = ["--source", str(source), "--export", str(export), "--target", target_dsn]
+
+    assert main(["sync", *common]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "Nothing changed in the source" in out and SYNC_ASSUMES in out
+    assert "rowid fingerprints" in SYNC_ASSUMES and "verify and cutover" in SYNC_ASSUMES
+
+    assert main(["verify", *common, "--workers", "1", "--json"]) == EXIT_MISMATCH
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert not checks["source_matches_export"]["passed"]
+    assert thread_id in json.dumps(checks["source_matches_export"])

@@ -36,6 +36,10 @@ from checkpoint_assets.engine.loader import (
 from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.target import Target
 
+# What a sync takes for granted, said in its output (the README's reliability section too).
+SYNC_ASSUMES = ("A sync finds changes by SQLite rowid fingerprints: a row changed in place by "
+                "an UPDATE that keeps its rowid is not seen (SqliteSaver never does that); "
+                "verify and cutover compare content and catch it.")
 # A pause in the writes this long is said while waiting for quiet (and the next write).
 PAUSE_NOTICE_SECONDS = 5.0
 
@@ -90,6 +94,7 @@ class SyncReport:
                          f"kept in the target: {self.deletions_kept[:20]} (pass "
                          "--propagate-deletes to delete them there too)")
         lines.append(f"Source state as of {found.snapshot_at} ({self.seconds:.2f} s).")
+        lines.append(SYNC_ASSUMES)
         return "\n".join(lines)
 
 
