@@ -523,6 +523,7 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     say(FIRST_VERIFICATION_MESSAGE)
     target = Target(settings.target_dsn or "", args.schema)
     first = _verify_chain(args, load_chain(args.export), target, certify=True)
+    wait_started = time.time()
     last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say,
                                                timeout_seconds=args.timeout)
     quiet_at = time.time()
@@ -542,23 +543,34 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     proven_at = time.time()
     untouched = source_files_state(args.source) == quiet_files
     passed = report.passed and untouched
+    # The window starts at the last write seen (the writers' stop), not when the wait
+    # noticed quiet: the application is down from its last write to "proven equal".
     window = {
         "cutover": "PASSED: the target equals the source as of " + synced.found.snapshot_at
         if passed else "FAILED: equality not proven",
         "writers quiet since": f"{_clock(last_write)} (the source's last change; quiet "
                                f"for {args.quiet_seconds:g} s by {_clock(quiet_at)})",
+        "waited for quiet": f"{quiet_at - wait_started:.1f} s (from {_clock(wait_started)}, "
+                            "after the first verification)",
         "proven equal at": _clock(proven_at) if passed else "-",
-        "cutover window": f"{proven_at - quiet_at:.1f} s (final sync {synced.seconds:.1f} s "
-                          f"+ verification {report.seconds:.1f} s)",
+        "cutover window": f"{proven_at - last_write:.1f} s from the last write seen to "
+                          f"proven equal (quiet {quiet_at - last_write:.1f} s + final sync "
+                          f"{synced.seconds:.1f} s + verification {report.seconds:.1f} s)",
         "source untouched during the cutover": "yes" if untouched else
         "NO: a writer changed the source; stop every writer and run cutover again",
     }
+    timings = {"last_write_at": _clock(last_write), "wait_started_at": _clock(wait_started),
+               "quiet_at": _clock(quiet_at), "proven_at": _clock(proven_at),
+               "wait_seconds": round(quiet_at - wait_started, 3),
+               "window_seconds": round(proven_at - last_write, 3),
+               "final_sync_seconds": round(synced.seconds, 3),
+               "verification_seconds": round(report.seconds, 3)}
     evidence = write_evidence(_evidence_path(args, chain.export.path),
                               _chain_evidence(report, chain, target, synced.deletions_kept,
                                               window))
     summary = {"command": "cutover", "ok": passed, "target": target.display,
                "sync": _sync_json(synced), **verification_json(report),
-               "window": window, "evidence": str(evidence)}
+               "window": window, "timings": timings, "evidence": str(evidence)}
     text = render_verification(report) + "\n\n" + "\n".join(
         f"{label}: {value}" for label, value in window.items())
     _emit(args, summary, text)

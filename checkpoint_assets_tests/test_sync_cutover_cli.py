@@ -11,6 +11,8 @@ LangGraph graph writes and a real PostgreSQL:
   at every poll that sees a write;
 - sync says in its own output what it assumes (rowid fingerprints: an UPDATE in place is
   not seen), and verify, which compares content, catches such an UPDATE;
+- the cutover window starts at the last write the cutover saw, not when it noticed quiet,
+  and the wait is a figure of its own, alike in the text, the JSON and the evidence.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from datetime import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,3 +291,41 @@ def test_sync_says_what_it_assumes_and_verify_catches_what_it_cannot_see(
     checks = json.loads(capsys.readouterr().out)["checks"]
     assert not checks["source_matches_export"]["passed"]
     assert thread_id in json.dumps(checks["source_matches_export"])
+
+
+# ------------------------------------------------------------- item 8: the cutover window
+
+
+def test_the_cutover_window_starts_at_the_last_write_and_the_wait_is_its_own_figure(
+        source: Path, tmp_path: Path, target_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The writers stop first, then the cutover runs: its window is measured from their
+    last write to "proven equal" (so it holds the whole quiet period and more), not from
+    when the wait noticed quiet; how long it waited is printed apart. The JSON keeps its
+    ``window`` entries and adds ``timings``; the evidence report has the same rows."""
+    export, evidence = tmp_path / "app.export", tmp_path / "cutover.md"
+    migrate(source, export, Target(target_dsn))
+    application_writes(source, "last-before-the-cutover")  # then the writers stop
+
+    status = main(["cutover", "--source", str(source), "--export", str(export),
+                   "--target", target_dsn, "--quiet-seconds", "1", "--workers", "1",
+                   "--evidence", str(evidence), "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert status == EXIT_OK and report["ok"], report
+    window, timings = report["window"], report["timings"]
+    at = {name: datetime.fromisoformat(timings[f"{name}_at"]).timestamp()
+          for name in ("last_write", "wait_started", "quiet", "proven")}
+    assert at["last_write"] <= at["wait_started"] <= at["quiet"] <= at["proven"]
+    assert timings["window_seconds"] == pytest.approx(at["proven"] - at["last_write"],
+                                                      abs=0.002)
+    assert timings["wait_seconds"] == pytest.approx(at["quiet"] - at["wait_started"],
+                                                    abs=0.002)
+    assert at["quiet"] - at["last_write"] >= 1.0  # the quiet period is inside the window
+    assert window["cutover window"].startswith(
+        f"{timings['window_seconds']:.1f} s from the last write seen to proven equal (quiet ")
+    assert window["waited for quiet"].startswith(f"{timings['wait_seconds']:.1f} s (from ")
+    assert set(window) >= {"cutover", "writers quiet since", "proven equal at",
+                           "cutover window", "source untouched during the cutover"}
+    text = evidence.read_text(encoding="utf-8")
+    assert "**waited for quiet**" in text and "**cutover window**" in text
