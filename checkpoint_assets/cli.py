@@ -470,12 +470,14 @@ def _sync(args: argparse.Namespace, settings: Settings,
     chain = load_chain(args.export)
     selection = parse_thread_selection(args.threads)
     if selection is not None and selection != chain.selection:
-        exported = chain.selection or []
-        differ = ("every thread" if chain.selection is None else
-                  "; ".join(f"{what}: {name_threads(ids)}" for what, ids in (
-                      ("not in it", [t for t in selection if t not in exported]),
-                      ("in it, not given", [t for t in exported if t not in selection]))
-                      if ids))
+        if chain.selection is None:
+            differ = "every thread"
+        else:
+            extra = [tid for tid in selection if tid not in chain.selection]
+            left = [tid for tid in chain.selection if tid not in selection]
+            differ = "; ".join(part for part in (
+                f"not in it: {name_threads(extra)}" if extra else "",
+                f"in it, not given: {name_threads(left)}" if left else "") if part)
         raise MigrationError(
             f"--threads names other threads than the export {chain.export.path} was taken "
             f"for ({differ}).",

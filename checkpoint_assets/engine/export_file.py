@@ -314,9 +314,9 @@ def write_export(
     written. ``previous_export_sha256`` (the footer digest of the export this one follows)
     is recorded in the header for exports that chain. ``selection``: export these thread
     ids only (the header names them; an id the source does not hold is refused, naming
-    it, before anything is written). The file
-    ends with the source's state (:class:`SourceState`) for later syncs; sync generation
-    files written before this export are removed, since they follow another export.
+    it, before anything is written). The file ends with the source's state
+    (:class:`SourceState`) for later syncs; sync generation files written before this
+    export are removed, since they follow another export.
     Raises MigrationError when the file cannot be written (read-only or full filesystem,
     no permission), leaving nothing behind.
     """
