@@ -38,9 +38,10 @@ For each size, in this one run on this machine:
   --propagate-deletes`` (console script, its peak RSS) and ``checkpoint-assets cutover``:
   it syncs and verifies every thread while the application makes a last change (a fifth
   of the first) and stops, then waits for quiet; the ``cutover`` figure is the window the
-  command prints (quiet -> final sync -> every thread proven equal, the batches unchanged
-  since the first verification taken over by their row versions), each also as a
-  ratio to the ``migrate`` time;
+  command prints (the last write it saw -> quiet -> final sync -> every thread proven
+  equal, the batches unchanged since the first verification taken over by their row
+  versions; before issue 21 it started at quiet), each also as a ratio to the ``migrate``
+  time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
   in-process (benchmarks/backfill_paths.py's machinery).
@@ -531,8 +532,9 @@ def step_cutover(source: str, export: str, dsn: str,
     """``checkpoint-assets cutover --quiet-seconds 3`` via the console script, with the
     application still writing when it starts: after the cutover's catch-up sync, while it
     verifies every thread, the application makes a last change (a fifth of the sync's) and
-    stops; the cutover then waits for 3 quiet seconds. The window is the cutover's own figure: quiet
-    -> final sync of that change -> every thread proven equal."""
+    stops; the cutover then waits for 3 quiet seconds. The window is the cutover's own figure:
+    the last write it saw -> quiet -> final sync of that change -> every thread proven
+    equal."""
     # Imported before the clock: the change must start while the cutover still verifies.
     import benchmarks.live_changes  # noqa: F401
     from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE
@@ -1029,7 +1031,7 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
             ratio = cutover["seconds"] / mig["seconds"]
             add(f"cutover window <= {CUTOVER_MAX_X_MIGRATE:.0%} of migrate", size, ratio,
                 f"<= {CUTOVER_MAX_X_MIGRATE}", ratio <= CUTOVER_MAX_X_MIGRATE,
-                "the window cutover prints: quiet -> every thread proven equal")
+                "the window cutover prints: last write -> every thread proven equal")
         for name, result in (("import", imp), ("migrate", mig), ("rollback", back),
                              ("sync", synced)):
             if result:

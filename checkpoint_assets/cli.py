@@ -2,7 +2,8 @@
 
 Exit status: 0 success (for verify/migrate: every check passed); 1 verification ran and
 found a mismatch; 2 usage error; 3 bad input or environment (MigrationError);
-4 conflict with rows already in the target; 130 stopped by Ctrl-C.
+4 conflict with rows already in the target; 5 cutover's --timeout passed before the
+source was quiet; 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
@@ -40,7 +42,7 @@ from checkpoint_assets.engine.private_files import (
     write_private_json,
     write_private_text,
 )
-from checkpoint_assets.engine.selection import parse_thread_selection
+from checkpoint_assets.engine.selection import name_threads, parse_thread_selection
 from checkpoint_assets.engine.source import open_source
 from checkpoint_assets.engine.sync import (
     SyncReport,
@@ -86,10 +88,12 @@ from checkpoint_assets.settings import (
 )
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
+EXIT_TIMED_OUT = 5  # cutover --timeout passed before the source was quiet
 # How main() reports an error of each kind: the label before its message, the exit status.
 ERROR_REPORTS = {
     FailureKind.INTERRUPTED: ("INTERRUPTED", EXIT_INTERRUPTED),
     FailureKind.CONFLICT: ("CONFLICT", EXIT_CONFLICT),
+    FailureKind.TIMED_OUT: ("TIMED OUT", EXIT_TIMED_OUT),
 }
 DEFAULT_ERROR_REPORT = ("ERROR", EXIT_BAD_INPUT)
 # What the engine's texts leave to their caller: where to find more, which flag to pass.
@@ -124,7 +128,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         description="Move LangGraph checkpoints from SqliteSaver (SQLite) to PostgresSaver "
                     "(PostgreSQL) losslessly, and prove it.",
         epilog="Exit status: 0 ok, 1 verification mismatch, 2 usage, 3 bad input or "
-               "environment, 4 conflict with existing target rows, 130 stopped by Ctrl-C. "
+               "environment, 4 conflict with existing target rows, 5 cutover --timeout "
+               "passed before the source was quiet, 130 stopped by Ctrl-C. "
                f"The target DSN is best given through ${TARGET_DSN_ENV} so the password never "
                "appears in a process list. "
                f"Environment variables may also come from a {ENV_FILE} file in the working "
@@ -258,9 +263,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add_source(p)
     add_export(p)
     add_target(p)
-    p.add_argument("--quiet-seconds", type=float, default=10.0,
+    p.add_argument("--quiet-seconds", type=seconds, default=10.0, metavar="SECONDS",
                    help="how long the source's file and -wal must stay unchanged before "
-                        "the final sync starts (default 10)")
+                        "the final sync starts (default 10; 0: do not wait, for writers "
+                        "known to be stopped)")
+    p.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                   help="give up when the source is not quiet within this long of starting "
+                        "to wait: exit 5, before the final sync (default: wait as long as "
+                        "writers write)")
     p.add_argument("--propagate-deletes", action="store_true",
                    help="as for sync: delete threads deleted in the source from the target")
     add_strict_versions(p)
@@ -295,6 +305,19 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="print only this batch (e.g. batch-00001), checking its own digest")
     add_rollback_commands(sub, settings)
     return parser
+
+
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more (NaN would wait for ever, a
+    negative value would skip the wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a finite number of seconds, 0 or more")
+    return value
 
 
 def _default_export(args: argparse.Namespace) -> Path:
@@ -459,9 +482,17 @@ def _sync(args: argparse.Namespace, settings: Settings,
     chain = load_chain(args.export)
     selection = parse_thread_selection(args.threads)
     if selection is not None and selection != chain.selection:
+        if chain.selection is None:
+            differ = "every thread"
+        else:
+            extra = [tid for tid in selection if tid not in chain.selection]
+            left = [tid for tid in chain.selection if tid not in selection]
+            differ = "; ".join(part for part in (
+                f"not in it: {name_threads(extra)}" if extra else "",
+                f"in it, not given: {name_threads(left)}" if left else "") if part)
         raise MigrationError(
             f"--threads names other threads than the export {chain.export.path} was taken "
-            f"for ({'every thread' if chain.selection is None else chain.selection}).",
+            f"for ({differ}).",
             "Sync without --threads (a sync follows its export's selection), or export "
             "and migrate that selection into its own export file (--export).")
     target = Target(settings.target_dsn or "", args.schema)
@@ -492,7 +523,8 @@ FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cu
 def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
-    and no writer touched the source meanwhile.
+    and no writer touched the source meanwhile; exit 5 (TimedOut) when --timeout passed
+    before the source was quiet.
 
     Before it waits, while writers may still write, it syncs and compares every thread
     (certified: with the versions of the rows compared); after the final sync the
@@ -507,7 +539,9 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     say(FIRST_VERIFICATION_MESSAGE)
     target = Target(settings.target_dsn or "", args.schema)
     first = _verify_chain(args, load_chain(args.export), target, certify=True)
-    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say)
+    wait_started = time.time()
+    last_write, quiet_files = wait_until_quiet(args.source, args.quiet_seconds, say=say,
+                                               timeout_seconds=args.timeout)
     quiet_at = time.time()
     say(f"Source quiet since {_clock(last_write)}; final sync...")
     synced = _sync(args, settings)
@@ -525,23 +559,34 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     proven_at = time.time()
     untouched = source_files_state(args.source) == quiet_files
     passed = report.passed and untouched
+    # The window starts at the last write seen (the writers' stop), not when the wait
+    # noticed quiet: the application is down from its last write to "proven equal".
     window = {
         "cutover": "PASSED: the target equals the source as of " + synced.found.snapshot_at
         if passed else "FAILED: equality not proven",
         "writers quiet since": f"{_clock(last_write)} (the source's last change; quiet "
                                f"for {args.quiet_seconds:g} s by {_clock(quiet_at)})",
+        "waited for quiet": f"{quiet_at - wait_started:.1f} s (from {_clock(wait_started)}, "
+                            "after the first verification)",
         "proven equal at": _clock(proven_at) if passed else "-",
-        "cutover window": f"{proven_at - quiet_at:.1f} s (final sync {synced.seconds:.1f} s "
-                          f"+ verification {report.seconds:.1f} s)",
+        "cutover window": f"{proven_at - last_write:.1f} s from the last write seen to "
+                          f"proven equal (quiet {quiet_at - last_write:.1f} s + final sync "
+                          f"{synced.seconds:.1f} s + verification {report.seconds:.1f} s)",
         "source untouched during the cutover": "yes" if untouched else
         "NO: a writer changed the source; stop every writer and run cutover again",
     }
+    timings = {"last_write_at": _clock(last_write), "wait_started_at": _clock(wait_started),
+               "quiet_at": _clock(quiet_at), "proven_at": _clock(proven_at),
+               "wait_seconds": round(quiet_at - wait_started, 3),
+               "window_seconds": round(proven_at - last_write, 3),
+               "final_sync_seconds": round(synced.seconds, 3),
+               "verification_seconds": round(report.seconds, 3)}
     evidence = write_evidence(_evidence_path(args, chain.export.path),
                               _chain_evidence(report, chain, target, synced.deletions_kept,
                                               window))
     summary = {"command": "cutover", "ok": passed, "target": target.display,
                "sync": _sync_json(synced), **verification_json(report),
-               "window": window, "evidence": str(evidence)}
+               "window": window, "timings": timings, "evidence": str(evidence)}
     text = render_verification(report) + "\n\n" + "\n".join(
         f"{label}: {value}" for label, value in window.items())
     _emit(args, summary, text)
@@ -682,6 +727,8 @@ def _migration_status(args: argparse.Namespace, result: Any) -> int:
     _emit(args, {**result.to_json(), "evidence": str(evidence)}, result.render())
     if result.passed:
         return EXIT_OK
+    if any(r.step == "export" and r.failure is FailureKind.BAD_INPUT for r in result.runs):
+        return EXIT_BAD_INPUT  # the export refused its input: nothing was loaded
     return EXIT_CONFLICT if result.conflicted_batches else EXIT_MISMATCH
 
 

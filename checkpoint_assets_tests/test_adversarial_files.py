@@ -409,12 +409,14 @@ def test_a_write_postgres_saver_cannot_read_is_reported_by_the_read_back(
 
 
 @contextmanager
-def small_filesystem(mountpoint: Path, *, read_only: bool) -> Iterator[bool]:
-    """Mount a 64 KiB tmpfs at ``mountpoint`` (read-only if asked) for the block; yield
-    whether it is mounted. Needs root with CAP_SYS_ADMIN; otherwise the directory stays a
-    plain one. Always unmounted afterwards, so no mount outlives the test."""
+def small_filesystem(mountpoint: Path, *, read_only: bool,
+                     size: str = "64k") -> Iterator[bool]:
+    """Mount a tmpfs of ``size`` (64 KiB) at ``mountpoint`` (read-only if asked) for the
+    block; yield whether it is mounted. Needs root with CAP_SYS_ADMIN; otherwise the
+    directory stays a plain one. Always unmounted afterwards, so no mount outlives the
+    test."""
     mountpoint.mkdir()
-    options = "size=64k,mode=0700" + (",ro" if read_only else "")
+    options = f"size={size},mode=0700" + (",ro" if read_only else "")
     try:
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
                                   str(mountpoint)], capture_output=True).returncode == 0

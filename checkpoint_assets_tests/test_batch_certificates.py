@@ -108,6 +108,23 @@ def test_the_verification_takes_over_every_batch_its_check_certified(
     assert said in materialization.metadata[EVIDENCE_METADATA].value
 
 
+def test_the_report_says_what_a_batch_taken_over_rests_on(migrated: dict[str, Any]) -> None:
+    """A batch taken over was compared by its batch check, not by the verification: the
+    content check's note and the evidence report say that this rests on the Dagster
+    instance's record of that check being genuine, and how to compare every batch."""
+    instance, runs = migrated["instance"], migrated["runs"]
+    content = check_results(runs["verification"], instance)[CONTENT_INTEGRITY]
+    evidence = runs["verification"].asset_materializations_for_node(
+        VERIFICATION_ASSET.path[-1])[0].metadata[EVIDENCE_METADATA].value
+
+    rests_on = ("rests on the record of its check's result being genuine (that record is "
+                "the Dagster instance's;")
+    assert rests_on in _notes(content) and rests_on in evidence
+    assert ("CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH=1, or `checkpoint-assets verify`, compares "
+            "every batch instead)." in _notes(content))
+    assert "checkpoint-assets verify" in evidence
+
+
 def test_a_byte_changed_after_its_batch_check_is_compared_again_and_caught(
         migrated: dict[str, Any]) -> None:
     """One byte appended to a blob in PostgreSQL after the batches were checked (LangGraph's

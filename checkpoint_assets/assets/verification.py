@@ -48,7 +48,7 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
-from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV
+from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV, VERIFY_EVERY_BATCH_ENV
 
 # The materialization's metadata entry holding the evidence report (Markdown).
 EVIDENCE_METADATA = "evidence"
@@ -60,6 +60,10 @@ VERIFICATION_CHECKS = [
                       description=spec.description)
     for spec in VERIFICATION_CHECK_SPECS
 ]
+
+# What a batch taken over from its certificate rests on, and how to compare every batch.
+CERTIFICATES_HINT = (f"that record is the Dagster instance's; {VERIFY_EVERY_BATCH_ENV}=1, or "
+                     "`checkpoint-assets verify`, compares every batch instead")
 
 
 @dg.asset(
@@ -110,7 +114,8 @@ def migration_verification(
             workers=workers_for(manifest, target.verification_workers or None),
             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain,
             certificates=None if target.verify_every_batch
-            else batch_certificates(context.instance, BATCH_CHECK.key))
+            else batch_certificates(context.instance, BATCH_CHECK.key),
+            certificates_hint=CERTIFICATES_HINT)
     except Exception as exc:
         message = error_text(exc, target.dsn)
         for spec in VERIFICATION_CHECK_SPECS:

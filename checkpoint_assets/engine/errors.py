@@ -17,6 +17,7 @@ class FailureKind(str, Enum):
     BAD_INPUT = "bad input"  # input or environment: the message says what to fix
     MISMATCH = "mismatch"  # it ran, and a check found the target differs from the export
     INTERRUPTED = "interrupted"  # the user stopped it (Ctrl-C)
+    TIMED_OUT = "timed out"  # it waited as long as it was allowed to (cutover --timeout)
     UNEXPECTED = "unexpected"  # not a MigrationError: a bug or an unforeseen error
 
 
@@ -56,6 +57,13 @@ class Interrupted(MigrationError):
     """The user stopped the command (Ctrl-C); what was written is whole, and how to go on."""
 
     kind = FailureKind.INTERRUPTED
+
+
+class TimedOut(MigrationError):
+    """A wait ran out of the time it was given (the cutover's wait for quiet); what was
+    done before is whole, and what to do."""
+
+    kind = FailureKind.TIMED_OUT
 
 
 def failure_kind(exc: BaseException) -> FailureKind:

@@ -53,6 +53,7 @@ from checkpoint_assets.engine.export_file import (
     write_generation,
 )
 from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.selection import refuse_missing_threads
 from checkpoint_assets.engine.source import open_source
 
 
@@ -319,6 +320,15 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
     try:
         with source.snapshot():
             state = read_source_state(source, chain.selection)
+            if chain.selection is not None:
+                # A selected id the chain never held and the source does not hold: a
+                # typo that an export of an earlier version did not refuse.
+                refuse_missing_threads(
+                    chain.selection, {*state.threads, *previous.threads, *chain.deleted},
+                    str(source.path), "Nothing was synced.",
+                    f"Check the ids the export {chain.export.path} was taken for "
+                    "(checkpoint-assets show-export); migrate the right selection into a "
+                    "new export file (--threads, --export).")
             suspects = {tid for tid, entry in state.threads.items()
                         if tid not in previous.threads
                         or previous.threads[tid][previous.FINGERPRINT]

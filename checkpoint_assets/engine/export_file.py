@@ -45,6 +45,7 @@ from checkpoint_assets.engine.codec import pack_opaque
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.private_files import private_file
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.selection import MISSING_THREADS_HINT, refuse_missing_threads
 from checkpoint_assets.engine.source import SourceDatabase, open_source
 
 FORMAT_NAME = "checkpoint-assets-export"
@@ -312,9 +313,10 @@ def write_export(
     ``export_path``. ``progress``, if given, is called with the number of checkpoints just
     written. ``previous_export_sha256`` (the footer digest of the export this one follows)
     is recorded in the header for exports that chain. ``selection``: export these thread
-    ids only (the header names them; threads not in the source are left out). The file
-    ends with the source's state (:class:`SourceState`) for later syncs; sync generation
-    files written before this export are removed, since they follow another export.
+    ids only (the header names them; an id the source does not hold is refused, naming
+    it, before anything is written). The file ends with the source's state
+    (:class:`SourceState`) for later syncs; sync generation files written before this
+    export are removed, since they follow another export.
     Raises MigrationError when the file cannot be written (read-only or full filesystem,
     no permission), leaving nothing behind.
     """
@@ -323,6 +325,9 @@ def write_export(
     try:
         with source.snapshot():
             state = read_source_state(source, selection)
+            if selection is not None:
+                refuse_missing_threads(selection, state.threads, str(source.path),
+                                       "No export was written.", MISSING_THREADS_HINT)
             threads = (SqliteRows(source).threads() if selection is None else
                        (source.thread_rows(tid) for tid in sorted(state.threads)))
             header = {"previous_export_sha256": previous_export_sha256,

@@ -29,6 +29,7 @@ from checkpoint_assets.engine.export_file import (
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.reverse_convert import restore_thread
 from checkpoint_assets.engine.rows import ThreadRows
+from checkpoint_assets.engine.selection import refuse_missing_threads
 from checkpoint_assets.engine.superseded_table import SUPERSEDED_COLUMNS, SUPERSEDED_KEY
 from checkpoint_assets.engine.target import (
     LATEST_SCHEMA_VERSION,
@@ -104,13 +105,14 @@ class PostgresRows:
         writes = Peekable(self._stream("checkpoint_writes"))
         superseded = Peekable(self._stream(SUPERSEDED_TABLE)
                               if superseded_table.table_exists(self.conn) else iter(()))
-        missing = set(self.only or ())
+        held: list[str] = []  # the requested threads found (with --threads)
         while True:
             heads = [row[0] for row in (checkpoints.peek(), writes.peek()) if row is not None]
             if not heads:
                 break
             thread = min(heads)
-            missing.discard(thread)
+            if self.only is not None:
+                held.append(thread)
             for stream in (blobs, superseded):
                 for _ in stream.take_while(lambda r: r[0] < thread):
                     pass  # rows of a thread with no checkpoint and no write
@@ -121,12 +123,9 @@ class PostgresRows:
                 list(superseded.take_while(lambda r: r[0] == thread)))
             yield self.originals.prefer_original(rebuilt, self.cipher) if self.originals \
                 else rebuilt
-        if missing:
-            shown = ", ".join(repr(t) for t in sorted(missing)[:10])
-            raise MigrationError(
-                f"The source {self.source.display} has no checkpoint or write of "
-                f"{len(missing)} requested thread(s): {shown}. No export was written.",
-                "Check the thread ids (--threads), the database and the schema (--schema).")
+        refuse_missing_threads(
+            self.only or (), held, self.source.display, "No export was written.",
+            "Check the thread ids (--threads), the database and the schema (--schema).")
 
 
 def write_postgres_export(

@@ -18,7 +18,7 @@ from pathlib import Path
 from psycopg import sql
 
 from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.errors import MigrationError, TimedOut
 from checkpoint_assets.engine.evidence import markdown_cell
 from checkpoint_assets.engine.export_chain import (
     ExportChain,
@@ -35,6 +35,13 @@ from checkpoint_assets.engine.loader import (
 )
 from checkpoint_assets.engine.private_files import write_private_text
 from checkpoint_assets.engine.target import Target
+
+# What a sync takes for granted, said in its output (the README's reliability section too).
+SYNC_ASSUMES = ("A sync finds changes by SQLite rowid fingerprints: a row changed in place by "
+                "an UPDATE that keeps its rowid is not seen (SqliteSaver never does that); "
+                "verify and cutover compare content and catch it.")
+# A pause in the writes this long is said while waiting for quiet (and the next write).
+PAUSE_NOTICE_SECONDS = 5.0
 
 
 @dataclass
@@ -91,6 +98,7 @@ class SyncReport:
                          f"kept in the target: {self.deletions_kept[:20]} (pass "
                          "--propagate-deletes to delete them there too)")
         lines.append(f"Source state as of {found.snapshot_at} ({self.seconds:.2f} s).")
+        lines.append(SYNC_ASSUMES)
         return "\n".join(lines)
 
 
@@ -171,13 +179,24 @@ def _was_applied(manifest: ExportManifest, target: Target) -> bool:
 
 
 def _mark_applied(manifest: ExportManifest, target: Target) -> None:
+    """Record beside the generation that a sync applied it whole to ``target``; a
+    MigrationError when the filesystem refuses (full, read-only, no permission)."""
     marker, this = _applied_marker(manifest), _target_id(target)
     try:
-        known = marker.read_text(encoding="ascii").split()
-    except FileNotFoundError:
-        known = []
-    if this not in known:
-        write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
+        try:
+            known = marker.read_text(encoding="ascii").split()
+        except FileNotFoundError:
+            known = []
+        if this not in known:
+            write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
+    except OSError as exc:
+        raise MigrationError(
+            f"Cannot record that sync generation {manifest.generation} was applied to the "
+            f"target: writing {marker} failed: {exc.strerror or exc}. Every batch of it "
+            "is in the target (each committed whole); the marker was left as it was.",
+            "Free space on that filesystem, or make the export's directory writable to "
+            "you, then run sync again: it applies this generation again (which changes "
+            "nothing) and records it.") from None
 
 
 def _threads_in_target(target: Target, threads: list[str]) -> list[str]:
@@ -208,27 +227,57 @@ def source_files_state(source_path: str | Path) -> tuple:
 
 def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
                      say: Callable[[str], None] = print, poll_seconds: float = 0.5,
-                     ) -> tuple[float, tuple]:
-    """Block until the source's files have not changed for ``quiet_seconds``; say what it
-    waits for whenever a write is seen. Returns (when the last change was seen as a
-    ``time.time()``, the files' state then)."""
+                     timeout_seconds: float | None = None) -> tuple[float, tuple]:
+    """Block until the source's files have not changed for ``quiet_seconds``. Says what
+    it waits for, then one line whenever the source starts being written and one when
+    writes have paused for PAUSE_NOTICE_SECONDS (not a line at every poll that sees a
+    write). Returns (when the last change was seen as a ``time.time()``, or the files'
+    modification time when none was seen; the files' state then). Raises TimedOut when
+    ``timeout_seconds`` pass first."""
+    started = time.time()
     state = source_files_state(source_path)
     if state[0] is None:
         raise MigrationError(f"Source {source_path} does not exist.",
                              "Pass the path of the SqliteSaver database file (--source).")
     changed_at = max(entry[1] for entry in state if entry is not None) / 1e9
-    say(f"Waiting until {source_path} has not changed for {quiet_seconds:g} s (stop the "
-        "application's writers now)...")
+    limit = "" if timeout_seconds is None else f", for at most {timeout_seconds:g} s"
+    say(f"Waiting until {source_path} has not changed for {quiet_seconds:g} s{limit} (stop "
+        "the application's writers now)...")
+    writing, writes_seen = False, 0
     while True:
-        remaining = quiet_seconds - (time.time() - changed_at)
+        now = time.time()
+        remaining = quiet_seconds - (now - changed_at)
         if remaining <= 0:
             return changed_at, state
-        time.sleep(min(poll_seconds, remaining))
-        now = source_files_state(source_path)
-        if now != state:
-            state, changed_at = now, time.time()
-            say(f"  the source was written at {time.strftime('%H:%M:%S')}; waiting "
-                f"{quiet_seconds:g} s more...")
+        left = None if timeout_seconds is None else timeout_seconds - (now - started)
+        if left is not None and left <= 0:
+            raise TimedOut(
+                f"The source {source_path} was not quiet for {quiet_seconds:g} s within "
+                f"--timeout {timeout_seconds:g} s: {writes_seen} write(s) seen while "
+                f"waiting, the last at {_local_clock(changed_at)}. The cutover stopped "
+                "before its final sync; the target holds what the catch-up sync moved, "
+                "and nothing was proven.",
+                "Stop every writer of the source (or allow a longer --timeout), then run "
+                "cutover again.")
+        time.sleep(min(poll_seconds, remaining) if left is None
+                   else min(poll_seconds, remaining, left))
+        files = source_files_state(source_path)
+        if files != state:
+            state, changed_at, writes_seen = files, time.time(), writes_seen + 1
+            if not writing:
+                writing = True
+                say(f"  {_local_clock(changed_at)} the source is being written; waiting "
+                    f"until it has not changed for {quiet_seconds:g} s...")
+        elif writing and time.time() - changed_at >= PAUSE_NOTICE_SECONDS:
+            writing = False
+            say(f"  no write since {_local_clock(changed_at)}; the final sync follows "
+                f"in {quiet_seconds - (time.time() - changed_at):.0f} s unless the source "
+                "is written again")
+
+
+def _local_clock(seconds: float) -> str:
+    """HH:MM:SS of a ``time.time()`` in local time, for what the wait says."""
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
 
 
 def with_live_migration_section(markdown: str, chain: ExportChain, *,

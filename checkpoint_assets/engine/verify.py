@@ -456,6 +456,7 @@ def verify_migration(
     certify: bool = False,
     earlier: VerificationReport | None = None,
     certificates: Mapping[str, BatchCertificate] | None = None,
+    certificates_hint: str = "",
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
@@ -468,7 +469,9 @@ def verify_migration(
     compares every thread). This is how the cutover keeps its window short: the full
     comparison runs first, while writers still write. ``certificates`` (by export batch
     SHA-256, see certificates.py): what the batch checks proved; a batch whose certificate
-    still holds is taken over in the same way (the content check says how many were).
+    still holds is taken over in the same way (the content check says how many were, and
+    that this rests on the record that kept the certificates being genuine;
+    ``certificates_hint``: what that record is and how the caller compares every batch).
 
     ``chain``: the export's sync generations (export_chain): the target is then compared
     with the state they reached (each live thread with the generation holding it), and
@@ -485,7 +488,8 @@ def verify_migration(
     try:
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
-                                 readback_all_hint, certify, earlier, certificates)
+                                 readback_all_hint, certify, earlier, certificates,
+                                 certificates_hint)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -519,7 +523,7 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
                       workers: int | None, readback_all_hint: str, certify: bool,
                       earlier: VerificationReport | None,
                       certificates: Mapping[str, BatchCertificate] | None,
-                      ) -> VerificationReport:
+                      certificates_hint: str = "") -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     # One private snapshot of the source for its counts, its digests and the read-back.
@@ -536,7 +540,7 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
             else (None, None, {"changed": [], "added": [], "removed": []})
         return _report(started, manifest, chain, target, cipher, source_path, source_copy,
                        readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
-                       workers, earlier)
+                       workers, earlier, certificates_hint)
 
 
 def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
@@ -544,7 +548,8 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
             readback_threads: int | None, readback_all_hint: str,
             comparisons: list[BatchComparison], sqlite_counts: dict[str, int] | None,
             drift: dict[str, list[str]], workers: int,
-            earlier: VerificationReport | None) -> VerificationReport:
+            earlier: VerificationReport | None,
+            certificates_hint: str = "") -> VerificationReport:
     """Run every check on what was compared and read."""
     counts = {"export": {"checkpoints": chain.checkpoints,
                          "checkpoint_writes": chain.writes},
@@ -560,7 +565,7 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
         for tid in c.thread_ids if earlier is not None and tid in earlier.read_back_equal)
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
                         readback_all_hint, comparisons, counts, drift, chain, workers,
-                        read_back_before, source_copy)
+                        read_back_before, source_copy, certificates_hint=certificates_hint)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
@@ -588,6 +593,8 @@ class Findings:
     # Threads an earlier certified run read back equal, their rows unchanged since.
     read_back_before: frozenset[str] = frozenset()
     source_copy: Path | None = None  # the verification's private snapshot of the source
+    # What the certificates' record is and how the caller compares every batch instead.
+    certificates_hint: str = ""
     read_back_equal: set[str] = field(default_factory=set)  # filled by the read-back check
 
 
@@ -619,12 +626,14 @@ def check_content_integrity(f: Findings) -> CheckOutcome:
         expected={c.key: c.expected_digest for c in f.comparisons},
         actual={c.key: c.actual_digest for c in f.comparisons},
         mismatches=content[:MAX_LISTED], mismatch_count=len(content),
-        notes=_taken_over_notes(f.comparisons))
+        notes=_taken_over_notes(f))
 
 
-def _taken_over_notes(comparisons: Sequence[BatchComparison]) -> list[str]:
+def _taken_over_notes(f: Findings) -> list[str]:
     """What the content and metadata checks say of batches taken over from certificates
-    (see certificates.py): how many, from which runs' batch checks, and why."""
+    (see certificates.py): how many, from which runs' batch checks, why, and what that
+    rests on (the record that kept the certificates being genuine)."""
+    comparisons = f.comparisons
     certified = [c for c in comparisons if c.certificate_from]
     if not certified:
         return []
@@ -635,7 +644,9 @@ def _taken_over_notes(comparisons: Sequence[BatchComparison]) -> list[str]:
             f"{', ...' if len(runs) > 10 else ''}), and PostgreSQL still holds the very row "
             "versions that check compared, under the same table definitions (a changed row "
             "is a new version): not compared again"
-            + (f"; the other {compared} were compared now." if compared else ".")]
+            + (f"; the other {compared} were compared now." if compared else ".")
+            + " Taking a batch over rests on the record of its check's result being genuine"
+            + (f" ({f.certificates_hint})" if f.certificates_hint else "") + "."]
 
 
 def check_metadata_integrity(f: Findings) -> CheckOutcome:
@@ -649,7 +660,7 @@ def check_metadata_integrity(f: Findings) -> CheckOutcome:
         mismatches=metadata[:MAX_LISTED], mismatch_count=len(metadata),
         notes=([f"{changes} metadata value(s) PostgreSQL cannot hold were changed; "
                 "see metadata_changes."] if changes else [])
-        + _taken_over_notes(f.comparisons))
+        + _taken_over_notes(f))
 
 
 def check_source_matches_export(f: Findings) -> CheckOutcome:
