@@ -34,6 +34,7 @@ from checkpoint_assets.engine.loader import (
     apply_sync_batch,
 )
 from checkpoint_assets.engine.private_files import write_private_text
+from checkpoint_assets.engine.snapshot import source_files
 from checkpoint_assets.engine.target import Target
 
 
@@ -188,9 +189,12 @@ def _threads_in_target(target: Target, threads: list[str]) -> list[str]:
 
 def source_files_state(source_path: str | Path) -> tuple:
     """(size, mtime) of the database file and of its -wal file: what any committed write
-    changes. Cheap (two stat calls); the sensor and the cutover's wait compare it."""
+    changes. Cheap (two stat calls); the sensor and the cutover's wait compare it. A
+    symlinked source is followed to the real file, whose -wal SQLite writes
+    (snapshot.source_files)."""
+    files = source_files(source_path)
     out = []
-    for path in (Path(source_path), Path(f"{source_path}-wal")):
+    for path in (files.database, files.wal):
         try:
             stat = os.stat(path)
             out.append((stat.st_size, stat.st_mtime_ns))
