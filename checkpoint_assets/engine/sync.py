@@ -108,25 +108,29 @@ def apply_generation(target: Target, chain: ExportChain, manifest: ExportManifes
 def sync_target(source_path: str | Path, export_path: str | Path, target: Target, *,
                 cipher: Cipher | None = None, propagate_deletes: bool = False,
                 on_batch: Callable[[SyncApplyResult], None] | None = None,
-                read_every_thread: bool = False) -> SyncReport:
-    """One sync: apply the newest generation again unless a sync applied it whole to this
-    target (it completes a sync that stopped), write the next one from the source's
-    changes, apply it, and handle the threads deleted in the source.
+                read_every_thread: bool = False,
+                allow_mass_deletion: bool = False) -> SyncReport:
+    """One sync: write the next generation from the source's changes, apply the newest
+    earlier generation again unless a sync applied it whole to this target (it completes
+    a sync that stopped), apply the new one, and handle the threads deleted in the source.
     ``read_every_thread``: digest every thread of the source instead of trusting the
-    fingerprints (see export_chain).
+    fingerprints (see export_chain). ``allow_mass_deletion``: follow a source that lost
+    every thread or more than the threshold (export_chain.is_mass_deletion).
 
-    Raises ConflictError (nothing of that batch written) when the target holds rows of a
-    changed thread that this tool did not load; MigrationError for bad input.
+    Raises SourceWentBackwards or MassDeletion (export_chain) before anything is written
+    or applied; ConflictError (nothing of that batch written) when the target holds rows
+    of a changed thread that this tool did not load; MigrationError for bad input.
     """
     started = time.perf_counter()
     target.setup()
     chain = load_chain(export_path)
-    reapplied = []
+    # First: it refuses a source that went backwards before anything is applied.
+    found = write_sync(source_path, export_path, read_every_thread=read_every_thread,
+                       allow_mass_deletion=allow_mass_deletion)
+    report = SyncReport(found)
     if chain.synced and not _was_applied(chain.latest, target):
-        reapplied = apply_generation(target, chain, chain.latest, cipher)
+        report.reapplied = apply_generation(target, chain, chain.latest, cipher)
         _mark_applied(chain.latest, target)
-    found = write_sync(source_path, export_path, read_every_thread=read_every_thread)
-    report = SyncReport(found, reapplied=reapplied)
     if found.manifest is not None:
         chain = load_chain(export_path)
         report.applied = apply_generation(target, chain, found.manifest, cipher, on_batch)
