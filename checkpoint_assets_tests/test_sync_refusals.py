@@ -1,4 +1,4 @@
-"""What a sync may assume about its source, and what it refuses.
+"""What a sync may assume about its source and its target, and what it refuses.
 
 The source must be the database the export chain was taken from, grown: SqliteSaver never
 removes rows inside a live thread, so another file at the source's path (an empty
@@ -7,6 +7,11 @@ copied over the live file) is refused by name, before any generation is written 
 row applied, and ``cutover`` (which syncs first) never says PASSED then. Whole-thread
 deletions are followed, but losing every thread or most of them needs
 ``--allow-mass-deletion``.
+
+The target is known by its identity (PostgreSQL's system identifier, the database's and
+the schema's oids), not by its name: after the target database is dropped and created
+again under the same name, ``sync`` loads the chain again and ``backfill`` loads what is
+missing; a generation file written again by hand is applied again.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from checkpoint_assets.engine.export_chain import (
     MassDeletion,
     SourceWentBackwards,
     is_mass_deletion,
+    load_chain,
     write_sync,
 )
 from checkpoint_assets.engine.sync import sync_target
@@ -76,6 +83,14 @@ def empty_database_at(path: Path) -> None:
         name.unlink(missing_ok=True)
     with open_sqlite_saver(path) as saver:
         saver.setup()
+
+
+def recreate_database(admin_dsn: str, dsn: str) -> None:
+    """Drop the target database and create it again, empty, under the same name."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(("known", "deleted", "needs_flag"), [
@@ -187,3 +202,78 @@ def test_rows_gone_inside_a_live_thread_are_refused_and_whole_deletions_are_not(
     assert "'rich-basic'" in str(refused.value)
     assert generation_files(export) == generations
     assert target_rows(target_dsn) == before
+
+
+def test_a_dropped_and_recreated_target_is_loaded_again_by_sync(
+        source: Path, tmp_path: Path, target_dsn: str, admin_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """After a sync, the target database is dropped and created again under the same
+    name: the next `sync` does not say "nothing was moved"; it loads every batch of the
+    chain again and the verification passes."""
+    from checkpoint_assets.cli import main
+
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    run(source, resume_and_new_turn)
+    run(source, delete("rich-error"))
+    common = ["--source", str(source), "--export", str(export), "--target", target_dsn]
+    assert main(["sync", *common]) == 0
+    capsys.readouterr()
+
+    recreate_database(admin_dsn, target_dsn)
+    assert main(["sync", *common]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was moved" not in out
+    assert "every batch the chain holds was loaded again" in out
+    report = verify(source, export, target)
+    assert report.passed, {n: c.mismatches[:3] for n, c in report.checks.items()
+                           if not c.passed}
+    with psycopg.connect(target_dsn) as conn:  # a thread deleted in the source stays out
+        assert not conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = 'rich-error'"
+                                ).fetchall()
+    assert main(["sync", *common]) == 0
+    assert "nothing was moved" in capsys.readouterr().out
+
+
+def test_a_generation_written_again_by_hand_is_applied_again(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """A sync generation removed by hand and written again (by the sensor's sync run,
+    which applies nothing itself) has the same file name but another digest: the next
+    sync applies it instead of trusting the old file's marker."""
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    migrate(source, export, target)
+    run(source, resume_and_new_turn)
+    sync_target(source, export, target)
+    generation = load_chain(export).latest.path
+    generation.unlink()  # by hand; its .applied marker stays
+    run(source, new_threads)
+    assert write_sync(source, export).manifest.path == generation
+
+    report = sync_target(source, export, target)
+    assert report.reapplied and not report.found.moved
+    assert report.total("inserted")["checkpoints"] > 0
+    verified = verify(source, export, target)
+    assert verified.passed, {n: c.mismatches[:3] for n, c in verified.checks.items()
+                             if not c.passed}
+
+
+def test_backfill_loads_again_what_a_dropped_and_recreated_target_lost(
+        source: Path, tmp_path: Path, target_dsn: str, admin_dsn: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`migrate` as Dagster runs, then the target database is dropped and created again
+    under the same name: every partition is still MATERIALIZED with a passed check in
+    Dagster, yet `backfill` loads them again (their loads name another target identity)
+    and the verification passes."""
+    from checkpoint_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("CHECKPOINT_ASSETS_WORKERS", "1")
+    export = tmp_path / "app.export"
+    common = ["--source", str(source), "--export", str(export), "--target", target_dsn]
+    assert main(["migrate", *common]) == 0
+    checkpoints = load_chain(export).checkpoints
+
+    recreate_database(admin_dsn, target_dsn)
+    assert main(["backfill", *common]) == 0
+    with psycopg.connect(target_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == checkpoints
