@@ -66,10 +66,13 @@ def checkpoints_in(path: Path) -> int:
 
 
 def test_a_chain_of_symlinks_reads_the_commits_in_the_real_files_wal(
-        real: Path, tmp_path: Path, target_dsn: str) -> None:
+        real: Path, tmp_path: Path, target_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """--source is a symlink to a symlink to the live database: the export, the quiet
-    detection, a sync and the verification all see the commits still in the real file's
-    -wal; the target ends equal to what the application sees."""
+    detection, a sync, the verification and `cutover` all see the commits still in the
+    real file's -wal; the target ends equal to what the application sees."""
+    from checkpoint_assets.cli import main
+
     (tmp_path / "links").mkdir()
     inner = tmp_path / "links" / "inner.sqlite"
     inner.symlink_to(real)
@@ -97,6 +100,12 @@ def test_a_chain_of_symlinks_reads_the_commits_in_the_real_files_wal(
                                     readback_threads=None, workers=1, chain=chain)
         assert verified.passed, {n: c.mismatches[:3] for n, c in verified.checks.items()
                                  if not c.passed}
+
+        graph.invoke(rich_input("approve"), thread_config("live-before-cutover"))
+        assert main(["cutover", "--source", str(link), "--export", str(export), "--target",
+                     target_dsn, "--quiet-seconds", "0.2", "--workers", "1"]) == 0
+        assert "PASSED: the target equals the source" in capsys.readouterr().out
+        assert load_chain(export).checkpoints == checkpoints_in(real)
 
 
 def test_a_hard_link_whose_other_name_has_the_wal_is_refused_by_both_names(
