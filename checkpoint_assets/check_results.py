@@ -21,7 +21,7 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from checkpoint_assets.assets import STAGING_ASSETS
-from checkpoint_assets.assets.imported_batches import BATCH_CHECK
+from checkpoint_assets.assets.imported_batches import BATCH_CHECK, TARGET_IDENTITY_METADATA
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.partitions import (
@@ -92,6 +92,30 @@ def partitions_without_a_passed_check(instance: dg.DagsterInstance) -> set[str]:
     """
     current = set(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
     return current - batches_with_a_passed_check(instance, BATCH_CHECK.key)
+
+
+def partitions_loaded_elsewhere(instance: dg.DagsterInstance,
+                                identity: str | None) -> set[str]:
+    """Current batch partitions whose latest materialization did not load them into the
+    target with ``identity`` (Target.identity; None: the target has no tables).
+
+    A target database dropped and created again under the same name has another identity,
+    so ``backfill`` loads those batches again instead of trusting the record of a load into
+    a database that is gone. A materialization that names no identity (recorded before
+    issue 21) counts as loaded elsewhere: loading it again is safe (rows already there are
+    compared, not duplicated). Partitions never materialized are left out (MISSING already).
+    """
+    out = set()
+    for key in sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=BATCHES_ASSET, asset_partitions=[key]),
+            limit=1).records
+        if not records or records[0].asset_materialization is None:
+            continue
+        recorded = records[0].asset_materialization.metadata.get(TARGET_IDENTITY_METADATA)
+        if identity is None or recorded is None or recorded.value != identity:
+            out.add(key)
+    return out
 
 
 def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | None:

@@ -28,7 +28,12 @@ from checkpoint_assets.engine.evidence import (
     every_mismatch,
     render_evidence,
 )
-from checkpoint_assets.engine.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.export_chain import (
+    MASS_DELETION_MIN_THREADS,
+    MASS_DELETION_SHARE,
+    ExportChain,
+    load_chain,
+)
 from checkpoint_assets.engine.export_file import (
     ExportManifest,
     iter_records,
@@ -177,6 +182,13 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                             f"to this file (default: <export>{EVIDENCE_SUFFIX}, beside "
                             "the export file)")
 
+    def add_mass_deletion(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-mass-deletion", action="store_true",
+                       help="follow a source that lost every thread, or more than "
+                            f"{MASS_DELETION_SHARE:.0%}% of the threads and at least "
+                            f"{MASS_DELETION_MIN_THREADS}, since the last sync (refused "
+                            "without it: another database at the path looks like that)")
+
     def add_threads(p: argparse.Namespace, what: str) -> None:
         p.add_argument("--threads", metavar="IDS|@FILE",
                        help=f"{what} these threads only: thread ids separated by commas, or "
@@ -252,6 +264,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--propagate-deletes", action="store_true",
                    help="delete from the target the threads deleted in the source (only "
                         "where the target holds exactly the rows this tool loaded)")
+    add_mass_deletion(p)
     add_strict_versions(p)
     add_threads(p, "sync")
     add_report(p)
@@ -273,6 +286,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "writers write)")
     p.add_argument("--propagate-deletes", action="store_true",
                    help="as for sync: delete threads deleted in the source from the target")
+    add_mass_deletion(p)
     add_strict_versions(p)
     add_threads(p, "cut over")
     add_workers(p, "compared")
@@ -499,6 +513,7 @@ def _sync(args: argparse.Namespace, settings: Settings,
     return sync_target(args.source, args.export, target, cipher=_cipher(args),
                        propagate_deletes=args.propagate_deletes,
                        read_every_thread=read_every_thread,
+                       allow_mass_deletion=args.allow_mass_deletion,
                        strict_versions=args.strict_versions or settings.strict_versions)
 
 

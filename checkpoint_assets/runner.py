@@ -40,14 +40,15 @@ from checkpoint_assets.check_results import (
     CheckRow,
     latest_check_evaluations,
     partition_statuses,
+    partitions_loaded_elsewhere,
     partitions_without_a_passed_check,
     render_check_rows,
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.errors import FailureKind, Interrupted
+from checkpoint_assets.engine.errors import FailureKind, Interrupted, MigrationError
 from checkpoint_assets.engine.interrupts import stop_requested
-from checkpoint_assets.engine.target import scrub
+from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.workers import default_workers, process_pool
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
@@ -206,8 +207,11 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
                 result.skipped.append("batches and verification: the export failed")
             else:
                 statuses = partition_statuses(inst)
-                # migrate loads every batch; backfill the failed, missing and unproven.
-                unchecked = set() if export_first else partitions_without_a_passed_check(inst)
+                # migrate loads every batch; backfill the failed, missing and unproven, and
+                # those loaded into another database (the target dropped and re-created).
+                unchecked = set() if export_first else (
+                    partitions_without_a_passed_check(inst)
+                    | _loaded_elsewhere(inst, settings, dsn))
                 keys = sorted(k for k, status in statuses.items()
                               if export_first or k in unchecked
                               or status in ("FAILED", "MISSING"))
@@ -238,6 +242,20 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             inst, defs, run_ids={r.run_id for r in result.runs}, since=started_at)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _loaded_elsewhere(instance: dg.DagsterInstance, settings: Settings,
+                      dsn: str) -> set[str]:
+    """The batch partitions last loaded into another database than the one they load into
+    now (the staging schema in staging mode): check_results.partitions_loaded_elsewhere.
+    None of them when the target cannot be reached: the runs then report its error."""
+    target = Target(dsn, settings.staging_schema if settings.staging else
+                    settings.target_schema)
+    try:
+        identity = target.identity()
+    except MigrationError:
+        return set()
+    return partitions_loaded_elsewhere(instance, identity)
 
 
 def _raise_if_stop_requested() -> None:

@@ -71,6 +71,9 @@ FAILED_BATCH_KINDS_METADATA = "failed_batch_kinds"
 ROWS_INSERTED = "rows_inserted"
 ROWS_ALREADY_PRESENT = "rows_already_present"
 EXPORT_ID_METADATA = "export_id"  # the export the batch was loaded from
+# Which database the batch was loaded into (Target.identity: server, database and schema),
+# so that backfill loads again what a dropped and re-created target lost.
+TARGET_IDENTITY_METADATA = "target_identity"
 
 with preview_silenced():
     # Partitioned check specs are Preview in Dagster 1.13; they give one result per batch.
@@ -138,6 +141,7 @@ def imported_checkpoint_batches(
         chain = load_chain(export_file.resolve_path(source.path))
         require_same_source(chain.export, source.path)
         ensure_tables(load_target)
+        identity = load_target.identity() or ""
         cipher = source.cipher()
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
         problems = []
@@ -147,7 +151,7 @@ def imported_checkpoint_batches(
         problems = []
         for key in keys:
             problem = yield from _load_and_record(context, key, chain, load_target, cipher,
-                                                  target.strict_versions)
+                                                  identity, target.strict_versions)
             if problem is not None:
                 problems.append(problem)
     if len(problems) < len(keys) or any(not p.retried for p in problems):
@@ -182,12 +186,12 @@ def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[st
 
 
 def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportChain,
-                     load_target: Target, cipher: Any,
+                     load_target: Target, cipher: Any, identity: str,
                      strict_versions: bool = False) -> Iterator[Any]:
     """Load one batch in its own transaction (a sync's batch: apply it, see
     loader.apply_sync_batch), compare it with the export, and yield its materialization
-    and check result (stored before the next batch starts); return the problem if it did
-    not load."""
+    (naming the target's ``identity``) and check result (stored before the next batch
+    starts); return the problem if it did not load."""
     try:
         manifest, batch = chain_batch_for(chain, key)
         result: BatchLoadResult | SyncApplyResult
@@ -223,11 +227,11 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
                    f"({load_target.display}).")
         return BatchProblem(key, message, MigrationError(message), FailureKind.MISMATCH)
-    yield dg.AssetMaterialization(
-        BATCHES_ASSET, partition=key,
-        metadata=_load_metadata(result, manifest, load_target)
-        if isinstance(result, BatchLoadResult) else _sync_metadata(result, manifest,
-                                                                   load_target))
+    metadata = (_load_metadata(result, manifest, load_target)
+                if isinstance(result, BatchLoadResult)
+                else _sync_metadata(result, manifest, load_target))
+    metadata[TARGET_IDENTITY_METADATA] = dg.MetadataValue.text(identity)
+    yield dg.AssetMaterialization(BATCHES_ASSET, partition=key, metadata=metadata)
     yield _comparison_check(context.instance, key, comparison, load_target, cipher)
     return None
 

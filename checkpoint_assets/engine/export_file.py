@@ -271,9 +271,11 @@ class SqliteRows:
         self.source = source
 
     def source_header(self) -> dict[str, Any]:
-        """The SQLite file's resolved path and whether its writes have task_path."""
+        """The SQLite file's resolved path, whether its writes have task_path, and what
+        identifies the database beyond its path (:func:`source_identity`)."""
         return {"kind": "sqlite", "path": str(self.source.path.resolve()),
-                "task_path_column": self.source.has_task_path}
+                "task_path_column": self.source.has_task_path,
+                "identity": source_identity(self.source)}
 
     def threads(self) -> Iterator[ThreadRows]:
         """Every thread of the database, its rows streamed from two ordered scans;
@@ -294,6 +296,33 @@ class SqliteRows:
                     "Run the export again; SQLite snapshots should prevent this, so report it.",
                 )
             yield thread
+
+
+def source_identity(source: SourceDatabase) -> dict[str, Any]:
+    """What identifies a SQLite database beyond the path it was given by (the header's
+    ``source.identity``, written since issue 21; older headers have none and are read).
+
+    - ``resolved_path``: the real file (symlinks resolved);
+    - ``device``, ``inode``: the file itself (``st_dev``, ``st_ino``): another file put at
+      the path (a restored backup moved there, an application's fresh database) has others;
+    - ``first_rows``: per table, ``[rowid, thread_id, sha256 of the row]`` of its first
+      row (lowest rowid), or None for an empty table. This survives a copy of the file:
+      the same database, grown, still holds that row unchanged unless its whole thread
+      was deleted (SqliteSaver only inserts, deletes whole threads, and replaces a
+      pending write, which moves a writes row to the end), while another database holds
+      another first row.
+
+    What decides whether a sync may follow the source is the chain's state (every thread's
+    row counts, see export_chain.require_not_backwards); this record names what changed.
+    """
+    stat = os.stat(source.path)
+    first_rows: dict[str, list[Any] | None] = {}
+    for table in ("checkpoints", "writes"):
+        first = source.first_row(table)
+        first_rows[table] = None if first is None else [first[0], first[1].thread_id,
+                                                        row_sha256(first[1])]
+    return {"resolved_path": os.path.realpath(source.path), "device": stat.st_dev,
+            "inode": stat.st_ino, "first_rows": first_rows}
 
 
 def write_export(

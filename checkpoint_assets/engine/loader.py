@@ -395,6 +395,27 @@ def apply_sync_batch(target: Target, chain: ExportChain, manifest: ExportManifes
     return result
 
 
+def load_live_threads(target: Target, chain: ExportChain, manifest: ExportManifest, key: str,
+                      threads: frozenset[str] | None = None,
+                      cipher: Cipher | None = None) -> SyncApplyResult:
+    """Load the threads of one batch that the chain still holds there (``threads``; None:
+    all of them) into a target that lost what this tool loaded before (a database dropped
+    and created again), in one transaction: each row is inserted when missing, and any
+    other target row of those threads is a ConflictError by key (nothing of the batch
+    written). Running it again changes nothing."""
+    started = time.perf_counter()
+    batch = convert_batch(manifest, key, cipher)
+    keep = (lambda thread_id: True) if threads is None else threads.__contains__
+    ids = [tid for tid in batch.threads if keep(tid)]
+    rows = {table: [row for row in batch.rows[table] if keep(row[0])] for table in batch.rows}
+    superseded = [row for row in batch.superseded if keep(row[0])]
+    # Nothing this tool loaded is there any more: every row present must be the new one.
+    result = _apply_threads(target, chain, key, ids, rows, {t: [] for t in COLUMNS}, cipher,
+                            superseded)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
 def apply_deletions(target: Target, chain: ExportChain, manifest: ExportManifest,
                     cipher: Cipher | None = None,
                     threads: Sequence[str] | None = None) -> SyncApplyResult:

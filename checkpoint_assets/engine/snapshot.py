@@ -11,6 +11,13 @@ source and its ``-wal``/``-shm`` byte-identical, the engine reads a private copy
   the copy to its last complete commit. If a checkpoint rewrote the main file or restarted
   the WAL during the copy (seen in their sizes, mtimes and the WAL salt), the copy is
   taken again.
+
+SQLite keeps the ``-wal`` and ``-shm`` beside the file it really opens: for a source given
+through a symlink (or a chain of them) that is the link's target, not ``<given path>-wal``.
+:func:`source_files` resolves the path once, and every reader of the side files (this
+copy, the quiet detection, the sync sensor) uses its answer. A hard-linked source cannot be
+resolved that way: when another name of the same file in its directory has a ``-wal``, the
+application writes through that name, and :func:`require_one_name` refuses the source.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -31,6 +39,66 @@ WAL_FORMAT = 2
 COPY_ATTEMPTS = 5
 SNAPSHOT_PREFIX = "checkpoint-assets-"  # + "<pid>-<random>": a killed process's is found
 LOCK_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """The files of a SQLite database as SQLite itself finds them.
+
+    ``given``: the path the user passed; ``database``: the real file behind it (every
+    symlink resolved); ``wal``, ``shm``: the side files SQLite keeps beside ``database``.
+    """
+
+    given: Path
+    database: Path
+    wal: Path
+    shm: Path
+
+
+def source_files(path: str | Path) -> SourceFiles:
+    """The real database file behind ``path`` (symlinks resolved) and its ``-wal`` and
+    ``-shm``: the one place that decides which side files belong to a source."""
+    given = Path(path)
+    database = Path(os.path.realpath(given))
+    return SourceFiles(given, database, Path(f"{database}-wal"), Path(f"{database}-shm"))
+
+
+def require_one_name(files: SourceFiles) -> None:
+    """Raise MigrationError when the database file has another name (a hard link) in its
+    directory that has a ``-wal`` beside it: the application opened the file by that name,
+    so its recent commits are in that ``-wal``, which no reader of ``files`` would see.
+
+    Hard links in other directories cannot be found without searching the filesystem;
+    only the database's own directory is searched (and only when the file has more than
+    one link).
+    """
+    try:
+        stat = os.stat(files.database)
+    except OSError:
+        return  # a missing file is reported by whoever opens it
+    if stat.st_nlink < 2:
+        return
+    others = []
+    try:
+        with os.scandir(files.database.parent) as entries:
+            for entry in entries:
+                if entry.name == files.database.name or entry.is_symlink():
+                    continue
+                try:
+                    other = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (stat.st_dev, stat.st_ino) \
+                        and os.path.exists(f"{entry.path}-wal"):
+                    others.append(entry.path)
+    except OSError:
+        return
+    if others:
+        raise MigrationError(
+            f"Source {files.given} is a hard link of {', '.join(sorted(others))} (the same "
+            f"file), and SQLite keeps that name's committed writes in "
+            f"{sorted(others)[0]}-wal, which reading {files.database} would miss.",
+            f"Pass --source {sorted(others)[0]} (the name the application opens).")
 
 
 def _journal_mode(path: Path) -> int:
@@ -55,8 +123,13 @@ def private_snapshot(path: Path, workdir: str | Path | None = None) -> Iterator[
     """Yield the path of a private, consistent copy of the database at ``path``.
 
     The copy lives in a new owner-only temporary directory and is deleted afterwards;
-    copies left by processes that were killed are deleted first.
+    copies left by processes that were killed are deleted first. ``path`` may be a symlink:
+    the real file and its ``-wal`` are copied (:func:`source_files`); a hard link whose
+    other name has the ``-wal`` is refused (:func:`require_one_name`).
     """
+    files = source_files(path)
+    require_one_name(files)
+    path = files.database
     directory = Path(workdir or tempfile.gettempdir())
     remove_abandoned(directory, SNAPSHOT_PREFIX)
     try:

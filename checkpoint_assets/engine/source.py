@@ -161,6 +161,20 @@ class SourceDatabase:
         make = _checkpoint_row if table == "checkpoints" else _write_row
         return record[0], make(record[1:])
 
+    def first_row(self, table: str) -> tuple[int, CheckpointRow | WriteRow] | None:
+        """(rowid, row) of the table's first row (lowest rowid), or None when it is empty:
+        the oldest row still there, part of what identifies the database (see
+        export_file.source_identity)."""
+        if table not in ("checkpoints", "writes"):
+            raise ValueError(f"not a SqliteSaver table: {table!r}")
+        select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
+        record = self._execute(f"SELECT rowid, {select} FROM {table} "
+                               "ORDER BY rowid LIMIT 1").fetchone()
+        if record is None:
+            return None
+        make = _checkpoint_row if table == "checkpoints" else _write_row
+        return record[0], make(record[1:])
+
     def _write_select(self) -> str:
         task_path = "task_path" if self.has_task_path else "''"
         return (f"thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "

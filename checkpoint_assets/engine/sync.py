@@ -8,7 +8,6 @@ deleted in the source. :func:`wait_until_quiet` is the cutover's wait for writer
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -32,8 +31,10 @@ from checkpoint_assets.engine.loader import (
     SyncApplyResult,
     apply_deletions,
     apply_sync_batch,
+    load_live_threads,
 )
 from checkpoint_assets.engine.private_files import write_private_text
+from checkpoint_assets.engine.snapshot import source_files
 from checkpoint_assets.engine.target import Target
 
 # What a sync takes for granted, said in its output (the README's reliability section too).
@@ -53,6 +54,8 @@ class SyncReport:
     # The newest earlier generation applied once more first (rows only when it had not
     # been applied whole).
     reapplied: list[SyncApplyResult] = field(default_factory=list)
+    # Every batch of the chain loaded again: its markers named other targets, never this.
+    reloaded: list[SyncApplyResult] = field(default_factory=list)
     deletions: list[SyncApplyResult] = field(default_factory=list)
     # Threads deleted in the source that still have rows in the target (not propagated).
     deletions_kept: list[str] = field(default_factory=list)
@@ -62,7 +65,8 @@ class SyncReport:
         """Rows per table over the applied batches: "inserted", "updated", "deleted" or
         "already_present" (deletions of threads included)."""
         return {t: sum(getattr(r, what)[t]
-                       for r in [*self.reapplied, *self.applied, *self.deletions])
+                       for r in [*self.reloaded, *self.reapplied, *self.applied,
+                                 *self.deletions])
                 for t in COLUMNS}
 
     def render(self) -> str:
@@ -82,6 +86,11 @@ class SyncReport:
                 f"{len(found.changed)} changed, {len(found.deleted)} deleted thread(s) in "
                 f"the source; their {found.manifest.checkpoints} checkpoints and "
                 f"{found.manifest.writes} writes (whole threads) -> {found.manifest.path}")
+        if self.reloaded:
+            lines.append(f"This export's syncs were applied to other targets, never to this "
+                         f"one (server, database and schema identity: dropped and created "
+                         f"again?): every batch the chain holds was loaded again "
+                         f"({len(self.reloaded)} batch(es)).")
         if found.read_every_thread:
             lines.append("Every thread was read and digested this time (asked for, or a "
                          "rowid of the previous generation's last row was used again).")
@@ -119,32 +128,51 @@ def apply_generation(target: Target, chain: ExportChain, manifest: ExportManifes
 def sync_target(source_path: str | Path, export_path: str | Path, target: Target, *,
                 cipher: Cipher | None = None, propagate_deletes: bool = False,
                 on_batch: Callable[[SyncApplyResult], None] | None = None,
-                read_every_thread: bool = False, strict_versions: bool = False) -> SyncReport:
-    """One sync: apply the newest generation again unless a sync applied it whole to this
-    target (it completes a sync that stopped), write the next one from the source's
-    changes, apply it, and handle the threads deleted in the source.
+                read_every_thread: bool = False, strict_versions: bool = False,
+                allow_mass_deletion: bool = False) -> SyncReport:
+    """One sync: write the next generation from the source's changes, make sure the
+    target holds what the chain held until then, apply the new generation, and handle
+    the threads deleted in the source.
     ``read_every_thread``: digest every thread of the source instead of trusting the
-    fingerprints (see export_chain). A changed thread that cannot be converted is left
-    out and listed in ``found.refused`` (``strict_versions``: also one whose content
-    differs at one channel version); the others move.
+    fingerprints (see export_chain). ``allow_mass_deletion``: follow a source that lost
+    every thread or more than the threshold (export_chain.is_mass_deletion). A changed
+    thread that cannot be converted is left out and listed in ``found.refused``
+    (``strict_versions``: also one whose content differs at one channel version); the
+    others move.
 
-    Raises ConflictError (nothing of that batch written) when the target holds rows of a
-    changed thread that this tool did not load; MigrationError for bad input.
+    What the target held until now: the newest generation is applied again unless a sync
+    applied it whole to this very target (its ``.applied`` marker names the target's
+    identity, :meth:`Target.identity`, and the generation's digest); that completes a
+    sync that stopped, or a generation file written again by hand. When the chain's
+    markers name other targets and never this one (the target database was dropped and
+    created again under the same name, or this is another target), every batch the
+    chain holds is loaded again (``reloaded``).
+
+    Raises SourceWentBackwards or MassDeletion (export_chain) before anything is written
+    or applied; ConflictError (nothing of that batch written) when the target holds rows
+    of a changed thread that this tool did not load; MigrationError for bad input.
     """
     started = time.perf_counter()
     target.setup()
+    identity = target.identity()
+    assert identity is not None  # setup() created the tables
     chain = load_chain(export_path)
-    reapplied = []
-    if chain.synced and not _was_applied(chain.latest, target):
-        reapplied = apply_generation(target, chain, chain.latest, cipher)
-        _mark_applied(chain.latest, target)
+    # First: it refuses a source that went backwards before anything is applied.
     found = write_sync(source_path, export_path, read_every_thread=read_every_thread,
-                       cipher=cipher, strict_versions=strict_versions)
-    report = SyncReport(found, reapplied=reapplied)
+                       cipher=cipher, strict_versions=strict_versions,
+                       allow_mass_deletion=allow_mass_deletion)
+    report = SyncReport(found)
+    if chain.synced and not _was_applied(chain.latest, identity):
+        known = _applied_targets(chain)
+        if known and identity not in known:
+            report.reloaded = reload_chain(target, chain, cipher, on_batch)
+        else:
+            report.reapplied = apply_generation(target, chain, chain.latest, cipher)
+        _mark_applied(chain.latest, identity)
     if found.manifest is not None:
         chain = load_chain(export_path)
         report.applied = apply_generation(target, chain, found.manifest, cipher, on_batch)
-        _mark_applied(found.manifest, target)
+        _mark_applied(found.manifest, identity)
     still_there = _threads_in_target(target, chain.deleted)
     if propagate_deletes:
         for manifest in chain.generations[1:]:
@@ -158,37 +186,67 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     return report
 
 
+def reload_chain(target: Target, chain: ExportChain, cipher: Cipher | None = None,
+                 on_batch: Callable[[SyncApplyResult], None] | None = None,
+                 ) -> list[SyncApplyResult]:
+    """Load again every batch the chain holds (chain.live_batches: each live thread from
+    the generation holding it), each in its own transaction (loader.load_live_threads):
+    a row is inserted when missing, and any other target row of those threads is a
+    ConflictError for that batch. Running it again changes nothing.
+    """
+    results = []
+    for manifest, key, threads in chain.live_batches():
+        results.append(load_live_threads(target, chain, manifest, key, threads, cipher))
+        if on_batch is not None:
+            on_batch(results[-1])
+    return results
+
+
 def _applied_marker(manifest: ExportManifest) -> Path:
-    """Beside a generation file: the targets a sync applied it to whole (one digest of
-    the target's display name and schema a line)."""
+    """Beside a generation file: the targets a sync applied it to whole, one line each:
+    the target's identity (Target.identity: server, database and schema, not the DSN)
+    and the generation's footer digest (another file written at the same name has
+    another), both SHA-256 hex digests."""
     return manifest.path.with_name(f"{manifest.path.name}.applied")
 
 
-def _target_id(target: Target) -> str:
-    return hashlib.sha256(f"{target.display}\x00{target.schema or ''}".encode()).hexdigest()
-
-
-def _was_applied(manifest: ExportManifest, target: Target) -> bool:
-    """Whether a sync applied every batch of this generation to ``target`` (else the next
-    sync applies it again before it writes the next generation)."""
+def _marker_lines(manifest: ExportManifest) -> list[tuple[str, str]]:
+    """(target identity, generation digest) of every line of the generation's marker
+    (lines of other forms, written by versions before issue 21, are left out)."""
     try:
-        lines = _applied_marker(manifest).read_text(encoding="ascii").split()
+        text = _applied_marker(manifest).read_text(encoding="ascii")
     except OSError:
-        return False
-    return _target_id(target) in lines
+        return []
+    lines = [line.split() for line in text.splitlines()]
+    return [(parts[0], parts[1]) for parts in lines if len(parts) == 2]
 
 
-def _mark_applied(manifest: ExportManifest, target: Target) -> None:
-    """Record beside the generation that a sync applied it whole to ``target``; a
-    MigrationError when the filesystem refuses (full, read-only, no permission)."""
-    marker, this = _applied_marker(manifest), _target_id(target)
+def _was_applied(manifest: ExportManifest, identity: str) -> bool:
+    """Whether a sync applied every batch of this generation, this very file, to the
+    target with ``identity`` (else the next sync applies it again before the next one)."""
+    return (identity, manifest.footer_sha256) in _marker_lines(manifest)
+
+
+def _applied_targets(chain: ExportChain) -> set[str]:
+    """The identities of the targets any generation of the chain was applied to."""
+    return {identity for manifest in chain.generations[1:]
+            for identity, _ in _marker_lines(manifest)}
+
+
+def _mark_applied(manifest: ExportManifest, identity: str) -> None:
+    """Record that every batch of this generation was applied to the target with
+    ``identity`` (the other lines are kept); a MigrationError when the filesystem refuses
+    (full, read-only, no permission)."""
+    marker = _applied_marker(manifest)
     try:
-        try:
-            known = marker.read_text(encoding="ascii").split()
-        except FileNotFoundError:
-            known = []
-        if this not in known:
-            write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
+        known = marker.read_text(encoding="ascii").splitlines()
+    except FileNotFoundError:
+        known = []
+    this = f"{identity} {manifest.footer_sha256}"
+    if this in known:
+        return
+    try:
+        write_private_text(marker, "".join(f"{line}\n" for line in [*known, this]))
     except OSError as exc:
         raise MigrationError(
             f"Cannot record that sync generation {manifest.generation} was applied to the "
@@ -214,9 +272,12 @@ def _threads_in_target(target: Target, threads: list[str]) -> list[str]:
 
 def source_files_state(source_path: str | Path) -> tuple:
     """(size, mtime) of the database file and of its -wal file: what any committed write
-    changes. Cheap (two stat calls); the sensor and the cutover's wait compare it."""
+    changes. Cheap (two stat calls); the sensor and the cutover's wait compare it. A
+    symlinked source is followed to the real file, whose -wal SQLite writes
+    (snapshot.source_files)."""
+    files = source_files(source_path)
     out = []
-    for path in (Path(source_path), Path(f"{source_path}-wal")):
+    for path in (files.database, files.wal):
         try:
             stat = os.stat(path)
             out.append((stat.st_size, stat.st_mtime_ns))

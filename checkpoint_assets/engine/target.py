@@ -253,6 +253,33 @@ class Target:
                 "Check the database's state; the library's own migrations failed.",
             ) from None
 
+    def identity(self) -> str | None:
+        """What identifies the target's tables beyond its DSN: a digest of the server's
+        system identifier (``pg_control_system()``, set when the cluster was created),
+        the database's oid and the oid and name of the schema holding ``checkpoints``;
+        None when there is no ``checkpoints`` table (yet). A database dropped and created
+        again under the same name, or a schema created again, has another identity; another
+        DSN for the same database (another host name, user or password) has the same.
+        """
+        query = sql.SQL(
+            "SELECT s.system_identifier, d.oid, n.oid, n.nspname "
+            "FROM pg_control_system() s, pg_database d, pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE d.datname = current_database() AND c.oid = to_regclass({table})").format(
+            table=sql.Literal("checkpoints"))
+        try:
+            with self.connect(autocommit=True) as conn:
+                row = conn.execute(query).fetchone()
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"Cannot read the identity of the {self.role} {self.display}: "
+                f"{scrub(str(exc).strip(), self.dsn)}",
+                "Check that the user may connect and run pg_control_system() (PostgreSQL "
+                "allows it to every user by default).") from None
+        if row is None:
+            return None
+        return hashlib.sha256("\x00".join(str(part) for part in row).encode()).hexdigest()
+
     def schema_version(self, conn: psycopg.Connection | None = None) -> int | None:
         """The version PostgresSaver's ``checkpoint_migrations`` records (None: no tables
         yet); LATEST_SCHEMA_VERSION means up to date. On ``conn`` if given."""
