@@ -339,6 +339,32 @@ def test_a_thread_the_target_application_deleted_is_not_brought_back(
     assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
 
 
+def test_a_deletion_in_the_target_that_stands_leaves_the_migration_as_the_hint_says(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The other way out of a "deleted in the target" conflict, as its hint says: the
+    deletion stands, so the thread is deleted in SQLite too and the tenant's other threads
+    are migrated into a new export; that export syncs and verifies, and the thread stays
+    deleted in PostgreSQL."""
+    export, target = tmp_path / "tenant.export", Target(target_dsn)
+    tenant = ["rich-approve", "rich-basic"]
+    migrate(source, export, target, selection=tenant)
+    application_on_postgres_deletes(target_dsn, "rich-basic")
+    run(source, lambda graph, saver: graph.invoke(rich_input("basic"),
+                                                  thread_config("rich-basic")))
+    with pytest.raises(ConflictError, match="deleted"):
+        sync_target(source, export, target)
+
+    run(source, delete("rich-basic"))
+    again = tmp_path / "tenant-again.export"
+    migrate(source, again, target, selection=["rich-approve"])
+    run(source, resume_and_new_turn)
+    assert sync_target(source, again, target).found.changed == ["rich-approve"]
+    report = verify(source, again, target)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+    assert thread_rows(target_dsn, "rich-basic") == {
+        "checkpoints": [], "checkpoint_blobs": [], "checkpoint_writes": []}
+
+
 def test_a_sync_while_the_application_writes_is_caught_up_by_the_next(
         source: Path, tmp_path: Path, target_dsn: str) -> None:
     """Threads written while a sync reads the source land in that sync or the next one;
