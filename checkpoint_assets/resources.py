@@ -227,19 +227,23 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             readback_threads=readback, verification_workers=workers,
             verify_every_batch=settings.verify_every_batch,
             strict_versions=settings.strict_versions),
-        "rollback": rollback_resource(secrets["aes_key"], batch_size),
+        "rollback": rollback_resource(secrets["aes_key"], batch_size,
+                                      settings.rollback_remove_deleted_threads),
     }
 
 
-def rollback_resource(aes_key: Any, batch_size: Any) -> dg.ConfigurableResource:
+def rollback_resource(aes_key: Any, batch_size: Any,
+                      remove_deleted_threads: bool = False) -> dg.ConfigurableResource:
     """The rollback group's resource, from its environment variables (their names shown
-    in the UI) and the migration's AES key and batch size."""
+    in the UI), the migration's AES key and batch size, and whether the threads
+    PostgreSQL no longer has are removed from an existing file."""
     from checkpoint_assets.assets.rollback import RollbackResource
     return RollbackResource(
         to_path=_env_or(ROLLBACK_TO_ENV, None), export_path=_env_or(ROLLBACK_EXPORT_ENV, None),
         threads=_env_or(ROLLBACK_THREADS_ENV, None),
         original_export=_env_or(ROLLBACK_ORIGINAL_EXPORT_ENV, None),
-        batch_size=batch_size, aes_key=aes_key)
+        batch_size=batch_size, remove_deleted_threads=remove_deleted_threads,
+        aes_key=aes_key)
 
 
 def _env_or(name: str, value: Any, *, as_int: bool = False) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.evidence import default_evidence_path
+from checkpoint_assets.engine.evidence import check_status, default_evidence_path
 from checkpoint_assets.engine.export_file import read_manifest, verify_export
 from checkpoint_assets.engine.original_rows import OriginalRows
 from checkpoint_assets.engine.postgres_source import write_postgres_export
@@ -29,7 +29,10 @@ from checkpoint_assets.engine.selection import parse_thread_selection
 from checkpoint_assets.engine.sqlite_target import restore_export
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
-from checkpoint_assets.engine.verify_rollback import verify_rollback
+from checkpoint_assets.engine.verify_rollback import (
+    SQLITE_THREADS_NOT_IN_POSTGRES,
+    verify_rollback,
+)
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     TARGET_DSN_ENV,
@@ -68,6 +71,13 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
                             "it): checkpoints unchanged since come back in their original "
                             "SQLite bytes")
 
+    def add_remove(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--remove-deleted-threads", action="store_true",
+                       help="into an existing file: delete the threads it holds that "
+                            "PostgreSQL no longer has (within --threads), in the transaction "
+                            "of the restore's last batch; without it they are kept and "
+                            "reported")
+
     def add_export(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--export", type=Path, required=required,
                        help="export file" + ("" if required else
@@ -89,6 +99,7 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     add_threads(p)
     add_export(p, required=False)
     add_originals(p)
+    add_remove(p)
     p.add_argument("--batch-size", type=int, default=settings.batch_size)
     add_verification(p)
 
@@ -105,6 +116,7 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     p = sub.add_parser("restore", help="load an export file into a SqliteSaver file")
     add_export(p, required=True)
     add_to(p)
+    add_remove(p)
     p.add_argument("--aes-key-env", default=AES_KEY_ENV)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--report", type=Path, help="also write the summary as JSON here")
@@ -137,7 +149,8 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings, cipher: Any,
         result = rollback(dsn, args.to, export, schema=args.schema,
                           threads=parse_thread_selection(args.threads), cipher=cipher,
                           readback_threads=readback, batch_size=args.batch_size,
-                          original_export=args.original_export)
+                          original_export=args.original_export,
+                          remove_deleted_threads=args.remove_deleted_threads)
     except RollbackNotVerified as exc:
         if exc.report is None:
             raise
@@ -173,14 +186,17 @@ def cmd_restore(args: argparse.Namespace, settings: Settings, cipher: Any,
                 emit: Any, write_evidence: Any) -> int:
     """restore: export file -> SqliteSaver file (no verification against PostgreSQL)."""
     manifest = verify_export(args.export)
-    summary = restore_export(manifest, args.to, cipher=cipher)
+    summary = restore_export(manifest, args.to, cipher=cipher,
+                             remove_deleted_threads=args.remove_deleted_threads)
     totals = summary.totals()
     emit(args, {"command": "restore", "ok": True, "to": str(args.to),
                 "new_file": summary.new_file, **totals},
          f"Restored into {args.to}: added {totals['inserted']['checkpoints']} checkpoints, "
          f"{totals['inserted']['writes']} writes; already present "
          f"{totals['already_present']['checkpoints']} checkpoints, "
-         f"{totals['already_present']['writes']} writes")
+         f"{totals['already_present']['writes']} writes"
+         + "".join(f"\n{line}" for line in _deleted_threads_lines(
+             summary.removed_threads, summary.kept_threads)))
     return 0
 
 
@@ -195,6 +211,19 @@ def cmd_verify_rollback(args: argparse.Namespace, settings: Settings, cipher: An
                              else DEFAULT_READBACK_SAMPLE)
     return _finish(args, report, manifest, source, str(args.to), None, emit, write_evidence,
                    args.export)
+
+
+def _deleted_threads_lines(removed: list[str], kept: list[str]) -> list[str]:
+    """What the output says about the file's threads PostgreSQL no longer has."""
+    lines = []
+    if removed:
+        lines.append(f"Removed {len(removed)} thread(s) PostgreSQL no longer has from the "
+                     f"SQLite file: {', '.join(removed[:20])}")
+    if kept:
+        lines.append(f"WARNING: the SQLite file keeps {len(kept)} thread(s) PostgreSQL no "
+                     f"longer has (deleted there?): {', '.join(kept[:20])}. Roll back (or "
+                     "restore) again with --remove-deleted-threads to remove them.")
+    return lines
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -212,17 +241,22 @@ def _finish(args: argparse.Namespace, report: VerificationReport, manifest: Any,
                                  sqlite_path=sqlite_path, restore_totals=totals))
     lines = ["Rollback verification " + ("PASSED" if report.passed else "FAILED")]
     for name, check in report.checks.items():
-        lines.append(f"  [{'PASS' if check.passed else 'FAIL'}] {name}: {check.description}")
+        lines.append(f"  [{check_status(check)}] {name}: {check.description}")
         lines += [f"         - {m}" for m in check.mismatches[:10]]
         lines += [f"         note: {n}" for n in check.notes]
     if totals is not None:
         lines.append(f"Restore: {totals}")
     if original_bytes:
         lines.append(f"Checkpoint bytes: {_reasons(original_bytes)}")
+    removed = list((totals or {}).get("removed_threads") or [])
+    kept_check = report.checks.get(SQLITE_THREADS_NOT_IN_POSTGRES)
+    kept = [m["thread_id"] for m in kept_check.mismatches] if kept_check else []
+    lines += _deleted_threads_lines(removed, kept)
     lines.append(f"\nEvidence report (Markdown): {evidence}")
     emit(args, {"command": args.command, "ok": report.passed, "source": source.display,
                 "to": sqlite_path, "export": str(export), "restore": totals,
-                "original_bytes": original_bytes,
+                "original_bytes": original_bytes, "removed_threads": removed,
+                "threads_not_in_postgres": kept,
                 "checks": {n: {"passed": c.passed, "mismatch_count": c.mismatch_count,
                                "mismatches": c.mismatches, "notes": c.notes}
                            for n, c in report.checks.items()},

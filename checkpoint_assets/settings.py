@@ -41,6 +41,8 @@ ROLLBACK_TO_ENV = "CHECKPOINT_ASSETS_ROLLBACK_TO"
 ROLLBACK_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_EXPORT"
 ROLLBACK_THREADS_ENV = "CHECKPOINT_ASSETS_ROLLBACK_THREADS"
 ROLLBACK_ORIGINAL_EXPORT_ENV = "CHECKPOINT_ASSETS_ROLLBACK_ORIGINAL_EXPORT"
+# 1: into an existing file, the rollback removes the threads PostgreSQL no longer has.
+ROLLBACK_REMOVE_DELETED_THREADS_ENV = "CHECKPOINT_ASSETS_ROLLBACK_REMOVE_DELETED_THREADS"
 # Dagster's own storage in PostgreSQL (dagster_home/dagster-postgres.yaml reads all five).
 DAGSTER_PG_ENV = {
     "hostname": "CHECKPOINT_ASSETS_DAGSTER_PG_HOST",
@@ -80,6 +82,8 @@ class Settings:
     # Refuse a thread whose content differs at one channel version (engine/versions.py)
     # instead of migrating it with the version's first value.
     strict_versions: bool = False
+    # The way back into an existing file removes the threads PostgreSQL no longer has.
+    rollback_remove_deleted_threads: bool = False
     log_level: str = "INFO"
     embedded_pg: str | None = None
     dagster_pg_host: str | None = None
@@ -106,6 +110,9 @@ class Settings:
             threads=text(THREADS_ENV),
             verify_every_batch=yes_or_no(VERIFY_EVERY_BATCH_ENV, text(VERIFY_EVERY_BATCH_ENV)),
             strict_versions=yes_or_no(STRICT_VERSIONS_ENV, text(STRICT_VERSIONS_ENV)),
+            rollback_remove_deleted_threads=yes_or_no(
+                ROLLBACK_REMOVE_DELETED_THREADS_ENV,
+                text(ROLLBACK_REMOVE_DELETED_THREADS_ENV)),
             log_level=(text(LOG_LEVEL_ENV) or "INFO").upper(),
             embedded_pg=text(EMBEDDED_PG_ENV),
             dagster_pg_host=text(DAGSTER_PG_HOST_ENV),

@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
+import psycopg
+from langgraph.checkpoint.postgres import PostgresSaver
 
 from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES, RollbackResource
 from checkpoint_assets.check_results import latest_check_evaluations
@@ -23,6 +25,7 @@ from checkpoint_assets.engine.export_file import write_export
 from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.sqlite_target import work_path
 from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.verify_rollback import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.partitions import (
     EXPORT_FILE_VERIFIES,
     RESTORED_BATCH_MATCHES_EXPORT,
@@ -136,3 +139,51 @@ def test_a_conflicting_row_fails_its_batch_with_the_key_and_changes_nothing(
             check.metadata["mismatch_keys"].value
     with closing(sqlite3.connect(source)) as conn:
         assert conn.execute(CHECKPOINTS_SQL).fetchall() == before
+
+
+def test_threads_deleted_on_postgres_are_a_warning_until_the_resource_removes_them(
+        target_dsn: str, tmp_path: Path, monkeypatch: object) -> None:
+    """The rollback group into the original file after the application on PostgreSQL
+    deleted a thread (issue 21, item 4): the verification passes with the WARN check
+    sqlite_threads_not_in_postgres naming the thread, which stays in the file; with the
+    resource's remove_deleted_threads the verification removes it first (named in its
+    notes and the materialization's metadata) and every check passes."""
+    source = write_corpus(tmp_path / "app.sqlite", threads=3)
+    import_export(write_export(source, tmp_path / "forward.export"), Target(target_dsn))
+    with psycopg.connect(target_dsn, autocommit=True, prepare_threshold=0) as conn:
+        PostgresSaver(conn).delete_thread("support-001")
+    monkeypatch.setenv("CHECKPOINT_ASSETS_TARGET_DSN", target_dsn)  # type: ignore[attr-defined]
+    resources = build_resources(replace(Settings.from_env(), source=str(source)))
+
+    def threads() -> set[str]:
+        with closing(sqlite3.connect(source)) as conn:
+            return {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+    with dg.instance_for_test() as instance:
+        for remove in (False, True):
+            resources["rollback"] = RollbackResource(to_path=str(source),
+                                                     remove_deleted_threads=remove)
+            code = build_definitions(resources, staging=False)
+            assert materialize(code, instance, ROLLBACK_EXPORT_ASSET).success
+            for key in instance.get_dynamic_partitions(ROLLBACK_PARTITIONS_NAME):
+                assert materialize(code, instance, RESTORED_BATCHES_ASSET, partition=key).success
+            verification = materialize(code, instance, ROLLBACK_VERIFICATION_ASSET)
+            assert verification.success
+            results = check_results(verification, instance)
+            deleted = results[SQLITE_THREADS_NOT_IN_POSTGRES]
+            others = [n for n in ROLLBACK_CHECK_NAMES if n != SQLITE_THREADS_NOT_IN_POSTGRES]
+            assert all(results[n].passed for n in others)
+            metadata = verification.asset_materializations_for_node(
+                ROLLBACK_VERIFICATION_ASSET.path[-1])[0].metadata
+            if not remove:
+                assert not deleted.passed and deleted.severity == dg.AssetCheckSeverity.WARN
+                assert [m["thread_id"] for m in deleted.metadata["mismatch_keys"].value] == [
+                    "support-001"]
+                assert "support-001" in threads()
+                assert metadata["removed_threads"].value == []
+            else:
+                assert deleted.passed
+                assert "support-001" in deleted.metadata["notes"].value
+                assert "support-001" not in threads() and threads() == {"support-000",
+                                                                        "support-002"}
+                assert metadata["removed_threads"].value == ["support-001"]

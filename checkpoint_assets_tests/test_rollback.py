@@ -11,6 +11,7 @@ is refused with a clear error and nothing is half-written.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import sqlite3
@@ -350,3 +351,100 @@ def test_a_target_file_in_use_by_a_writer_is_reported_as_locked(
         writer.execute("ROLLBACK")
         writer.close()
     assert rows(sample_db, CHECKPOINT_SQL) == before
+
+
+# --- threads PostgreSQL deleted after the cutover -----------------------------------------
+
+
+def thread_ids(path: Path) -> set[str]:
+    """The threads a SqliteSaver file holds (a checkpoint or a write)."""
+    return {r[0] for r in rows(path, "SELECT thread_id FROM checkpoints UNION "
+                                     "SELECT thread_id FROM writes")}
+
+
+def rows_of_other_threads(path: Path, gone: set[str]) -> tuple[list[tuple], list[tuple]]:
+    """Every checkpoint and write row of the file's threads other than ``gone``."""
+    return ([r for r in rows(path, CHECKPOINT_SQL) if r[0] not in gone],
+            [r for r in rows(path, WRITES_SQL) if r[0] not in gone])
+
+
+def test_threads_deleted_on_postgres_are_reported_and_removed_only_when_asked(
+        sample_db: Path, migrated: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Rollback into the original file after the application on PostgreSQL deleted
+    threads (PostgresSaver.delete_thread: an erasure request, issue 21 item 4). Without a
+    flag the threads stay in the file and the rollback says so in its output, its JSON and
+    its evidence (the warning check sqlite_threads_not_in_postgres; exit 0: every other
+    row is right). A rollback of other threads (--threads) neither reports nor removes
+    them. With --remove-deleted-threads they are deleted from SqliteSaver's tables in the
+    restore's transaction, named as removed (not as mismatches), every other row
+    untouched. The removal is refused when PostgreSQL holds no thread at all, and rolled
+    back with the batch when the restore meets a conflict."""
+    gone = {"support-001", "support-004"}
+    with psycopg.connect(migrated, autocommit=True, prepare_threshold=0) as conn:
+        for thread_id in sorted(gone):
+            PostgresSaver(conn).delete_thread(thread_id)
+    assert gone < thread_ids(sample_db)
+    others = rows_of_other_threads(sample_db, gone)
+    common = ["rollback", "--source-dsn", migrated, "--to", str(sample_db),
+              "--export", str(tmp_path / "back.export")]
+
+    kept_report, kept_evidence = tmp_path / "kept.json", tmp_path / "kept.md"
+    assert main([*common, "--report", str(kept_report), "--evidence", str(kept_evidence)]) == 0
+    out = capsys.readouterr().out
+    assert "[WARN] sqlite_threads_not_in_postgres" in out
+    assert "WARNING: the SQLite file keeps 2 thread(s) PostgreSQL no longer has" in out
+    assert "support-001, support-004" in out and "--remove-deleted-threads" in out
+    summary = json.loads(kept_report.read_text())
+    assert summary["ok"] is True and summary["removed_threads"] == []
+    assert summary["threads_not_in_postgres"] == sorted(gone)
+    check = summary["checks"]["sqlite_threads_not_in_postgres"]
+    assert check["passed"] is False and check["mismatch_count"] == 2
+    evidence = kept_evidence.read_text()
+    assert "Warning: sqlite_threads_not_in_postgres (WARN, 2)" in evidence
+    assert "support-004" in evidence
+    assert gone < thread_ids(sample_db)
+
+    # Only the chosen thread is spoken of: nothing to report, nothing removed.
+    assert main([*common, "--threads", "support-003", "--remove-deleted-threads", "--json"]) == 0
+    chosen = json.loads(capsys.readouterr().out)
+    assert chosen["removed_threads"] == [] and chosen["threads_not_in_postgres"] == []
+    assert gone < thread_ids(sample_db)
+
+    # A conflict in the restore's batch (a copy of the file): its transaction rolls back,
+    # the removal with it.
+    conflicting = Path(shutil.copyfile(sample_db, tmp_path / "conflicting.sqlite"))
+    with sqlite3.connect(conflicting) as conn:
+        conn.execute("UPDATE writes SET value = ? WHERE thread_id = 'support-000'",
+                     (b"edited",))
+    with pytest.raises(ConflictError):
+        rollback(migrated, conflicting, tmp_path / "x.export", remove_deleted_threads=True)
+    assert gone < thread_ids(conflicting)
+
+    removed_report, removed_evidence = tmp_path / "removed.json", tmp_path / "removed.md"
+    assert main([*common, "--remove-deleted-threads", "--report", str(removed_report),
+                 "--evidence", str(removed_evidence)]) == 0
+    out = capsys.readouterr().out
+    assert "[PASS] sqlite_threads_not_in_postgres" in out
+    assert "Removed 2 thread(s) PostgreSQL no longer has from the SQLite file" in out
+    summary = json.loads(removed_report.read_text())
+    assert summary["ok"] is True and summary["removed_threads"] == sorted(gone)
+    assert summary["threads_not_in_postgres"] == []
+    assert summary["restore"]["removed"]["checkpoints"] > 0
+    check = summary["checks"]["sqlite_threads_not_in_postgres"]
+    assert check["passed"] is True and check["mismatches"] == []
+    assert "were removed from the file by this rollback" in check["notes"][0]
+    assert "Removed from the file, in the transaction of the restore's last batch" in \
+        removed_evidence.read_text()
+    assert thread_ids(sample_db).isdisjoint(gone)
+    assert rows_of_other_threads(sample_db, gone) == others
+
+    # PostgreSQL holds no thread at all (a wrong or empty database): nothing is removed.
+    with psycopg.connect(migrated, autocommit=True, prepare_threshold=0) as conn:
+        for (thread_id,) in conn.execute("SELECT DISTINCT thread_id FROM checkpoints"
+                                         ).fetchall():
+            PostgresSaver(conn).delete_thread(thread_id)
+    before = rows(sample_db, CHECKPOINT_SQL), rows(sample_db, WRITES_SQL)
+    with pytest.raises(MigrationError, match="holds no thread"):
+        rollback(migrated, sample_db, tmp_path / "empty.export", remove_deleted_threads=True)
+    assert (rows(sample_db, CHECKPOINT_SQL), rows(sample_db, WRITES_SQL)) == before

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.constants import ERROR
+from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.export_chain import load_chain
@@ -247,7 +248,10 @@ def test_a_target_row_changed_by_someone_else_is_a_conflict_and_stays(
     key, nothing of the batch written; deleting such a thread is refused the same way."""
     export, target = tmp_path / "app.export", Target(target_dsn)
     migrate(source, export, target)
+    loaded = thread_rows(target_dsn, "rich-approve")
     with psycopg.connect(target_dsn) as conn:
+        metadata = conn.execute("SELECT checkpoint_ns, checkpoint_id, metadata FROM checkpoints "
+                                "WHERE thread_id = 'rich-approve'").fetchall()
         conn.execute("UPDATE checkpoints SET metadata = '{\"edited\": true}' "
                      "WHERE thread_id = 'rich-approve'")
         conn.execute("UPDATE checkpoints SET metadata = '{\"edited\": true}' "
@@ -259,9 +263,14 @@ def test_a_target_row_changed_by_someone_else_is_a_conflict_and_stays(
     assert {k["thread_id"] for k in conflict.value.keys} == {"rich-approve"}
     assert thread_rows(target_dsn, "rich-approve") == edited
 
-    with psycopg.connect(target_dsn) as conn:  # the owner deletes their thread
-        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
-            conn.execute(f"DELETE FROM {table} WHERE thread_id = 'rich-approve'")  # noqa: S608
+    # The owner puts the rows back as this tool loaded them (deleting them instead is a
+    # conflict too: see test_a_thread_the_target_application_deleted_is_not_brought_back).
+    with psycopg.connect(target_dsn) as conn:
+        for ns, checkpoint_id, value in metadata:
+            conn.execute("UPDATE checkpoints SET metadata = %s WHERE thread_id = 'rich-approve' "
+                         "AND checkpoint_ns = %s AND checkpoint_id = %s",
+                         (Jsonb(value), ns, checkpoint_id))
+    assert thread_rows(target_dsn, "rich-approve") == loaded
     run(source, delete(QUOTED_THREAD_ID))
     with pytest.raises(ConflictError) as refused:
         sync_target(source, export, target, propagate_deletes=True)
@@ -269,6 +278,91 @@ def test_a_target_row_changed_by_someone_else_is_a_conflict_and_stays(
     assert thread_rows(target_dsn, QUOTED_THREAD_ID)["checkpoints"]
     # The batch that loads rich-approve again committed before the refused deletion.
     assert verify(source, export, target).checks["content_integrity"].passed
+
+
+def application_on_postgres_deletes(dsn: str, thread_id: str) -> None:
+    """The target's application (on PostgresSaver since the cutover) deletes a thread, the
+    way an application does (an erasure request, say)."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        PostgresSaver(conn).delete_thread(thread_id)
+
+
+def test_a_thread_the_target_application_deleted_is_not_brought_back(
+        source: Path, tmp_path: Path, target_dsn: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Deletions on the target side (issue 21, item 3). Tenant by tenant: a tenant's threads
+    are migrated and synced; the application, now on PostgreSQL, deletes one of them
+    (PostgresSaver.delete_thread); a straggler still on SQLite writes it once more. The
+    rows this tool loaded and the target deleted are a CONFLICT by key ("deleted in the
+    target", exit 4 with what to do), and the thread is not re-created, however often the
+    sync runs. Not conflicts: a thread new in the source (nothing loaded before), and a
+    thread deleted on both sides (--propagate-deletes). A thread deleted by mistake comes
+    back only when loaded again on purpose (its own export); the sync then goes on."""
+    from checkpoint_assets.cli import main
+
+    export, target = tmp_path / "tenant.export", Target(target_dsn)
+    tenant = ["late-basic", "rich-approve", "rich-basic", "rich-branches"]
+    migrate(source, export, target, selection=tenant)
+    run(source, new_threads)  # late-basic: new in the source, nothing loaded before
+    assert sync_target(source, export, target).found.added == ["late-basic"]
+
+    # Deleted on both sides: the sync has nothing to bring back and nothing to delete.
+    application_on_postgres_deletes(target_dsn, "rich-branches")
+    run(source, delete("rich-branches"))
+    both = sync_target(source, export, target, propagate_deletes=True)
+    assert both.found.deleted == ["rich-branches"] and both.deletions_kept == []
+
+    # Deleted on PostgreSQL only, then written again in SQLite by a straggler.
+    application_on_postgres_deletes(target_dsn, "rich-basic")
+    run(source, lambda graph, saver: graph.invoke(rich_input("basic"),
+                                                  thread_config("rich-basic")))
+    sync = ["sync", "--source", str(source), "--export", str(export), "--target", target_dsn]
+    assert main(sync) == 4
+    err = capsys.readouterr().err
+    assert "CONFLICT: The target application deleted" in err and "'rich-basic'" in err
+    assert "What to do: If that deletion is meant to stand" in err
+    assert "delete them there too" in err and "--threads" in err
+    empty = {"checkpoints": [], "checkpoint_blobs": [], "checkpoint_writes": []}
+    assert thread_rows(target_dsn, "rich-basic") == empty
+    with pytest.raises(ConflictError) as again:  # the next sync: the same, nothing written
+        sync_target(source, export, target)
+    assert {(k["thread_id"], k["conflict"]) for k in again.value.keys} == {
+        ("rich-basic", "deleted in the target")}
+    assert {k["table"] for k in again.value.keys} == {
+        "checkpoints", "checkpoint_blobs", "checkpoint_writes"}
+    assert thread_rows(target_dsn, "rich-basic") == empty
+
+    # Deleted by mistake: loaded again on purpose with an export of its own, then synced.
+    migrate(source, tmp_path / "rich-basic.export", target, selection=["rich-basic"])
+    assert sync_target(source, export, target).reapplied
+    report = verify(source, export, target)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+
+
+def test_a_deletion_in_the_target_that_stands_leaves_the_migration_as_the_hint_says(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The other way out of a "deleted in the target" conflict, as its hint says: the
+    deletion stands, so the thread is deleted in SQLite too and the tenant's other threads
+    are migrated into a new export; that export syncs and verifies, and the thread stays
+    deleted in PostgreSQL."""
+    export, target = tmp_path / "tenant.export", Target(target_dsn)
+    tenant = ["rich-approve", "rich-basic"]
+    migrate(source, export, target, selection=tenant)
+    application_on_postgres_deletes(target_dsn, "rich-basic")
+    run(source, lambda graph, saver: graph.invoke(rich_input("basic"),
+                                                  thread_config("rich-basic")))
+    with pytest.raises(ConflictError, match="deleted"):
+        sync_target(source, export, target)
+
+    run(source, delete("rich-basic"))
+    again = tmp_path / "tenant-again.export"
+    migrate(source, again, target, selection=["rich-approve"])
+    run(source, resume_and_new_turn)
+    assert sync_target(source, again, target).found.changed == ["rich-approve"]
+    report = verify(source, again, target)
+    assert report.passed, {n: c.mismatches for n, c in report.checks.items() if not c.passed}
+    assert thread_rows(target_dsn, "rich-basic") == {
+        "checkpoints": [], "checkpoint_blobs": [], "checkpoint_writes": []}
 
 
 def test_a_sync_while_the_application_writes_is_caught_up_by_the_next(

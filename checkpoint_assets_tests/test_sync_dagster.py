@@ -14,6 +14,7 @@ import dagster as dg
 import psycopg
 import pytest
 from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.postgres import PostgresSaver
 
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
@@ -123,3 +124,43 @@ def test_the_sensor_says_why_it_requests_nothing_after_a_failed_load(
         assert isinstance(tick, dg.SkipReason)
         assert key in tick.skip_message and failed.run_id[:8] in tick.skip_message
         assert "backfill the failed partitions" in tick.skip_message
+
+
+def test_a_sync_partition_refuses_to_bring_back_a_thread_the_target_deleted(
+        tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deletions on the target side in Dagster (issue 21, item 3): the application on
+    PostgreSQL deleted a thread (PostgresSaver.delete_thread), a straggler on SQLite writes
+    it again, the sync run writes a generation; loading its partition fails as a conflict
+    whose description says the target application deleted those rows and what to do, its
+    batch_matches_export check names the keys, and the thread is not re-created."""
+    monkeypatch.setenv("CHECKPOINT_ASSETS_TARGET_DSN", target_dsn)
+    source, export = write_corpus(tmp_path / "app.sqlite", threads=4), tmp_path / "app.export"
+    defs = definitions(source, export, batch_size=10)
+    with dg.DagsterInstance.ephemeral() as instance:
+        migrate(defs, instance)
+        with psycopg.connect(target_dsn, autocommit=True, prepare_threshold=0) as conn:
+            PostgresSaver(conn).delete_thread("support-001")
+        with running_application(source) as graph:
+            graph.invoke({"messages": [HumanMessage(content="Still there?", id="h-late")],
+                          "customer": "Straggler", "order_id": "A-1001"},
+                         {"configurable": {"thread_id": "support-001"}})
+        assert defs.resolve_job_def(SYNC_JOB).execute_in_process(instance=instance).success
+        new_keys = [k for k in instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
+                    if "-s0001-b" in k]
+        assert len(new_keys) == 1
+
+        run = defs.resolve_job_def(SYNC_BATCHES_JOB).execute_in_process(
+            instance=instance, partition_key=new_keys[0], raise_on_error=False)
+        assert not run.success
+        failure = run.get_step_failure_events()[0].step_failure_data.user_failure_data
+        assert "The target application deleted" in failure.description
+        assert "'support-001'" in failure.description
+        assert "If that deletion is meant to stand" in failure.description
+        assert failure.metadata["failure_kind"].value == "conflict"
+        check = check_results(run, instance)[BATCH_MATCHES_EXPORT]
+        assert not check.passed
+        assert {k["conflict"] for k in check.metadata["mismatch_keys"].value} == {
+            "deleted in the target"}
+        with psycopg.connect(target_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = "
+                                "'support-001'").fetchone() == (0,)

@@ -246,7 +246,7 @@ def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Ta
     kind = failure_kind(exc)
     if isinstance(exc, ConflictError):
         yield _failed_check(instance, key, load_target,
-                            "conflict with rows already in the target", exc,
+                            "conflict with the target's rows (changed or deleted there)", exc,
                             mismatches=exc.keys)
         return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
                                  f"{text}", exc, kind,

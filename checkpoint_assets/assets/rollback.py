@@ -4,7 +4,9 @@
 ``rollback_batches`` partition per batch; ``restored_checkpoint_batches`` loads one batch
 into the SQLite file per partition (materialized, backfilled and audited like the
 migration's batches); ``rollback_verification`` runs the rollback checks and, for a new
-file, publishes it under its final name only when they all passed. The engine does the
+file, publishes it under its final name only when they all passed; into an existing file it
+first removes the threads PostgreSQL no longer has when ``remove_deleted_threads`` is set
+(else the warning check ``sqlite_threads_not_in_postgres`` names them). The engine does the
 work (postgres_source, sqlite_target, verify_rollback); these assets only wire it.
 """
 
@@ -21,6 +23,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     failure,
     outcome_check_result,
     preview_silenced,
+    severity,
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
@@ -41,6 +44,7 @@ from checkpoint_assets.engine.sqlite_target import (
     load_batch_into_sqlite,
     prepare_restore_file,
     publish_restored,
+    remove_deleted_threads,
     work_path,
 )
 from checkpoint_assets.engine.target import Target
@@ -49,6 +53,7 @@ from checkpoint_assets.engine.verify_rollback import (
     EXPORT_MATCHES_POSTGRES,
     ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
+    SQLITE_THREADS_NOT_IN_POSTGRES,
     compare_sqlite_batch,
     verify_rollback,
 )
@@ -79,10 +84,11 @@ from checkpoint_assets.settings import (
     READBACK_ALL,
     READBACK_THREADS_ENV,
     ROLLBACK_ORIGINAL_EXPORT_ENV,
+    ROLLBACK_REMOVE_DELETED_THREADS_ENV,
 )
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
-                        OFFICIAL_READBACK)
+                        OFFICIAL_READBACK, SQLITE_THREADS_NOT_IN_POSTGRES)
 
 
 class RollbackResource(dg.ConfigurableResource):
@@ -104,6 +110,13 @@ class RollbackResource(dg.ConfigurableResource):
                                   f"{ROLLBACK_ORIGINAL_EXPORT_ENV}): checkpoints unchanged "
                                   "since come back in their original SQLite bytes.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
+    remove_deleted_threads: bool = Field(
+        default=False, description="Into an existing file: delete the threads it holds that "
+                                   "PostgreSQL no longer has (within the threads chosen), in "
+                                   "one transaction before the verification (env "
+                                   f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1); by default "
+                                   "they are kept and the warning check "
+                                   f"{SQLITE_THREADS_NOT_IN_POSTGRES} names them.")
     aes_key: str | None = Field(
         default=None, description=f"EncryptedSerializer AES key (env {AES_KEY_ENV}).")
 
@@ -270,22 +283,38 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     tags=ASSET_TAGS,
     pool=TARGET_POOL,
     deps=[dg.AssetDep(RESTORED_BATCHES_ASSET, partition_mapping=dg.AllPartitionMapping())],
-    check_specs=[dg.AssetCheckSpec(name, asset=ROLLBACK_VERIFICATION_ASSET, blocking=True,
+    # Warning checks (the threads PostgreSQL no longer has) report and block nothing.
+    check_specs=[dg.AssetCheckSpec(name, asset=ROLLBACK_VERIFICATION_ASSET,
+                                   blocking=not check_spec(name).warning,
                                    description=check_spec(name).description)
                  for name in ROLLBACK_CHECK_NAMES],
 )
 def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTargetResource,
                           rollback: RollbackResource) -> Iterator[Any]:
-    """The rollback checks: export = PostgreSQL, SQLite = export, counts, and the official
-    savers' read-back; a new file is renamed to its final name only when all passed."""
+    """The rollback checks: export = PostgreSQL, SQLite = export, counts, the official
+    savers' read-back, and the file's threads PostgreSQL no longer has (a warning); a new
+    file is renamed to its final name only when all passed. Into an existing file with
+    ``remove_deleted_threads``, those threads are first deleted in one transaction."""
     manifest = read_manifest(rollback.export())
     final = target.final_target()
     source = Target(final.dsn, final.schema, role="source")
     path = rollback.loading_into()
+    try:
+        removed = remove_deleted_threads(path, manifest) \
+            if rollback.remove_deleted_threads and path == rollback.to() else {}
+    except MigrationError as exc:
+        raise failure(f"Removing the threads PostgreSQL no longer has from {path} failed: "
+                      f"{exc}") from None
+    if removed:
+        context.log.info(f"Removed {len(removed)} thread(s) PostgreSQL no longer has from "
+                         f"{path}: {sorted(removed)[:20]}")
     report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
                              readback_threads=target.readback_sample(),
-                             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}")
-    results = [outcome_check_result(outcome) for outcome in report.checks.values()]
+                             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
+                             removed_threads=sorted(removed),
+                             remove_hint=f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1")
+    results = [outcome_check_result(outcome, level=severity(outcome.spec))
+               for outcome in report.checks.values()]
     evidence = render_rollback_evidence(report, manifest=manifest,
                                         source_display=source.display,
                                         sqlite_path=str(rollback.to()))
@@ -301,6 +330,7 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     yield dg.MaterializeResult(
         metadata={"file": dg.MetadataValue.path(str(rollback.to())),
                   "published": dg.MetadataValue.bool(path != rollback.to()),
+                  "removed_threads": dg.MetadataValue.json(sorted(removed)),
                   "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
                   "evidence": dg.MetadataValue.md(evidence)},
         check_results=results)

@@ -383,7 +383,9 @@ def apply_sync_batch(target: Target, chain: ExportChain, manifest: ExportManifes
     has it, only when the target row is the one this tool loaded before (the conversion
     of the thread's rows in the generation that held it until now). Any other target row
     of these threads (written or changed by someone else) is a ConflictError by key, and
-    nothing is written. Running it again changes nothing.
+    nothing is written; so is a row this tool loaded that the target no longer holds
+    while the batch still has its key (the target application deleted it: the sync does
+    not re-create it). Running it again changes nothing.
     """
     started = time.perf_counter()
     batch = convert_batch(manifest, key, cipher)
@@ -449,17 +451,22 @@ def _apply_threads(target: Target, chain: ExportChain, key: str, threads: list[s
             for table in COLUMNS:
                 _stage(conn, f"new_{table}", table, rows[table])
                 _stage(conn, f"before_{table}", table, before[table])
-            conflicts = {table: _not_ours(conn, table, threads, cipher) for table in COLUMNS}
-            found = [k for keys in conflicts.values() for k in keys]
+            found = [k for table in COLUMNS for k in _not_ours(conn, table, threads, cipher)]
+            gone = [k for table in COLUMNS for k in _deleted_in_target(conn, table)]
+            if gone:
+                raise deleted_in_target_error(key, gone, found)
             if found:
                 raise ConflictError(
                     f"The target holds {len(found)} row(s) of threads this sync changes that "
                     f"this tool did not load or that someone changed since, e.g. "
                     f"{found[:MAX_CONFLICT_KEYS]}. Nothing of {key} was written or deleted.",
                     "Find out who wrote those rows (an application already writing to "
-                    "PostgresSaver?). Delete those threads from the target to let the sync "
-                    "load them again from the source, or leave them and keep these threads "
-                    "out of the migration (--threads).",
+                    "PostgresSaver?). Leave them and keep these threads out of the "
+                    "migration (migrate the other threads into a new --export with "
+                    "--threads), or, if the source is right, delete those threads from the "
+                    "target and load them again with an export of their own (migrate "
+                    "--threads THEM --export F) before the next sync: deleting them alone "
+                    "is a deletion the sync refuses too.",
                     keys=found)
             for table in COLUMNS:
                 _apply_table(conn, table, threads, len(rows[table]), cipher, result)
@@ -513,8 +520,49 @@ def _not_ours(conn: psycopg.Connection, table: str, threads: list[str],
                                                                     s_blob))
                    for s_type, s_blob in ((b_type, b_blob), (n_type, n_blob))):
                 continue  # the same value, encrypted with another nonce
-        out.append({"table": table, **dict(zip(keys, record[:len(keys)]))})
+        out.append({"table": table, **dict(zip(keys, record[:len(keys)])),
+                    "conflict": "written or changed in the target"})
     return out
+
+
+def _deleted_in_target(conn: psycopg.Connection, table: str) -> list[dict]:
+    """Keys of rows this tool loaded (stage ``before_*``) that the target no longer holds
+    although this sync keeps them (stage ``new_*`` has the key): the target application
+    deleted them. A key the sync itself removes (absent from ``new_*``: a thread deleted
+    in the source, or started again under the same id) is not one of them."""
+    keys = PRIMARY_KEYS[table]
+    query = sql.SQL(
+        "SELECT {keys} FROM {before} b WHERE EXISTS (SELECT 1 FROM {new} n WHERE {jn}) "
+        "AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {jt})").format(
+        keys=sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in keys),
+        before=sql.Identifier(f"before_{table}"), new=sql.Identifier(f"new_{table}"),
+        table=sql.Identifier(table), jn=_key_join("n", "b", table),
+        jt=_key_join("t", "b", table))
+    return [{"table": table, **dict(zip(keys, record)), "conflict": "deleted in the target"}
+            for record in conn.execute(query)]
+
+
+def deleted_in_target_error(key: str, gone: list[dict], changed: list[dict]) -> ConflictError:
+    """The ConflictError for rows this tool loaded that the target application deleted
+    (``gone``), with the rows it changed (``changed``) if any: what happened and what to
+    do. Every key is in the error's ``keys``."""
+    threads = sorted({k["thread_id"] for k in gone})
+    also = (f" It also holds {len(changed)} row(s) of these threads that this tool did not "
+            f"load or that someone changed, e.g. {changed[:MAX_CONFLICT_KEYS]}."
+            if changed else "")
+    return ConflictError(
+        f"The target application deleted {len(gone)} row(s) of {len(threads)} thread(s) "
+        f"that this tool had loaded (PostgresSaver.delete_thread?), and the source still "
+        f"has them: {threads[:MAX_CONFLICT_KEYS]}, e.g. {gone[:MAX_CONFLICT_KEYS]}. The "
+        f"sync does not bring deleted rows back: nothing of {key} was written or "
+        f"re-created.{also}",
+        "If that deletion is meant to stand (an erasure request), stop whatever still "
+        "writes these threads to SQLite, delete them there too (SqliteSaver.delete_thread) "
+        "and migrate the other threads into a new --export (--threads): this export's "
+        "syncs stop at this batch while they are gone. If they were deleted by mistake, "
+        "load them again with an export of their own (checkpoint-assets migrate --threads "
+        "THEM --export F), then sync again.",
+        keys=gone + changed)
 
 
 def _apply_table(conn: psycopg.Connection, table: str, threads: list[str], new_rows: int,

@@ -68,13 +68,16 @@ def rollback(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Any = None,
     original_export: str | Path | None = None,
+    remove_deleted_threads: bool = False,
 ) -> RollbackResult:
     """Export PostgresSaver's tables (or ``threads``) to ``export_path``, restore them into
     the SqliteSaver file ``to_path`` and verify; returns the result (check
     ``result.report.passed``). A new file that fails verification is not published: raises
     RollbackNotVerified with the report, nothing at ``to_path``. ``original_export``: the
     forward migration's export; checkpoints unchanged since come back in their original
-    bytes (:mod:`original_rows`).
+    bytes (:mod:`original_rows`). An existing file's threads that PostgreSQL no longer has
+    are reported (check ``sqlite_threads_not_in_postgres``, a warning) and, with
+    ``remove_deleted_threads``, deleted in the transaction of the restore's last batch.
     """
     originals = OriginalRows(original_export) if original_export is not None else None
     source = Target(source_dsn, schema, role="source")
@@ -98,9 +101,11 @@ def rollback(
     to_path = Path(to_path)
     new_file = not to_path.exists()
     summary = restore_export(manifest, to_path, cipher=cipher,
-                             before_publish=verify_before_publish if new_file else None)
+                             before_publish=verify_before_publish if new_file else None,
+                             remove_deleted_threads=remove_deleted_threads)
     if not new_file:
         reports.append(verify_rollback(manifest, source, to_path, cipher=cipher,
-                                       readback_threads=readback_threads))
+                                       readback_threads=readback_threads,
+                                       removed_threads=summary.removed_threads))
     return RollbackResult(manifest, summary, reports[-1],
                           dict(originals.counts) if originals is not None else None)

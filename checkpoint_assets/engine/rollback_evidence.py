@@ -10,6 +10,7 @@ from checkpoint_assets.engine.evidence import (
     MAX_LISTED,
     checks_section,
     headline,
+    markdown_cell,
     markdown_table,
     mismatch_section,
 )
@@ -53,7 +54,21 @@ def render_rollback_evidence(
             + ("\n\nCheckpoints already in the file with the same content keep their "
                "original bytes; how they compare with the rebuilt rows:\n\n"
                + markdown_table(["rebuilt row", "checkpoints"], sorted(present.items()),
-                                numeric=("checkpoints",)) if present else ""))
+                                numeric=("checkpoints",)) if present else "")
+            + _removed_threads(restore_totals))
     sections += [mismatch_section(report, name, max_listed, "")
                  for name, c in report.checks.items() if not c.passed]
     return "\n\n".join(sections) + "\n"
+
+
+def _removed_threads(restore_totals: Mapping[str, Any]) -> str:
+    """The restore's removal of threads PostgreSQL no longer has, if it removed any."""
+    removed = restore_totals.get("removed_threads") or []
+    if not removed:
+        return ""
+    rows = restore_totals.get("removed") or {}
+    return (f"\n\nRemoved from the file, in the transaction of the restore's last batch "
+            f"(--remove-deleted-threads): {len(removed)} thread(s) PostgreSQL no longer has, "
+            f"{rows.get('checkpoints', 0)} checkpoints and {rows.get('writes', 0)} writes: "
+            + markdown_cell(", ".join(removed[:MAX_LISTED]), 2000)
+            + (f" and {len(removed) - MAX_LISTED} more" if len(removed) > MAX_LISTED else ""))

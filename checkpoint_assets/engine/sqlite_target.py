@@ -6,7 +6,9 @@ never holds a half-written database. Into an existing SqliteSaver file the forwa
 apply, batch by batch, one SQLite transaction each: a row that is not there is added; a
 row already there with the same content is left exactly as it is (its bytes are the
 original's); a row with the same key and other content is a ConflictError naming it, and
-its batch is rolled back, so nothing is ever overwritten.
+its batch is rolled back, so nothing is ever overwritten. Threads the existing file holds
+and the export does not (PostgreSQL deleted them) are reported, and removed only when
+asked (``remove_deleted_threads``), in the transaction of the restore's last batch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from checkpoint_assets.engine.codec import same_value, unpack_opaque
 from checkpoint_assets.engine.content_view import source_view
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export_file import ExportManifest, read_batch
+from checkpoint_assets.engine.export_file import (
+    ExportManifest,
+    export_thread_digests,
+    read_batch,
+)
 from checkpoint_assets.engine.private_files import PARTIAL_SUFFIX, remove_abandoned
 from checkpoint_assets.engine.reverse_convert import difference_reason
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
@@ -59,6 +65,9 @@ class RestoreBatchResult:
     # Checkpoints already present with the same content, by why their bytes differ from the
     # rebuilt row (``byte-identical`` when they do not): the original bytes are kept.
     present_bytes: Counter = field(default_factory=Counter)
+    # Threads PostgreSQL no longer has, removed in this batch's transaction: their rows
+    # per table (see remove_threads_postgres_lacks).
+    removed: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,9 +77,17 @@ class RestoreSummary:
     path: Path
     new_file: bool
     batches: list[RestoreBatchResult] = field(default_factory=list)
+    # Threads the existing file holds and PostgreSQL does not, left as they were.
+    kept_threads: list[str] = field(default_factory=list)
+
+    @property
+    def removed_threads(self) -> list[str]:
+        """Threads PostgreSQL no longer has that this restore removed from the file."""
+        return sorted(t for batch in self.batches for t in batch.removed)
 
     def totals(self) -> dict[str, Any]:
-        """Rows added and already present per table, and the reasons of the present ones."""
+        """Rows added and already present per table, the reasons of the present ones, and
+        the threads PostgreSQL no longer has: removed, or kept in the file."""
         reasons: Counter = Counter()
         for batch in self.batches:
             reasons.update(batch.present_bytes)
@@ -80,6 +97,10 @@ class RestoreSummary:
             "already_present": {t: sum(b.already_present[t] for b in self.batches)
                                 for t in ("checkpoints", "writes")},
             "present_checkpoint_bytes": dict(reasons),
+            "removed_threads": self.removed_threads,
+            "removed": {t: sum(r[t] for b in self.batches for r in b.removed.values())
+                        for t in ("checkpoints", "writes")},
+            "threads_not_in_postgres_kept": list(self.kept_threads),
         }
 
 
@@ -90,6 +111,7 @@ def restore_export(
     cipher: Cipher | None = None,
     before_publish: Callable[[Path], None] | None = None,
     on_batch: Callable[[RestoreBatchResult], None] | None = None,
+    remove_deleted_threads: bool = False,
 ) -> RestoreSummary:
     """Load every batch of ``manifest`` into the SqliteSaver file ``to_path``.
 
@@ -98,13 +120,18 @@ def restore_export(
     returned; on any error, or a ``before_publish`` that raises, nothing is left at
     ``to_path``. An existing file must be a SqliteSaver database (else MigrationError,
     untouched); see the module's rules. ``cipher`` is needed to compare encrypted rows
-    already present.
+    already present. Threads an existing file holds that the export does not (PostgreSQL
+    no longer has them; within the export's selection) are listed in ``kept_threads``,
+    or, with ``remove_deleted_threads``, deleted in the transaction of the last batch (so
+    only when every batch is in; see :func:`remove_threads_postgres_lacks`).
     """
     to_path = Path(to_path)
     if to_path.exists():
         summary = RestoreSummary(to_path, new_file=False)
         with connect_sqlite_target(to_path) as conn:
-            _load_all(conn, manifest, cipher, summary, on_batch)
+            _load_all(conn, manifest, cipher, summary, on_batch, remove_deleted_threads)
+            if not remove_deleted_threads:
+                summary.kept_threads = threads_postgres_lacks(conn, manifest)
         return summary
     summary = RestoreSummary(to_path, new_file=True)
     with _temporary_database(to_path) as temp:
@@ -170,12 +197,80 @@ def publish_restored(work: Path, to_path: str | Path) -> None:
 
 def _load_all(conn: sqlite3.Connection, manifest: ExportManifest, cipher: Cipher | None,
               summary: RestoreSummary,
-              on_batch: Callable[[RestoreBatchResult], None] | None) -> None:
-    for entry in manifest.batches:
-        result = load_batch_into_sqlite(conn, manifest, entry.key, cipher)
+              on_batch: Callable[[RestoreBatchResult], None] | None,
+              remove_deleted: bool = False) -> None:
+    if remove_deleted and not manifest.batches:
+        _refuse_to_empty(manifest)
+    for number, entry in enumerate(manifest.batches, start=1):
+        last = number == len(manifest.batches)
+        result = load_batch_into_sqlite(conn, manifest, entry.key, cipher,
+                                        remove_deleted_threads=remove_deleted and last)
         summary.batches.append(result)
         if on_batch is not None:
             on_batch(result)
+
+
+def threads_postgres_lacks(conn: sqlite3.Connection, manifest: ExportManifest) -> list[str]:
+    """The threads the SQLite file holds (a checkpoint or a write) that the export of
+    PostgreSQL does not: PostgreSQL no longer had them at the export's snapshot (deleted
+    there, e.g. an erasure request after the cutover). Only threads of the export's
+    selection count when it has one (a rollback of some threads speaks of those alone)."""
+    exported = {tid for tid, _, _, _ in export_thread_digests(manifest)}
+    held = {tid for (tid,) in conn.execute(
+        "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM writes")}
+    # A rollback export names its threads in its source entry (a forward one: selection).
+    selection = manifest.selection or (manifest.header.get("source") or {}).get("threads")
+    if selection is not None:
+        held &= set(selection)
+    return sorted(held - exported)
+
+
+def remove_threads_postgres_lacks(conn: sqlite3.Connection,
+                           manifest: ExportManifest) -> dict[str, dict[str, int]]:
+    """Delete from SqliteSaver's tables (checkpoints, writes) every thread of
+    :func:`threads_postgres_lacks`, inside the caller's transaction; return their rows
+    per table. MigrationError, nothing deleted, when the export holds no thread at all
+    (an empty or wrong PostgreSQL database must not empty the file)."""
+    if not manifest.threads:
+        _refuse_to_empty(manifest)
+    removed: dict[str, dict[str, int]] = {}
+    for thread_id in threads_postgres_lacks(conn, manifest):
+        removed[thread_id] = {
+            "checkpoints": conn.execute("DELETE FROM checkpoints WHERE thread_id = ?",
+                                        (thread_id,)).rowcount,
+            "writes": conn.execute("DELETE FROM writes WHERE thread_id = ?",
+                                   (thread_id,)).rowcount,
+        }
+    return removed
+
+
+def remove_deleted_threads(path: str | Path,
+                           manifest: ExportManifest) -> dict[str, dict[str, int]]:
+    """Delete from the existing SqliteSaver file ``path``, in one transaction of its own,
+    the threads :func:`threads_postgres_lacks` names; their rows per table. For restores
+    whose batches load apart (the Dagster partitions); a whole restore does it in its last
+    batch's transaction (:func:`restore_export`)."""
+    with connect_sqlite_target(Path(path)) as conn:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = remove_threads_postgres_lacks(conn, manifest)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise _cannot_write(conn, exc) from None
+    return removed
+
+
+def _refuse_to_empty(manifest: ExportManifest) -> None:
+    raise MigrationError(
+        f"The export {manifest.path} holds no thread: PostgreSQL has none (in this schema "
+        "and selection), so removing the threads PostgreSQL no longer has would empty the "
+        "SQLite file. Nothing was removed.",
+        "Check --source-dsn and --schema; if PostgreSQL is meant to be empty, delete the "
+        "threads in the SQLite file yourself.")
 
 
 @contextmanager
@@ -249,15 +344,20 @@ def connect_sqlite_target(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def load_batch_into_sqlite(conn: sqlite3.Connection, manifest: ExportManifest, key: str,
-                           cipher: Cipher | None = None) -> RestoreBatchResult:
+                           cipher: Cipher | None = None, *,
+                           remove_deleted_threads: bool = False) -> RestoreBatchResult:
     """Load one batch in one SQLite transaction (see the module's rules); ConflictError,
-    the batch rolled back, when a row with the same key holds other content."""
+    the batch rolled back, when a row with the same key holds other content. With
+    ``remove_deleted_threads`` the same transaction also deletes the threads PostgreSQL
+    no longer has (:func:`remove_threads_postgres_lacks`; listed in the result's ``removed``)."""
     result = RestoreBatchResult(key)
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for thread in read_batch(manifest, key):
                 _load_thread(conn, thread, cipher, result)
+            if remove_deleted_threads:
+                result.removed = remove_threads_postgres_lacks(conn, manifest)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -11,13 +11,16 @@ The forward checks, run the other way:
 - ``rollback_count_match``: checkpoints and writes, PostgreSQL = export = SQLite.
 - ``official_saver_readback``: ``SqliteSaver.list`` equals ``PostgresSaver.list`` field by
   field (:mod:`readback`), for a sample of threads or all of them.
+- ``sqlite_threads_not_in_postgres`` (a warning): the SQLite file holds no thread that
+  PostgreSQL no longer has (deleted there after the cutover, e.g. an erasure request);
+  threads a rollback removed for that reason are named in its notes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from checkpoint_assets.engine.readback import compare_thread_readback
 from checkpoint_assets.engine.rows import ThreadRows
 from checkpoint_assets.engine.snapshot import private_snapshot
 from checkpoint_assets.engine.source import open_source, require_sqlite_file
-from checkpoint_assets.engine.sqlite_target import read_thread
+from checkpoint_assets.engine.sqlite_target import read_thread, threads_postgres_lacks
 from checkpoint_assets.engine.target import Target, scrub
 from checkpoint_assets.engine.verify import (
     DEFAULT_READBACK_SAMPLE,
@@ -55,6 +58,7 @@ from checkpoint_assets.engine.workers import workers_for
 ROLLBACK_COUNT_MATCH = "rollback_count_match"
 EXPORT_MATCHES_POSTGRES = "export_matches_postgres"
 SQLITE_MATCHES_EXPORT = "sqlite_matches_export"
+SQLITE_THREADS_NOT_IN_POSTGRES = "sqlite_threads_not_in_postgres"
 COUNTED = ("checkpoints", "checkpoint_writes")
 
 
@@ -66,16 +70,21 @@ def verify_rollback(
     cipher: Cipher | None = None,
     readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
     readback_all_hint: str = "--readback-all",
+    removed_threads: Sequence[str] = (),
+    remove_hint: str = "--remove-deleted-threads",
 ) -> VerificationReport:
     """Run every rollback check and return the report; never raises for a mismatch.
 
     ``readback_threads`` None reads every exported thread back through both savers.
+    ``removed_threads``: the threads PostgreSQL no longer has that the restore removed from
+    the file (named in the notes; one still there is reported like a kept one).
+    ``remove_hint``: how the user asks for that removal (a flag, or a resource field).
     Raises MigrationError when PostgreSQL cannot be read, in the comparison or the
     read-back (the message without password).
     """
     try:
         return _verify_rollback(manifest, source, sqlite_path, cipher, readback_threads,
-                                readback_all_hint)
+                                readback_all_hint, removed_threads, remove_hint)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the source {source.display} failed during the verification: "
@@ -85,7 +94,8 @@ def verify_rollback(
 
 def _verify_rollback(manifest: ExportManifest, source: Target, sqlite_path: str | Path,
                      cipher: Cipher | None, readback_threads: int | None,
-                     readback_all_hint: str) -> VerificationReport:
+                     readback_all_hint: str, removed_threads: Sequence[str],
+                     remove_hint: str) -> VerificationReport:
     started = time.perf_counter()
     comparisons = compare_batches(manifest, source, cipher, workers=workers_for(manifest))
     postgres_counts = {t: sum(c.actual_counts[t] for c in comparisons) for t in COUNTED}
@@ -131,9 +141,45 @@ def _verify_rollback(manifest: ExportManifest, source: Target, sqlite_path: str 
             actual=len(threads) - len({m["thread_id"] for m in read_mismatches}),
             mismatches=read_mismatches[:MAX_LISTED], mismatch_count=len(read_mismatches),
             notes=notes)
+        checks[SQLITE_THREADS_NOT_IN_POSTGRES] = threads_not_in_postgres_check(
+            copy, manifest, removed_threads, remove_hint)
         counts = {"postgres": postgres_counts, "export": export_counts, "sqlite": sqlite_counts}
         return VerificationReport(checks=checks, counts=counts, metadata_changes=[],
                                   seconds=time.perf_counter() - started, batches=comparisons)
+
+
+def threads_not_in_postgres_check(sqlite_path: str | Path, manifest: ExportManifest,
+                                  removed_threads: Sequence[str] = (),
+                                  remove_hint: str = "--remove-deleted-threads",
+                                  ) -> CheckOutcome:
+    """The warning check on threads the SQLite file holds and PostgreSQL no longer has
+    (within the export's selection): passed when there is none; each one kept is a
+    mismatch with its rows, each one ``removed_threads`` names is a note, not a mismatch.
+    ``sqlite_path`` is read, never written (open it on a snapshot)."""
+    with closing(sqlite3.connect(f"{Path(sqlite_path).resolve().as_uri()}?mode=ro",
+                                 uri=True)) as conn:
+        kept = threads_postgres_lacks(conn, manifest)
+        mismatches = [{"thread_id": thread_id,
+                       "checkpoints": conn.execute(
+                           "SELECT count(*) FROM checkpoints WHERE thread_id = ?",
+                           (thread_id,)).fetchone()[0],
+                       "writes": conn.execute("SELECT count(*) FROM writes WHERE thread_id = ?",
+                                              (thread_id,)).fetchone()[0],
+                       "problem": "in the SQLite file, not in PostgreSQL (deleted there?)"}
+                      for thread_id in kept[:MAX_LISTED]]
+    notes = []
+    gone = sorted(set(removed_threads) - set(kept))
+    if gone:
+        notes.append(f"{len(gone)} thread(s) PostgreSQL no longer has were removed from the "
+                     f"file by this rollback ({remove_hint}): {', '.join(gone[:MAX_LISTED])}")
+    if kept:
+        notes.append(f"{len(kept)} thread(s) of the file are not in PostgreSQL (deleted there "
+                     "after the cutover, e.g. an erasure request?) and were kept as they are. "
+                     f"Roll back again with {remove_hint} to remove them, or keep them on "
+                     "purpose.")
+    return CheckOutcome(
+        SQLITE_THREADS_NOT_IN_POSTGRES, passed=not kept, expected=0, actual=len(kept),
+        mismatches=mismatches, mismatch_count=len(kept), notes=notes)
 
 
 def compare_sqlite_with_export(
@@ -247,6 +293,15 @@ register_check_specs((
         SQLITE_MATCHES_EXPORT,
         "Every exported thread in the SQLite file holds the export's rows byte for byte, "
         "or rows that were already there with the same content.",
-        "Threads of the SQLite file that are not in the export (left as they were).",
+        "Threads of the SQLite file that are not in the export (see "
+        f"{SQLITE_THREADS_NOT_IN_POSTGRES}).",
         _judged_in_verify_rollback),
+    CheckSpec(
+        SQLITE_THREADS_NOT_IN_POSTGRES,
+        "The SQLite file holds no thread that PostgreSQL no longer has (deleted there after "
+        "the cutover, e.g. an erasure request); threads the rollback removed for that reason "
+        "(--remove-deleted-threads) are named. A warning: such a thread is kept as it was.",
+        "Threads PostgreSQL deleted after the export's snapshot; whether a kept thread may "
+        "stay (the rollback cannot know why PostgreSQL deleted it).",
+        _judged_in_verify_rollback, warning=True),
 ))
