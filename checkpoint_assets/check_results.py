@@ -21,7 +21,10 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 
 from checkpoint_assets.assets import STAGING_ASSETS
-from checkpoint_assets.assets.imported_batches import BATCH_CHECK, TARGET_IDENTITY_METADATA
+from checkpoint_assets.assets.imported_batches import (
+    BATCH_CHECK,
+    TARGET_IDENTITY_METADATA,
+)
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.partitions import (

@@ -14,7 +14,9 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
-from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE  # noqa: F401 (re-exported)
+from checkpoint_assets.engine.batches import (
+    DEFAULT_BATCH_SIZE,  # noqa: F401 (re-exported)
+)
 from checkpoint_assets.engine.certificates import BatchCertificate
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_chain import ExportChain

@@ -91,6 +91,18 @@ def sample_db_master(corpus_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def rich_master(corpus_dir: Path) -> Path:
+    """The rich corpus (corpus_graphs.build_rich_corpus: interrupts, subgraphs, Send
+    fan-out, errors, forks, pydantic and binary values), written once per test session;
+    tests that change it take a copy."""
+    from checkpoint_assets_tests.corpus_graphs import build_rich_corpus
+
+    path = corpus_dir / "rich-master.sqlite"
+    build_rich_corpus(path)
+    return path
+
+
 @pytest.fixture
 def sample_db(sample_db_master: Path, tmp_path: Path) -> Path:
     """A private copy of the sample database that a test may change."""

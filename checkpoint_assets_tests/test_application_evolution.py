@@ -22,8 +22,8 @@ from pathlib import Path
 import ormsgpack
 import psycopg
 import pytest
-from psycopg import sql
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from psycopg import sql
 from pydantic import BaseModel
 
 from checkpoint_assets.engine.codec import pack_opaque, unpack_opaque

@@ -28,20 +28,11 @@ from checkpoint_assets.engine.sync import source_files_state, sync_target
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets.engine.verify import verify_migration
 from checkpoint_assets_tests.corpus_graphs import (
-    build_rich_corpus,
     build_rich_graph,
     open_sqlite_saver,
     rich_input,
     thread_config,
 )
-
-
-@pytest.fixture(scope="module")
-def rich_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The rich corpus, written once for this module."""
-    path = tmp_path_factory.mktemp("identity") / "rich.sqlite"
-    build_rich_corpus(path)
-    return path
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ from checkpoint_assets.engine.verify import verify_migration
 from checkpoint_assets_tests.corpus_graphs import (
     QUOTED_THREAD_ID,
     RICH_RESUME_VALUES,
-    build_rich_corpus,
     build_rich_graph,
     canonical,
     open_sqlite_saver,
@@ -46,14 +45,6 @@ from checkpoint_assets_tests.corpus_graphs import (
 )
 
 TARGET_APP_THREAD = "written-by-postgres-app"
-
-
-@pytest.fixture(scope="module")
-def rich_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The rich corpus, written once for this module."""
-    path = tmp_path_factory.mktemp("sync") / "rich.sqlite"
-    build_rich_corpus(path)
-    return path
 
 
 @pytest.fixture

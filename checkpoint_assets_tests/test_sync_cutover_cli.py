@@ -18,18 +18,17 @@ LangGraph graph writes and a real PostgreSQL:
 from __future__ import annotations
 
 import errno
-import os
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import threading
 import time
-from datetime import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -46,7 +45,6 @@ from checkpoint_assets.engine.pipeline import import_export
 from checkpoint_assets.engine.sync import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets.engine.target import Target
 from checkpoint_assets_tests.corpus_graphs import (
-    build_rich_corpus,
     build_rich_graph,
     open_sqlite_saver,
     rich_input,
@@ -58,14 +56,6 @@ from checkpoint_assets_tests.test_adversarial_files import (
     small_filesystem,
 )
 from checkpoint_assets_tests.test_cli import run
-
-
-@pytest.fixture(scope="module")
-def rich_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The rich corpus, written once for this module."""
-    path = tmp_path_factory.mktemp("rich") / "rich.sqlite"
-    build_rich_corpus(path)
-    return path
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from checkpoint_assets.engine.export_chain import (
 )
 from checkpoint_assets.engine.sync import sync_target
 from checkpoint_assets.engine.target import Target
-from checkpoint_assets_tests.corpus_graphs import build_rich_corpus, open_sqlite_saver
+from checkpoint_assets_tests.corpus_graphs import open_sqlite_saver
 from checkpoint_assets_tests.test_sync import (
     delete,
     migrate,
@@ -47,14 +47,6 @@ from checkpoint_assets_tests.test_sync import (
 )
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
-
-
-@pytest.fixture(scope="module")
-def rich_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The rich corpus, written once for this module."""
-    path = tmp_path_factory.mktemp("refusals") / "rich.sqlite"
-    build_rich_corpus(path)
-    return path
 
 
 @pytest.fixture

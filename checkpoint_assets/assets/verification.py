@@ -48,7 +48,11 @@ from checkpoint_assets.resources import (
     PostgresTargetResource,
     SqliteSourceResource,
 )
-from checkpoint_assets.settings import READBACK_ALL, READBACK_THREADS_ENV, VERIFY_EVERY_BATCH_ENV
+from checkpoint_assets.settings import (
+    READBACK_ALL,
+    READBACK_THREADS_ENV,
+    VERIFY_EVERY_BATCH_ENV,
+)
 
 # The materialization's metadata entry holding the evidence report (Markdown).
 EVIDENCE_METADATA = "evidence"

@@ -33,7 +33,12 @@ from checkpoint_assets.engine.codec import (
 from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
-from checkpoint_assets.engine.versions import CONTENT, SUPERSEDED_TABLE, FirstValues, Superseded
+from checkpoint_assets.engine.versions import (
+    CONTENT,
+    SUPERSEDED_TABLE,
+    FirstValues,
+    Superseded,
+)
 
 PLAIN_TYPES = ("msgpack", "json")
 REFUSED_TYPES = ("pickle",)

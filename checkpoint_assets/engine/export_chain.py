@@ -50,7 +50,6 @@ from checkpoint_assets.engine.crypto import Cipher
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.export_file import (
     GENERATION_SUFFIX,
-    source_identity,
     ExportManifest,
     SourceState,
     export_thread_digests,
@@ -60,6 +59,7 @@ from checkpoint_assets.engine.export_file import (
     read_state,
     require_same_source,
     row_sha256,
+    source_identity,
     thread_digests,
     write_generation,
 )

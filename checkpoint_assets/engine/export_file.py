@@ -45,7 +45,10 @@ from checkpoint_assets.engine.codec import pack_opaque
 from checkpoint_assets.engine.errors import MigrationError
 from checkpoint_assets.engine.private_files import private_file
 from checkpoint_assets.engine.rows import CheckpointRow, ThreadRows, WriteRow
-from checkpoint_assets.engine.selection import MISSING_THREADS_HINT, refuse_missing_threads
+from checkpoint_assets.engine.selection import (
+    MISSING_THREADS_HINT,
+    refuse_missing_threads,
+)
 from checkpoint_assets.engine.source import SourceDatabase, open_source
 
 FORMAT_NAME = "checkpoint-assets-export"

@@ -24,8 +24,8 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
-from checkpoint_assets.engine.checkpoint_metadata import MetadataChange
 from checkpoint_assets.engine import superseded_table
+from checkpoint_assets.engine.checkpoint_metadata import MetadataChange
 from checkpoint_assets.engine.convert import (
     ConvertedThread,
     JsonText,

@@ -150,35 +150,26 @@ class SourceDatabase:
                  ) -> tuple[int, CheckpointRow | WriteRow] | None:
         """(rowid, row) of the table's last row (highest rowid), or of the row ``rowid``;
         None when there is no such row."""
-        if table not in ("checkpoints", "writes"):
-            raise ValueError(f"not a SqliteSaver table: {table!r}")
-        select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
-        where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
-        record = self._execute(f"SELECT rowid, {select} FROM {table} {where} "
-                               "ORDER BY rowid DESC LIMIT 1", params).fetchone()
-        if record is None:
-            return None
-        make = _checkpoint_row if table == "checkpoints" else _write_row
-        return record[0], make(record[1:])
+        return self._end_row(table, "DESC", rowid)
 
     def first_row(self, table: str) -> tuple[int, CheckpointRow | WriteRow] | None:
         """(rowid, row) of the table's first row (lowest rowid), or None when it is empty:
         the oldest row still there, part of what identifies the database (see
         export_file.source_identity)."""
-        if table not in ("checkpoints", "writes"):
-            raise ValueError(f"not a SqliteSaver table: {table!r}")
+        return self._end_row(table, "ASC")
+
+    def _end_row(self, table: str, order: str, rowid: int | None = None,
+                 ) -> tuple[int, CheckpointRow | WriteRow] | None:
+        if table not in ("checkpoints", "writes") or order not in ("ASC", "DESC"):
+            raise ValueError(f"not a SqliteSaver table or order: {table!r} {order!r}")
         select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
-        record = self._execute(f"SELECT rowid, {select} FROM {table} "
-                               "ORDER BY rowid LIMIT 1").fetchone()
+        where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
+        record = self._execute(f"SELECT rowid, {select} FROM {table} {where} "
+                               f"ORDER BY rowid {order} LIMIT 1", params).fetchone()
         if record is None:
             return None
         make = _checkpoint_row if table == "checkpoints" else _write_row
         return record[0], make(record[1:])
-
-    def _write_select(self) -> str:
-        task_path = "task_path" if self.has_task_path else "''"
-        return (f"thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
-                "channel, type, value")
 
     def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:

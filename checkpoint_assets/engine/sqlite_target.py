@@ -250,18 +250,8 @@ def remove_deleted_threads(path: str | Path,
     the threads :func:`threads_postgres_lacks` names; their rows per table. For restores
     whose batches load apart (the Dagster partitions); a whole restore does it in its last
     batch's transaction (:func:`restore_export`)."""
-    with connect_sqlite_target(Path(path)) as conn:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = remove_threads_postgres_lacks(conn, manifest)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise _cannot_write(conn, exc) from None
-    return removed
+    with connect_sqlite_target(Path(path)) as conn, _write_transaction(conn):
+        return remove_threads_postgres_lacks(conn, manifest)
 
 
 def _refuse_to_empty(manifest: ExportManifest) -> None:
@@ -351,20 +341,29 @@ def load_batch_into_sqlite(conn: sqlite3.Connection, manifest: ExportManifest, k
     ``remove_deleted_threads`` the same transaction also deletes the threads PostgreSQL
     no longer has (:func:`remove_threads_postgres_lacks`; listed in the result's ``removed``)."""
     result = RestoreBatchResult(key)
+    with _write_transaction(conn):
+        for thread in read_batch(manifest, key):
+            _load_thread(conn, thread, cipher, result)
+        if remove_deleted_threads:
+            result.removed = remove_threads_postgres_lacks(conn, manifest)
+    return result
+
+
+@contextmanager
+def _write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE: the write lock first), committed when the
+    block ends, rolled back when it raises; a locked or read-only file is a
+    MigrationError saying so (see :func:`_cannot_write`)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for thread in read_batch(manifest, key):
-                _load_thread(conn, thread, cipher, result)
-            if remove_deleted_threads:
-                result.removed = remove_threads_postgres_lacks(conn, manifest)
+            yield
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         raise _cannot_write(conn, exc) from None
-    return result
 
 
 def _cannot_write(conn: sqlite3.Connection, exc: sqlite3.Error) -> MigrationError:

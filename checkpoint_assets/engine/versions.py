@@ -21,8 +21,13 @@ from typing import Any
 
 import ormsgpack
 
-from checkpoint_assets.engine.codec import OpaqueExt, normalized, pack_opaque, same_value, \
-    unpack_opaque
+from checkpoint_assets.engine.codec import (
+    OpaqueExt,
+    normalized,
+    pack_opaque,
+    same_value,
+    unpack_opaque,
+)
 
 # This project's own table in the target schema (never one of PostgresSaver's): the later
 # values of a channel version, with their original bytes.
