@@ -171,6 +171,11 @@ class SourceDatabase:
         make = _checkpoint_row if table == "checkpoints" else _write_row
         return record[0], make(record[1:])
 
+    def _write_select(self) -> str:
+        task_path = "task_path" if self.has_task_path else "''"
+        return (f"thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
+                "channel, type, value")
+
     def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:
             return self._conn.execute(sql, params)
