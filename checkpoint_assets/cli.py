@@ -20,51 +20,51 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets import __version__
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.evidence import (
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
+from checkpoint_assets.engine.verify.evidence import (
     EVIDENCE_SUFFIX,
     default_evidence_path,
     every_mismatch,
     render_evidence,
 )
-from checkpoint_assets.engine.export_chain import (
+from checkpoint_assets.engine.sync.export_chain import (
     MASS_DELETION_MIN_THREADS,
     MASS_DELETION_SHARE,
     ExportChain,
     load_chain,
 )
-from checkpoint_assets.engine.export_file import (
+from checkpoint_assets.engine.export.export_file import (
     ExportManifest,
     iter_records,
     require_same_source,
     verify_export,
     write_export,
 )
-from checkpoint_assets.engine.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.private_files import (
+from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.core.private_files import (
     write_private_json,
     write_private_text,
 )
-from checkpoint_assets.engine.selection import name_threads, parse_thread_selection
-from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.sync import (
+from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
+from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.sync.sync_target import (
     SyncReport,
     source_files_state,
     sync_target,
     wait_until_quiet,
     with_live_migration_section,
 )
-from checkpoint_assets.engine.target import Target, scrub
-from checkpoint_assets.engine.verify import (
+from checkpoint_assets.engine.load.target import Target, scrub
+from checkpoint_assets.engine.verify.checks import (
     DEFAULT_READBACK_SAMPLE,
     SOURCE_MATCHES_EXPORT,
     MissingTablesError,
     VerificationReport,
     verify_migration,
 )
-from checkpoint_assets.engine.workers import (
+from checkpoint_assets.engine.core.workers import (
     PARALLEL_MIN_BATCHES,
     kill_workers,
     workers_for,

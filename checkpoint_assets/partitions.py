@@ -14,16 +14,16 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
-from checkpoint_assets.engine.batches import (
+from checkpoint_assets.engine.core.batches import (
     DEFAULT_BATCH_SIZE,  # noqa: F401 (re-exported)
 )
-from checkpoint_assets.engine.certificates import BatchCertificate
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_chain import ExportChain
-from checkpoint_assets.engine.export_file import ExportManifest
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.sync.export_chain import ExportChain
+from checkpoint_assets.engine.export.export_file import ExportManifest
 
 # The engine's checks are the contract; re-exported here for the Dagster layer.
-from checkpoint_assets.engine.verify import (  # noqa: F401
+from checkpoint_assets.engine.verify.checks import (  # noqa: F401
     CHECK_NAMES,
     CHECKS,
     CONTENT_INTEGRITY,

@@ -13,23 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.evidence import check_status, default_evidence_path
-from checkpoint_assets.engine.export_file import read_manifest, verify_export
-from checkpoint_assets.engine.original_rows import OriginalRows
-from checkpoint_assets.engine.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback import (
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.verify.evidence import check_status, default_evidence_path
+from checkpoint_assets.engine.export.export_file import read_manifest, verify_export
+from checkpoint_assets.engine.rollback.original_rows import OriginalRows
+from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback.way_back import (
     ROLLBACK_EXPORT_SUFFIX,
     RollbackNotVerified,
     default_rollback_export,
     rollback,
 )
-from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
-from checkpoint_assets.engine.selection import parse_thread_selection
-from checkpoint_assets.engine.sqlite_target import restore_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE, VerificationReport
-from checkpoint_assets.engine.verify_rollback import (
+from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
+from checkpoint_assets.engine.core.selection import parse_thread_selection
+from checkpoint_assets.engine.rollback.sqlite_target import restore_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE, VerificationReport
+from checkpoint_assets.engine.rollback.verify_rollback import (
     SQLITE_THREADS_NOT_IN_POSTGRES,
     verify_rollback,
 )

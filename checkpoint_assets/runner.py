@@ -46,10 +46,10 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.errors import FailureKind, Interrupted, MigrationError
-from checkpoint_assets.engine.interrupts import stop_requested
-from checkpoint_assets.engine.target import Target, scrub
-from checkpoint_assets.engine.workers import default_workers, process_pool
+from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
+from checkpoint_assets.engine.core.interrupts import stop_requested
+from checkpoint_assets.engine.load.target import Target, scrub
+from checkpoint_assets.engine.core.workers import default_workers, process_pool
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"

@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.embedded_postgres import temporary_database
-from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCH_SIZE_ENV,

@@ -27,12 +27,12 @@ from psycopg import sql
 
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.certificates import BatchCertificate
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch, verify_migration
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import compare_batch, verify_migration
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCHES_ASSET,

@@ -25,10 +25,10 @@ from dagster._core.storage.tags import (
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.loader import _lock_id
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch
+from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.load.loader import _lock_id
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import compare_batch
 from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
     WORKERS_ENV,

@@ -21,11 +21,11 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES, RollbackResource
 from checkpoint_assets.check_results import latest_check_evaluations
 from checkpoint_assets.definitions import build_definitions, defs
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sqlite_target import work_path
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify_rollback import SQLITE_THREADS_NOT_IN_POSTGRES
+from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.rollback.sqlite_target import work_path
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback.verify_rollback import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.partitions import (
     EXPORT_FILE_VERIFIES,
     RESTORED_BATCH_MATCHES_EXPORT,

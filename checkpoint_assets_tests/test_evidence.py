@@ -22,10 +22,10 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 
 from checkpoint_assets import cli
-from checkpoint_assets.engine.evidence import MAX_LISTED
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.verify.evidence import MAX_LISTED
+from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     CHECK_NAMES,

@@ -8,12 +8,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checkpoint_assets.engine.errors import ConflictError
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch
+from checkpoint_assets.engine.core.errors import ConflictError
+from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import compare_batch
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 

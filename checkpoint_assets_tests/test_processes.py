@@ -29,13 +29,13 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.embedded_postgres import dsn_for_database, temporary_database
-from checkpoint_assets.engine.export_file import (
+from checkpoint_assets.engine.export.export_file import (
     ExportManifest,
     read_manifest,
     write_export,
 )
-from checkpoint_assets.engine.loader import _lock_id
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.load.loader import _lock_id
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (
     TARGET_DSN_ENV,
     WORKERS_ENV,

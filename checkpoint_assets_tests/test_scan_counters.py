@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.target import STATISTICS_MIN_ROWS, TABLES, Target
-from checkpoint_assets.engine.verify import (
+from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.target import STATISTICS_MIN_ROWS, TABLES, Target
+from checkpoint_assets.engine.verify.checks import (
     compare_batch,
     compare_batches,
     verify_migration,

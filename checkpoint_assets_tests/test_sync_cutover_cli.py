@@ -40,10 +40,10 @@ from checkpoint_assets.cli import (
     build_parser,
     main,
 )
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import SYNC_ASSUMES, sync_target, wait_until_quiet
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_graph,
     open_sqlite_saver,

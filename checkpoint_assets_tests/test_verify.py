@@ -10,10 +10,10 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import (
+from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import (
     CONTENT_INTEGRITY,
     COUNT_MATCH,
     METADATA_INTEGRITY,

@@ -17,25 +17,25 @@ from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,
 )
-from checkpoint_assets.engine.errors import (
+from checkpoint_assets.engine.core.errors import (
     ConflictError,
     FailureKind,
     MigrationError,
     failure_kind,
 )
-from checkpoint_assets.engine.export_chain import ExportChain, load_chain
-from checkpoint_assets.engine.export_file import (
+from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.export.export_file import (
     ExportManifest,
     require_same_source,
 )
-from checkpoint_assets.engine.loader import (
+from checkpoint_assets.engine.load.loader import (
     BatchLoadResult,
     SyncApplyResult,
     apply_sync_batch,
     load_batch,
 )
-from checkpoint_assets.engine.target import TABLES, Target
-from checkpoint_assets.engine.verify import BatchComparison, compare_batch
+from checkpoint_assets.engine.load.target import TABLES, Target
+from checkpoint_assets.engine.verify.checks import BatchComparison, compare_batch
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,

@@ -27,18 +27,18 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.export_file import read_manifest
-from checkpoint_assets.engine.original_rows import OriginalRows
-from checkpoint_assets.engine.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback import (
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.export.export_file import read_manifest
+from checkpoint_assets.engine.rollback.original_rows import OriginalRows
+from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback.way_back import (
     ROLLBACK_EXPORT_SUFFIX,
     default_rollback_export,
 )
-from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
-from checkpoint_assets.engine.selection import parse_thread_selection
-from checkpoint_assets.engine.sqlite_target import (
+from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
+from checkpoint_assets.engine.core.selection import parse_thread_selection
+from checkpoint_assets.engine.rollback.sqlite_target import (
     connect_sqlite_target,
     discard_work_file,
     load_batch_into_sqlite,
@@ -47,9 +47,9 @@ from checkpoint_assets.engine.sqlite_target import (
     remove_deleted_threads,
     work_path,
 )
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import OFFICIAL_READBACK, check_spec
-from checkpoint_assets.engine.verify_rollback import (
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.checks import OFFICIAL_READBACK, check_spec
+from checkpoint_assets.engine.rollback.verify_rollback import (
     EXPORT_MATCHES_POSTGRES,
     ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
