@@ -355,7 +355,7 @@ def step_api_loop(source: str, dsn: str, limit: int | None) -> dict[str, Any]:
 
 def step_export(source: str, export: str) -> dict[str, Any]:
     """write_export of the whole corpus."""
-    from checkpoint_assets.engine.export.export_file import write_export
+    from checkpoint_assets.engine.export.writer import write_export
 
     started = time.perf_counter()
     manifest = write_export(source, export)
@@ -367,7 +367,7 @@ def step_export(source: str, export: str) -> dict[str, Any]:
 def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, Any]:
     """read_manifest + import_export into an empty database, with ``workers`` concurrent
     batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
-    from checkpoint_assets.engine.export.export_file import read_manifest
+    from checkpoint_assets.engine.export.reader import read_manifest
     from checkpoint_assets.engine.load.pipeline import import_export
     from checkpoint_assets.engine.load.target import Target
     from checkpoint_assets.engine.core.workers import workers_for
@@ -385,7 +385,7 @@ def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, 
 
 def step_profile_import(export: str, dsn: str) -> dict[str, Any]:
     """The import under cProfile (not a timing): the top functions by own time."""
-    from checkpoint_assets.engine.export.export_file import read_manifest
+    from checkpoint_assets.engine.export.reader import read_manifest
     from checkpoint_assets.engine.load.pipeline import import_export
     from checkpoint_assets.engine.load.target import Target
 
@@ -418,7 +418,7 @@ def _short(file: str) -> str:
 
 def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
     """verify_migration with the source and the default read-back sample."""
-    from checkpoint_assets.engine.export.export_file import read_manifest
+    from checkpoint_assets.engine.export.reader import read_manifest
     from checkpoint_assets.engine.load.target import Target
     from checkpoint_assets.engine.verify.checks import verify_migration
 

@@ -34,13 +34,10 @@ from checkpoint_assets.engine.sync.export_chain import (
     ExportChain,
     load_chain,
 )
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    iter_records,
-    require_same_source,
-    verify_export,
-    write_export,
-)
+from checkpoint_assets.engine.export.debug_dump import iter_records
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import require_same_source, verify_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.core.private_files import (

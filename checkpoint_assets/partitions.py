@@ -20,7 +20,7 @@ from checkpoint_assets.engine.core.batches import (
 from checkpoint_assets.engine.verify.certificates import BatchCertificate
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.sync.export_chain import ExportChain
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 
 # The engine's checks are the contract; re-exported here for the Dagster layer.
 from checkpoint_assets.engine.verify.checks import (  # noqa: F401

@@ -15,7 +15,7 @@ from typing import Any
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.verify.evidence import check_status, default_evidence_path
-from checkpoint_assets.engine.export.export_file import read_manifest, verify_export
+from checkpoint_assets.engine.export.reader import read_manifest, verify_export
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback.way_back import (

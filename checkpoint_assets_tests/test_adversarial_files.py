@@ -37,12 +37,8 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.engine.verify.content_view import source_view, target_view
-from checkpoint_assets.engine.export.export_file import (
-    read_batch,
-    read_manifest,
-    verify_export,
-    write_export,
-)
+from checkpoint_assets.engine.export.reader import read_batch, read_manifest, verify_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.engine.verify.checks import ExpectedBatch, target_rows
 from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT

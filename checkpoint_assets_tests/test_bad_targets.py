@@ -38,7 +38,8 @@ from psycopg.rows import dict_row
 from checkpoint_assets.cli import main
 from checkpoint_assets.embedded_postgres import ensure_database
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, TABLES, Target
 from checkpoint_assets.partitions import (

@@ -29,7 +29,8 @@ from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.verify.certificates import BatchCertificate
 from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import compare_batch, verify_migration

@@ -28,7 +28,8 @@ from checkpoint_assets.assets.imported_batches import (
 from checkpoint_assets.assets.staleness import OUT_OF_DATE
 from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
 from checkpoint_assets.definitions import build_definitions, defs
-from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.partitions import (
     ASSET_TAGS,

@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from checkpoint_assets.assets.publish import unpassed_checks
 from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
-from checkpoint_assets.engine.export.export_file import read_batch, read_manifest
+from checkpoint_assets.engine.export.reader import read_batch, read_manifest
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,

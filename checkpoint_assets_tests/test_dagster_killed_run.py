@@ -25,7 +25,8 @@ from dagster._core.storage.tags import (
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs
-from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import compare_batch

@@ -21,7 +21,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES, RollbackResource
 from checkpoint_assets.check_results import latest_check_evaluations
 from checkpoint_assets.definitions import build_definitions, defs
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.rollback.sqlite_target import work_path
 from checkpoint_assets.engine.load.target import Target

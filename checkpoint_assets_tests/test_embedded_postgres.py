@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from checkpoint_assets.embedded_postgres import HANDLE_PIDS_FILE
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import verify_migration

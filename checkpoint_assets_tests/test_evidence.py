@@ -23,7 +23,8 @@ from langgraph.graph import END, START, StateGraph
 
 from checkpoint_assets import cli
 from checkpoint_assets.engine.verify.evidence import MAX_LISTED
-from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (

@@ -15,20 +15,21 @@ import psycopg
 import pytest
 
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import (
+from checkpoint_assets.engine.export.debug_dump import iter_records
+from checkpoint_assets.engine.export.file_format import (
     END,
     FRAME_HEAD,
     MAGIC,
     TRAILER,
     ThreadDigest,
+)
+from checkpoint_assets.engine.export.reader import (
     export_thread_digests,
-    iter_records,
     read_batch,
     read_manifest,
-    thread_digests,
     verify_export,
-    write_export,
 )
+from checkpoint_assets.engine.export.writer import thread_digests, write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.load.target import Target

@@ -20,7 +20,8 @@ import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from checkpoint_assets.engine.export.export_file import verify_export, write_export
+from checkpoint_assets.engine.export.reader import verify_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import verify_migration

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from checkpoint_assets.engine.core.errors import ConflictError
-from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target

@@ -29,11 +29,9 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.embedded_postgres import dsn_for_database, temporary_database
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    read_manifest,
-    write_export,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (

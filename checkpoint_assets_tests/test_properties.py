@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from checkpoint_assets.embedded_postgres import temporary_database
 from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import TransientLoadError
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target

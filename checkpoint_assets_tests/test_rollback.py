@@ -31,7 +31,8 @@ from checkpoint_assets.engine.rollback import sqlite_target
 from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export.export_file import read_manifest, write_export
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.rollback.original_rows import ORIGINAL_BYTES
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.rollback.reverse_convert import (

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.load.target import STATISTICS_MIN_ROWS, TABLES, Target
 from checkpoint_assets.engine.verify.checks import (

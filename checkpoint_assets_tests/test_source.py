@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.export.sqlite_source import open_source
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.export.export_file import SqliteRows, write_export
+from checkpoint_assets.engine.export.writer import SqliteRows, write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.sync.sync_target import source_files_state, sync_target
 from checkpoint_assets.engine.load.target import Target

@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.sync.sync_target import sync_target
 from checkpoint_assets.engine.load.target import Target
@@ -507,11 +507,7 @@ def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
 def test_an_edited_source_state_is_refused(sample_db: Path, tmp_path: Path) -> None:
     """The S frame (what the next sync compares with) is covered by the footer: one changed
     byte and neither the state nor the file is accepted."""
-    from checkpoint_assets.engine.export.export_file import (
-        read_manifest,
-        read_state,
-        verify_export,
-    )
+    from checkpoint_assets.engine.export.reader import read_manifest, read_state, verify_export
 
     manifest = write_export(sample_db, tmp_path / "x.export")
     assert set(read_state(manifest).threads) == {

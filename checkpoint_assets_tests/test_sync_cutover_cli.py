@@ -40,7 +40,7 @@ from checkpoint_assets.cli import (
     build_parser,
     main,
 )
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets.engine.load.target import Target

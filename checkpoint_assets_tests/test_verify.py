@@ -10,7 +10,8 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from checkpoint_assets.engine.export.export_file import ExportManifest, write_export
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import (

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.export.export_file import write_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.checks import verify_migration

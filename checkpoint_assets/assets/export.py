@@ -21,12 +21,9 @@ from checkpoint_assets.engine.sync.export_chain import (
     load_chain,
     write_sync,
 )
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    export_thread_digests,
-    verify_export,
-    write_export,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import export_thread_digests, verify_export
+from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.sqlite_source import SourceCounts
 from checkpoint_assets.partitions import (

@@ -24,10 +24,8 @@ from checkpoint_assets.engine.core.errors import (
     failure_kind,
 )
 from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    require_same_source,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import require_same_source
 from checkpoint_assets.engine.load.loader import (
     BatchLoadResult,
     SyncApplyResult,

@@ -15,7 +15,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     scrubbed_traceback,
 )
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, failure_kind
-from checkpoint_assets.engine.export.export_file import read_manifest
+from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.load.publish import publish
 from checkpoint_assets.engine.verify.checks import compare_batch
 from checkpoint_assets.partitions import (

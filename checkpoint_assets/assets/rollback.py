@@ -29,7 +29,7 @@ from checkpoint_assets.assets.export import export_file_check, register_partitio
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.export.export_file import read_manifest
+from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback.way_back import (

@@ -18,7 +18,7 @@ from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_MET
 from checkpoint_assets.engine.core.errors import failure_kind
 from checkpoint_assets.engine.verify.evidence import BatchTiming, render_evidence
 from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.engine.verify.checks import (

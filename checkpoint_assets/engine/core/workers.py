@@ -22,7 +22,7 @@ from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type only: the core imports no capability package
-    from checkpoint_assets.engine.export.export_file import ExportManifest
+    from checkpoint_assets.engine.export.file_format import ExportManifest
 
 # A worker process takes a second or two to start; below this many batches it does not pay.
 PARALLEL_MIN_BATCHES = 10

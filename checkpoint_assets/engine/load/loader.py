@@ -37,7 +37,8 @@ from checkpoint_assets.engine.load.convert import (
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.sync.export_chain import ExportChain
-from checkpoint_assets.engine.export.export_file import ExportManifest, read_batch
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import read_batch
 from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.load.target import (
     COLUMNS,

@@ -14,7 +14,7 @@ from checkpoint_assets.engine.verify.evidence import (
     markdown_table,
     mismatch_section,
 )
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.verify.checks import VerificationReport
 
 TITLE = "Rollback evidence"

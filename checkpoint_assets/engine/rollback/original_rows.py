@@ -16,7 +16,7 @@ from pathlib import Path
 
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.sync.export_chain import ExportChain, batch_of, load_chain
-from checkpoint_assets.engine.export.export_file import read_batch
+from checkpoint_assets.engine.export.reader import read_batch
 from checkpoint_assets.engine.rollback.reverse_convert import (
     JSON_TEXT,
     KEY_ORDER,

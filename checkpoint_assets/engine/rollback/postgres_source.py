@@ -21,11 +21,8 @@ from checkpoint_assets.engine.load import superseded_table
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    Peekable,
-    write_export_rows,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import Peekable, write_export_rows
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.reverse_convert import restore_thread
 from checkpoint_assets.engine.core.rows import ThreadRows

@@ -29,11 +29,8 @@ from checkpoint_assets.engine.core.codec import same_value, unpack_opaque
 from checkpoint_assets.engine.verify.content_view import source_view
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    export_thread_digests,
-    read_batch,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import export_thread_digests, read_batch
 from checkpoint_assets.engine.core.private_files import PARTIAL_SUFFIX, remove_abandoned
 from checkpoint_assets.engine.rollback.reverse_convert import difference_reason
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow

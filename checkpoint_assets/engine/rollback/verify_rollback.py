@@ -30,12 +30,9 @@ import psycopg
 from checkpoint_assets.engine.verify.content_view import source_view
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    Peekable,
-    export_thread_digests,
-    read_batch,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import export_thread_digests, read_batch
+from checkpoint_assets.engine.export.writer import Peekable
 from checkpoint_assets.engine.verify.readback import compare_thread_readback
 from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.export.snapshot import private_snapshot

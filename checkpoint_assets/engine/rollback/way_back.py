@@ -14,7 +14,7 @@ from typing import Any
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback.sqlite_target import RestoreSummary, restore_export

@@ -48,21 +48,24 @@ from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.load.convert import convert_thread
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.export_file import (
-    GENERATION_SUFFIX,
+from checkpoint_assets.engine.export.file_format import (
     ExportManifest,
-    SourceState,
+    GENERATION_SUFFIX,
+    row_sha256,
+)
+from checkpoint_assets.engine.export.reader import (
     export_thread_digests,
     read_batch,
     read_manifest,
-    read_source_state,
     read_state,
     require_same_source,
-    row_sha256,
-    source_identity,
-    thread_digests,
-    write_generation,
 )
+from checkpoint_assets.engine.export.source_state import (
+    SourceState,
+    read_source_state,
+    source_identity,
+)
+from checkpoint_assets.engine.export.writer import thread_digests, write_generation
 from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.core.selection import refuse_missing_threads
 from checkpoint_assets.engine.export.sqlite_source import SourceDatabase, open_source

@@ -25,7 +25,7 @@ from checkpoint_assets.engine.sync.export_chain import (
     load_chain,
     write_sync,
 )
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.loader import (
     COLUMNS,
     SyncApplyResult,

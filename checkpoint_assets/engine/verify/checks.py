@@ -35,11 +35,9 @@ from checkpoint_assets.engine.verify.content_view import BatchView, source_view,
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.sync.export_chain import ExportChain
-from checkpoint_assets.engine.export.export_file import (
-    ExportManifest,
-    read_batch,
-    thread_digests,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import read_batch
+from checkpoint_assets.engine.export.writer import thread_digests
 from checkpoint_assets.engine.verify.readback import compare_thread_readback
 from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.export.snapshot import private_snapshot

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checkpoint_assets.engine.export.export_file import ExportManifest
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.engine.verify.checks import CheckOutcome, VerificationReport
 
