@@ -367,10 +367,10 @@ def step_export(source: str, export: str) -> dict[str, Any]:
 def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, Any]:
     """read_manifest + import_export into an empty database, with ``workers`` concurrent
     batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
+    from checkpoint_assets.engine.core.workers import workers_for
     from checkpoint_assets.engine.export.reader import read_manifest
     from checkpoint_assets.engine.load.pipeline import import_export
     from checkpoint_assets.engine.load.target import Target
-    from checkpoint_assets.engine.core.workers import workers_for
 
     started = time.perf_counter()
     manifest = read_manifest(export)
@@ -420,7 +420,7 @@ def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
     """verify_migration with the source and the default read-back sample."""
     from checkpoint_assets.engine.export.reader import read_manifest
     from checkpoint_assets.engine.load.target import Target
-    from checkpoint_assets.engine.verify.checks import verify_migration
+    from checkpoint_assets.engine.verify.migration import verify_migration
 
     started = time.perf_counter()
     manifest = read_manifest(export)
@@ -628,7 +628,8 @@ def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
     ``checkpoint-assets checks`` (a fresh process each time), and of the GraphQL query the
     batches asset's partitions page makes (PartitionHealthQuery, as the UI's bundle sends it)
     to ``dagster dev``; each UI_REPEATS times, the first cold."""
-    from checkpoint_assets.partitions import BATCHES_ASSET, EXPORT_ENV, SOURCE_ENV
+    from checkpoint_assets.partitions import BATCHES_ASSET
+    from checkpoint_assets.settings import EXPORT_ENV, SOURCE_ENV
     from checkpoint_assets_tests.dagster_dev_support import DagsterDev
 
     work = Path(workdir)

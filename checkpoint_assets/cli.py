@@ -22,30 +22,30 @@ from typing import Any
 from checkpoint_assets import __version__
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.verify.evidence import (
-    EVIDENCE_SUFFIX,
-    default_evidence_path,
-    every_mismatch,
-    render_evidence,
+from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
+from checkpoint_assets.engine.core.private_files import (
+    write_private_json,
+    write_private_text,
 )
+from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
+from checkpoint_assets.engine.core.workers import (
+    PARALLEL_MIN_BATCHES,
+    kill_workers,
+    workers_for,
+)
+from checkpoint_assets.engine.export.debug_dump import iter_records
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import require_same_source, verify_export
+from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.engine.sync.export_chain import (
     MASS_DELETION_MIN_THREADS,
     MASS_DELETION_SHARE,
     ExportChain,
     load_chain,
 )
-from checkpoint_assets.engine.export.debug_dump import iter_records
-from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.reader import require_same_source, verify_export
-from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
-from checkpoint_assets.engine.load.pipeline import import_export
-from checkpoint_assets.engine.core.private_files import (
-    write_private_json,
-    write_private_text,
-)
-from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
-from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.sync.sync_target import (
     SyncReport,
     source_files_state,
@@ -53,19 +53,19 @@ from checkpoint_assets.engine.sync.sync_target import (
     wait_until_quiet,
     with_live_migration_section,
 )
-from checkpoint_assets.engine.load.target import Target, scrub
-from checkpoint_assets.engine.verify.checks import (
+from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
+from checkpoint_assets.engine.verify.evidence import (
+    EVIDENCE_SUFFIX,
+    default_evidence_path,
+    every_mismatch,
+    render_evidence,
+)
+from checkpoint_assets.engine.verify.migration import (
     DEFAULT_READBACK_SAMPLE,
-    SOURCE_MATCHES_EXPORT,
     MissingTablesError,
-    VerificationReport,
     verify_migration,
 )
-from checkpoint_assets.engine.core.workers import (
-    PARALLEL_MIN_BATCHES,
-    kill_workers,
-    workers_for,
-)
+from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.progress import progress
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.rollback_cli import ROLLBACK_COMMANDS, add_rollback_commands

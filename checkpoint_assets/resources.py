@@ -16,12 +16,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
 from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, Target
-from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE
-from checkpoint_assets.partitions import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,

@@ -14,25 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.verify.evidence import check_status, default_evidence_path
+from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.reader import read_manifest, verify_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback.sqlite_target import restore_export
+from checkpoint_assets.engine.rollback.verify_rollback import verify_rollback
 from checkpoint_assets.engine.rollback.way_back import (
     ROLLBACK_EXPORT_SUFFIX,
     RollbackNotVerified,
     default_rollback_export,
     rollback,
 )
-from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
-from checkpoint_assets.engine.core.selection import parse_thread_selection
-from checkpoint_assets.engine.rollback.sqlite_target import restore_export
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE, VerificationReport
-from checkpoint_assets.engine.rollback.verify_rollback import (
-    SQLITE_THREADS_NOT_IN_POSTGRES,
-    verify_rollback,
-)
+from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
+from checkpoint_assets.engine.verify.evidence import check_status, default_evidence_path
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     TARGET_DSN_ENV,

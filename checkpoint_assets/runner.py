@@ -48,8 +48,8 @@ from checkpoint_assets.check_results import (
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
 from checkpoint_assets.engine.core.interrupts import stop_requested
-from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.engine.core.workers import default_workers, process_pool
+from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -58,12 +58,11 @@ from checkpoint_assets.partitions import (
     FRONT_END_TAG,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
 from checkpoint_assets.resources import build_resources
-from checkpoint_assets.settings import Settings
+from checkpoint_assets.settings import TARGET_DSN_ENV, Settings
 
 
 def project_instance() -> dg.DagsterInstance:

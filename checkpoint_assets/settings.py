@@ -17,7 +17,7 @@ from dotenv import dotenv_values
 
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"

@@ -27,7 +27,6 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from checkpoint_assets.engine.core.codec import pack_opaque, unpack_opaque
-from checkpoint_assets.engine.rollback.reverse_convert import KEY_ORDER, difference_reason
 from checkpoint_assets.engine.core.rows import CheckpointRow
 from checkpoint_assets.engine.core.versions import (
     CONTENT,
@@ -36,6 +35,7 @@ from checkpoint_assets.engine.core.versions import (
     SUPERSEDED_TABLE,
     classify,
 )
+from checkpoint_assets.engine.rollback.reverse_convert import KEY_ORDER, difference_reason
 from checkpoint_assets_tests.evolving_app import EvolvingApp
 from checkpoint_assets_tests.test_cli import run
 

@@ -42,12 +42,8 @@ from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, TABLES, Target
-from checkpoint_assets.partitions import (
-    BATCH_MATCHES_EXPORT,
-    BATCH_PARTITIONS_NAME,
-    BATCHES_ASSET,
-    TARGET_DSN_ENV,
-)
+from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT, BATCH_PARTITIONS_NAME, BATCHES_ASSET
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 from checkpoint_assets_tests.dagster_support import (
     check_results,

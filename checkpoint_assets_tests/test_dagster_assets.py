@@ -43,7 +43,6 @@ from checkpoint_assets.partitions import (
     OWNERS,
     PUBLISH_ASSET,
     PUBLISHED_MATCHES_EXPORT,
-    TARGET_DSN_ENV,
     TARGET_POOL,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
@@ -53,6 +52,7 @@ from checkpoint_assets.partitions import (
     partition_keys,
 )
 from checkpoint_assets.runner import migrate_in_process
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.dagster_support import (
     check_results,
     definitions,

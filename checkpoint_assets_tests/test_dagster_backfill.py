@@ -25,10 +25,10 @@ from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCHES_ASSET,
     EXPORT_ASSET,
-    TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
 from checkpoint_assets.runner import backfill_in_process, migrate_in_process
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,

@@ -23,9 +23,9 @@ from checkpoint_assets.check_results import latest_check_evaluations
 from checkpoint_assets.definitions import build_definitions, defs
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
-from checkpoint_assets.engine.rollback.sqlite_target import work_path
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.rollback.verify_rollback import SQLITE_THREADS_NOT_IN_POSTGRES
+from checkpoint_assets.engine.rollback.sqlite_target import work_path
+from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.partitions import (
     EXPORT_FILE_VERIFIES,
     RESTORED_BATCH_MATCHES_EXPORT,

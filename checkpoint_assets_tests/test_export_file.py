@@ -29,9 +29,9 @@ from checkpoint_assets.engine.export.reader import (
     read_manifest,
     verify_export,
 )
+from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.export.writer import thread_digests, write_export
 from checkpoint_assets.engine.load.loader import load_batch
-from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.load.target import Target
 
 

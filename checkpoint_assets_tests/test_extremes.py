@@ -24,7 +24,7 @@ from checkpoint_assets.engine.export.reader import verify_export
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import verify_migration
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 TWENTY_MB = 20 * 1024 * 1024
 

@@ -30,7 +30,8 @@ from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import TransientLoadError, _lock_id, load_batch
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import compare_batch, verify_migration
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]

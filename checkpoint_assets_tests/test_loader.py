@@ -14,7 +14,7 @@ from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import load_batch
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import compare_batch
+from checkpoint_assets.engine.verify.comparison import compare_batch
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 

@@ -34,11 +34,8 @@ from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import _lock_id
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.partitions import (
-    TARGET_DSN_ENV,
-    WORKERS_ENV,
-    partition_keys_by_batch,
-)
+from checkpoint_assets.partitions import partition_keys_by_batch
+from checkpoint_assets.settings import TARGET_DSN_ENV, WORKERS_ENV
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _batch_state, _dbname, _wait_for_backend
 

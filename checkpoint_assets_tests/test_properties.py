@@ -38,7 +38,7 @@ from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.loader import TransientLoadError
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import verify_migration
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=200,
                              suppress_health_check=[HealthCheck.too_slow])

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.writer import write_export
 
 
 def _fingerprints(db: Path) -> dict[str, str]:

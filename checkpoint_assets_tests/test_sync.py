@@ -27,12 +27,12 @@ from langgraph.constants import ERROR
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.sync.export_chain import load_chain
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
-from checkpoint_assets.engine.sync.sync_target import sync_target
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import verify_migration
+from checkpoint_assets.engine.sync.export_chain import load_chain
+from checkpoint_assets.engine.sync.sync_target import sync_target
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import (
     QUOTED_THREAD_ID,
     RICH_RESUME_VALUES,

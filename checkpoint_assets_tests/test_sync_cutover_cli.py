@@ -42,8 +42,8 @@ from checkpoint_assets.cli import (
 )
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
-from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_graph,
     open_sqlite_saver,

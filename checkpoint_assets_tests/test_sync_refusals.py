@@ -27,6 +27,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.sync.export_chain import (
     MassDeletion,
     SourceWentBackwards,
@@ -35,7 +36,6 @@ from checkpoint_assets.engine.sync.export_chain import (
     write_sync,
 )
 from checkpoint_assets.engine.sync.sync_target import sync_target
-from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets_tests.corpus_graphs import open_sqlite_saver
 from checkpoint_assets_tests.test_sync import (
     delete,

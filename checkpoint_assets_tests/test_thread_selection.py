@@ -17,12 +17,12 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.cli import EXIT_BAD_INPUT, main
+from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.source_state import read_source_state
+from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.export.writer import write_export, write_generation
 from checkpoint_assets.engine.load.pipeline import import_export
-from checkpoint_assets.engine.core.selection import parse_thread_selection
-from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.load.target import TABLES, Target
 
 HELD = ["support-000", "support-001"]  # threads of the sample database

@@ -14,15 +14,15 @@ from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import (
+from checkpoint_assets.engine.verify.check_table import (
     CONTENT_INTEGRITY,
     COUNT_MATCH,
     METADATA_INTEGRITY,
     OFFICIAL_READBACK,
     RESUMABLE_ON_POSTGRES,
     SOURCE_MATCHES_EXPORT,
-    verify_migration,
 )
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests import corpus_graphs as cg
 
 

@@ -25,7 +25,7 @@ from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import verify_migration
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests import corpus_graphs as cg
 
 AES_KEY = b"0123456789abcdef0123456789abcdef"

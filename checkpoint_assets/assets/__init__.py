@@ -9,8 +9,3 @@ from checkpoint_assets.assets.verification import migration_verification
 
 CORE_ASSETS = (checkpoint_export, imported_checkpoint_batches, migration_verification)
 STAGING_ASSETS = (published_checkpoints,)
-
-__all__ = [
-    "CORE_ASSETS", "ROLLBACK_ASSETS", "STAGING_ASSETS", "checkpoint_export",
-    "imported_checkpoint_batches", "migration_verification", "published_checkpoints",
-]

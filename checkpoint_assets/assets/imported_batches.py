@@ -23,7 +23,6 @@ from checkpoint_assets.engine.core.errors import (
     MigrationError,
     failure_kind,
 )
-from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import require_same_source
 from checkpoint_assets.engine.load.loader import (
@@ -33,7 +32,9 @@ from checkpoint_assets.engine.load.loader import (
     load_batch,
 )
 from checkpoint_assets.engine.load.target import TABLES, Target
-from checkpoint_assets.engine.verify.checks import BatchComparison, compare_batch
+from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.reports import BatchComparison
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,

@@ -17,7 +17,7 @@ from checkpoint_assets.assets.dagster_metadata import (
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, failure_kind
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.load.publish import publish
-from checkpoint_assets.engine.verify.checks import compare_batch
+from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,

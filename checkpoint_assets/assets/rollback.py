@@ -27,17 +27,15 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
+from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback.way_back import (
-    ROLLBACK_EXPORT_SUFFIX,
-    default_rollback_export,
-)
-from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
-from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.rollback.sqlite_target import (
     connect_sqlite_target,
     discard_work_file,
@@ -47,30 +45,29 @@ from checkpoint_assets.engine.rollback.sqlite_target import (
     remove_deleted_threads,
     work_path,
 )
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import OFFICIAL_READBACK, check_spec
-from checkpoint_assets.engine.rollback.verify_rollback import (
+from checkpoint_assets.engine.rollback.verify_rollback import compare_sqlite_batch, verify_rollback
+from checkpoint_assets.engine.rollback.way_back import (
+    ROLLBACK_EXPORT_SUFFIX,
+    default_rollback_export,
+)
+from checkpoint_assets.engine.verify.check_table import (
     EXPORT_MATCHES_POSTGRES,
+    OFFICIAL_READBACK,
     ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
     SQLITE_THREADS_NOT_IN_POSTGRES,
-    compare_sqlite_batch,
-    verify_rollback,
+    check_spec,
 )
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
-    DEFAULT_BATCH_SIZE,
     EXPORT_FILE_VERIFIES,
     OWNERS,
     POSTGRES_KIND,
     RESTORED_BATCH_MATCHES_EXPORT,
     RESTORED_BATCHES_ASSET,
     ROLLBACK_EXPORT_ASSET,
-    ROLLBACK_EXPORT_ENV,
     ROLLBACK_GROUP_NAME,
     ROLLBACK_PARTITIONS_NAME,
-    ROLLBACK_THREADS_ENV,
-    ROLLBACK_TO_ENV,
     ROLLBACK_VERIFICATION_ASSET,
     SQLITE_KIND,
     TARGET_POOL,
@@ -83,8 +80,11 @@ from checkpoint_assets.settings import (
     AES_KEY_ENV,
     READBACK_ALL,
     READBACK_THREADS_ENV,
+    ROLLBACK_EXPORT_ENV,
     ROLLBACK_ORIGINAL_EXPORT_ENV,
     ROLLBACK_REMOVE_DELETED_THREADS_ENV,
+    ROLLBACK_THREADS_ENV,
+    ROLLBACK_TO_ENV,
 )
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,

@@ -35,4 +35,3 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
                           sort_keys=sort_keys)
     return data.decode("utf-8")
-

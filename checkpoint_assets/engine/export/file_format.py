@@ -173,12 +173,14 @@ def array_body(payload: bytes | memoryview) -> tuple[int, int]:
         return int.from_bytes(payload[1:5], "big"), 5
     raise ValueError("not a msgpack array")
 
+
 def rows_digest(*payloads: bytes | memoryview) -> Any:
     """The thread digest of rows frames: their elements' bytes, without the array headers."""
     digest = hashlib.sha256()
     for payload in payloads:
         digest.update(memoryview(payload)[array_body(payload)[1]:])
     return digest
+
 
 def footer_digest(footer: dict[str, Any]) -> str:
     body = {k: v for k, v in footer.items() if k != "footer_sha256"}

@@ -13,7 +13,6 @@ import ormsgpack
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.export.file_format import (
-    V1_START,
     BATCH,
     BATCH_END,
     CHECKPOINTS,
@@ -29,6 +28,7 @@ from checkpoint_assets.engine.export.file_format import (
     STATE,
     THREAD,
     TRAILER,
+    V1_START,
     WRITES,
     BatchEntry,
     ExportManifest,

@@ -64,6 +64,7 @@ class SourceState:
             content.update(pack_opaque([tid, self.threads[tid][self.SHA]]))
         return content.hexdigest()
 
+
 def source_identity(source: SourceDatabase) -> dict[str, Any]:
     """What identifies a SQLite database beyond the path it was given by (the header's
     ``source.identity``, written since issue 21; older headers have none and are read).
@@ -89,6 +90,7 @@ def source_identity(source: SourceDatabase) -> dict[str, Any]:
                                                         row_sha256(first[1])]
     return {"resolved_path": os.path.realpath(source.path), "device": stat.st_dev,
             "inode": stat.st_ino, "first_rows": first_rows}
+
 
 def read_source_state(source: SourceDatabase, selection: Sequence[str] | None = None,
                       ) -> SourceState:

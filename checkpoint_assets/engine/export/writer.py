@@ -186,6 +186,7 @@ def write_export_rows(
     _write_file(export_path, header, rows.threads(), None, batch_size, progress, 0)
     return read_manifest(export_path)
 
+
 def write_generation(source: SourceDatabase, export_path: Path, threads: Iterator[ThreadRows],
                      state: SourceState, *, header: dict[str, Any], batch_size: int,
                      progress: Any = None, generation: int = 0) -> None:

@@ -24,8 +24,13 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
-from checkpoint_assets.engine.load import superseded_table
 from checkpoint_assets.engine.core.checkpoint_metadata import MetadataChange
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.core.rows import ThreadRows
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import read_batch
+from checkpoint_assets.engine.load import superseded_table
 from checkpoint_assets.engine.load.convert import (
     ConvertedThread,
     JsonText,
@@ -34,12 +39,6 @@ from checkpoint_assets.engine.load.convert import (
     decode_thread,
     split_type,
 )
-from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.sync.export_chain import ExportChain
-from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.reader import read_batch
-from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.load.target import (
     COLUMNS,
     PRIMARY_KEYS,
@@ -48,7 +47,8 @@ from checkpoint_assets.engine.load.target import (
     refresh_statistics,
     scrub,
 )
-from checkpoint_assets.engine.verify.checks import remember_loaded_batch
+from checkpoint_assets.engine.sync.export_chain import ExportChain
+from checkpoint_assets.engine.verify.expected_views import remember_loaded_batch
 
 # Columns whose equality means "the same row"; the writes' task_path is part of content.
 CONTENT_COLUMNS: dict[str, tuple[str, ...]] = {

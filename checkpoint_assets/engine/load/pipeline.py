@@ -10,10 +10,10 @@ from itertools import islice
 
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import Interrupted
+from checkpoint_assets.engine.core.workers import process_pool
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.loader import BatchLoadResult, load_batch
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.core.workers import process_pool
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 

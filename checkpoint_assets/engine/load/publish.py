@@ -72,4 +72,3 @@ def publish(staging: Target, target: Target, cipher: Cipher | None = None) -> Pu
         ) from None
     refresh_statistics_of(target)  # the batch checks that follow look threads up by key
     return PublishResult(inserted, present, time.perf_counter() - started)
-

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.verify.evidence import (
     MAX_LISTED,
     checks_section,
@@ -14,8 +15,7 @@ from checkpoint_assets.engine.verify.evidence import (
     markdown_table,
     mismatch_section,
 )
-from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.verify.checks import VerificationReport
+from checkpoint_assets.engine.verify.reports import VerificationReport
 
 TITLE = "Rollback evidence"
 

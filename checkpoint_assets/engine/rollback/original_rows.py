@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 
 from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.sync.export_chain import ExportChain, batch_of, load_chain
+from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows
 from checkpoint_assets.engine.export.reader import read_batch
 from checkpoint_assets.engine.rollback.reverse_convert import (
     JSON_TEXT,
@@ -24,7 +24,7 @@ from checkpoint_assets.engine.rollback.reverse_convert import (
     SAME_BYTES,
     difference_reason,
 )
-from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows
+from checkpoint_assets.engine.sync.export_chain import ExportChain, batch_of, load_chain
 
 # Reasons that mean "the same content, other bytes": the original's bytes may stand in.
 SAME_CONTENT = (KEY_ORDER, NEW_NONCE, JSON_TEXT)

@@ -17,16 +17,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from checkpoint_assets.engine.load import superseded_table
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.writer import Peekable, write_export_rows
-from checkpoint_assets.engine.rollback.original_rows import OriginalRows
-from checkpoint_assets.engine.rollback.reverse_convert import restore_thread
 from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.core.selection import refuse_missing_threads
+from checkpoint_assets.engine.core.versions import SUPERSEDED_TABLE
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import Peekable, write_export_rows
+from checkpoint_assets.engine.load import superseded_table
 from checkpoint_assets.engine.load.superseded_table import SUPERSEDED_COLUMNS, SUPERSEDED_KEY
 from checkpoint_assets.engine.load.target import (
     LATEST_SCHEMA_VERSION,
@@ -35,7 +34,8 @@ from checkpoint_assets.engine.load.target import (
     redact_dsn,
     scrub,
 )
-from checkpoint_assets.engine.core.versions import SUPERSEDED_TABLE
+from checkpoint_assets.engine.rollback.original_rows import OriginalRows
+from checkpoint_assets.engine.rollback.reverse_convert import restore_thread
 
 # Rows fetched per round trip from each server-side cursor.
 CURSOR_ITERSIZE = 2000

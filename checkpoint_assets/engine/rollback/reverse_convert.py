@@ -40,10 +40,10 @@ from checkpoint_assets.engine.core.codec import (
     pack_opaque,
     unpack_opaque,
 )
-from checkpoint_assets.engine.load.convert import REFUSED_TYPES, split_type
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.load.convert import REFUSED_TYPES, split_type
 
 # The order LangGraph's Checkpoint keys are written in (create_checkpoint, v<4 too); keys
 # it does not know follow in the order JSONB gives them.

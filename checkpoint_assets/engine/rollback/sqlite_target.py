@@ -26,19 +26,19 @@ from typing import Any
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from checkpoint_assets.engine.core.codec import same_value, unpack_opaque
-from checkpoint_assets.engine.verify.content_view import source_view
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.core.private_files import PARTIAL_SUFFIX, remove_abandoned
+from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import export_thread_digests, read_batch
-from checkpoint_assets.engine.core.private_files import PARTIAL_SUFFIX, remove_abandoned
-from checkpoint_assets.engine.rollback.reverse_convert import difference_reason
-from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.export.sqlite_source import (
     CHECKPOINT_COLUMNS,
     SQLITE_HEADER,
     WRITE_COLUMNS,
 )
+from checkpoint_assets.engine.rollback.reverse_convert import difference_reason
+from checkpoint_assets.engine.verify.content_view import source_view
 
 BUSY_TIMEOUT_SECONDS = 10.0  # how long a batch waits for a writer to let go
 EXPECTED = ("a LangGraph SqliteSaver database (tables 'checkpoints' and 'writes' with "

@@ -27,35 +27,31 @@ from typing import Any
 
 import psycopg
 
-from checkpoint_assets.engine.verify.content_view import source_view
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.rows import ThreadRows
+from checkpoint_assets.engine.core.workers import workers_for
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import export_thread_digests, read_batch
-from checkpoint_assets.engine.export.writer import Peekable
-from checkpoint_assets.engine.verify.readback import compare_thread_readback
-from checkpoint_assets.engine.core.rows import ThreadRows
 from checkpoint_assets.engine.export.snapshot import private_snapshot
 from checkpoint_assets.engine.export.sqlite_source import open_source, require_sqlite_file
-from checkpoint_assets.engine.rollback.sqlite_target import read_thread, threads_postgres_lacks
+from checkpoint_assets.engine.export.writer import Peekable
 from checkpoint_assets.engine.load.target import Target, scrub
-from checkpoint_assets.engine.verify.checks import (
-    DEFAULT_READBACK_SAMPLE,
-    MAX_LISTED,
+from checkpoint_assets.engine.rollback.sqlite_target import read_thread, threads_postgres_lacks
+from checkpoint_assets.engine.verify.check_table import (
+    EXPORT_MATCHES_POSTGRES,
     OFFICIAL_READBACK,
+    ROLLBACK_COUNT_MATCH,
+    SQLITE_MATCHES_EXPORT,
+    SQLITE_THREADS_NOT_IN_POSTGRES,
     CheckOutcome,
-    CheckSpec,
-    VerificationReport,
-    compare_batches,
-    readback_sample,
-    register_check_specs,
 )
-from checkpoint_assets.engine.core.workers import workers_for
+from checkpoint_assets.engine.verify.comparison import compare_batches
+from checkpoint_assets.engine.verify.content_view import source_view
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.verify.readback import compare_thread_readback, readback_sample
+from checkpoint_assets.engine.verify.reports import MAX_LISTED, VerificationReport
 
-ROLLBACK_COUNT_MATCH = "rollback_count_match"
-EXPORT_MATCHES_POSTGRES = "export_matches_postgres"
-SQLITE_MATCHES_EXPORT = "sqlite_matches_export"
-SQLITE_THREADS_NOT_IN_POSTGRES = "sqlite_threads_not_in_postgres"
 COUNTED = ("checkpoints", "checkpoint_writes")
 
 
@@ -267,38 +263,3 @@ def _content_difference(exported: ThreadRows, present: ThreadRows,
         return (f"{len(lacking)} exported checkpoint(s) missing, {len(extra)} not in the "
                 "export")
     return "content differs from the export"
-
-
-def _judged_in_verify_rollback(findings: Any) -> CheckOutcome:
-    raise AssertionError("rollback checks are judged by verify_rollback")
-
-
-register_check_specs((
-    CheckSpec(
-        ROLLBACK_COUNT_MATCH,
-        "Checkpoints and writes of the exported threads: PostgreSQL = export = SQLite, in "
-        "total and per batch.",
-        "Content: equal counts can hide changed values (the other checks compare them).",
-        _judged_in_verify_rollback),
-    CheckSpec(
-        EXPORT_MATCHES_POSTGRES,
-        "Every exported checkpoint, converted the forward way, equals PostgreSQL's: channel "
-        "values, versions, parent link, metadata; every pending write byte for byte.",
-        "Rows written to PostgreSQL after the export's snapshot.",
-        _judged_in_verify_rollback),
-    CheckSpec(
-        SQLITE_MATCHES_EXPORT,
-        "Every exported thread in the SQLite file holds the export's rows byte for byte, "
-        "or rows that were already there with the same content.",
-        "Threads of the SQLite file that are not in the export (see "
-        f"{SQLITE_THREADS_NOT_IN_POSTGRES}).",
-        _judged_in_verify_rollback),
-    CheckSpec(
-        SQLITE_THREADS_NOT_IN_POSTGRES,
-        "The SQLite file holds no thread that PostgreSQL no longer has (deleted there after "
-        "the cutover, e.g. an erasure request); threads the rollback removed for that reason "
-        "(--remove-deleted-threads) are named. A warning: such a thread is kept as it was.",
-        "Threads PostgreSQL deleted after the export's snapshot; whether a kept thread may "
-        "stay (the rollback cannot know why PostgreSQL deleted it).",
-        _judged_in_verify_rollback, warning=True),
-))

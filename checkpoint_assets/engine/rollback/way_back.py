@@ -15,12 +15,13 @@ from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback.sqlite_target import RestoreSummary, restore_export
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.verify.checks import DEFAULT_READBACK_SAMPLE, VerificationReport
 from checkpoint_assets.engine.rollback.verify_rollback import verify_rollback
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.verify.reports import VerificationReport
 
 ROLLBACK_EXPORT_SUFFIX = ".rollback.export"
 

@@ -45,12 +45,13 @@ from functools import cached_property
 from pathlib import Path
 
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
-from checkpoint_assets.engine.load.convert import convert_thread
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.rows import ThreadRows
+from checkpoint_assets.engine.core.selection import refuse_missing_threads
 from checkpoint_assets.engine.export.file_format import (
-    ExportManifest,
     GENERATION_SUFFIX,
+    ExportManifest,
     row_sha256,
 )
 from checkpoint_assets.engine.export.reader import (
@@ -65,10 +66,9 @@ from checkpoint_assets.engine.export.source_state import (
     read_source_state,
     source_identity,
 )
-from checkpoint_assets.engine.export.writer import thread_digests, write_generation
-from checkpoint_assets.engine.core.rows import ThreadRows
-from checkpoint_assets.engine.core.selection import refuse_missing_threads
 from checkpoint_assets.engine.export.sqlite_source import SourceDatabase, open_source
+from checkpoint_assets.engine.export.writer import thread_digests, write_generation
+from checkpoint_assets.engine.load.convert import convert_thread
 
 # A sync that finds more than this share of the chain's threads deleted, and at least
 # MASS_DELETION_MIN_THREADS of them (or every thread), needs allow_mass_deletion: an
@@ -520,3 +520,8 @@ def _identity_note(chain: ExportChain, source: SourceDatabase) -> str:
             notes.append(f"the first {table} row it held (rowid {first[0]}, thread "
                          f"{first[1]!r}) is not the first row now")
     return " Identity: " + "; ".join(notes) + "."
+
+
+def as_chain(expected: ExportManifest | ExportChain) -> ExportChain:
+    """The chain of an export (itself when it is a chain already)."""
+    return expected if isinstance(expected, ExportChain) else ExportChain([expected])

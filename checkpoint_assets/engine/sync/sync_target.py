@@ -18,14 +18,9 @@ from psycopg import sql
 
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError, TimedOut
-from checkpoint_assets.engine.verify.evidence import markdown_cell
-from checkpoint_assets.engine.sync.export_chain import (
-    ExportChain,
-    SyncResult,
-    load_chain,
-    write_sync,
-)
+from checkpoint_assets.engine.core.private_files import write_private_text
 from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.snapshot import source_files
 from checkpoint_assets.engine.load.loader import (
     COLUMNS,
     SyncApplyResult,
@@ -33,9 +28,14 @@ from checkpoint_assets.engine.load.loader import (
     apply_sync_batch,
     load_live_threads,
 )
-from checkpoint_assets.engine.core.private_files import write_private_text
-from checkpoint_assets.engine.export.snapshot import source_files
 from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.sync.export_chain import (
+    ExportChain,
+    SyncResult,
+    load_chain,
+    write_sync,
+)
+from checkpoint_assets.engine.verify.evidence import markdown_cell
 
 # What a sync takes for granted, said in its output (the README's reliability section too).
 SYNC_ASSUMES = ("A sync finds changes by SQLite rowid fingerprints: a row changed in place by "

@@ -26,15 +26,15 @@ from checkpoint_assets.engine.core.codec import (
     unpack_opaque,
     valid_utf8,
 )
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.rows import ThreadRows
+from checkpoint_assets.engine.core.versions import FirstValues
 from checkpoint_assets.engine.load.convert import (
     DecodedCheckpoint,
     checkpoint_metadata,
     decode_thread,
     split_type,
 )
-from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.core.rows import ThreadRows
-from checkpoint_assets.engine.core.versions import FirstValues
 
 CheckpointKey = tuple[str, str, str]
 WriteKey = tuple[str, str, str, str, int]

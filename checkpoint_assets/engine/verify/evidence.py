@@ -18,7 +18,8 @@ from typing import Any
 
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.target import TABLES
-from checkpoint_assets.engine.verify.checks import CheckOutcome, VerificationReport
+from checkpoint_assets.engine.verify.check_table import CheckOutcome
+from checkpoint_assets.engine.verify.reports import VerificationReport
 
 DEFAULT_TITLE = "Migration evidence"
 EVIDENCE_SUFFIX = ".evidence.md"

@@ -22,6 +22,7 @@ the saver's error; only database errors stop the comparison.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
@@ -42,9 +43,11 @@ from psycopg.rows import dict_row
 from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.workers import process_pool
+from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.snapshot import private_snapshot
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.core.workers import process_pool
+from checkpoint_assets.engine.sync.export_chain import ExportChain, as_chain
 
 # Below this many threads a second process does not pay for its start.
 PARALLEL_MIN_THREADS = 200
@@ -266,3 +269,12 @@ def canonical(value: Any) -> Any:
     if hasattr(value, "__dict__") and not isinstance(value, type):
         return ("object", type(value).__qualname__, canonical(vars(value)))
     return value
+
+
+def readback_sample(manifest: ExportManifest | ExportChain, size: int | None) -> list[str]:
+    """Threads to read back through the official savers: all (size None) or a fixed sample."""
+    chain = as_chain(manifest)
+    threads = [tid for tid, _, _, _ in chain.thread_digests()]
+    if size is None or size >= len(threads):
+        return threads
+    return sorted(random.Random(chain.content_sha256).sample(threads, size))
