@@ -29,7 +29,7 @@ from checkpoint_assets.engine.verify.expected_views import (
     view_counts,
 )
 from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
-from checkpoint_assets.engine.verify.takeover import take_over_certified, taken_over
+from checkpoint_assets.engine.verify.takeover import earlier_comparison_now, take_over_certified
 
 
 def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list, list]:
@@ -76,7 +76,7 @@ def compare_batch(
             return compare_batch(target, manifest, key, cipher, own, threads, earlier,
                                  certify)
     if certify and earlier is not None:
-        taken_over = taken_over(conn, earlier, threads)
+        taken_over = earlier_comparison_now(conn, earlier, threads)
         if taken_over is not None:
             return taken_over
     expected = expected_batch(manifest, key, cipher, threads)

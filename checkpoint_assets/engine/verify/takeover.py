@@ -27,7 +27,7 @@ from checkpoint_assets.engine.verify.certificates import (
 from checkpoint_assets.engine.verify.reports import BatchComparison
 
 
-def taken_over(conn: Any, earlier: BatchComparison,
+def earlier_comparison_now(conn: Any, earlier: BatchComparison,
                 threads: frozenset[str] | None) -> BatchComparison | None:
     """``earlier`` (a certified pass of the same export batch) for the batch's threads now
     (``threads``: those a later generation did not take away; None: all of them), when
