@@ -32,14 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_assets.cli import (
-    EXIT_MISMATCH,
-    EXIT_OK,
-    EXIT_TIMED_OUT,
-    EXIT_USAGE,
-    build_parser,
-    main,
-)
+from checkpoint_assets.cli import main
+from checkpoint_assets.cli.exit_status import EXIT_MISMATCH, EXIT_OK, EXIT_TIMED_OUT, EXIT_USAGE
+from checkpoint_assets.cli.parser import build_parser
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.cli import EXIT_BAD_INPUT, main
+from checkpoint_assets.cli import main
+from checkpoint_assets.cli.exit_status import EXIT_BAD_INPUT
 from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.source_state import read_source_state
