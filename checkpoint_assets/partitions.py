@@ -131,7 +131,7 @@ def batches_with_a_passed_check(instance: dg.DagsterInstance, check_key: dg.Asse
             and info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
 
 
-# The batch check's metadata entry holding its certificate (engine/certificates.py).
+# The batch check's metadata entry holding its certificate (engine/verify/certificates.py).
 CERTIFICATE_METADATA = "certificate"
 _HISTORY_PAGE = 500
 

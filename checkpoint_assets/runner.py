@@ -12,7 +12,6 @@ runs recorded is read back by check_results.py.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -62,7 +61,12 @@ from checkpoint_assets.partitions import (
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
 from checkpoint_assets.resources import build_resources
-from checkpoint_assets.settings import TARGET_DSN_ENV, Settings
+from checkpoint_assets.settings import (
+    TARGET_DSN_ENV,
+    Settings,
+    env_value,
+    target_dsn_in_environment,
+)
 
 
 def project_instance() -> dg.DagsterInstance:
@@ -190,8 +194,8 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             USER_TAG: f"checkpoint-assets {result.command}"}
     defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
-    with _dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
-        dsn = os.environ.get(TARGET_DSN_ENV, "")
+    with target_dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
+        dsn = env_value(TARGET_DSN_ENV) or ""
         runs = _Runs(settings, job, inst, tags, dsn)
 
         def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
@@ -457,23 +461,6 @@ def _console_log(level: str) -> dict[str, Any]:
     CHECKPOINT_ASSETS_LOG_LEVEL."""
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
-
-@contextmanager
-def _dsn_in_environment(dsn: str | None) -> Iterator[None]:
-    """The settings' DSN as CHECKPOINT_ASSETS_TARGET_DSN while the runs execute: the
-    resources read it only through dg.EnvVar (never shown), and worker processes inherit
-    it."""
-    previous = os.environ.get(TARGET_DSN_ENV)
-    if dsn:
-        os.environ[TARGET_DSN_ENV] = dsn
-    try:
-        yield
-    finally:
-        if dsn:
-            if previous is None:
-                os.environ.pop(TARGET_DSN_ENV, None)
-            else:
-                os.environ[TARGET_DSN_ENV] = previous
 
 
 @contextmanager

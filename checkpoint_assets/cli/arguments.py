@@ -5,7 +5,6 @@ evidence paths, the PostgreSQL source of the way back.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from checkpoint_assets.engine.core.crypto import Cipher
@@ -18,13 +17,13 @@ from checkpoint_assets.settings import (
     AES_KEY_ENV,
     TARGET_DSN_ENV,
     Settings,
+    aes_key,
 )
 
 
 def cipher_of(args: argparse.Namespace) -> Cipher | None:
     """The EncryptedSerializer cipher of the key in --aes-key-env's variable, or None."""
-    # --aes-key-env names the variable: read here, not in Settings (its name is the user's).
-    key = os.environ.get(getattr(args, "aes_key_env", AES_KEY_ENV) or AES_KEY_ENV)
+    key = aes_key(getattr(args, "aes_key_env", AES_KEY_ENV))
     return Cipher(key.encode()) if key else None
 
 

@@ -29,6 +29,7 @@ from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     Settings,
     load_env_file,
+    set_environment,
 )
 
 QUICKSTART_ENV_FILE = "quickstart.env"
@@ -57,7 +58,7 @@ def cmd_quickstart(args: argparse.Namespace, settings: Settings) -> int:
                  READBACK_THREADS_ENV: READBACK_ALL,
                  EMBEDDED_PG_ENV: str(workdir / EMBEDDED_PG_DIR)}
     write_env_file(workdir / QUICKSTART_ENV_FILE, variables)
-    os.environ.update(variables)
+    set_environment(variables)
     # The quick start is `migrate` with these flags: parsed like them, so every flag
     # migrate gains has its default here too.
     settings = Settings.from_env()
