@@ -27,7 +27,7 @@ from dagster._core.storage.tags import (
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.load.loader import _lock_id
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.partitions import partition_keys_by_batch

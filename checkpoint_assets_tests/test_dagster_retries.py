@@ -19,7 +19,7 @@ import pytest
 from checkpoint_assets.assets.imported_batches import materialized_partitions
 from checkpoint_assets.check_results import partition_statuses
 from checkpoint_assets.engine.export.reader import read_manifest
-from checkpoint_assets.engine.load.loader import _lock_id
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.partitions import (

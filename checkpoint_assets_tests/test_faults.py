@@ -28,7 +28,8 @@ from psycopg import sql
 from checkpoint_assets.embedded_postgres import ensure_database, start_embedded
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.load.loader import TransientLoadError, _lock_id, load_batch
+from checkpoint_assets.engine.load.loader import TransientLoadError, load_batch
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.engine.verify.migration import verify_migration

@@ -32,7 +32,7 @@ from checkpoint_assets.embedded_postgres import dsn_for_database, temporary_data
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.load.loader import _lock_id
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import partition_keys_by_batch
 from checkpoint_assets.settings import TARGET_DSN_ENV, WORKERS_ENV

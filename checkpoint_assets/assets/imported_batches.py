@@ -25,13 +25,9 @@ from checkpoint_assets.engine.core.errors import (
 )
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import require_same_source
-from checkpoint_assets.engine.load.loader import (
-    BatchLoadResult,
-    SyncApplyResult,
-    apply_sync_batch,
-    load_batch,
-)
+from checkpoint_assets.engine.load.loader import BatchLoadResult, load_batch
 from checkpoint_assets.engine.load.target import TABLES, Target
+from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult, apply_sync_batch
 from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.engine.verify.reports import BatchComparison

@@ -81,7 +81,8 @@ def cmd_export_postgres(args: argparse.Namespace, settings: Settings) -> int:
     originals = OriginalRows(args.original_export) if args.original_export else None
     manifest = write_postgres_export(dsn, args.export, schema=args.schema,
                                      threads=parse_thread_selection(args.threads),
-                                     cipher=cipher_of(args), batch_size=args.batch_size, originals=originals)
+                                     cipher=cipher_of(args), batch_size=args.batch_size,
+                                     originals=originals)
     counts = dict(originals.counts) if originals is not None else None
     emit(args, {"command": "export-postgres", "ok": True, "export": str(manifest.path),
                 "checkpoints": manifest.checkpoints, "writes": manifest.writes,

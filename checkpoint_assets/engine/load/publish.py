@@ -14,8 +14,8 @@ from psycopg import sql
 
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.load.loader import COLUMNS, raise_on_conflict
-from checkpoint_assets.engine.load.target import Target, refresh_statistics_of, scrub
+from checkpoint_assets.engine.load.loader import raise_on_conflict
+from checkpoint_assets.engine.load.target import COLUMNS, Target, refresh_statistics_of, scrub
 
 PUBLISH_LOCK_ID = 0x43484B5450554231  # "CHKTPUB1": one publisher per database at a time
 

@@ -21,14 +21,13 @@ from checkpoint_assets.engine.core.errors import MigrationError, TimedOut
 from checkpoint_assets.engine.core.private_files import write_private_text
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.snapshot import source_files
-from checkpoint_assets.engine.load.loader import (
-    COLUMNS,
+from checkpoint_assets.engine.load.target import COLUMNS, Target
+from checkpoint_assets.engine.sync.apply_generation import (
     SyncApplyResult,
     apply_deletions,
     apply_sync_batch,
     load_live_threads,
 )
-from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.sync.export_chain import (
     ExportChain,
     SyncResult,
