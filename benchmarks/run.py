@@ -87,7 +87,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from checkpoint_assets.engine.private_files import write_private_json
+from checkpoint_assets.engine.core.private_files import write_private_json
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmarks" / ".cache"
@@ -355,7 +355,7 @@ def step_api_loop(source: str, dsn: str, limit: int | None) -> dict[str, Any]:
 
 def step_export(source: str, export: str) -> dict[str, Any]:
     """write_export of the whole corpus."""
-    from checkpoint_assets.engine.export_file import write_export
+    from checkpoint_assets.engine.export.writer import write_export
 
     started = time.perf_counter()
     manifest = write_export(source, export)
@@ -367,10 +367,10 @@ def step_export(source: str, export: str) -> dict[str, Any]:
 def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, Any]:
     """read_manifest + import_export into an empty database, with ``workers`` concurrent
     batch loader processes (None: what ``checkpoint-assets import`` chooses)."""
-    from checkpoint_assets.engine.export_file import read_manifest
-    from checkpoint_assets.engine.pipeline import import_export
-    from checkpoint_assets.engine.target import Target
-    from checkpoint_assets.engine.workers import workers_for
+    from checkpoint_assets.engine.core.workers import workers_for
+    from checkpoint_assets.engine.export.reader import read_manifest
+    from checkpoint_assets.engine.load.pipeline import import_export
+    from checkpoint_assets.engine.load.target import Target
 
     started = time.perf_counter()
     manifest = read_manifest(export)
@@ -385,9 +385,9 @@ def step_import(export: str, dsn: str, workers: int | None = None) -> dict[str, 
 
 def step_profile_import(export: str, dsn: str) -> dict[str, Any]:
     """The import under cProfile (not a timing): the top functions by own time."""
-    from checkpoint_assets.engine.export_file import read_manifest
-    from checkpoint_assets.engine.pipeline import import_export
-    from checkpoint_assets.engine.target import Target
+    from checkpoint_assets.engine.export.reader import read_manifest
+    from checkpoint_assets.engine.load.pipeline import import_export
+    from checkpoint_assets.engine.load.target import Target
 
     profiler = cProfile.Profile()
     started = time.perf_counter()
@@ -418,9 +418,9 @@ def _short(file: str) -> str:
 
 def step_verify(source: str, export: str, dsn: str) -> dict[str, Any]:
     """verify_migration with the source and the default read-back sample."""
-    from checkpoint_assets.engine.export_file import read_manifest
-    from checkpoint_assets.engine.target import Target
-    from checkpoint_assets.engine.verify import verify_migration
+    from checkpoint_assets.engine.export.reader import read_manifest
+    from checkpoint_assets.engine.load.target import Target
+    from checkpoint_assets.engine.verify.migration import verify_migration
 
     started = time.perf_counter()
     manifest = read_manifest(export)
@@ -537,7 +537,7 @@ def step_cutover(source: str, export: str, dsn: str,
     equal."""
     # Imported before the clock: the change must start while the cutover still verifies.
     import benchmarks.live_changes  # noqa: F401
-    from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE
+    from checkpoint_assets.cli.live import FIRST_VERIFICATION_MESSAGE
 
     work = Path(export).parent
     report_path = work / "cutover-report.json"
@@ -628,7 +628,8 @@ def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
     ``checkpoint-assets checks`` (a fresh process each time), and of the GraphQL query the
     batches asset's partitions page makes (PartitionHealthQuery, as the UI's bundle sends it)
     to ``dagster dev``; each UI_REPEATS times, the first cold."""
-    from checkpoint_assets.partitions import BATCHES_ASSET, EXPORT_ENV, SOURCE_ENV
+    from checkpoint_assets.partitions import BATCHES_ASSET
+    from checkpoint_assets.settings import EXPORT_ENV, SOURCE_ENV
     from checkpoint_assets_tests.dagster_dev_support import DagsterDev
 
     work = Path(workdir)

@@ -27,11 +27,11 @@ from checkpoint_assets.assets.imported_batches import (
 )
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.engine.verify.check_table import COUNT_MATCH
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
-    COUNT_MATCH,
     EXPORT_ASSET,
     GROUP_NAME,
     PUBLISH_ASSET,

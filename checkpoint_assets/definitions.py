@@ -13,7 +13,8 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets import CORE_ASSETS, ROLLBACK_ASSETS, STAGING_ASSETS
+from checkpoint_assets.assets import CORE_ASSETS, STAGING_ASSETS
+from checkpoint_assets.assets.rollback import ROLLBACK_ASSETS
 from checkpoint_assets.partitions import (
     AUTOMATION_INTERVAL_SECONDS,
     AUTOMATION_SENSOR,

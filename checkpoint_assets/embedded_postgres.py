@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from checkpoint_assets.settings import env_default
+
 DEFAULT_DATA_DIR = Path(".checkpoint_assets") / "postgres"
 # pgserver's list of processes using the server; it stops the server when the last one
 # leaves, unless the server was started to keep running.
@@ -25,8 +27,7 @@ HANDLE_PIDS_FILE = ".handle_pids.json"
 def _pgserver() -> Any:
     """The pgserver module (imported here: only the embedded path needs it), with the
     private XDG_RUNTIME_DIR its platformdirs wants."""
-    if "XDG_RUNTIME_DIR" not in os.environ:
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pgserver-runtime-")
+    env_default("XDG_RUNTIME_DIR", lambda: tempfile.mkdtemp(prefix="pgserver-runtime-"))
     import pgserver
 
     return pgserver

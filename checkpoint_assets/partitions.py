@@ -1,4 +1,4 @@
-"""The contract of the Dagster layer: partitions, asset keys, check names, pool, env vars.
+"""The contract of the Dagster layer: partitions, asset keys, check names, pool.
 
 Everything another module (assets, runner, CLI, tests) needs to agree on lives here and is
 imported, never repeated as a literal.
@@ -14,45 +14,11 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
-from checkpoint_assets.engine.batches import (
-    DEFAULT_BATCH_SIZE,  # noqa: F401 (re-exported)
-)
-from checkpoint_assets.engine.certificates import BatchCertificate
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_chain import ExportChain
-from checkpoint_assets.engine.export_file import ExportManifest
-
-# The engine's checks are the contract; re-exported here for the Dagster layer.
-from checkpoint_assets.engine.verify import (  # noqa: F401
-    CHECK_NAMES,
-    CHECKS,
-    CONTENT_INTEGRITY,
-    COUNT_MATCH,
-    METADATA_INTEGRITY,
-    OFFICIAL_READBACK,
-    SOURCE_MATCHES_EXPORT,
-)
-
-# The environment's variable names: settings.py names each once; re-exported here with the
-# rest of the contract.
-from checkpoint_assets.settings import (  # noqa: F401
-    AES_KEY_ENV,
-    BATCH_SIZE_ENV,
-    DAGSTER_PG_ENV,
-    DAGSTER_PG_HOST_ENV,
-    EXPORT_ENV,
-    LOG_LEVEL_ENV,
-    READBACK_THREADS_ENV,
-    ROLLBACK_EXPORT_ENV,
-    ROLLBACK_ORIGINAL_EXPORT_ENV,
-    ROLLBACK_THREADS_ENV,
-    ROLLBACK_TO_ENV,
-    SOURCE_ENV,
-    STAGING_SCHEMA_ENV,
-    TARGET_DSN_ENV,
-    TARGET_SCHEMA_ENV,
-    WORKERS_ENV,
-)
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.sync.export_chain import ExportChain
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.verify.check_table import CHECK_NAMES, CHECKS
 
 # --------------------------------------------------------------------------- partitions
 
@@ -146,7 +112,6 @@ def batch_key_for(manifest: ExportManifest, partition_key: str) -> str:
         "launched; load the current export's partitions (backfill failed and missing).")
 
 
-
 def batches_with_a_passed_check(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey,
                                 partitions_name: str = BATCH_PARTITIONS_NAME) -> set[str]:
     """Current batch partitions whose latest ``batch_matches_export`` result passed and is
@@ -166,7 +131,7 @@ def batches_with_a_passed_check(instance: dg.DagsterInstance, check_key: dg.Asse
             and info.latest_execution_status == AssetCheckExecutionRecordStatus.SUCCEEDED}
 
 
-# The batch check's metadata entry holding its certificate (engine/certificates.py).
+# The batch check's metadata entry holding its certificate (engine/verify/certificates.py).
 CERTIFICATE_METADATA = "certificate"
 _HISTORY_PAGE = 500
 

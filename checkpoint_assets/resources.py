@@ -8,7 +8,6 @@ name, never its value, and messages use ``Target.display`` (password-free).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,18 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.source import SourceCounts, open_source
-from checkpoint_assets.engine.target import LATEST_SCHEMA_VERSION, Target
-from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
-from checkpoint_assets.partitions import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
+from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, Target
+from checkpoint_assets.engine.rollback.sqlite_target import work_path
+from checkpoint_assets.engine.rollback.way_back import (
+    ROLLBACK_EXPORT_SUFFIX,
+    default_rollback_export,
+)
+from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
@@ -30,6 +35,7 @@ from checkpoint_assets.settings import (
     READBACK_THREADS_ENV,
     ROLLBACK_EXPORT_ENV,
     ROLLBACK_ORIGINAL_EXPORT_ENV,
+    ROLLBACK_REMOVE_DELETED_THREADS_ENV,
     ROLLBACK_THREADS_ENV,
     ROLLBACK_TO_ENV,
     SOURCE_ENV,
@@ -41,6 +47,8 @@ from checkpoint_assets.settings import (
     VERIFY_EVERY_BATCH_ENV,
     WORKERS_ENV,
     Settings,
+    aes_key,
+    env_value,
 )
 
 SETUP_LOCK_ID = 0x43484B5054534554  # "CHKPTSET": serialises PostgresSaver.setup()
@@ -196,7 +204,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     ``dg.EnvVar``, resolved when a run starts; they are never values here.
     """
     secrets = {
-        "aes_key": dg.EnvVar(AES_KEY_ENV) if os.environ.get(AES_KEY_ENV) else None,
+        "aes_key": dg.EnvVar(AES_KEY_ENV) if aes_key() else None,
         "dsn": dg.EnvVar(TARGET_DSN_ENV),
     }
     if settings is None:
@@ -232,12 +240,63 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
     }
 
 
+class RollbackResource(dg.ConfigurableResource):
+    """Where the way back writes: the SqliteSaver file, its export, which threads. The
+    PostgreSQL source is the migration's target resource (after a cutover, the database
+    the application writes)."""
+
+    to_path: str | None = Field(
+        default=None, description=f"SqliteSaver file to restore into (env {ROLLBACK_TO_ENV}):"
+                                  " created, or added to when it exists.")
+    export_path: str | None = Field(
+        default=None, description=f"Export file (env {ROLLBACK_EXPORT_ENV}); default "
+                                  f"<to_path>{ROLLBACK_EXPORT_SUFFIX}.")
+    threads: str | None = Field(
+        default=None, description=f"Only these threads (env {ROLLBACK_THREADS_ENV}): "
+                                  "comma-separated ids or @FILE; default every thread.")
+    original_export: str | None = Field(
+        default=None, description=f"The forward migration's export (env "
+                                  f"{ROLLBACK_ORIGINAL_EXPORT_ENV}): checkpoints unchanged "
+                                  "since come back in their original SQLite bytes.")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
+    remove_deleted_threads: bool = Field(
+        default=False, description="Into an existing file: delete the threads it holds that "
+                                   "PostgreSQL no longer has (within the threads chosen), in "
+                                   "one transaction before the verification (env "
+                                   f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1); by default "
+                                   "they are kept and the warning check "
+                                   f"{SQLITE_THREADS_NOT_IN_POSTGRES} names them.")
+    aes_key: str | None = Field(
+        default=None, description=f"EncryptedSerializer AES key (env {AES_KEY_ENV}).")
+
+    def to(self) -> Path:
+        """The SqliteSaver file; MigrationError when none is configured."""
+        if not self.to_path:
+            raise MigrationError("No SQLite file to roll back into is configured.",
+                                 f"Set {ROLLBACK_TO_ENV} to the SqliteSaver file (new or the "
+                                 "application's).")
+        return Path(self.to_path)
+
+    def export(self) -> Path:
+        """The export file of the rollback."""
+        return Path(self.export_path) if self.export_path else \
+            default_rollback_export(self.to())
+
+    def cipher(self) -> Cipher | None:
+        """The cipher of an encrypted application, or None."""
+        return Cipher(self.aes_key.encode()) if self.aes_key else None
+
+    def loading_into(self) -> Path:
+        """The file batches load into: the existing file, or the work file of a new one."""
+        to = self.to()
+        return to if to.exists() else work_path(to)
+
+
 def rollback_resource(aes_key: Any, batch_size: Any,
                       remove_deleted_threads: bool = False) -> dg.ConfigurableResource:
     """The rollback group's resource, from its environment variables (their names shown
     in the UI), the migration's AES key and batch size, and whether the threads
     PostgreSQL no longer has are removed from an existing file."""
-    from checkpoint_assets.assets.rollback import RollbackResource
     return RollbackResource(
         to_path=_env_or(ROLLBACK_TO_ENV, None), export_path=_env_or(ROLLBACK_EXPORT_ENV, None),
         threads=_env_or(ROLLBACK_THREADS_ENV, None),
@@ -248,6 +307,6 @@ def rollback_resource(aes_key: Any, batch_size: Any,
 
 def _env_or(name: str, value: Any, *, as_int: bool = False) -> Any:
     """``dg.EnvVar(name)`` if the variable is set (the UI shows its name), else ``value``."""
-    if os.environ.get(name):
+    if env_value(name):
         return dg.EnvVar.int(name) if as_int else dg.EnvVar(name)
     return value

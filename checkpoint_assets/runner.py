@@ -12,7 +12,6 @@ runs recorded is read back by check_results.py.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -46,10 +45,10 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.errors import FailureKind, Interrupted, MigrationError
-from checkpoint_assets.engine.interrupts import stop_requested
-from checkpoint_assets.engine.target import Target, scrub
-from checkpoint_assets.engine.workers import default_workers, process_pool
+from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
+from checkpoint_assets.engine.core.interrupts import stop_requested
+from checkpoint_assets.engine.core.workers import default_workers, process_pool
+from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -58,12 +57,16 @@ from checkpoint_assets.partitions import (
     FRONT_END_TAG,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
 from checkpoint_assets.resources import build_resources
-from checkpoint_assets.settings import Settings
+from checkpoint_assets.settings import (
+    TARGET_DSN_ENV,
+    Settings,
+    env_value,
+    target_dsn_in_environment,
+)
 
 
 def project_instance() -> dg.DagsterInstance:
@@ -191,8 +194,8 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             USER_TAG: f"checkpoint-assets {result.command}"}
     defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
-    with _dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
-        dsn = os.environ.get(TARGET_DSN_ENV, "")
+    with target_dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
+        dsn = env_value(TARGET_DSN_ENV) or ""
         runs = _Runs(settings, job, inst, tags, dsn)
 
         def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
@@ -458,23 +461,6 @@ def _console_log(level: str) -> dict[str, Any]:
     CHECKPOINT_ASSETS_LOG_LEVEL."""
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
-
-@contextmanager
-def _dsn_in_environment(dsn: str | None) -> Iterator[None]:
-    """The settings' DSN as CHECKPOINT_ASSETS_TARGET_DSN while the runs execute: the
-    resources read it only through dg.EnvVar (never shown), and worker processes inherit
-    it."""
-    previous = os.environ.get(TARGET_DSN_ENV)
-    if dsn:
-        os.environ[TARGET_DSN_ENV] = dsn
-    try:
-        yield
-    finally:
-        if dsn:
-            if previous is None:
-                os.environ.pop(TARGET_DSN_ENV, None)
-            else:
-                os.environ[TARGET_DSN_ENV] = previous
 
 
 @contextmanager

@@ -4,20 +4,27 @@ Every ``CHECKPOINT_ASSETS_*`` variable is named here once. The CLI (flags over t
 Dagster resources and the in-process runner all read :class:`Settings`; a bad value fails
 the same way wherever it is read (a :class:`SettingsError` naming the variable and its
 value). No Dagster import: the settings describe the migration, not its orchestration.
+
+This module is the one place the environment is read (and set): :meth:`Settings.from_env`,
+:func:`env_value` (whether a variable is set, for the resources' ``dg.EnvVar``),
+:func:`aes_key` (the key is never a field of Settings), :func:`load_env_file`,
+:func:`set_environment`, :func:`env_default` and :func:`target_dsn_in_environment`;
+project.py alone handles DAGSTER_HOME, the Dagster home's own variable.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
 
-from checkpoint_assets.engine.batches import DEFAULT_BATCH_SIZE
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.verify import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
@@ -29,7 +36,7 @@ READBACK_THREADS_ENV = "CHECKPOINT_ASSETS_READBACK_THREADS"
 THREADS_ENV = "CHECKPOINT_ASSETS_THREADS"  # --threads: ids, or @FILE of ids
 WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at once
 # 1: the verification compares every batch again, even those whose batch check certified
-# rows that are still the same (engine/certificates.py).
+# rows that are still the same (engine/verify/certificates.py).
 VERIFY_EVERY_BATCH_ENV = "CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH"
 STRICT_VERSIONS_ENV = "CHECKPOINT_ASSETS_STRICT_VERSIONS"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
@@ -79,7 +86,7 @@ class Settings:
     workers: int | None = None
     threads: str | None = None  # --threads as given (see engine.selection)
     verify_every_batch: bool = False
-    # Refuse a thread whose content differs at one channel version (engine/versions.py)
+    # Refuse a thread whose content differs at one channel version (engine/core/versions.py)
     # instead of migrating it with the version's first value.
     strict_versions: bool = False
     # The way back into an existing file removes the threads PostgreSQL no longer has.
@@ -182,3 +189,45 @@ def load_env_file(path: str | Path = ENV_FILE) -> None:
     if Path(path).is_file():
         for name, value in read_env_file(path).items():
             os.environ.setdefault(name, value)
+
+
+def env_value(name: str) -> str | None:
+    """The value of the environment variable ``name``; None when it is unset or empty."""
+    return os.environ.get(name) or None
+
+
+def aes_key(variable: str = AES_KEY_ENV) -> str | None:
+    """The EncryptedSerializer AES key, from ``variable`` (default $CHECKPOINT_ASSETS_AES_KEY;
+    the CLI's --aes-key-env names another); None when it holds none. Never part of
+    :class:`Settings`, so the key is not carried in an object that may be printed."""
+    return env_value(variable or AES_KEY_ENV)
+
+
+def set_environment(variables: Mapping[str, str]) -> None:
+    """Put these settings into this process's environment (and so its children's)."""
+    os.environ.update(variables)
+
+
+def env_default(name: str, make: Callable[[], str]) -> str:
+    """The variable's value; when unset, ``make()``'s, set for this process first."""
+    if name not in os.environ:
+        os.environ[name] = make()
+    return os.environ[name]
+
+
+@contextmanager
+def target_dsn_in_environment(dsn: str | None) -> Iterator[None]:
+    """The DSN as $CHECKPOINT_ASSETS_TARGET_DSN while the block runs (resources read it only
+    through dg.EnvVar, never shown, and worker processes inherit it); the previous value
+    (or none) afterwards. Without a DSN the environment is left as it is."""
+    previous = os.environ.get(TARGET_DSN_ENV)
+    if dsn:
+        os.environ[TARGET_DSN_ENV] = dsn
+    try:
+        yield
+    finally:
+        if dsn:
+            if previous is None:
+                os.environ.pop(TARGET_DSN_ENV, None)
+            else:
+                os.environ[TARGET_DSN_ENV] = previous

@@ -16,8 +16,8 @@ import json
 import dagster as dg
 
 from checkpoint_assets.assets.export import ExportConfig
-from checkpoint_assets.engine.export_chain import load_chain
-from checkpoint_assets.engine.sync import source_files_state
+from checkpoint_assets.engine.sync.export_chain import load_chain
+from checkpoint_assets.engine.sync.sync_target import source_files_state
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,

@@ -23,22 +23,24 @@ from psycopg.conninfo import make_conninfo
 
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.embedded_postgres import temporary_database
-from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
-    BATCH_SIZE_ENV,
     BATCHES_ASSET,
     EXPORT_ASSET,
-    EXPORT_ENV,
-    READBACK_THREADS_ENV,
-    SOURCE_ENV,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import SQLITE_INSTANCE_YAML
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.sample import write_sample_database
-from checkpoint_assets.settings import Settings
+from checkpoint_assets.settings import (
+    BATCH_SIZE_ENV,
+    EXPORT_ENV,
+    READBACK_THREADS_ENV,
+    SOURCE_ENV,
+    TARGET_DSN_ENV,
+    Settings,
+)
 
 
 def write_corpus(path: Path, threads: int = 6) -> Path:

@@ -36,15 +36,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.engine.content_view import source_view, target_view
-from checkpoint_assets.engine.export_file import (
-    read_batch,
-    read_manifest,
-    verify_export,
-    write_export,
-)
-from checkpoint_assets.engine.target import TABLES
-from checkpoint_assets.engine.verify import ExpectedBatch, target_rows
+from checkpoint_assets.engine.export.reader import read_batch, read_manifest, verify_export
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.target import TABLES
+from checkpoint_assets.engine.verify.comparison import target_rows
+from checkpoint_assets.engine.verify.content_view import source_view, target_view
+from checkpoint_assets.engine.verify.expected_views import ExpectedBatch
 from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT
 from checkpoint_assets_tests.tampering import append_a_byte_to_a_blob
 from checkpoint_assets_tests.test_cli import run

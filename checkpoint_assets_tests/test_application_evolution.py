@@ -26,16 +26,16 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from psycopg import sql
 from pydantic import BaseModel
 
-from checkpoint_assets.engine.codec import pack_opaque, unpack_opaque
-from checkpoint_assets.engine.reverse_convert import KEY_ORDER, difference_reason
-from checkpoint_assets.engine.rows import CheckpointRow
-from checkpoint_assets.engine.versions import (
+from checkpoint_assets.engine.core.codec import pack_opaque, unpack_opaque
+from checkpoint_assets.engine.core.rows import CheckpointRow
+from checkpoint_assets.engine.core.versions import (
     CONTENT,
     ENCODING,
     FIELDS_ADDED,
     SUPERSEDED_TABLE,
     classify,
 )
+from checkpoint_assets.engine.rollback.reverse_convert import KEY_ORDER, difference_reason
 from checkpoint_assets_tests.evolving_app import EvolvingApp
 from checkpoint_assets_tests.test_cli import run
 

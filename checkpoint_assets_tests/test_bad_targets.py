@@ -37,16 +37,13 @@ from psycopg.rows import dict_row
 
 from checkpoint_assets.cli import main
 from checkpoint_assets.embedded_postgres import ensure_database
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.target import LATEST_SCHEMA_VERSION, TABLES, Target
-from checkpoint_assets.partitions import (
-    BATCH_MATCHES_EXPORT,
-    BATCH_PARTITIONS_NAME,
-    BATCHES_ASSET,
-    TARGET_DSN_ENV,
-)
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, TABLES, Target
+from checkpoint_assets.partitions import BATCH_MATCHES_EXPORT, BATCH_PARTITIONS_NAME, BATCHES_ASSET
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 from checkpoint_assets_tests.dagster_support import (
     check_results,

@@ -27,23 +27,24 @@ from psycopg import sql
 
 from checkpoint_assets.assets.verification import EVIDENCE_METADATA
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.certificates import BatchCertificate
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch, verify_migration
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.verify.check_table import CONTENT_INTEGRITY
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCHES_ASSET,
     CERTIFICATE_METADATA,
-    CONTENT_INTEGRITY,
-    TARGET_DSN_ENV,
     VERIFICATION_ASSET,
     batch_certificates,
 )
 from checkpoint_assets.resources import build_resources
-from checkpoint_assets.settings import Settings
+from checkpoint_assets.settings import TARGET_DSN_ENV, Settings
 from checkpoint_assets_tests.dagster_support import (
     check_results,
     fresh_database,

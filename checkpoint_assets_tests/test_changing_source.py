@@ -20,16 +20,16 @@ from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import (
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.check_table import (
     CONTENT_INTEGRITY,
     COUNT_MATCH,
     METADATA_INTEGRITY,
     SOURCE_MATCHES_EXPORT,
-    verify_migration,
 )
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets.sample import _build_support_graph
 
 NEW_THREAD = "support-late-arrival"

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from checkpoint_assets.engine.codec import (
+from checkpoint_assets.engine.core.codec import (
     float_survives_jsonb,
     pack_opaque,
     primitive_survives_jsonb,

@@ -12,8 +12,8 @@ from typing import Any
 
 from hypothesis import example, given, settings
 
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
-from checkpoint_assets.engine.content_view import canonical_json, stored_metadata_json
+from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine.verify.content_view import canonical_json, stored_metadata_json
 from checkpoint_assets_tests.test_properties import json_values
 
 

@@ -28,8 +28,9 @@ from checkpoint_assets.assets.imported_batches import (
 from checkpoint_assets.assets.staleness import OUT_OF_DATE
 from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
 from checkpoint_assets.definitions import build_definitions, defs
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.target import TABLES
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     AUTOMATION_SENSOR,
@@ -42,7 +43,6 @@ from checkpoint_assets.partitions import (
     OWNERS,
     PUBLISH_ASSET,
     PUBLISHED_MATCHES_EXPORT,
-    TARGET_DSN_ENV,
     TARGET_POOL,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
@@ -52,6 +52,7 @@ from checkpoint_assets.partitions import (
     partition_keys,
 )
 from checkpoint_assets.runner import migrate_in_process
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.dagster_support import (
     check_results,
     definitions,

@@ -19,16 +19,16 @@ from psycopg.types.json import Jsonb
 
 from checkpoint_assets.assets.publish import unpassed_checks
 from checkpoint_assets.check_results import latest_check_evaluations, partition_statuses
-from checkpoint_assets.engine.export_file import read_batch, read_manifest
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.export.reader import read_batch, read_manifest
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCHES_ASSET,
     EXPORT_ASSET,
-    TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
 from checkpoint_assets.runner import backfill_in_process, migrate_in_process
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,

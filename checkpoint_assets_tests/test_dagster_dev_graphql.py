@@ -28,7 +28,7 @@ import pytest
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 
 from checkpoint_assets.check_results import partition_statuses
-from checkpoint_assets.engine.export_file import read_manifest
+from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.partitions import (
     AUTOMATION_SENSOR,
     BATCH_MATCHES_EXPORT,

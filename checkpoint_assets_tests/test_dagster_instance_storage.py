@@ -22,19 +22,14 @@ from checkpoint_assets.check_results import (
     declared_check_keys,
     latest_check_evaluations,
 )
-from checkpoint_assets.partitions import (
-    DAGSTER_PG_ENV,
-    DAGSTER_PG_HOST_ENV,
-    DEFAULT_POOL_LIMIT,
-    FRONT_END_TAG,
-    TARGET_POOL,
-)
+from checkpoint_assets.partitions import DEFAULT_POOL_LIMIT, FRONT_END_TAG, TARGET_POOL
 from checkpoint_assets.project import (
     POSTGRES_INSTANCE_YAML,
     SQLITE_INSTANCE_YAML,
     ensure_dagster_home,
 )
 from checkpoint_assets.runner import migrate_in_process, project_instance
+from checkpoint_assets.settings import DAGSTER_PG_ENV, DAGSTER_PG_HOST_ENV
 from checkpoint_assets_tests.dagster_support import fresh_database, write_corpus
 
 

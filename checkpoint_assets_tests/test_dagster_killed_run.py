@@ -25,16 +25,14 @@ from dagster._core.storage.tags import (
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.loader import _lock_id
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch
-from checkpoint_assets.partitions import (
-    TARGET_DSN_ENV,
-    WORKERS_ENV,
-    partition_keys_by_batch,
-)
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.partitions import partition_keys_by_batch
 from checkpoint_assets.runner import partition_statuses
+from checkpoint_assets.settings import TARGET_DSN_ENV, WORKERS_ENV
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _dbname, _wait_for_backend
 

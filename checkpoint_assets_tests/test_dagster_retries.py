@@ -18,19 +18,19 @@ import pytest
 
 from checkpoint_assets.assets.imported_batches import materialized_partitions
 from checkpoint_assets.check_results import partition_statuses
-from checkpoint_assets.engine.export_file import read_manifest
-from checkpoint_assets.engine.loader import _lock_id
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     ENGINE_ATTEMPTS,
     EXPORT_ASSET,
-    TARGET_DSN_ENV,
     partition_keys_by_batch,
 )
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests.dagster_support import (
     definitions,
     materialize,

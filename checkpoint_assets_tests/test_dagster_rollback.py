@@ -18,14 +18,14 @@ import dagster as dg
 import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
 
-from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES, RollbackResource
+from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES
 from checkpoint_assets.check_results import latest_check_evaluations
 from checkpoint_assets.definitions import build_definitions, defs
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sqlite_target import work_path
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify_rollback import SQLITE_THREADS_NOT_IN_POSTGRES
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback.sqlite_target import work_path
+from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.partitions import (
     EXPORT_FILE_VERIFIES,
     RESTORED_BATCH_MATCHES_EXPORT,
@@ -36,7 +36,7 @@ from checkpoint_assets.partitions import (
     ROLLBACK_VERIFICATION_ASSET,
     rollback_partitions,
 )
-from checkpoint_assets.resources import build_resources
+from checkpoint_assets.resources import RollbackResource, build_resources
 from checkpoint_assets.settings import Settings
 from checkpoint_assets_tests.dagster_support import (
     check_results,

@@ -30,11 +30,11 @@ from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
-    DAGSTER_PG_ENV,
     EXPORT_ASSET,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import DISTRIBUTED_INSTANCE_YAML
+from checkpoint_assets.settings import DAGSTER_PG_ENV
 from checkpoint_assets_tests.dagster_dev_support import (
     LAUNCH_BACKFILL,
     LAUNCH_RUN,

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 
 from checkpoint_assets.embedded_postgres import HANDLE_PIDS_FILE
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 
 def test_migration_passes_on_the_embedded_server(

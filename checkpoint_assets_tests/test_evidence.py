@@ -22,19 +22,18 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 
 from checkpoint_assets import cli
-from checkpoint_assets.engine.evidence import MAX_LISTED
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.partitions import (
-    BATCHES_ASSET,
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.check_table import (
     CHECK_NAMES,
     CONTENT_INTEGRITY,
     METADATA_INTEGRITY,
-    TARGET_DSN_ENV,
-    VERIFICATION_ASSET,
-    partition_keys,
 )
+from checkpoint_assets.engine.verify.evidence import MAX_LISTED
+from checkpoint_assets.partitions import BATCHES_ASSET, VERIFICATION_ASSET, partition_keys
+from checkpoint_assets.settings import TARGET_DSN_ENV
 from checkpoint_assets_tests import corpus_graphs as cg
 from checkpoint_assets_tests.dagster_support import (
     definitions,

@@ -14,24 +14,25 @@ import ormsgpack
 import psycopg
 import pytest
 
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import (
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.debug_dump import iter_records
+from checkpoint_assets.engine.export.file_format import (
     END,
     FRAME_HEAD,
     MAGIC,
     TRAILER,
     ThreadDigest,
+)
+from checkpoint_assets.engine.export.reader import (
     export_thread_digests,
-    iter_records,
     read_batch,
     read_manifest,
-    thread_digests,
     verify_export,
-    write_export,
 )
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.writer import thread_digests, write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.target import Target
 
 
 def test_export_carries_every_source_row_byte_exact(sample_db: Path, tmp_path: Path) -> None:

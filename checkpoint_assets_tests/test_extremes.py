@@ -20,10 +20,11 @@ import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
-from checkpoint_assets.engine.export_file import verify_export, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.export.reader import verify_export
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 TWENTY_MB = 20 * 1024 * 1024
 

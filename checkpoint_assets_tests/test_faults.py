@@ -26,10 +26,13 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.embedded_postgres import ensure_database, start_embedded
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import TransientLoadError, _lock_id, load_batch
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch, verify_migration
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import TransientLoadError, load_batch
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
@@ -141,7 +144,7 @@ def test_sigkill_of_import_leaves_no_partial_batch_and_rerun_completes(
     """SIGKILL the import CLI mid-batch: every batch is complete or absent, never partial;
     a second import completes, verification passes, nothing is duplicated."""
     source, export = scaled
-    from checkpoint_assets.engine.export_file import read_manifest
+    from checkpoint_assets.engine.export.reader import read_manifest
 
     manifest = read_manifest(export)
     target = Target(target_dsn)

@@ -8,12 +8,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from checkpoint_assets.engine.errors import ConflictError
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import compare_batch
+from checkpoint_assets.engine.core.errors import ConflictError
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.comparison import compare_batch
 
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 

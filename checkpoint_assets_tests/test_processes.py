@@ -29,18 +29,13 @@ import pytest
 from psycopg import sql
 
 from checkpoint_assets.embedded_postgres import dsn_for_database, temporary_database
-from checkpoint_assets.engine.export_file import (
-    ExportManifest,
-    read_manifest,
-    write_export,
-)
-from checkpoint_assets.engine.loader import _lock_id
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.partitions import (
-    TARGET_DSN_ENV,
-    WORKERS_ENV,
-    partition_keys_by_batch,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import batch_lock_id as _lock_id
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.partitions import partition_keys_by_batch
+from checkpoint_assets.settings import TARGET_DSN_ENV, WORKERS_ENV
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_faults import _batch_state, _dbname, _wait_for_backend
 

@@ -32,13 +32,13 @@ from langgraph.graph import END, START, StateGraph
 from psycopg.types.json import Jsonb
 
 from checkpoint_assets.embedded_postgres import temporary_database
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.loader import TransientLoadError
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import TransientLoadError
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=200,
                              suppress_health_check=[HealthCheck.too_slow])

@@ -27,21 +27,22 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from checkpoint_assets.cli import main
-from checkpoint_assets.engine import sqlite_target
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export_file import read_manifest, write_export
-from checkpoint_assets.engine.original_rows import ORIGINAL_BYTES
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.reverse_convert import (
+from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.core.rows import CheckpointRow
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback import sqlite_target
+from checkpoint_assets.engine.rollback.original_rows import ORIGINAL_BYTES
+from checkpoint_assets.engine.rollback.reverse_convert import (
     METADATA_FITTED,
     SAME_BYTES,
     difference_reason,
 )
-from checkpoint_assets.engine.rollback import rollback
-from checkpoint_assets.engine.rows import CheckpointRow
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.engine.rollback.way_back import rollback
 from checkpoint_assets_tests import corpus_graphs as cg
 
 AES_KEY = b"0123456789abcdef0123456789abcdef"

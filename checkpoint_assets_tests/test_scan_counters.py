@@ -18,14 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.loader import load_batch
-from checkpoint_assets.engine.target import STATISTICS_MIN_ROWS, TABLES, Target
-from checkpoint_assets.engine.verify import (
-    compare_batch,
-    compare_batches,
-    verify_migration,
-)
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.loader import load_batch
+from checkpoint_assets.engine.load.target import STATISTICS_MIN_ROWS, TABLES, Target
+from checkpoint_assets.engine.verify.comparison import compare_batch, compare_batches
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 
 THREADS = 260  # about 3,000 checkpoints, 8,000 blob rows and 7,000 writes

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from checkpoint_assets.engine.target import scrub
+from checkpoint_assets.engine.load.target import scrub
 
 CLI = [sys.executable, "-m", "checkpoint_assets.cli"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoint_assets.engine.errors import MigrationError
+from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.settings import VERIFY_EVERY_BATCH_ENV, WORKERS_ENV, Settings
 
 

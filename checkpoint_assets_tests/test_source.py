@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.source import open_source
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.writer import write_export
 
 
 def _fingerprints(db: Path) -> dict[str, str]:
@@ -107,7 +107,7 @@ def test_missing_file_is_explained(tmp_path: Path) -> None:
 
 def test_database_locked_by_a_writer_is_explained(sample_db: Path, monkeypatch) -> None:
     """A rollback-journal database held by a writer's exclusive lock: a clear 'locked' error."""
-    import checkpoint_assets.engine.snapshot as snapshot
+    import checkpoint_assets.engine.export.snapshot as snapshot
 
     with sqlite3.connect(sample_db) as conn:
         conn.execute("PRAGMA journal_mode=DELETE")

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from checkpoint_assets.engine.errors import MigrationError
-from checkpoint_assets.engine.export_chain import load_chain
-from checkpoint_assets.engine.export_file import SqliteRows, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import source_files_state, sync_target
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.writer import SqliteRows, write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.sync.export_chain import load_chain
+from checkpoint_assets.engine.sync.sync_target import source_files_state, sync_target
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_graph,
     open_sqlite_saver,

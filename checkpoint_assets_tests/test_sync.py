@@ -26,13 +26,13 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.constants import ERROR
 from psycopg.types.json import Jsonb
 
-from checkpoint_assets.engine.errors import ConflictError, MigrationError
-from checkpoint_assets.engine.export_chain import load_chain
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import sync_target
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.sync.export_chain import load_chain
+from checkpoint_assets.engine.sync.sync_target import sync_target
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import (
     QUOTED_THREAD_ID,
     RICH_RESUME_VALUES,
@@ -403,7 +403,8 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
     """checkpoint-assets export/import --threads @FILE, sync, cutover: the cutover waits
     for quiet, proves the selection equal, prints its window and says in the evidence
     that only those threads were compared."""
-    from checkpoint_assets.cli import FIRST_VERIFICATION_MESSAGE, main
+    from checkpoint_assets.cli import main
+    from checkpoint_assets.cli.live import FIRST_VERIFICATION_MESSAGE
 
     export, ids = tmp_path / "app.export", tmp_path / "tenant.txt"
     ids.write_text("rich-approve\nrich-basic\n\nrich-review\n", encoding="utf-8")
@@ -463,7 +464,7 @@ def test_encrypted_threads_sync_without_false_conflicts(tmp_path: Path, target_d
     re-run applies nothing, and the target verifies equal."""
     from langgraph.types import Command
 
-    from checkpoint_assets.engine.crypto import Cipher
+    from checkpoint_assets.engine.core.crypto import Cipher
     from checkpoint_assets_tests.corpus_graphs import build_encrypted_corpus
 
     key = b"0123456789abcdef0123456789abcdef"
@@ -490,7 +491,7 @@ def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
         source: Path, tmp_path: Path, target_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-back of every thread, split over worker processes, reports the same
     mismatches (in thread order) and the same normalisations as one process."""
-    from checkpoint_assets.engine import readback
+    from checkpoint_assets.engine.verify import readback
 
     export, target = tmp_path / "app.export", Target(target_dsn)
     migrate(source, export, target)
@@ -507,11 +508,7 @@ def test_the_cutover_read_back_in_two_processes_finds_what_one_finds(
 def test_an_edited_source_state_is_refused(sample_db: Path, tmp_path: Path) -> None:
     """The S frame (what the next sync compares with) is covered by the footer: one changed
     byte and neither the state nor the file is accepted."""
-    from checkpoint_assets.engine.export_file import (
-        read_manifest,
-        read_state,
-        verify_export,
-    )
+    from checkpoint_assets.engine.export.reader import read_manifest, read_state, verify_export
 
     manifest = write_export(sample_db, tmp_path / "x.export")
     assert set(read_state(manifest).threads) == {

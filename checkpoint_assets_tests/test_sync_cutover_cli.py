@@ -32,18 +32,13 @@ from pathlib import Path
 
 import pytest
 
-from checkpoint_assets.cli import (
-    EXIT_MISMATCH,
-    EXIT_OK,
-    EXIT_TIMED_OUT,
-    EXIT_USAGE,
-    build_parser,
-    main,
-)
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.sync import SYNC_ASSUMES, sync_target, wait_until_quiet
-from checkpoint_assets.engine.target import Target
+from checkpoint_assets.cli import main
+from checkpoint_assets.cli.exit_status import EXIT_MISMATCH, EXIT_OK, EXIT_TIMED_OUT, EXIT_USAGE
+from checkpoint_assets.cli.parser import build_parser
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_graph,
     open_sqlite_saver,

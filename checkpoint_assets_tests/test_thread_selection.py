@@ -16,17 +16,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from checkpoint_assets.cli import EXIT_BAD_INPUT, main
-from checkpoint_assets.engine.export_file import (
-    read_manifest,
-    read_source_state,
-    write_export,
-    write_generation,
-)
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.selection import parse_thread_selection
-from checkpoint_assets.engine.source import open_source
-from checkpoint_assets.engine.target import TABLES, Target
+from checkpoint_assets.cli import main
+from checkpoint_assets.cli.exit_status import EXIT_BAD_INPUT
+from checkpoint_assets.engine.core.selection import parse_thread_selection
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.source_state import read_source_state
+from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.writer import write_export, write_generation
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import TABLES, Target
 
 HELD = ["support-000", "support-001"]  # threads of the sample database
 TYPO = "suport-002"  # a thread id the source does not hold

@@ -38,7 +38,7 @@ import pytest
 
 from checkpoint_assets.assets.imported_batches import CONFLICT_MARKER
 from checkpoint_assets.assets.staleness import OUT_OF_DATE
-from checkpoint_assets.engine.export_file import read_batch, read_manifest
+from checkpoint_assets.engine.export.reader import read_batch, read_manifest
 from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     EXPORT_ASSET,

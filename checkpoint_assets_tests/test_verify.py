@@ -10,18 +10,19 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from checkpoint_assets.engine.export_file import ExportManifest, write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import (
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.check_table import (
     CONTENT_INTEGRITY,
     COUNT_MATCH,
     METADATA_INTEGRITY,
     OFFICIAL_READBACK,
     RESUMABLE_ON_POSTGRES,
     SOURCE_MATCHES_EXPORT,
-    verify_migration,
 )
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests import corpus_graphs as cg
 
 

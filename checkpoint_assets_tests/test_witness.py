@@ -20,12 +20,12 @@ from langgraph.types import StateSnapshot
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from checkpoint_assets.engine.checkpoint_metadata import jsonb_metadata
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.export_file import write_export
-from checkpoint_assets.engine.pipeline import import_export
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import verify_migration
+from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests import corpus_graphs as cg
 
 AES_KEY = b"0123456789abcdef0123456789abcdef"

@@ -4,13 +4,7 @@
 from checkpoint_assets.assets.export import checkpoint_export
 from checkpoint_assets.assets.imported_batches import imported_checkpoint_batches
 from checkpoint_assets.assets.publish import published_checkpoints
-from checkpoint_assets.assets.rollback import ROLLBACK_ASSETS
 from checkpoint_assets.assets.verification import migration_verification
 
 CORE_ASSETS = (checkpoint_export, imported_checkpoint_batches, migration_verification)
 STAGING_ASSETS = (published_checkpoints,)
-
-__all__ = [
-    "CORE_ASSETS", "ROLLBACK_ASSETS", "STAGING_ASSETS", "checkpoint_export",
-    "imported_checkpoint_batches", "migration_verification", "published_checkpoints",
-]

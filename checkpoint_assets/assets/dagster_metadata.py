@@ -15,9 +15,9 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.engine.errors import FailureKind
-from checkpoint_assets.engine.target import scrub
-from checkpoint_assets.engine.verify import CheckOutcome, CheckSpec
+from checkpoint_assets.engine.core.errors import FailureKind
+from checkpoint_assets.engine.load.target import scrub
+from checkpoint_assets.engine.verify.check_table import CheckOutcome, CheckSpec
 
 # The step failure's metadata entry naming its FailureKind (read by the runner).
 FAILURE_KIND_METADATA = "failure_kind"

@@ -14,21 +14,18 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
-from checkpoint_assets.engine.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.export_chain import (
+from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
+from checkpoint_assets.engine.core.selection import parse_thread_selection
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import export_thread_digests, verify_export
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.sync.export_chain import (
     ExportChain,
     SyncResult,
     load_chain,
     write_sync,
 )
-from checkpoint_assets.engine.export_file import (
-    ExportManifest,
-    export_thread_digests,
-    verify_export,
-    write_export,
-)
-from checkpoint_assets.engine.selection import parse_thread_selection
-from checkpoint_assets.engine.source import SourceCounts
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_PARTITIONS_NAME,

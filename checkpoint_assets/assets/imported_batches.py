@@ -17,25 +17,20 @@ from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,
 )
-from checkpoint_assets.engine.errors import (
+from checkpoint_assets.engine.core.errors import (
     ConflictError,
     FailureKind,
     MigrationError,
     failure_kind,
 )
-from checkpoint_assets.engine.export_chain import ExportChain, load_chain
-from checkpoint_assets.engine.export_file import (
-    ExportManifest,
-    require_same_source,
-)
-from checkpoint_assets.engine.loader import (
-    BatchLoadResult,
-    SyncApplyResult,
-    apply_sync_batch,
-    load_batch,
-)
-from checkpoint_assets.engine.target import TABLES, Target
-from checkpoint_assets.engine.verify import BatchComparison, compare_batch
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.reader import require_same_source
+from checkpoint_assets.engine.load.loader import BatchLoadResult, load_batch
+from checkpoint_assets.engine.load.target import TABLES, Target
+from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult, apply_sync_batch
+from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.reports import BatchComparison
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,

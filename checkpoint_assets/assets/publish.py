@@ -14,10 +14,10 @@ from checkpoint_assets.assets.dagster_metadata import (
     failure,
     scrubbed_traceback,
 )
-from checkpoint_assets.engine.errors import ConflictError, FailureKind, failure_kind
-from checkpoint_assets.engine.export_file import read_manifest
-from checkpoint_assets.engine.publish import publish
-from checkpoint_assets.engine.verify import compare_batch
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, failure_kind
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.load.publish import publish
+from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,

@@ -11,11 +11,9 @@ work (postgres_source, sqlite_target, verify_rollback); these assets only wire i
 """
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from checkpoint_assets.assets.dagster_metadata import (
     check_metadata,
@@ -27,50 +25,40 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
-from checkpoint_assets.engine.crypto import Cipher
-from checkpoint_assets.engine.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.export_file import read_manifest
-from checkpoint_assets.engine.original_rows import OriginalRows
-from checkpoint_assets.engine.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback import (
-    ROLLBACK_EXPORT_SUFFIX,
-    default_rollback_export,
-)
-from checkpoint_assets.engine.rollback_evidence import render_rollback_evidence
-from checkpoint_assets.engine.selection import parse_thread_selection
-from checkpoint_assets.engine.sqlite_target import (
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
+from checkpoint_assets.engine.core.selection import parse_thread_selection
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
+from checkpoint_assets.engine.rollback.original_rows import OriginalRows
+from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
+from checkpoint_assets.engine.rollback.sqlite_target import (
     connect_sqlite_target,
     discard_work_file,
     load_batch_into_sqlite,
     prepare_restore_file,
     publish_restored,
     remove_deleted_threads,
-    work_path,
 )
-from checkpoint_assets.engine.target import Target
-from checkpoint_assets.engine.verify import OFFICIAL_READBACK, check_spec
-from checkpoint_assets.engine.verify_rollback import (
+from checkpoint_assets.engine.rollback.verify_rollback import compare_sqlite_batch, verify_rollback
+from checkpoint_assets.engine.verify.check_table import (
     EXPORT_MATCHES_POSTGRES,
+    OFFICIAL_READBACK,
     ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
     SQLITE_THREADS_NOT_IN_POSTGRES,
-    compare_sqlite_batch,
-    verify_rollback,
+    check_spec,
 )
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
-    DEFAULT_BATCH_SIZE,
     EXPORT_FILE_VERIFIES,
     OWNERS,
     POSTGRES_KIND,
     RESTORED_BATCH_MATCHES_EXPORT,
     RESTORED_BATCHES_ASSET,
     ROLLBACK_EXPORT_ASSET,
-    ROLLBACK_EXPORT_ENV,
     ROLLBACK_GROUP_NAME,
     ROLLBACK_PARTITIONS_NAME,
-    ROLLBACK_THREADS_ENV,
-    ROLLBACK_TO_ENV,
     ROLLBACK_VERIFICATION_ASSET,
     SQLITE_KIND,
     TARGET_POOL,
@@ -78,69 +66,16 @@ from checkpoint_assets.partitions import (
     manifest_export_id,
     rollback_partitions,
 )
-from checkpoint_assets.resources import PostgresTargetResource
+from checkpoint_assets.resources import PostgresTargetResource, RollbackResource
 from checkpoint_assets.settings import (
-    AES_KEY_ENV,
     READBACK_ALL,
     READBACK_THREADS_ENV,
-    ROLLBACK_ORIGINAL_EXPORT_ENV,
     ROLLBACK_REMOVE_DELETED_THREADS_ENV,
 )
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK, SQLITE_THREADS_NOT_IN_POSTGRES)
 
-
-class RollbackResource(dg.ConfigurableResource):
-    """Where the way back writes: the SqliteSaver file, its export, which threads. The
-    PostgreSQL source is the migration's target resource (after a cutover, the database
-    the application writes)."""
-
-    to_path: str | None = Field(
-        default=None, description=f"SqliteSaver file to restore into (env {ROLLBACK_TO_ENV}):"
-                                  " created, or added to when it exists.")
-    export_path: str | None = Field(
-        default=None, description=f"Export file (env {ROLLBACK_EXPORT_ENV}); default "
-                                  f"<to_path>{ROLLBACK_EXPORT_SUFFIX}.")
-    threads: str | None = Field(
-        default=None, description=f"Only these threads (env {ROLLBACK_THREADS_ENV}): "
-                                  "comma-separated ids or @FILE; default every thread.")
-    original_export: str | None = Field(
-        default=None, description=f"The forward migration's export (env "
-                                  f"{ROLLBACK_ORIGINAL_EXPORT_ENV}): checkpoints unchanged "
-                                  "since come back in their original SQLite bytes.")
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
-    remove_deleted_threads: bool = Field(
-        default=False, description="Into an existing file: delete the threads it holds that "
-                                   "PostgreSQL no longer has (within the threads chosen), in "
-                                   "one transaction before the verification (env "
-                                   f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1); by default "
-                                   "they are kept and the warning check "
-                                   f"{SQLITE_THREADS_NOT_IN_POSTGRES} names them.")
-    aes_key: str | None = Field(
-        default=None, description=f"EncryptedSerializer AES key (env {AES_KEY_ENV}).")
-
-    def to(self) -> Path:
-        """The SqliteSaver file; MigrationError when none is configured."""
-        if not self.to_path:
-            raise MigrationError("No SQLite file to roll back into is configured.",
-                                 f"Set {ROLLBACK_TO_ENV} to the SqliteSaver file (new or the "
-                                 "application's).")
-        return Path(self.to_path)
-
-    def export(self) -> Path:
-        """The export file of the rollback."""
-        return Path(self.export_path) if self.export_path else \
-            default_rollback_export(self.to())
-
-    def cipher(self) -> Cipher | None:
-        """The cipher of an encrypted application, or None."""
-        return Cipher(self.aes_key.encode()) if self.aes_key else None
-
-    def loading_into(self) -> Path:
-        """The file batches load into: the existing file, or the work file of a new one."""
-        to = self.to()
-        return to if to.exists() else work_path(to)
 
 
 @dg.asset(

@@ -15,22 +15,19 @@ from checkpoint_assets.assets.dagster_metadata import (
     severity,
 )
 from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_METADATA
-from checkpoint_assets.engine.errors import failure_kind
-from checkpoint_assets.engine.evidence import BatchTiming, render_evidence
-from checkpoint_assets.engine.export_chain import load_chain
-from checkpoint_assets.engine.export_file import ExportManifest
-from checkpoint_assets.engine.sync import with_live_migration_section
-from checkpoint_assets.engine.target import TABLES
-from checkpoint_assets.engine.verify import (
-    CheckOutcome,
-    VerificationReport,
-    verify_migration,
-)
-from checkpoint_assets.engine.workers import workers_for
+from checkpoint_assets.engine.core.errors import failure_kind
+from checkpoint_assets.engine.core.workers import workers_for
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.load.target import TABLES
+from checkpoint_assets.engine.sync.export_chain import load_chain
+from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
+from checkpoint_assets.engine.verify.check_table import COUNT_MATCH, CheckOutcome
+from checkpoint_assets.engine.verify.evidence import BatchTiming, render_evidence
+from checkpoint_assets.engine.verify.migration import verify_migration
+from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCHES_ASSET,
-    COUNT_MATCH,
     GROUP_NAME,
     OWNERS,
     POSTGRES_KIND,

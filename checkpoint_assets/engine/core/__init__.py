@@ -1,0 +1,1 @@
+"""The engine's shared core: errors, rows, crypto, codecs, workers, batches, selection."""

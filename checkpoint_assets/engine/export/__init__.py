@@ -1,0 +1,1 @@
+"""The export file: reading the SQLite source, its snapshot, the file format, writer and reader."""

@@ -1,0 +1,319 @@
+"""Read a LangGraph SqliteSaver database: never written, one consistent snapshot, streamed.
+
+The engine reads a private copy of the database taken by :mod:`snapshot` (the original
+and its ``-wal``/``-shm`` stay byte-identical). Committed rows still in the ``-wal`` file
+are part of that copy. Rows are streamed in primary-key order; memory does not grow with
+the size of the database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.export.snapshot import private_snapshot
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+CHECKPOINT_COLUMNS = {
+    "thread_id", "checkpoint_ns", "checkpoint_id", "parent_checkpoint_id",
+    "type", "checkpoint", "metadata",
+}
+WRITE_COLUMNS = {
+    "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel", "type", "value",
+}
+EXPECTED = (
+    "a LangGraph SqliteSaver database (tables 'checkpoints' and 'writes', "
+    "as created by SqliteSaver.setup())"
+)
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SourceCounts:
+    """Row counts of a source database."""
+
+    checkpoints: int
+    writes: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class ThreadSize:
+    """How many rows one thread has in each table."""
+
+    thread_id: str
+    checkpoints: int
+    writes: int
+
+
+class SourceDatabase:
+    """A SqliteSaver database opened read-only. Use :func:`open_source`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, has_task_path: bool,
+                 resources: ExitStack) -> None:
+        self.path = path
+        self._conn = conn
+        self.has_task_path = has_task_path
+        self._resources = resources
+
+    def close(self) -> None:
+        """Close the connection and delete the private copy (the original is never written)."""
+        self._resources.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SourceDatabase]:
+        """Hold one read transaction: every read inside sees the same committed state."""
+        self._execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._conn.execute("ROLLBACK")
+
+    def counts(self, selection: Sequence[str] | None = None) -> SourceCounts:
+        """Count checkpoints, writes and distinct threads (of ``selection`` only, if given:
+        from the fingerprints, see :meth:`fingerprints`)."""
+        if selection is not None:
+            wanted = set(selection)
+            selected = [fp for tid, fp in self.fingerprints().items() if tid in wanted]
+            return SourceCounts(sum(fp[0] for fp in selected), sum(fp[3] for fp in selected),
+                                len(selected))
+        checkpoints = self._execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        writes = self._execute("SELECT count(*) FROM writes").fetchone()[0]
+        threads = self._execute(
+            "SELECT count(*) FROM (SELECT thread_id FROM checkpoints "
+            "UNION SELECT thread_id FROM writes)"
+        ).fetchone()[0]
+        return SourceCounts(checkpoints, writes, threads)
+
+    def thread_sizes(self) -> Iterator[ThreadSize]:
+        """Every thread (with checkpoints or only writes), in thread_id order."""
+        cursor = self._execute(
+            "SELECT thread_id, sum(c), sum(w) FROM ("
+            " SELECT thread_id, count(*) AS c, 0 AS w FROM checkpoints GROUP BY thread_id"
+            " UNION ALL"
+            " SELECT thread_id, 0, count(*) FROM writes GROUP BY thread_id"
+            ") GROUP BY thread_id ORDER BY thread_id"
+        )
+        for thread_id, checkpoints, writes in cursor:
+            yield ThreadSize(_text(thread_id), checkpoints, writes)
+
+    def checkpoints(self, thread_id: str | None = None) -> Iterator[CheckpointRow]:
+        """All checkpoint rows (or one thread's) in primary-key order."""
+        where, params = _one_thread(thread_id)
+        cursor = self._execute(
+            f"SELECT {_CHECKPOINT_SELECT} FROM checkpoints {where}"
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id", params)
+        for record in cursor:
+            yield _checkpoint_row(record)
+
+    def writes(self, thread_id: str | None = None) -> Iterator[WriteRow]:
+        """All writes rows (or one thread's) in primary-key order (``task_path`` '' where the
+        column is absent)."""
+        where, params = _one_thread(thread_id)
+        cursor = self._execute(
+            f"SELECT {self._write_select()} FROM writes {where}"
+            "ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx", params)
+        for record in cursor:
+            yield _write_row(record)
+
+    def thread_rows(self, thread_id: str) -> ThreadRows:
+        """One thread's rows, read through the primary-key indexes (not the whole table)."""
+        return ThreadRows(thread_id, list(self.checkpoints(thread_id)),
+                          list(self.writes(thread_id)))
+
+    def fingerprints(self) -> dict[str, list[int]]:
+        """Every thread's fingerprint: ``[checkpoints, max rowid, sum of rowids, writes, max
+        rowid, sum of rowids]``.
+
+        Read from the primary-key indexes alone (each index entry carries its rowid), never
+        from the rows' blobs. A new, deleted or replaced row changes its thread's
+        fingerprint (``INSERT OR REPLACE`` gives the new row max + 1, even for the table's
+        last row); only a rowid used again after the highest rowids were deleted can keep
+        it, which :meth:`last_row` lets a sync notice (see export_chain).
+        """
+        out: dict[str, list[int]] = {}
+        for position, table in ((0, "checkpoints"), (3, "writes")):
+            cursor = self._execute(
+                f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
+                "GROUP BY thread_id")
+            for thread_id, count, highest, total in cursor:
+                entry = out.setdefault(_text(thread_id), [0] * 6)
+                entry[position:position + 3] = [count, highest, total]
+        return out
+
+    def last_row(self, table: str, rowid: int | None = None,
+                 ) -> tuple[int, CheckpointRow | WriteRow] | None:
+        """(rowid, row) of the table's last row (highest rowid), or of the row ``rowid``;
+        None when there is no such row."""
+        return self._end_row(table, "DESC", rowid)
+
+    def first_row(self, table: str) -> tuple[int, CheckpointRow | WriteRow] | None:
+        """(rowid, row) of the table's first row (lowest rowid), or None when it is empty:
+        the oldest row still there, part of what identifies the database (see
+        source_state.source_identity)."""
+        return self._end_row(table, "ASC")
+
+    def _end_row(self, table: str, order: str, rowid: int | None = None,
+                 ) -> tuple[int, CheckpointRow | WriteRow] | None:
+        if table not in ("checkpoints", "writes") or order not in ("ASC", "DESC"):
+            raise ValueError(f"not a SqliteSaver table or order: {table!r} {order!r}")
+        select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
+        where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
+        record = self._execute(f"SELECT rowid, {select} FROM {table} {where} "
+                               f"ORDER BY rowid {order} LIMIT 1", params).fetchone()
+        if record is None:
+            return None
+        make = _checkpoint_row if table == "checkpoints" else _write_row
+        return record[0], make(record[1:])
+
+    def _write_select(self) -> str:
+        task_path = "task_path" if self.has_task_path else "''"
+        return (f"thread_id, checkpoint_ns, checkpoint_id, task_id, {task_path}, idx, "
+                "channel, type, value")
+
+    def _execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise _explain(self.path, exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise MigrationError(
+                f"Source {self.path} is corrupt or not {EXPECTED}: {exc}.",
+                "Check that the path points at the application's checkpoint database; "
+                "restore it from a backup if it is damaged.",
+            ) from None
+
+
+_CHECKPOINT_SELECT = ("thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
+                      "checkpoint, metadata")
+
+
+def _one_thread(thread_id: str | None) -> tuple[str, tuple]:
+    return ("", ()) if thread_id is None else ("WHERE thread_id = ? ", (thread_id,))
+
+
+def _checkpoint_row(record: tuple) -> CheckpointRow:
+    tid, ns, cid, parent, typ, blob, meta = record
+    return CheckpointRow(_text(tid), _text(ns), _text(cid), _opt_text(parent), _opt_text(typ),
+                         _opt_bytes(blob), _opt_bytes(meta))
+
+
+def _write_row(record: tuple) -> WriteRow:
+    tid, ns, cid, task_id, path, idx, channel, typ, value = record
+    return WriteRow(_text(tid), _text(ns), _text(cid), _text(task_id), _text(path), idx,
+                    _text(channel), _opt_text(typ), _opt_bytes(value))
+
+
+def open_source(path: str | Path, snapshot: Path | None = None) -> SourceDatabase:
+    """Open a SqliteSaver database read-only and check that it has the expected schema.
+
+    Reads a private snapshot of the file (snapshot.py): a new one, or ``snapshot``, one the
+    caller took of ``path`` and keeps for other readers of the same state.
+    Raises MigrationError naming the file when it is missing, empty, not SQLite, corrupt,
+    locked, or lacks the checkpoint tables.
+    """
+    path = require_sqlite_file(path)
+    resources = ExitStack()
+    try:
+        copy = snapshot or resources.enter_context(private_snapshot(path))
+        conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        resources.callback(conn.close)
+        conn.text_factory = bytes
+        has_task_path = _check_schema(path, conn)
+    except BaseException:
+        resources.close()
+        raise
+    return SourceDatabase(path, conn, has_task_path, resources)
+
+
+def require_sqlite_file(path: str | Path) -> Path:
+    """``path``, after checking that it is a SQLite file; else a MigrationError saying
+    what it is instead (missing, not a file, empty, not SQLite)."""
+    path = Path(path)
+    if not path.exists():
+        raise MigrationError(
+            f"Source {path} does not exist.", "Pass the path of the SqliteSaver database file."
+        )
+    if not path.is_file():
+        raise MigrationError(f"Source {path} is not a file.", f"Pass {EXPECTED}.")
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if not header:
+        raise MigrationError(f"Source {path} is empty (0 bytes); expected {EXPECTED}.",
+                             "Point --source at the database your application writes.")
+    if header != SQLITE_HEADER:
+        raise MigrationError(
+            f"Source {path} is not a SQLite database; expected {EXPECTED}.",
+            "Point --source at the database your application writes.",
+        )
+    return path
+
+
+def _check_schema(path: Path, conn: sqlite3.Connection) -> bool:
+    try:
+        tables = {
+            _text(name): {_text(col[1]) for col in conn.execute(
+                f"PRAGMA table_info({_text(name)})").fetchall()}
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name IN ('checkpoints', 'writes')").fetchall()
+        }
+    except sqlite3.OperationalError as exc:
+        raise _explain(path, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise MigrationError(
+            f"Source {path} is corrupt or not a SQLite database ({exc}); expected {EXPECTED}.",
+            "Restore the file from a backup or point --source at the right file.",
+        ) from None
+    missing = [t for t in ("checkpoints", "writes") if t not in tables]
+    if missing:
+        raise MigrationError(
+            f"Source {path} is a SQLite database but has no {' or '.join(missing)} table; "
+            f"expected {EXPECTED}.",
+            "Point --source at the database your SqliteSaver writes (the file passed to "
+            "SqliteSaver.from_conn_string or sqlite3.connect).",
+        )
+    for table, expected in (("checkpoints", CHECKPOINT_COLUMNS), ("writes", WRITE_COLUMNS)):
+        absent = expected - tables[table]
+        if absent:
+            raise MigrationError(
+                f"Source {path}: table '{table}' lacks columns {sorted(absent)}; "
+                f"expected {EXPECTED}.",
+                "This is not a SqliteSaver schema this tool knows; open an issue with the "
+                "output of `sqlite3 FILE .schema`.",
+            )
+    return "task_path" in tables["writes"]
+
+
+def _explain(path: Path, exc: sqlite3.OperationalError) -> MigrationError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return MigrationError(
+            f"Source {path} is locked by another process ({text}) and stayed locked for "
+            f"{BUSY_TIMEOUT_SECONDS:.0f} s.",
+            "Stop or pause the application writing to it, then run the export again.",
+        )
+    return MigrationError(f"Cannot read source {path}: {text}.",
+                          "Check the file's permissions and that it is a SqliteSaver database.")
+
+
+def _text(value: bytes | str | int) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _opt_text(value: bytes | str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _opt_bytes(value: bytes | str | None) -> bytes | None:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value

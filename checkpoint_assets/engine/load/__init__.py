@@ -1,0 +1,1 @@
+"""Loading: convert SqliteSaver rows, load batches into PostgreSQL, the target's tables."""

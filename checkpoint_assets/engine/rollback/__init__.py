@@ -1,0 +1,1 @@
+"""The way back: PostgreSQL -> export -> SQLite, its verification and evidence."""

@@ -1,0 +1,1 @@
+"""Verification: content views, batch comparison, certificates, readback, the checks, evidence."""

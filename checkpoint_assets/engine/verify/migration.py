@@ -1,0 +1,243 @@
+"""Verify a migration: compare the target with the export and the SQLite source.
+
+The per-batch comparisons, counts and the source's drift since the export become the
+``Findings`` that every check of :mod:`check_table` judges; the run returns one
+:class:`VerificationReport` with every mismatch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.workers import workers_for
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.snapshot import private_snapshot
+from checkpoint_assets.engine.export.sqlite_source import (
+    SourceDatabase,
+    open_source,
+    require_sqlite_file,
+)
+from checkpoint_assets.engine.export.writer import thread_digests
+from checkpoint_assets.engine.load.target import (
+    TABLES,
+    Target,
+    refresh_statistics_of,
+    scrub,
+)
+from checkpoint_assets.engine.sync.export_chain import ExportChain, as_chain
+from checkpoint_assets.engine.verify.certificates import (
+    BatchCertificate,
+)
+from checkpoint_assets.engine.verify.check_table import (
+    CHECKS,
+    Findings,
+)
+from checkpoint_assets.engine.verify.comparison import (
+    compare_batches,
+)
+from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
+
+DEFAULT_READBACK_SAMPLE = 25
+
+
+def source_drift(source_path: str | Path, manifest: ExportManifest | ExportChain,
+                 ) -> dict[str, list[str]]:
+    """Threads whose rows in the SQLite source differ from the export (or from the state
+    its sync generations reached) right now; only the chain's selection, if it has one.
+
+    Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
+    """
+    source = open_source(source_path)
+    try:
+        with source.snapshot():
+            return _drift(source, as_chain(manifest))
+    finally:
+        source.close()
+
+
+def _drift(source: SourceDatabase, chain: ExportChain) -> dict[str, list[str]]:
+    """:func:`source_drift` of an open source."""
+    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()}
+    selection = set(chain.selection) if chain.selection is not None else None
+    current = {tid: sha for tid, sha in thread_digests(source.checkpoints(), source.writes())
+               if selection is None or tid in selection}
+    return {
+        "changed": sorted(t for t in exported if t in current and current[t] != exported[t]),
+        "added": sorted(t for t in current if t not in exported),
+        "removed": sorted(t for t in exported if t not in current),
+    }
+
+
+def target_table_counts(target: Target) -> dict[str, int]:
+    """Total rows in each PostgresSaver table of the target."""
+    with target.connect() as conn:
+        return {table: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(table))).fetchone()[0]
+            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")}
+
+
+def verify_migration(
+    manifest: ExportManifest,
+    target: Target,
+    *,
+    source_path: str | Path | None = None,
+    cipher: Cipher | None = None,
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE,
+    progress: Any = None,
+    workers: int | None = None,
+    readback_all_hint: str = "",
+    chain: ExportChain | None = None,
+    certify: bool = False,
+    earlier: VerificationReport | None = None,
+    certificates: Mapping[str, BatchCertificate] | None = None,
+    certificates_hint: str = "",
+) -> VerificationReport:
+    """Run every check and return the report. Never raises for a mismatch: reports it.
+
+    ``certify``: every batch is compared together with the digest of each of its threads'
+    row versions (the report can then be the ``earlier`` of a later run). ``earlier``: a
+    certified report of the same target: a batch whose threads still have the row versions
+    they passed with (those a sync did not move to a later generation) is taken over instead of
+    compared again, and its threads that were read back equal are not read back again
+    (their source rows are the same too: the batch is the same and the source-drift check
+    compares every thread). This is how the cutover keeps its window short: the full
+    comparison runs first, while writers still write. ``certificates`` (by export batch
+    SHA-256, see certificates.py): what the batch checks proved; a batch whose certificate
+    still holds is taken over in the same way (the content check says how many were, and
+    that this rests on the record that kept the certificates being genuine;
+    ``certificates_hint``: what that record is and how the caller compares every batch).
+
+    ``chain``: the export's sync generations (export_chain): the target is then compared
+    with the state they reached (each live thread with the generation holding it), and
+    the source with that state. Without it, the export ``manifest`` alone is the state.
+
+    ``readback_threads`` None reads back every thread through the official savers;
+    ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
+    ``workers`` processes compare batches at once (None: as many as an import of this
+    export would use, since comparing also spends most of its time in Python).
+    Raises MigrationError when the target cannot be read: no PostgresSaver tables there,
+    or a database error (the message without the DSN's password).
+    """
+    require_target_tables(target)
+    try:
+        return _verify_migration(manifest, chain or ExportChain([manifest]), target,
+                                 source_path, cipher, readback_threads, progress, workers,
+                                 readback_all_hint, certify, earlier, certificates,
+                                 certificates_hint)
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"Reading the target {target.display} failed during the verification: "
+            f"{scrub(str(exc).strip(), target.dsn)}",
+            "Check that the server is up and that this user may read PostgresSaver's "
+            "tables (GRANT SELECT), then run the verification again.") from None
+
+
+def require_target_tables(target: Target) -> None:
+    """Raise MigrationError unless the target holds every PostgresSaver table to compare."""
+    with target.connect(autocommit=True) as conn:
+        missing = [row[0] for row in conn.execute(
+            "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
+            (list(TABLES),))]
+    if missing:
+        where = f"schema {target.schema}" if target.schema else "the search_path"
+        raise MissingTablesError(
+            f"The target {target.display} has no PostgresSaver table {', '.join(missing)} "
+            f"in {where}, so there is nothing to verify the export against.",
+            "Import the export first, or point the target's DSN and schema at the database "
+            "and schema the checkpoints were imported into.")
+
+
+class MissingTablesError(MigrationError):
+    """The target has no PostgresSaver tables to verify against."""
+
+
+def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Target,
+                      source_path: str | Path | None, cipher: Cipher | None,
+                      readback_threads: int | None, progress: Any,
+                      workers: int | None, readback_all_hint: str, certify: bool,
+                      earlier: VerificationReport | None,
+                      certificates: Mapping[str, BatchCertificate] | None,
+                      certificates_hint: str = "") -> VerificationReport:
+    started = time.perf_counter()
+    refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
+    # One private snapshot of the source for its counts, its digests and the read-back.
+    with ExitStack() as held, ThreadPoolExecutor(max_workers=1) as beside:
+        # The SQLite side (counts, per-thread digests) is read while the batches compare.
+        source_state = beside.submit(_source_state, source_path, chain, held) \
+            if source_path is not None else None
+        workers = workers_for(manifest) if workers is None else workers
+        comparisons = compare_batches(manifest, target, cipher, workers=workers,
+                                      progress=progress, chain=chain, certify=certify,
+                                      earlier=earlier, certificates=certificates)
+        source_copy, sqlite_counts, drift = source_state.result() \
+            if source_state is not None \
+            else (None, None, {"changed": [], "added": [], "removed": []})
+        return _report(started, manifest, chain, target, cipher, source_path, source_copy,
+                       readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
+                       workers, earlier, certificates_hint)
+
+
+def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
+            cipher: Cipher | None, source_path: str | Path | None, source_copy: Path | None,
+            readback_threads: int | None, readback_all_hint: str,
+            comparisons: list[BatchComparison], sqlite_counts: dict[str, int] | None,
+            drift: dict[str, list[str]], workers: int,
+            earlier: VerificationReport | None,
+            certificates_hint: str = "") -> VerificationReport:
+    """Run every check on what was compared and read."""
+    counts = {"export": {"checkpoints": chain.checkpoints,
+                         "checkpoint_writes": chain.writes},
+              "expected_target": _sum_counts(c.expected_counts for c in comparisons),
+              "target": _sum_counts(c.actual_counts for c in comparisons),
+              "target_tables": target_table_counts(target)}
+    if sqlite_counts is not None:
+        counts["sqlite"] = sqlite_counts
+    # Read back equal by the earlier run and taken over from it (not from a certificate,
+    # which may be newer than that read-back).
+    read_back_before = frozenset(
+        tid for c in comparisons if c.reused and not c.certificate_from
+        for tid in c.thread_ids if earlier is not None and tid in earlier.read_back_equal)
+    findings = Findings(manifest, target, cipher, source_path, readback_threads,
+                        readback_all_hint, comparisons, counts, drift, chain, workers,
+                        read_back_before, source_copy, certificates_hint=certificates_hint)
+    checks = {spec.name: spec.run(findings) for spec in CHECKS
+              if source_path is not None or not spec.needs_source}
+    return VerificationReport(
+        checks=checks, counts=counts,
+        metadata_changes=[m for c in comparisons for m in c.metadata_changes],
+        seconds=time.perf_counter() - started, batches=comparisons,
+        read_back_equal=frozenset(findings.read_back_equal))
+
+
+def _source_state(source_path: str | Path, chain: ExportChain, held: ExitStack,
+                  ) -> tuple[Path, dict[str, int], dict[str, list[str]]]:
+    """A private snapshot of the SQLite source (kept open in ``held``, for the read-back
+    to read the same state), its counts (of the chain's selection, if it has one), and its
+    threads that differ from the expected state."""
+    copy = held.enter_context(private_snapshot(require_sqlite_file(source_path)))
+    source = open_source(source_path, snapshot=copy)
+    try:
+        with source.snapshot():
+            found = source.counts(chain.selection)
+            drift = _drift(source, chain)
+    finally:
+        source.close()
+    return copy, {"checkpoints": found.checkpoints, "checkpoint_writes": found.writes}, drift
+
+
+def _sum_counts(items: Any) -> dict[str, int]:
+    total: dict[str, int] = {"checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+    for counts in items:
+        for k, v in counts.items():
+            total[k] += v
+    return total
