@@ -22,6 +22,7 @@ import pytest
 from langgraph.graph import END, START, StateGraph
 
 from checkpoint_assets import cli
+from checkpoint_assets.cli.exit_status import EXIT_MISMATCH, EXIT_OK
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
@@ -134,7 +135,7 @@ def test_verify_writes_an_owner_only_evidence_file_beside_the_export(
     export = tmp_path / "x.export"
     assert cli.main(["export", "--source", str(sample_db), "--export", str(export)]) == 0
     assert cli.main(["import", "--export", str(export)]) == 0
-    assert verify(sample_db, export, "--readback-all") == cli.EXIT_OK
+    assert verify(sample_db, export, "--readback-all") == EXIT_OK
 
     text = passed_evidence(tmp_path / "x.export.evidence.md", capsys)
 
@@ -170,7 +171,7 @@ def test_a_damaged_blob_and_metadata_value_are_failures_named_by_key(
             "RETURNING thread_id, checkpoint_ns, checkpoint_id").fetchone()
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     evidence = tmp_path / "damaged.md"
-    assert verify(sample_db, export, "--evidence", str(evidence)) == cli.EXIT_MISMATCH
+    assert verify(sample_db, export, "--evidence", str(evidence)) == EXIT_MISMATCH
 
     text = evidence.read_text()
     assert text.startswith("# Migration evidence: FAILED")
@@ -200,7 +201,7 @@ def test_long_listings_stop_at_the_cap_and_the_json_report_has_every_mismatch(
     assert deleted > MAX_LISTED
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
     report = tmp_path / "report.json"
-    assert verify(sample_db, export, "--report", str(report)) == cli.EXIT_MISMATCH
+    assert verify(sample_db, export, "--report", str(report)) == EXIT_MISMATCH
 
     text = (tmp_path / "x.export.evidence.md").read_text()
     listing = section(text, f"Mismatches: {CONTENT_INTEGRITY}")
@@ -222,7 +223,7 @@ def test_values_jsonb_cannot_hold_are_listed_by_key_and_the_resume_risk_is_a_war
     corpus = cg.build_rich_corpus(tmp_path / "rich.sqlite")
     export = exported_and_imported(corpus.path, tmp_path, target_dsn)
     monkeypatch.setenv(TARGET_DSN_ENV, target_dsn)
-    assert verify(corpus.path, export) == cli.EXIT_OK
+    assert verify(corpus.path, export) == EXIT_OK
 
     text = (tmp_path / "x.export.evidence.md").read_text()
     assert text.startswith("# Migration evidence: PASSED")
@@ -308,7 +309,7 @@ def test_migrate_writes_the_verification_evidence_beside_the_export(
     monkeypatch.setenv(TARGET_DSN_ENV, with_password(target_dsn, SECRET))
     export = tmp_path / "x.export"
     assert cli.main(["migrate", "--source", str(sample_db), "--export", str(export),
-                     "--batch-size", str(BATCH_SIZE)]) == cli.EXIT_OK
+                     "--batch-size", str(BATCH_SIZE)]) == EXIT_OK
 
     text = passed_evidence(tmp_path / "x.export.evidence.md", capsys)
     timings = by_first_column(table(section(text, "Batch timings")))

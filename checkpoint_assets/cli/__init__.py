@@ -23,8 +23,6 @@ from checkpoint_assets.cli.exit_status import (
     DEFAULT_ERROR_REPORT,
     ERROR_HINTS,
     ERROR_REPORTS,
-    EXIT_MISMATCH,  # noqa: F401 (main's statuses, read by its callers as cli.EXIT_*)
-    EXIT_OK,  # noqa: F401
     EXIT_USAGE,
     STOPPED,
     STOPPED_AT_ONCE,
