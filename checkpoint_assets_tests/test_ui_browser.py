@@ -41,7 +41,6 @@ import pytest
 
 from checkpoint_assets.assets.imported_batches import (
     CONFLICT_MARKER,
-    NO_PARTITION_HINT,
     STRAY_PARTITION,
 )
 from checkpoint_assets.assets.staleness import BACKFILL_FIRST, OUT_OF_DATE
@@ -329,8 +328,8 @@ def test_a_new_user_is_told_what_to_do_and_no_action_leads_nowhere(
 
     1. first screen: the export's page says to start there; the batches' page (0
        partitions) says to materialize checkpoint_export first;
-    2. the batch check's "Execute all" (no partition): the run's failure says how to
-       load or check batches, in words, not a Python error;
+    2. the batch check's "Execute all" is disabled, saying the check cannot execute
+       without materializing the asset (it would launch an unpartitioned run);
     3. the rollback group's page names CHECKPOINT_ASSETS_ROLLBACK_TO, and materializing
        it without that setting fails naming it;
     4. after the export, "Add a partition" with ``batch-00001`` in the Materialize
@@ -346,14 +345,15 @@ def test_a_new_user_is_told_what_to_do_and_no_action_leads_nowhere(
                                     r"materialized")).first.wait_for()
         save_screenshot(page, tmp_path, "new-user-1-batches-say-export-first.png")
 
-        # 2. The check's own action, without a partition.
+        # 2. The check's own action launches nothing bound to fail: it is disabled, and
+        # says why.
         open_checks(page, dev, BATCHES_ASSET)
-        before = latest_run_id(dev)
-        page.get_by_role("button", name="Execute all").click()
-        run_id = wait_for(lambda: (r := latest_run_id(dev)) != before and r, RUN_SECONDS,
-                          "the check's run", dev)
-        show_run_failure(page, dev, run_id, NO_PARTITION_HINT.split(" and this run")[0],
-                         tmp_path, "new-user-2-check-without-partition.png")
+        execute = page.get_by_role("button", name="Execute all")
+        execute.wait_for()
+        assert execute.is_disabled()
+        execute.hover(force=True)
+        page.get_by_text(CHECK_NEEDS_ITS_LOAD).first.wait_for()
+        save_screenshot(page, tmp_path, "new-user-2-check-execute-disabled.png")
 
         # 3. The rollback group names its setting, and says so when it is missing.
         page.goto(f"{dev.url}/assets/{ROLLBACK_EXPORT_ASSET.to_user_string()}")
@@ -391,6 +391,8 @@ def test_a_new_user_is_told_what_to_do_and_no_action_leads_nowhere(
         assert "batch-00001" not in page.inner_text("body")
 
 
+# Dagster's tooltip on a check that cannot be subset from its asset.
+CHECK_NEEDS_ITS_LOAD = "This check cannot execute without materializing the asset."
 LATEST_RUN = "{ runsOrError(limit: 1) { ... on Runs { results { runId } } } }"
 RUNS = "{ runsOrError(limit: 50) { ... on Runs { results { runId status tags { key value } } } } }"
 

@@ -7,8 +7,8 @@ pinned in-process, fast:
   graph node shows) names the order, and that the batches stay empty until the export;
 - an out-of-date verification says what will actually happen (backfill failed and missing
   partitions first while there are any) and keeps its last real mismatches;
-- the batch check launched on its own: without a partition, a failure that says what to
-  do (no stack); with a partition, it compares the batch again and loads nothing;
+- the batch check never runs without its batch's load (the UI's "Execute all" on it is
+  disabled), and a batches run without a partition says what to do;
 - a partition key no export made ("Add a partition") is refused and removed, and the
   verification stays current;
 - the rollback group names its settings, fails clearly without them, and its
@@ -167,38 +167,30 @@ def migrated(target_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     return {"defs": code, "instance": instance, "export": export, "tmp": tmp_path}
 
 
-def _check_job(code: dg.Definitions) -> dg.JobDefinition:
-    """The implicit asset job, cut to the batch check alone (the UI's check "Execute")."""
-    return code.resolve_implicit_global_asset_job_def().get_subset(
-        asset_check_selection={BATCH_CHECK_KEY})
-
-
 def _failure(run: dg.ExecuteInProcessResult) -> str:
     event = next(e for e in run.all_events if e.is_step_failure)
     return event.step_failure_data.user_failure_data.description
 
 
-def test_the_batch_check_on_its_own(migrated: dict[str, Any]) -> None:
-    """Launched without a partition (the check's "Execute all"), the run fails at once
-    saying how to load or check batches, from Dagster's Failure (no Python error); for a
-    partition, it compares that batch again: a passed result, and no new load."""
-    instance, code = migrated["instance"], migrated["defs"]
-    unpartitioned = _check_job(code).execute_in_process(instance=instance,
-                                                        raise_on_error=False)
-    assert not unpartitioned.success
-    assert _failure(unpartitioned) == NO_PARTITION_HINT
+def test_the_batch_check_never_runs_without_its_load() -> None:
+    """The check cannot be subset from its asset, so the UI's "Execute all" on the
+    batches' Checks tab is disabled ("This check cannot execute without materializing the
+    asset") instead of launching an unpartitioned run bound to fail; Dagster refuses such a
+    selection from code as well."""
+    node = defs.resolve_asset_graph().get(BATCHES_ASSET)
+    assert node.execution_set_entity_keys == {BATCHES_ASSET, BATCH_CHECK_KEY}
+    with pytest.raises(dg.DagsterInvalidSubsetError):
+        defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_check_selection={BATCH_CHECK_KEY})
 
-    key = sorted(instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))[0]
-    loads = len(instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=BATCHES_ASSET, asset_partitions=[key]), 10).records)
-    again = _check_job(code).execute_in_process(
-        instance=instance, tags={"dagster/partition": key}, raise_on_error=False)
-    assert again.success
-    [evaluation] = again.get_asset_check_evaluations()
-    assert evaluation.passed and evaluation.partition == key
-    assert len(instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=BATCHES_ASSET, asset_partitions=[key]),
-        10).records) == loads
+
+def test_a_batches_run_without_a_partition_says_what_to_do(
+        migrated: dict[str, Any]) -> None:
+    """A run of the batches without a partition (GraphQL or Python can launch one) fails
+    at once with what to do instead, a Dagster Failure, before touching anything."""
+    run = materialize(migrated["defs"], migrated["instance"], BATCHES_ASSET)
+    assert not run.success
+    assert _failure(run) == NO_PARTITION_HINT
 
 
 def test_a_partition_key_added_by_hand_is_refused_and_removed(

@@ -87,9 +87,8 @@ with preview_silenced():
     BATCH_CHECK = dg.AssetCheckSpec(
         BATCH_MATCHES_EXPORT, asset=BATCHES_ASSET, partitions_def=batch_partitions,
         description="The batch's rows in PostgreSQL (checkpoints, blobs, writes) have the "
-                    "export's counts and content digest. Runs with each batch's load; run "
-                    "on its own for a partition (the partition's page, or a check run "
-                    "with a partition), it compares that batch again and loads nothing.")
+                    "export's counts and content digest. Runs with each batch's load (a "
+                    "batch loaded again is compared again; rows already there are kept).")
 
 # The batches asset's description: its first line is what the graph's node shows, so it
 # says what to click first while the node reads "0 partitions".
@@ -99,13 +98,14 @@ BATCHES_DESCRIPTION = (
     "The export's checkpoints in PostgreSQL, one partition per batch of whole threads, each "
     "loaded in its own transaction. Partitions are created by checkpoint_export only: a key "
     "added by hand (\"Add a partition\") is refused by its run and removed.")
-# A run that names no partition (a check's "Execute" in the UI launches one): what to do.
+# A run that names no partition (launched by GraphQL or Python; the UI always asks for
+# partitions): what to do instead.
 NO_PARTITION_HINT = (
     f"{BATCHES_ASSET.to_user_string()} and its check {BATCH_MATCHES_EXPORT} run one batch "
     "partition at a time, and this run names none. To load (and check) batches: open "
     f"{BATCHES_ASSET.to_user_string()} -> Materialize -> choose partitions (\"Failed and "
-    "missing\", or All) -> Launch. To check one loaded batch again: open its partition "
-    "(Partitions tab) and run the check there, or `checkpoint-assets verify`.")
+    "missing\", or All) -> Launch. To compare loaded batches again without loading: "
+    "`checkpoint-assets verify`.")
 # A partition key no export or sync of the current chain made (e.g. added by hand).
 STRAY_PARTITION = "is not a batch of the current export"
 
@@ -127,11 +127,17 @@ class BatchProblem:
     specs=[dg.AssetSpec(
         BATCHES_ASSET, group_name=GROUP_NAME, kinds={POSTGRES_KIND},
         partitions_def=batch_partitions, deps=[EXPORT_ASSET], owners=OWNERS, tags=ASSET_TAGS,
-        description=BATCHES_DESCRIPTION)],
+        description=BATCHES_DESCRIPTION,
+        # Every batch yields its own materialization and check result as soon as its
+        # transaction commits, so the step yields no asset output; skippable makes that
+        # legal.
+        skippable=True)],
     check_specs=[BATCH_CHECK],
-    # Every batch yields its own materialization and check result as soon as its
-    # transaction commits, so the step yields no asset output; can_subset makes that legal.
-    can_subset=True,
+    # The check never runs without its batch's load: Dagster 1.13's "Execute all" on the
+    # Checks tab launches a partitioned check without a partition, and a check that cannot
+    # be subset from its asset is offered there disabled ("This check cannot execute
+    # without materializing the asset") instead of launching a run bound to fail.
+    can_subset=False,
     pool=TARGET_POOL,
     retry_policy=batch_retry_policy,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCHES_PER_RUN),
@@ -170,7 +176,6 @@ def imported_checkpoint_batches(
         chain = load_chain(export_file.resolve_path(source.path))
         stray = refuse_stray_partitions(context, chain, keys)
         keys = [key for key in keys if key not in stray]
-        check_only = BATCHES_ASSET not in context.selected_asset_keys
         require_same_source(chain.export, source.path)
         ensure_tables(load_target)
         identity = load_target.identity() or ""
@@ -180,9 +185,6 @@ def imported_checkpoint_batches(
         for key in keys:
             problems.append((yield from _record_problem(context, key, load_target, exc)))
     else:
-        if check_only:  # the check alone: compare the batches again, load nothing
-            yield from _check_again(context, chain, keys, stray, load_target, cipher)
-            return
         problems = []
         for key in keys:
             problem = yield from _load_and_record(context, key, chain, load_target, cipher,
@@ -229,36 +231,6 @@ def _stray_problem(key: str) -> BatchProblem:
                "loaded for it and the key was removed. Materialize the partitions the "
                "export made instead (Materialize -> Failed and missing).")
     return BatchProblem(key, message, MigrationError(message), FailureKind.BAD_INPUT)
-
-
-def _check_again(context: dg.AssetExecutionContext, chain: ExportChain, keys: list[str],
-                 stray: list[str], load_target: Target, cipher: Any) -> Iterator[Any]:
-    """``batch_matches_export`` run on its own: each batch of the run compared with the
-    export again (nothing loaded), its result tied to the partition's latest load."""
-    failed = []
-    for key in keys:
-        try:
-            manifest, batch = chain_batch_for(chain, key)
-            threads = None
-            if manifest.generation > 0:
-                live = {(m.generation, k): t for m, k, t in chain.live_batches()}
-                threads = live.get((manifest.generation, batch), frozenset())
-            comparison = compare_batch(load_target, manifest, batch, cipher,
-                                       threads=threads, certify=True)
-        except Exception as exc:
-            yield _failed_check(context.instance, key, load_target, type(exc).__name__, exc)
-            failed.append(key)
-            continue
-        yield _comparison_check(context.instance, key, comparison, load_target, cipher)
-        if not comparison.passed:
-            failed.append(key)
-    output = context.assets_def.get_output_name_for_asset_check_key(BATCH_CHECK.key)
-    yield dg.Output(None, output_name=output)
-    _raise_for([_stray_problem(key) for key in stray], len(stray))
-    if failed:
-        raise failure(f"{len(failed)} of {len(keys)} batch(es) differ from the export or "
-                      f"could not be compared: {failed[:20]}; see each partition's "
-                      f"{BATCH_MATCHES_EXPORT} result.", kind=FailureKind.MISMATCH)
 
 
 def _keys_still_to_load(context: dg.AssetExecutionContext) -> list[str]:
