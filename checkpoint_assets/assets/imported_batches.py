@@ -43,8 +43,8 @@ from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
     BATCH_MAX_RETRIES,
-    BATCHES_ASSET,
     BATCH_PARTITIONS_NAME,
+    BATCHES_ASSET,
     BATCHES_PER_RUN,
     CERTIFICATE_METADATA,
     ENGINE_ATTEMPTS,
@@ -90,8 +90,9 @@ with preview_silenced():
                     "export's counts and content digest. Runs with each batch's load (a "
                     "batch loaded again is compared again; rows already there are kept).")
 
-# The batches asset's description: its first line is what the graph's node shows, so it
-# says what to click first while the node reads "0 partitions".
+# The batches asset's description: its first line is what the asset's page and the graph's
+# side panel show first (and the node, with the graph's Description facet on), so it says
+# what to click first while the node reads "0 partitions".
 BATCHES_DESCRIPTION = (
     "Step 2: empty (0 partitions) until checkpoint_export is materialized; then Materialize "
     "-> All partitions -> Launch backfill.\n\n"

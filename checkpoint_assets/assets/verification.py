@@ -95,7 +95,9 @@ def migration_verification(
     Proof that PostgreSQL holds exactly what the SQLite source holds. Its automation
     condition (sensor verification_follows_batches) runs it once the batches were loaded,
     none failed, missing or in progress; while one is, backfill the failed and missing
-    partitions of imported_checkpoint_batches first. Compares every batch in PostgreSQL (the staging schema in staging mode) with the export
+    partitions of imported_checkpoint_batches first.
+
+    Compares every batch in PostgreSQL (the staging schema in staging mode) with the export
     (a batch whose own ``batch_matches_export`` certified rows PostgreSQL still holds
     unchanged, the same row versions, is taken over from that check, see
     engine/certificates.py; with
