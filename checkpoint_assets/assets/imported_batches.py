@@ -175,12 +175,14 @@ def imported_checkpoint_batches(
     try:
         # The export and its sync generations: a sync's batches are partitions too.
         chain = load_chain(export_file.resolve_path(source.path))
-        stray = refuse_stray_partitions(context, chain, keys)
-        keys = [key for key in keys if key not in stray]
         require_same_source(chain.export, source.path)
         ensure_tables(load_target)
         identity = load_target.identity() or ""
         cipher = source.cipher()
+        # Only an export of the configured source, into a usable target, says which keys
+        # are stray (else every batch fails the same way, below).
+        stray = refuse_stray_partitions(context, chain, keys)
+        keys = [key for key in keys if key not in stray]
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
         problems = []
         for key in keys:
