@@ -18,6 +18,7 @@ from checkpoint_assets.assets.rollback import ROLLBACK_ASSETS
 from checkpoint_assets.partitions import (
     AUTOMATION_INTERVAL_SECONDS,
     AUTOMATION_SENSOR,
+    ROLLBACK_VERIFICATION_ASSET,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.resources import build_resources
@@ -33,11 +34,13 @@ from checkpoint_assets.sync_sensor import (
 # stale verification never waits for a click. Stop it on the Automation page if needed.
 verification_automation = dg.AutomationConditionSensorDefinition(
     AUTOMATION_SENSOR,
-    target=dg.AssetSelection.assets(VERIFICATION_ASSET),
+    # The way back's verification follows its batches the same way.
+    target=dg.AssetSelection.assets(VERIFICATION_ASSET, ROLLBACK_VERIFICATION_ASSET),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
-    description="Materializes migration_verification once batches were loaded or failed "
-                "after its last run, as soon as none is missing or in progress.",
+    description="Materializes migration_verification (and rollback_verification) once "
+                "their batches were loaded after their last run, as soon as none is "
+                "missing or in progress: backfill failed and missing partitions first.",
 )
 
 

@@ -12,7 +12,10 @@ visible text, and every result is read from the rendered page, not from the API:
   verification runs by itself, and the graph ends with every asset check passed;
 - a migration walked through a break, a repair and a new export (see that test): the
   check's Partitions view, the partition pages, the verification's checks and the graph
-  say at each step what is true.
+  say at each step what is true (an out-of-date verification says to backfill the failed
+  partition first);
+- a new user's first minutes (see that test): what to click first, the batch check's own
+  action, the rollback's setting, a partition key added by hand.
 
 Screenshots go to the test's tmp_path and to ``.checkpoint_assets/screenshots/`` in the
 repository (git-ignored). Without /usr/bin/chromium the tests are skipped (scripts/test.sh
@@ -36,21 +39,32 @@ from typing import Any
 import psycopg
 import pytest
 
-from checkpoint_assets.assets.imported_batches import CONFLICT_MARKER
-from checkpoint_assets.assets.staleness import OUT_OF_DATE
+from checkpoint_assets.assets.imported_batches import (
+    CONFLICT_MARKER,
+    STRAY_PARTITION,
+)
+from checkpoint_assets.assets.staleness import BACKFILL_FIRST, OUT_OF_DATE
 from checkpoint_assets.engine.export.reader import read_batch, read_manifest
 from checkpoint_assets.partitions import (
     BATCHES_ASSET,
     EXPORT_ASSET,
     EXPORT_CHECK_NAMES,
     GROUP_NAME,
+    ROLLBACK_EXPORT_ASSET,
     VERIFICATION_ASSET,
     VERIFICATION_CHECK_NAMES,
     partition_keys,
     partition_keys_by_batch,
 )
 from checkpoint_assets.runner import migrate_in_process, project_instance
-from checkpoint_assets_tests.dagster_dev_support import LOCATION, REPO, DagsterDev
+from checkpoint_assets.settings import ROLLBACK_TO_ENV
+from checkpoint_assets_tests.dagster_dev_support import (
+    LOCATION,
+    REPO,
+    DagsterDev,
+    partition_span,
+    wait_for,
+)
 from checkpoint_assets_tests.dagster_support import (
     dagster_dev_project,
     definitions,
@@ -208,7 +222,8 @@ def test_the_ui_tells_the_truth_from_migration_through_a_repair_and_a_new_export
     1. migrated by the command line: the check's Partitions view counts every batch passed;
     2. one batch broken (a conflicting row in the target, the batch loaded again): its
        partition and its check show failed, the conflict is in its logs, and the
-       verification's checks read "Out of date" instead of passed;
+       verification's checks read "Out of date" instead of passed, saying to backfill
+       the failed partition first and naming it;
     3. repaired by a backfill of the failed and missing partitions launched in the UI: the
        verification runs again by itself (automation) and every check passes;
     4. exported again with another batch size: no partition shows as materialized, no
@@ -255,6 +270,10 @@ def test_the_ui_tells_the_truth_from_migration_through_a_repair_and_a_new_export
         open_checks(page, dev, VERIFICATION_ASSET)
         wait_on_page(page, dev, lambda: page.get_by_text(OUT_OF_DATE).first.is_visible(),
                      RUN_SECONDS, "the verification out of date", tmp_path)
+        # ... saying what will happen: not "by itself" while a partition is failed.
+        assert page.get_by_text(BACKFILL_FIRST).first.is_visible()
+        assert page.get_by_text(broken).first.is_visible()
+        save_screenshot(page, tmp_path, "walk-2-verification-out-of-date-backfill-first.png")
         open_graph(page, dev)
         verification = asset_nodes(page)[VERIFICATION_ASSET.to_user_string()]
         assert passed_checks(verification) != (len(VERIFICATION_CHECK_NAMES),) * 2, verification
@@ -300,6 +319,108 @@ def test_the_ui_tells_the_truth_from_migration_through_a_repair_and_a_new_export
         verification = asset_nodes(page)[VERIFICATION_ASSET.to_user_string()]
         assert passed_checks(verification) != (len(VERIFICATION_CHECK_NAMES),) * 2, verification
         save_screenshot(page, tmp_path, "walk-4-graph-after-new-export.png")
+
+
+def test_a_new_user_is_told_what_to_do_and_no_action_leads_nowhere(
+    page: Any, tmp_path: Path, target_dsn: str
+) -> None:
+    """The first minutes of a new user, each step read from the rendered page:
+
+    1. first screen: the export's page says to start there; the batches' page (0
+       partitions) says to materialize checkpoint_export first;
+    2. the batch check's "Execute all" is disabled, saying the check cannot execute
+       without materializing the asset (it would launch an unpartitioned run);
+    3. the rollback group's page names CHECKPOINT_ASSETS_ROLLBACK_TO, and materializing
+       it without that setting fails naming it;
+    4. after the export, "Add a partition" with ``batch-00001`` in the Materialize
+       dialog: the run refuses the key, and the key is gone from the partitions.
+    """
+    project = new_project(tmp_path, target_dsn, threads=4, batch_size=20)
+    with running_dagster_dev(project) as dev:
+        # 1. What to click first.
+        page.goto(f"{dev.url}/assets/{EXPORT_ASSET.to_user_string()}")
+        page.get_by_text(re.compile(r"^Start here: materialize this first")).first.wait_for()
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}")
+        page.get_by_text(re.compile(r"empty \(0 partitions\) until checkpoint_export is "
+                                    r"materialized")).first.wait_for()
+        save_screenshot(page, tmp_path, "new-user-1-batches-say-export-first.png")
+
+        # 2. The check's own action launches nothing bound to fail: it is disabled, and
+        # says why.
+        open_checks(page, dev, BATCHES_ASSET)
+        execute = page.get_by_role("button", name="Execute all")
+        execute.wait_for()
+        assert execute.is_disabled()
+        execute.hover(force=True)
+        page.get_by_text(CHECK_NEEDS_ITS_LOAD).first.wait_for()
+        save_screenshot(page, tmp_path, "new-user-2-check-execute-disabled.png")
+
+        # 3. The rollback group names its setting, and says so when it is missing.
+        page.goto(f"{dev.url}/assets/{ROLLBACK_EXPORT_ASSET.to_user_string()}")
+        page.get_by_text(re.compile(ROLLBACK_TO_ENV)).first.wait_for()
+        before = latest_run_id(dev)
+        page.get_by_text("Materialize", exact=True).first.click()
+        run_id = wait_for(lambda: (r := latest_run_id(dev)) != before and r, RUN_SECONDS,
+                          "the rollback export's run", dev)
+        show_run_failure(page, dev, run_id, f"Set {ROLLBACK_TO_ENV}", tmp_path,
+                         "new-user-3-rollback-setting-named.png")
+
+        # 4. A partition key added by hand is refused and removed.
+        materialize_export(page, dev, project)
+        keys = partition_keys(read_manifest(project.export))
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}")
+        page.get_by_role("button", name="Materialize…").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Add a partition").click()
+        page.get_by_placeholder("name").fill("batch-00001")
+        page.get_by_role("button", name="Save").click()
+        page.get_by_placeholder("name").wait_for(state="detached")
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("button", name="All", exact=True).click()
+        dialog.get_by_text(f"{len(keys) + 1} partitions", exact=True).wait_for()
+        before = latest_run_id(dev)
+        dialog.get_by_role("button", name=re.compile(r"^Launch (backfill|\d+ runs?)$")).click()
+        page.get_by_text(re.compile(r"^(Created backfill|Launched run)")).first.wait_for()
+        refused = wait_for(lambda: stray_run(dev, before), BACKFILL_SECONDS,
+                           "the run of batch-00001", dev)
+        show_run_failure(page, dev, refused, f"'batch-00001' {STRAY_PARTITION}", tmp_path,
+                         "new-user-4-stray-key-refused.png")
+        page.goto(f"{dev.url}/assets/{BATCHES_ASSET.to_user_string()}?view=partitions")
+        wait_on_page(page, dev, lambda: sum(asset_partition_counts(page).values()) == len(keys),
+                     BACKFILL_SECONDS, "only the export's partitions left", tmp_path)
+        assert "batch-00001" not in page.inner_text("body")
+
+
+# Dagster's tooltip on a check that cannot be subset from its asset.
+CHECK_NEEDS_ITS_LOAD = "This check cannot execute without materializing the asset."
+LATEST_RUN = "{ runsOrError(limit: 1) { ... on Runs { results { runId } } } }"
+RUNS = "{ runsOrError(limit: 50) { ... on Runs { results { runId status tags { key value } } } } }"
+
+
+def latest_run_id(dev: DagsterDev) -> str | None:
+    """The newest run's id (to find the run a click launched)."""
+    results = dev.gql(LATEST_RUN)["runsOrError"]["results"]
+    return results[0]["runId"] if results else None
+
+
+def stray_run(dev: DagsterDev, before: str | None) -> str | None:
+    """A finished run started after ``before`` that covered batch-00001, failed."""
+    for run in dev.gql(RUNS)["runsOrError"]["results"]:
+        if run["runId"] == before:
+            return None
+        first, last = partition_span(run)
+        if run["status"] == "FAILURE" and "batch-00001" in (first, last):
+            return run["runId"]
+    return None
+
+
+def show_run_failure(page: Any, dev: DagsterDev, run_id: str, text: str, tmp_path: Path,
+                     screenshot: str) -> None:
+    """Open the run's page and wait until its log shows the failure ``text``."""
+    page.goto(f"{dev.url}/runs/{run_id}")
+    wait_on_page(page, dev, lambda: page.get_by_text(text).first.is_visible(), RUN_SECONDS,
+                 f"run {run_id[:8]} failing with {text!r}", tmp_path)
+    save_screenshot(page, tmp_path, screenshot)
 
 
 def break_batch(project: Project, key: str) -> dict[str, str]:

@@ -74,17 +74,41 @@ def check_metadata(
     return metadata
 
 
+PARTITION_FIELD = "partition"  # a mismatch's batch as the UI names it (g<id>-b00003)
+EXPORT_BATCH_FIELD = "export_batch"  # the same batch as the export file names it
+
+
+def with_partition_keys(mismatches: Sequence[Mapping[str, Any]],
+                        partitions: Mapping[str, str]) -> list[Mapping[str, Any]]:
+    """``mismatches`` with each ``batch`` (the export file's key, batch-00003) named by its
+    partition key first, as the UI shows it, and the file's key kept as ``export_batch``."""
+    labelled: list[Mapping[str, Any]] = []
+    for mismatch in mismatches:
+        batch = mismatch.get("batch") if isinstance(mismatch, Mapping) else None
+        if not isinstance(batch, str) or batch not in partitions:
+            labelled.append(mismatch)
+            continue
+        rest = {k: v for k, v in mismatch.items() if k != "batch"}
+        labelled.append({PARTITION_FIELD: partitions[batch], EXPORT_BATCH_FIELD: batch,
+                         **rest})
+    return labelled
+
+
 def outcome_check_result(outcome: CheckOutcome, *,
                          level: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
                          description: str | None = None,
+                         partitions: Mapping[str, str] | None = None,
                          **extra: Any) -> dg.AssetCheckResult:
     """The asset check result of an engine check's outcome: expected, actual, every
-    mismatch (up to the listed few) and notes as typed metadata, plus ``extra``."""
+    mismatch (up to the listed few; with ``partitions``, {export batch key: partition
+    key}, each batch named by its partition key) and notes as typed metadata, plus
+    ``extra``."""
+    mismatches = with_partition_keys(outcome.mismatches, partitions or {})
     return dg.AssetCheckResult(
         check_name=outcome.name, passed=outcome.passed, severity=level,
         description=description,
         metadata=check_metadata(expected=outcome.expected, actual=outcome.actual,
-                                mismatches=outcome.mismatches,
+                                mismatches=mismatches,
                                 mismatch_count=outcome.mismatch_count, notes=outcome.notes,
                                 **extra))
 

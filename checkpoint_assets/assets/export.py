@@ -77,9 +77,11 @@ def checkpoint_export(
     source: SqliteSourceResource,
     export_file: ExportFileResource,
 ) -> Iterator[Any]:
-    """A snapshot of the SqliteSaver database as an export file (msgpack frames, owner-only).
+    """Start here: materialize this first; it creates the batch partitions to load.
 
-    Reads the source read-only in one consistent snapshot, groups whole threads into
+    A snapshot of the SqliteSaver database as an export file (msgpack frames, owner-only).
+    Until it is materialized, imported_checkpoint_batches has 0 partitions and its
+    Materialize dialog can launch nothing. Reads the source read-only in one consistent snapshot, groups whole threads into
     batches of about ``batch_size`` checkpoints, and writes every row with per-thread,
     per-batch and whole-file digests. Each batch becomes one dynamic partition of the
     imported batches asset; keys name the export and the batch's place

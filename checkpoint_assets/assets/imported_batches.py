@@ -1,5 +1,6 @@
 """The imported batches asset: one dynamic partition per export batch, loaded into PostgreSQL."""
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -7,6 +8,8 @@ from typing import Any
 import dagster as dg
 
 from checkpoint_assets.assets.dagster_metadata import (
+    EXPORT_BATCH_FIELD,
+    PARTITION_FIELD,
     check_metadata,
     error_text,
     failure,
@@ -35,6 +38,7 @@ from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
     BATCH_MAX_RETRIES,
+    BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     BATCHES_PER_RUN,
     CERTIFICATE_METADATA,
@@ -43,11 +47,14 @@ from checkpoint_assets.partitions import (
     EXPORT_ASSET,
     GROUP_NAME,
     OWNERS,
+    PARTITION_BATCH_MARK,
+    PARTITION_SYNC_MARK,
     POSTGRES_KIND,
     TARGET_POOL,
     batch_partitions,
     batch_retry_policy,
     chain_batch_for,
+    chain_partition_keys,
     manifest_export_id,
 )
 from checkpoint_assets.resources import (
@@ -75,7 +82,28 @@ with preview_silenced():
     BATCH_CHECK = dg.AssetCheckSpec(
         BATCH_MATCHES_EXPORT, asset=BATCHES_ASSET, partitions_def=batch_partitions,
         description="The batch's rows in PostgreSQL (checkpoints, blobs, writes) have the "
-                    "export's counts and content digest.")
+                    "export's counts and content digest. Runs with each batch's load (a "
+                    "batch loaded again is compared again; rows already there are kept).")
+
+# The batches asset's description: its first line is what the asset's page and the graph's
+# side panel show first (and the node, with the graph's Description facet on), so it says
+# what to click first while the node reads "0 partitions".
+BATCHES_DESCRIPTION = (
+    "Step 2: empty (0 partitions) until checkpoint_export is materialized; then Materialize "
+    "-> All partitions -> Launch backfill.\n\n"
+    "The export's checkpoints in PostgreSQL, one partition per batch of whole threads, each "
+    "loaded in its own transaction. Partitions are created by checkpoint_export only: a key "
+    "added by hand (\"Add a partition\") is refused by its run and removed.")
+# A run that names no partition (launched by GraphQL or Python; the UI always asks for
+# partitions): what to do instead.
+NO_PARTITION_HINT = (
+    f"{BATCHES_ASSET.to_user_string()} and its check {BATCH_MATCHES_EXPORT} run one batch "
+    "partition at a time, and this run names none. To load (and check) batches: open "
+    f"{BATCHES_ASSET.to_user_string()} -> Materialize -> choose partitions (\"Failed and "
+    "missing\", or All) -> Launch. To compare loaded batches again without loading: "
+    "`checkpoint-assets verify`.")
+# A partition key no export or sync of the current chain made (e.g. added by hand).
+STRAY_PARTITION = "is not a batch of the current export"
 
 
 @dataclass
@@ -95,12 +123,17 @@ class BatchProblem:
     specs=[dg.AssetSpec(
         BATCHES_ASSET, group_name=GROUP_NAME, kinds={POSTGRES_KIND},
         partitions_def=batch_partitions, deps=[EXPORT_ASSET], owners=OWNERS, tags=ASSET_TAGS,
-        description="The export's checkpoints in PostgreSQL, one partition per batch of "
-                    "whole threads, each loaded in its own transaction.")],
+        description=BATCHES_DESCRIPTION,
+        # Every batch yields its own materialization and check result as soon as its
+        # transaction commits, so the step yields no asset output; skippable makes that
+        # legal.
+        skippable=True)],
     check_specs=[BATCH_CHECK],
-    # Every batch yields its own materialization and check result as soon as its
-    # transaction commits, so the step yields no asset output; can_subset makes that legal.
-    can_subset=True,
+    # The check never runs without its batch's load: Dagster 1.13's "Execute all" on the
+    # Checks tab launches a partitioned check without a partition, and a check that cannot
+    # be subset from its asset is offered there disabled ("This check cannot execute
+    # without materializing the asset") instead of launching a run bound to fail.
+    can_subset=False,
     pool=TARGET_POOL,
     retry_policy=batch_retry_policy,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCHES_PER_RUN),
@@ -129,8 +162,11 @@ def imported_checkpoint_batches(
     are not loaded again). A run that changed a batch marks the verification's checks
     out of date. In staging mode the batches land in the staging schema.
     """
+    if not (context.has_partition_key or context.has_partition_key_range):
+        raise failure(NO_PARTITION_HINT) from None
     load_target = target.load_target()
     keys = _keys_still_to_load(context)
+    stray: list[str] = []
     try:
         # The export and its sync generations: a sync's batches are partitions too.
         chain = load_chain(export_file.resolve_path(source.path))
@@ -138,6 +174,10 @@ def imported_checkpoint_batches(
         ensure_tables(load_target)
         identity = load_target.identity() or ""
         cipher = source.cipher()
+        # Only an export of the configured source, into a usable target, says which keys
+        # are stray (else every batch fails the same way, below).
+        stray = refuse_stray_partitions(context, chain, keys)
+        keys = [key for key in keys if key not in stray]
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
         problems = []
         for key in keys:
@@ -149,18 +189,46 @@ def imported_checkpoint_batches(
                                                   identity, target.strict_versions)
             if problem is not None:
                 problems.append(problem)
-    if len(problems) < len(keys) or any(not p.retried for p in problems):
+    if keys and (len(problems) < len(keys) or any(not p.retried for p in problems)):
         # A batch was loaded or failed for good: the last verification no longer describes
         # the target; its checks say so until the verification has run again.
+        failing = {p.key for p in problems}
         yield from verification_out_of_date(
             context.instance, f"batch partition(s) {_span(keys)} changed in run "
-                              f"{context.run_id[:8]}")
+                              f"{context.run_id[:8]}",
+            loaded=[key for key in keys if key not in failing], failing=failing)
     if BATCH_CHECK.key in context.selected_asset_check_keys:
         # Each batch's result was recorded above as that batch finished; this empty output
         # tells Dagster the step gave its check output (it would log that it did not).
         output = context.assets_def.get_output_name_for_asset_check_key(BATCH_CHECK.key)
         yield dg.Output(None, output_name=output)
-    _raise_for(problems, len(keys))
+    _raise_for(problems + [_stray_problem(key) for key in stray], len(keys) + len(stray))
+
+
+def refuse_stray_partitions(context: dg.AssetExecutionContext, chain: ExportChain,
+                            keys: list[str]) -> list[str]:
+    """The run's partition keys that no generation of ``chain`` made (a key added by hand
+    in the UI's "Add a partition", or one an older export left behind). Every such key is
+    deleted from the instance's batch partitions at once, the run's and any other, so
+    the asset's partitions are again exactly the export's; the run loads nothing for them
+    and fails naming them, without marking the verification out of date."""
+    known = set(chain_partition_keys(chain).values())
+    registered = context.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
+    removed = sorted(key for key in registered if key not in known)
+    for key in removed:
+        context.instance.delete_dynamic_partition(BATCH_PARTITIONS_NAME, key)
+    if removed:
+        context.log.warning(f"Removed batch partition(s) {removed[:20]}: no export or sync "
+                            "of the current export made them.")
+    return [key for key in keys if key not in known]
+
+
+def _stray_problem(key: str) -> BatchProblem:
+    message = (f"Batch partition {key!r} {STRAY_PARTITION} (its keys are made by "
+               f"{EXPORT_ASSET.to_user_string()}: g<export id>-b00001, ...); nothing was "
+               "loaded for it and the key was removed. Materialize the partitions the "
+               "export made instead (Materialize -> Failed and missing).")
+    return BatchProblem(key, message, MigrationError(message), FailureKind.BAD_INPUT)
 
 
 def _keys_still_to_load(context: dg.AssetExecutionContext) -> list[str]:
@@ -368,7 +436,7 @@ def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchC
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
             mismatches=mismatches[:50], mismatch_count=len(mismatches),
-            batch=key, target=load_target.display, **kept))
+            batch=key, **_batch_names(key), target=load_target.display, **kept))
 
 
 def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, problem: str,
@@ -380,4 +448,18 @@ def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, p
             actual=f"{problem}: {error_text(exc, load_target.dsn)}",
             mismatches=(mismatches or [])[:50],
             mismatch_count=len(mismatches) if mismatches else 1,
-            batch=key, target=load_target.display))
+            batch=key, **_batch_names(key), target=load_target.display))
+
+
+def _batch_names(key: str) -> dict[str, str]:
+    """The batch as the UI names it (its partition key) and as the export file does."""
+    found = _KEY_FORM.search(key)
+    if found is None:
+        return {PARTITION_FIELD: key}
+    generation, place = found.groups()
+    return {PARTITION_FIELD: key,
+            EXPORT_BATCH_FIELD: f"sync-{generation}-batch-{place}" if generation
+            else f"batch-{place}"}
+
+
+_KEY_FORM = re.compile(rf"(?:{PARTITION_SYNC_MARK}(\d{{4}}))?{PARTITION_BATCH_MARK}(\d{{5}})$")

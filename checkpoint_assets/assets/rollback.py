@@ -64,18 +64,41 @@ from checkpoint_assets.partitions import (
     TARGET_POOL,
     batch_key_for,
     manifest_export_id,
+    partition_keys_by_batch,
     rollback_partitions,
 )
 from checkpoint_assets.resources import PostgresTargetResource, RollbackResource
 from checkpoint_assets.settings import (
+    AES_KEY_ENV,
     READBACK_ALL,
     READBACK_THREADS_ENV,
+    ROLLBACK_EXPORT_ENV,
+    ROLLBACK_ORIGINAL_EXPORT_ENV,
     ROLLBACK_REMOVE_DELETED_THREADS_ENV,
+    ROLLBACK_THREADS_ENV,
+    ROLLBACK_TO_ENV,
 )
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK, SQLITE_THREADS_NOT_IN_POSTGRES)
 
+
+def require_configured(rollback: RollbackResource) -> None:
+    """A step failure naming the setting (no Python stack) when no SQLite file to roll
+    back into is configured."""
+    try:
+        rollback.to()
+    except MigrationError as exc:
+        raise failure(f"{error_text(exc, None)}\n  {SETTINGS_HINT}") from None
+
+
+# What the rollback group needs, named in each of its assets' descriptions (the UI's first
+# line of each node) and in the failure of a run started without it.
+SETTINGS_HINT = (
+    f"Needs {ROLLBACK_TO_ENV} (the SqliteSaver file to restore into, new or the "
+    "application's) in the environment of dagster dev (or its .env) and a reload of the code "
+    f"location; optional: {ROLLBACK_EXPORT_ENV}, {ROLLBACK_THREADS_ENV}, "
+    f"{ROLLBACK_ORIGINAL_EXPORT_ENV}, {ROLLBACK_REMOVE_DELETED_THREADS_ENV}, {AES_KEY_ENV}.")
 
 
 @dg.asset(
@@ -92,8 +115,11 @@ ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MA
 )
 def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetResource,
                     rollback: RollbackResource) -> Iterator[Any]:
-    """A snapshot of PostgresSaver's tables as SqliteSaver rows in an export file.
+    """The way back, step 1 (needs CHECKPOINT_ASSETS_ROLLBACK_TO): PostgreSQL -> export file.
 
+    {settings}
+
+    A snapshot of PostgresSaver's tables as SqliteSaver rows in an export file.
     One REPEATABLE READ transaction for the whole export; each checkpoint rebuilt from its
     JSONB document and blobs without the application's classes. Each batch becomes one
     ``rollback_batches`` partition (keys of an earlier export are removed); a new file's
@@ -101,6 +127,7 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     With the forward migration's export configured, checkpoints unchanged since come back
     in their original bytes (metadata ``original_bytes`` counts them, and why not).
     """
+    require_configured(rollback)
     source = target.final_target()
     path = rollback.export()
     originals = None
@@ -164,13 +191,19 @@ with preview_silenced():
 )
 def restored_checkpoint_batches(context: dg.AssetExecutionContext,
                                 rollback: RollbackResource) -> Iterator[Any]:
-    """One export batch restored into the SQLite file, in one SQLite transaction.
+    """The way back, step 2: empty until rollback_export is materialized; then backfill all.
 
+    {settings}
+
+    One export batch restored into the SQLite file, in one SQLite transaction.
     A new file is built under a hidden work name beside the final one (published by
     ``rollback_verification``); an existing SqliteSaver file is added to: rows already
     there with the same content are kept, other content is a conflict naming the key
     (nothing overwritten). Re-materializing a restored batch changes nothing.
     """
+    require_configured(rollback)
+    if not context.has_partition_key:
+        raise failure(NO_PARTITION_HINT) from None
     manifest = read_manifest(rollback.export())
     key = batch_key_for(manifest, context.partition_key)
     cipher = rollback.cipher()
@@ -218,6 +251,8 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     tags=ASSET_TAGS,
     pool=TARGET_POOL,
     deps=[dg.AssetDep(RESTORED_BATCHES_ASSET, partition_mapping=dg.AllPartitionMapping())],
+    # Follows its batches as the migration's verification does (the same sensor).
+    automation_condition=dg.AutomationCondition.eager(),
     # Warning checks (the threads PostgreSQL no longer has) report and block nothing.
     check_specs=[dg.AssetCheckSpec(name, asset=ROLLBACK_VERIFICATION_ASSET,
                                    blocking=not check_spec(name).warning,
@@ -226,10 +261,17 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
 )
 def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTargetResource,
                           rollback: RollbackResource) -> Iterator[Any]:
-    """The rollback checks: export = PostgreSQL, SQLite = export, counts, the official
+    """The way back, step 3: runs by itself once every restored batch is loaded.
+
+    {settings}
+
+    The rollback checks: export = PostgreSQL, SQLite = export, counts, the official
     savers' read-back, and the file's threads PostgreSQL no longer has (a warning); a new
     file is renamed to its final name only when all passed. Into an existing file with
-    ``remove_deleted_threads``, those threads are first deleted in one transaction."""
+    ``remove_deleted_threads``, those threads are first deleted in one transaction. Like the
+    migration's verification, it runs again by itself (automation condition) once its
+    batches were restored, none missing or in progress."""
+    require_configured(rollback)
     manifest = read_manifest(rollback.export())
     final = target.final_target()
     source = Target(final.dsn, final.schema, role="source")
@@ -248,7 +290,9 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
                              readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
                              removed_threads=sorted(removed),
                              remove_hint=f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1")
-    results = [outcome_check_result(outcome, level=severity(outcome.spec))
+    partitions = partition_keys_by_batch(manifest)
+    results = [outcome_check_result(outcome, level=severity(outcome.spec),
+                                    partitions=partitions)
                for outcome in report.checks.values()]
     evidence = render_rollback_evidence(report, manifest=manifest,
                                         source_display=source.display,
@@ -271,4 +315,22 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
         check_results=results)
 
 
-ROLLBACK_ASSETS = (rollback_export, restored_checkpoint_batches, rollback_verification)
+NO_PARTITION_HINT = (
+    f"{RESTORED_BATCHES_ASSET.to_user_string()} runs one rollback batch partition at a "
+    "time, and this run names none. Materialize rollback_export first, then open "
+    f"{RESTORED_BATCHES_ASSET.to_user_string()} -> Materialize -> All partitions (or one) "
+    "-> Launch.")
+
+
+def _described(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``asset`` with the settings named in its description (see SETTINGS_HINT)."""
+    key = asset.key
+    description = (asset.descriptions_by_key.get(key) or "").replace(
+        "{settings}", SETTINGS_HINT)
+    return asset.map_asset_specs(
+        lambda spec: spec.replace_attributes(description=description)
+        if spec.key == key else spec)
+
+
+ROLLBACK_ASSETS = tuple(_described(asset) for asset in
+                        (rollback_export, restored_checkpoint_batches, rollback_verification))

@@ -87,7 +87,12 @@ def migration_verification(
     export_file: ExportFileResource,
     target: PostgresTargetResource,
 ) -> Iterator[Any]:
-    """Proof that PostgreSQL holds exactly what the SQLite source holds.
+    """Step 3, nothing to click: runs by itself once every batch partition is loaded.
+
+    Proof that PostgreSQL holds exactly what the SQLite source holds. Its automation
+    condition (sensor verification_follows_batches) runs it once the batches were loaded,
+    none failed, missing or in progress; while one is, backfill the failed and missing
+    partitions of imported_checkpoint_batches first.
 
     Compares every batch in PostgreSQL (the staging schema in staging mode) with the export
     (a batch whose own ``batch_matches_export`` certified rows PostgreSQL still holds
@@ -141,15 +146,19 @@ def migration_verification(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),
                   **_report_metadata(report, manifest, partitions, load_target.display)},
-        check_results=[_check_result(report.checks[spec.name], report)
+        check_results=[_check_result(report.checks[spec.name], report, partitions)
                        for spec in VERIFICATION_CHECK_SPECS],
     )
 
 
-def _check_result(outcome: CheckOutcome, report: VerificationReport) -> dg.AssetCheckResult:
+def _check_result(outcome: CheckOutcome, report: VerificationReport,
+                  partitions: dict[str, str]) -> dg.AssetCheckResult:
+    """The check's result; a mismatch names its batch by partition key (as the UI does),
+    the export file's batch key beside it as ``export_batch``."""
     extra = {"counts": report.counts} if outcome.name == COUNT_MATCH else {}
     return outcome_check_result(outcome, level=severity(outcome.spec),
-                                description=outcome.description, **extra)
+                                description=outcome.description, partitions=partitions,
+                                **extra)
 
 
 def _report_metadata(report: VerificationReport, manifest: ExportManifest,
