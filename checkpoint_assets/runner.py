@@ -45,23 +45,28 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
+from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
 from checkpoint_assets.engine.core.interrupts import stop_requested
 from checkpoint_assets.engine.core.workers import default_workers, process_pool
 from checkpoint_assets.engine.load.target import Target, scrub
+from checkpoint_assets.engine.sync.sync_target import SyncReport
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     BATCHES_PER_RUN,
+    CUTOVER_ASSET,
     EXPORT_ASSET,
     FRONT_END_TAG,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
+    SYNC_ASSET,
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
-from checkpoint_assets.resources import build_resources
+from checkpoint_assets.resources import CallerChannel, LiveMigrationResource, build_resources
 from checkpoint_assets.settings import (
+    AES_KEY_ENV,
     TARGET_DSN_ENV,
     Settings,
     env_value,
@@ -245,6 +250,69 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             inst, defs, run_ids={r.run_id for r in result.runs}, since=started_at)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def sync_in_process(settings: Settings, request: operations.SyncRequest, *,
+                    aes_key_env: str = AES_KEY_ENV,
+                    instance: dg.DagsterInstance | None = None,
+                    front_end: str = "cli") -> SyncReport:
+    """One sync as a run of the ``target_synced`` asset against the instance (default the
+    project's): its materialization and check result are in the audit trail. Returns the
+    operation's report; raises its MigrationError (a conflict, a refused source) as the
+    operation raised it, after the run recorded the failure."""
+    live = LiveMigrationResource(propagate_deletes=request.propagate_deletes,
+                                 allow_mass_deletion=request.allow_mass_deletion)
+    caller = CallerChannel(keep=True)
+    return _live_run(settings, request, live, caller, SYNC_ASSET, "sync", aes_key_env,
+                     instance, front_end)
+
+
+def cutover_in_process(settings: Settings, request: operations.CutoverRequest, *,
+                       say_to: Any = None, progress: Any = None,
+                       aes_key_env: str = AES_KEY_ENV,
+                       instance: dg.DagsterInstance | None = None,
+                       front_end: str = "cli") -> operations.CutoverReport:
+    """The cutover as a run of the ``checkpoint_cutover`` asset against the instance: its
+    window, quiet and proof are check results in the audit trail. What the cutover says
+    is printed to ``say_to`` (default stdout) as it happens, as is ``progress``. Returns
+    the operation's report; raises its MigrationError (TimedOut: not quiet in time)."""
+    sync = request.sync
+    live = LiveMigrationResource(
+        propagate_deletes=sync.propagate_deletes, allow_mass_deletion=sync.allow_mass_deletion,
+        quiet_seconds=request.quiet_seconds, timeout_seconds=request.timeout_seconds,
+        evidence_path=str(request.evidence) if request.evidence else None)
+    caller = CallerChannel.printing(say_to, progress)
+    return _live_run(replace(settings, workers=request.workers), sync, live, caller,
+                     CUTOVER_ASSET, "cutover", aes_key_env, instance, front_end)
+
+
+def _live_run(settings: Settings, sync: operations.SyncRequest,
+              live: LiveMigrationResource, caller: CallerChannel, asset: dg.AssetKey,
+              command: str, aes_key_env: str, instance: dg.DagsterInstance | None,
+              front_end: str) -> Any:
+    """Run ``asset`` in-process with the request's values as resource values; the report
+    the operation handed to ``caller``, or its error raised again."""
+    settings = replace(settings, source=str(sync.source), export=str(sync.export),
+                       target_schema=sync.schema, threads=sync.threads,
+                       strict_versions=sync.strict_versions)
+    resources = build_resources(settings, aes_key_env=aes_key_env, live=live, caller=caller)
+    job = build_definitions(resources, staging=settings.staging
+                            ).resolve_implicit_global_asset_job_def()
+    tags = {FRONT_END_TAG: front_end, USER_TAG: f"checkpoint-assets {command}",
+            **process_tag()}
+    with target_dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
+        # The command prints its own summary and errors; every event is in the instance.
+        run = job.execute_in_process(instance=inst, asset_selection=[asset], tags=tags,
+                                     raise_on_error=False, run_config=_console_log("CRITICAL"))
+    if caller.error is not None:
+        raise caller.error
+    if caller.report is not None:
+        return caller.report
+    _raise_if_stop_requested()
+    raise MigrationError(
+        f"The {command} run {run.run_id} failed: "
+        f"{scrub(_StepFailure.of(run).message, settings.target_dsn or '')}",
+        "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
 
 
 def _loaded_elsewhere(instance: dg.DagsterInstance, settings: Settings,

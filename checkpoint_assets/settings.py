@@ -39,6 +39,9 @@ WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at
 # rows that are still the same (engine/verify/certificates.py).
 VERIFY_EVERY_BATCH_ENV = "CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH"
 STRICT_VERSIONS_ENV = "CHECKPOINT_ASSETS_STRICT_VERSIONS"
+# 1: a sync (and the cutover's syncs) deletes from the target the threads deleted in the
+# source (the CLI's --propagate-deletes; the target_synced asset's resource setting).
+PROPAGATE_DELETES_ENV = "CHECKPOINT_ASSETS_PROPAGATE_DELETES"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
@@ -89,6 +92,8 @@ class Settings:
     # Refuse a thread whose content differs at one channel version (engine/core/versions.py)
     # instead of migrating it with the version's first value.
     strict_versions: bool = False
+    # Syncs delete from the target the threads deleted in the source.
+    propagate_deletes: bool = False
     # The way back into an existing file removes the threads PostgreSQL no longer has.
     rollback_remove_deleted_threads: bool = False
     log_level: str = "INFO"
@@ -117,6 +122,7 @@ class Settings:
             threads=text(THREADS_ENV),
             verify_every_batch=yes_or_no(VERIFY_EVERY_BATCH_ENV, text(VERIFY_EVERY_BATCH_ENV)),
             strict_versions=yes_or_no(STRICT_VERSIONS_ENV, text(STRICT_VERSIONS_ENV)),
+            propagate_deletes=yes_or_no(PROPAGATE_DELETES_ENV, text(PROPAGATE_DELETES_ENV)),
             rollback_remove_deleted_threads=yes_or_no(
                 ROLLBACK_REMOVE_DELETED_THREADS_ENV,
                 text(ROLLBACK_REMOVE_DELETED_THREADS_ENV)),

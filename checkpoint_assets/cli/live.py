@@ -32,7 +32,10 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     """sync: the target follows the source, moving only what changed since the export
     (or the last sync); exit 4 on a conflict (nothing of that batch written), 3 when
     threads were refused (the others moved; every later sync tries those again)."""
-    report = operations.sync(sync_request(args, settings))
+    from checkpoint_assets.runner import sync_in_process
+
+    report = sync_in_process(settings, sync_request(args, settings),
+                             aes_key_env=args.aes_key_env)
     emit(args, sync_json(report), report.render())
     return EXIT_BAD_INPUT if report.found.refused else EXIT_OK
 
@@ -42,7 +45,7 @@ def sync_request(args: argparse.Namespace, settings: Settings) -> operations.Syn
     return operations.SyncRequest(
         source=args.source, export=args.export, target_dsn=settings.target_dsn or "",
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),
-        propagate_deletes=args.propagate_deletes,
+        propagate_deletes=args.propagate_deletes or settings.propagate_deletes,
         allow_mass_deletion=args.allow_mass_deletion,
         strict_versions=args.strict_versions or settings.strict_versions)
 
@@ -56,9 +59,10 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
         sync=sync_request(args, settings), quiet_seconds=args.quiet_seconds,
         timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence)
     # With --json, stdout holds the JSON alone: what the cutover says goes to stderr.
-    stream = sys.stderr if args.json else sys.stdout
-    done = operations.cutover(request, say=lambda text: print(text, file=stream, flush=True),
-                              progress=progress)
+    from checkpoint_assets.runner import cutover_in_process
+
+    done = cutover_in_process(settings, request, say_to=sys.stderr if args.json else sys.stdout,
+                              progress=progress, aes_key_env=args.aes_key_env)
     summary = {"command": "cutover", "ok": done.passed, "target": done.target_display,
                "sync": sync_json(done.synced), **verification_json(done.report),
                "window": done.window, "timings": done.timings,
