@@ -233,17 +233,24 @@ class CallerChannel:
     kept and progress goes to the step's log."""
 
     def __init__(self, say: Callable[[str], None] | None = None, keep: bool = False,
-                 progress: Any = None) -> None:
+                 progress: Any = None, flags: dict[str, str] | None = None) -> None:
         self.say = say
         self.keep = keep
         self.progress = progress
-        self.report: Any = None
+        # How the caller names a setting in what the assets say (e.g. the CLI's flags).
+        self.flags = dict(flags or {})
+        self.reports: list[Any] = []
         self.error: BaseException | None = None
 
+    @property
+    def report(self) -> Any:
+        """The latest report handed over, or None."""
+        return self.reports[-1] if self.reports else None
+
     def done(self, report: Any) -> None:
-        """The operation finished with ``report``."""
+        """An operation finished with ``report``."""
         if self.keep:
-            self.report = report
+            self.reports.append(report)
 
     def failed(self, error: BaseException) -> None:
         """The operation raised ``error`` (the step then fails with its message)."""

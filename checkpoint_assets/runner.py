@@ -60,11 +60,20 @@ from checkpoint_assets.partitions import (
     FRONT_END_TAG,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
+    RESTORED_BATCHES_ASSET,
+    ROLLBACK_EXPORT_ASSET,
+    ROLLBACK_VERIFICATION_ASSET,
     SYNC_ASSET,
     VERIFICATION_ASSET,
+    partition_keys,
 )
 from checkpoint_assets.project import initialize_target_pool, open_project_instance
-from checkpoint_assets.resources import CallerChannel, LiveMigrationResource, build_resources
+from checkpoint_assets.resources import (
+    CallerChannel,
+    LiveMigrationResource,
+    RollbackResource,
+    build_resources,
+)
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     TARGET_DSN_ENV,
@@ -313,6 +322,64 @@ def _live_run(settings: Settings, sync: operations.SyncRequest,
         f"The {command} run {run.run_id} failed: "
         f"{scrub(_StepFailure.of(run).message, settings.target_dsn or '')}",
         "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
+
+
+def rollback_in_process(settings: Settings, request: operations.RollbackRequest, *,
+                        aes_key_env: str = AES_KEY_ENV, flags: dict[str, str] | None = None,
+                        instance: dg.DagsterInstance | None = None,
+                        front_end: str = "cli") -> operations.RollbackReport:
+    """The way back as runs of the ``checkpoint_rollback`` assets against the instance: the
+    export, one run per restored batch partition, the verification (which publishes a new
+    file once verified), with the request's values as resource values. Returns the report
+    a whole rollback returns (its evidence written); raises the first step's
+    MigrationError as the operation raised it. ``flags``: how the verification's notes
+    name the settings (the CLI's flags)."""
+    resources = build_resources(
+        replace(settings, target_dsn=request.source_dsn, target_schema=request.schema,
+                readback_threads=request.readback_threads, batch_size=request.batch_size),
+        aes_key_env=aes_key_env, caller=CallerChannel(keep=True, flags=flags))
+    caller: CallerChannel = resources["caller"]
+    resources["rollback"] = RollbackResource(
+        to_path=str(request.to), export_path=str(request.export) if request.export else None,
+        threads=request.threads,
+        original_export=str(request.original_export) if request.original_export else None,
+        batch_size=request.batch_size, remove_deleted_threads=request.remove_deleted_threads,
+        aes_key=resources["source"].aes_key)
+    rollback: RollbackResource = resources["rollback"]
+    job = build_definitions(resources, staging=False).resolve_implicit_global_asset_job_def()
+    tags = {FRONT_END_TAG: front_end, USER_TAG: "checkpoint-assets rollback",
+            **process_tag()}
+    new_file = not request.to.exists()
+    with target_dsn_in_environment(request.source_dsn), _instance(instance) as inst:
+
+        def run(asset: dg.AssetKey, partition: str | None = None) -> Any:
+            before = len(caller.reports)
+            result = job.execute_in_process(
+                instance=inst, asset_selection=[asset], partition_key=partition, tags=tags,
+                raise_on_error=False, run_config=_console_log("CRITICAL"))
+            if caller.error is not None:
+                raise caller.error
+            if len(caller.reports) == before or not result.success and \
+                    asset != ROLLBACK_VERIFICATION_ASSET:
+                _raise_if_stop_requested()
+                raise MigrationError(
+                    f"The rollback run {result.run_id} failed: "
+                    f"{scrub(_StepFailure.of(result).message, request.source_dsn)}",
+                    "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
+            return caller.report
+
+        exported: operations.PostgresExportReport = run(ROLLBACK_EXPORT_ASSET)
+        keys = partition_keys(exported.manifest)
+        batches = [run(RESTORED_BATCHES_ASSET, key) for key in keys]
+        verified = run(ROLLBACK_VERIFICATION_ASSET)
+    kept = [] if new_file or request.remove_deleted_threads else \
+        verified.threads_not_in_postgres
+    totals = operations.restore_totals(batches, request.to, new_file, kept)
+    if verified.removed_threads and not totals["removed_threads"]:
+        totals["removed_threads"] = verified.removed_threads  # removed by the verification
+    return operations.rollback_report(
+        verified.report, exported.manifest, request.source_dsn, request.schema, request.to,
+        rollback.export(), request.evidence, totals, exported.original_bytes, new_file)
 
 
 def _loaded_elsewhere(instance: dg.DagsterInstance, settings: Settings,

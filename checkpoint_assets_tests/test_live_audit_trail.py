@@ -2,12 +2,13 @@
 started from the command line run as Dagster asset runs in-process against $DAGSTER_HOME's
 instance, so their runs, materializations and check results are there for the UI.
 
-Under test: the CLI's sync and cutover leave runs tagged ``front_end=cli`` with
-materializations of ``target_synced`` / ``checkpoint_cutover`` and their check results
+Under test: the CLI's sync, cutover and rollback leave runs tagged ``front_end=cli`` with
+materializations of ``target_synced`` / ``checkpoint_cutover`` / the
+``checkpoint_rollback`` group and their check results
 (read back with DagsterInstance.get_runs, get_latest_materialization_event and
 get_latest_asset_check_evaluation_record); deletions propagate from the settings'
-variable as from the flag; a conflict keeps its exit status and
-message and leave a failed run; ``checkpoint-assets checks`` lists the new checks.
+variable as from the flag; a conflict keeps its exit status and message and leaves a
+failed run; ``checkpoint-assets checks`` lists the new checks.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ import psycopg
 import pytest
 from dagster._core.storage.tags import USER_TAG
 
+from checkpoint_assets.assets.rollback import ROLLBACK_CHECK_NAMES
 from checkpoint_assets.cli import main
 from checkpoint_assets.partitions import (
     CUTOVER_ASSET,
     CUTOVER_CHECK_NAMES,
     FRONT_END_TAG,
+    RESTORED_BATCH_MATCHES_EXPORT,
+    RESTORED_BATCHES_ASSET,
+    ROLLBACK_EXPORT_ASSET,
+    ROLLBACK_PARTITIONS_NAME,
+    ROLLBACK_VERIFICATION_ASSET,
     SYNC_ASSET,
     SYNC_MOVED_EVERY_CHANGED_THREAD,
 )
@@ -147,3 +154,27 @@ def test_a_conflict_keeps_its_exit_status_and_message_and_leaves_a_failed_run(
                        if event.dagster_event is not None and event.dagster_event.is_step_failure)
         message = failure.dagster_event.step_failure_data.user_failure_data.description
         assert message.startswith(err.removeprefix("CONFLICT: ").split("\n")[0])
+
+
+def test_a_cli_rollback_runs_the_rollback_assets_with_their_checks_in_the_instance(
+        migrated: list[str], target_dsn: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    back = tmp_path / "back.sqlite"
+    assert main(["rollback", "--source-dsn", target_dsn, "--to", str(back),
+                 "--batch-size", "20"]) == 0
+    out = capsys.readouterr().out  # the same output as ever
+    assert out.startswith("Rollback verification PASSED") and "Restore: {" in out
+    assert "Evidence report (Markdown): " in out and back.exists()
+
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={FRONT_END_TAG: "cli"}))
+        batches = instance.get_dynamic_partitions(ROLLBACK_PARTITIONS_NAME)
+        assert len(batches) >= 2 and len(runs) == len(batches) + 2  # export, batches, proof
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS
+                   and run.tags[USER_TAG] == "checkpoint-assets rollback" for run in runs)
+        assert metadata(instance, ROLLBACK_EXPORT_ASSET)["batches"] == len(batches)
+        assert metadata(instance, ROLLBACK_VERIFICATION_ASSET)["published"] is True
+        assert all(check_passed(instance, ROLLBACK_VERIFICATION_ASSET, name)
+                   for name in ROLLBACK_CHECK_NAMES)
+        assert check_passed(instance, RESTORED_BATCHES_ASSET, RESTORED_BATCH_MATCHES_EXPORT)

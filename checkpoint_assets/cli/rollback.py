@@ -1,6 +1,7 @@
 """The way back on the command line: ``rollback`` and its steps alone.
 
-``rollback`` (export + restore + verify, exit 0 only when every check passed),
+``rollback`` (export + restore + verify, exit 0 only when every check passed; run as the
+``checkpoint_rollback`` assets, so it is in the Dagster instance's audit trail),
 ``export-postgres``, ``restore`` and ``verify-rollback``. The source DSN defaults to the
 migration's target ($CHECKPOINT_ASSETS_TARGET_DSN): after a cutover that is the database
 the application writes.
@@ -28,12 +29,19 @@ from checkpoint_assets.settings import (
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """rollback: export + restore + verify; a new file is published only when verified."""
-    done = operations.rollback(operations.RollbackRequest(
+    from checkpoint_assets.assets.rollback import READBACK_ALL_HINT, REMOVE_HINT
+    from checkpoint_assets.runner import rollback_in_process
+
+    request = operations.RollbackRequest(
         source_dsn=source_dsn(args, settings), to=args.to, export=args.export,
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),
         readback_threads=None if args.readback_all else operations.DEFAULT_READBACK_THREADS,
         batch_size=args.batch_size, original_export=args.original_export,
-        remove_deleted_threads=args.remove_deleted_threads, evidence=args.evidence))
+        remove_deleted_threads=args.remove_deleted_threads, evidence=args.evidence)
+    # Run as the checkpoint_rollback assets: its runs and checks are in the audit trail.
+    # Its notes name the command line's flags, not the Dagster settings.
+    flags = {READBACK_ALL_HINT: "--readback-all", REMOVE_HINT: "--remove-deleted-threads"}
+    done = rollback_in_process(settings, request, aes_key_env=args.aes_key_env, flags=flags)
     return print_rollback(args, done)
 
 

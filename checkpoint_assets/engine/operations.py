@@ -50,13 +50,22 @@ from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
-from checkpoint_assets.engine.rollback.sqlite_target import RestoreSummary, restore_export
+from checkpoint_assets.engine.rollback.sqlite_target import (
+    RestoreBatchResult,
+    RestoreSummary,
+    connect_sqlite_target,
+    load_batch_into_sqlite,
+    prepare_restore_file,
+    restore_export,
+)
+from checkpoint_assets.engine.rollback.verify_rollback import compare_sqlite_batch
 from checkpoint_assets.engine.rollback.verify_rollback import (
     verify_rollback as _verify_rollback,
 )
 from checkpoint_assets.engine.rollback.way_back import (
     RollbackNotVerified,
     default_rollback_export,
+    not_verified_error,
 )
 from checkpoint_assets.engine.rollback.way_back import rollback as _rollback
 from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
@@ -533,6 +542,56 @@ def restore(request: RestoreRequest) -> RestoreReport:
 
 
 @dataclass(frozen=True)
+class RestoreBatchRequest:
+    """Restore one batch (``batch``: the export file's key, e.g. batch-00001) of the
+    export ``export`` into the SqliteSaver file ``to`` (a new file is built under its work
+    name until verified). ``remove_deleted_threads``: the same transaction deletes the
+    threads PostgreSQL no longer has from an existing file (the restore's last batch)."""
+
+    export: Path
+    to: Path
+    batch: str
+    aes_key: str | None = field(default=None, repr=False)
+    remove_deleted_threads: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreBatchReport:
+    """What restoring one batch did (rows inserted, already present, threads removed),
+    where, and the batch's threads that differ from the export afterwards (none when
+    restored right)."""
+
+    result: RestoreBatchResult
+    path: Path
+    threads: int
+    checkpoints: int
+    mismatches: list[dict[str, Any]]
+
+
+def restore_batch(request: RestoreBatchRequest) -> RestoreBatchReport:
+    """One batch into the SqliteSaver file in one SQLite transaction, then compared with
+    the export. ConflictError (the batch rolled back) when a row with the same key holds
+    other content."""
+    manifest = read_manifest(request.export)
+    cipher = _cipher(request.aes_key)
+    path = prepare_restore_file(request.to)
+    with connect_sqlite_target(path) as conn:
+        result = load_batch_into_sqlite(
+            conn, manifest, request.batch, cipher,
+            remove_deleted_threads=request.remove_deleted_threads)
+    entry = manifest.batch(request.batch)
+    return RestoreBatchReport(result, path, entry.threads, entry.checkpoints,
+                              compare_sqlite_batch(path, manifest, request.batch, cipher))
+
+
+def restore_totals(batches: list[RestoreBatchResult], to: Path, new_file: bool,
+                   kept_threads: list[str]) -> dict[str, Any]:
+    """The totals of a restore made of ``batches`` (rows per kind and table, threads
+    removed), as a whole restore reports them."""
+    return RestoreSummary(to, new_file, list(batches), list(kept_threads)).totals()
+
+
+@dataclass(frozen=True)
 class VerifyRollbackRequest:
     """Run the rollback checks of the SqliteSaver file ``to`` against its ``export`` and
     PostgreSQL (``source_dsn``, ``schema``); the evidence goes to ``evidence`` (default
@@ -625,6 +684,20 @@ def rollback(request: RollbackRequest) -> RollbackReport:
                                 export_path, request.evidence, None, not_verified=str(exc))
     return _rollback_report(result.report, result.manifest, source, request.to, export_path,
                             request.evidence, result.restore.totals(), result.original_bytes)
+
+
+def rollback_report(report: VerificationReport, manifest: ExportManifest, source_dsn: str,
+                    schema: str | None, to: Path, export_path: Path, evidence: Path | None,
+                    totals: dict[str, Any] | None, original_bytes: dict[str, int] | None,
+                    new_file: bool) -> RollbackReport:
+    """The report of a rollback whose steps ran apart (the Dagster assets): its evidence
+    written as a whole rollback writes it; a new file that failed is ``not_verified``."""
+    not_verified = None
+    if new_file and not report.passed:
+        not_verified = str(not_verified_error(report, to))
+        totals = None  # nothing was published: a failed new file reports no restore
+    return _rollback_report(report, manifest, Target(source_dsn, schema, role="source"), to,
+                            export_path, evidence, totals, original_bytes, not_verified)
 
 
 def _rollback_report(report: VerificationReport, manifest: ExportManifest, source: Target,
