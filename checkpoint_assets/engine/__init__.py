@@ -1,4 +1,8 @@
 """The plain-Python migration engine. Nothing in this package imports Dagster.
 
-Data flows one way: SQLite source -> export file -> PostgreSQL batches -> verification.
+Data flows one way: SQLite source -> export file -> PostgreSQL batches -> verification;
+the way back is the same shape reversed. One subpackage per capability: ``core`` (what
+every other one shares), ``export``, ``load``, ``verify``, ``sync``, ``rollback``. The
+front door of typed requests and reports (``operations.py``, issue 22 item 1) belongs
+beside them, at this level.
 """

@@ -155,7 +155,7 @@ class SourceDatabase:
     def first_row(self, table: str) -> tuple[int, CheckpointRow | WriteRow] | None:
         """(rowid, row) of the table's first row (lowest rowid), or None when it is empty:
         the oldest row still there, part of what identifies the database (see
-        export_file.source_identity)."""
+        source_state.source_identity)."""
         return self._end_row(table, "ASC")
 
     def _end_row(self, table: str, order: str, rowid: int | None = None,

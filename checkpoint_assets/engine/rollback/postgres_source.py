@@ -55,7 +55,7 @@ _QUERIES = {
 
 
 class PostgresRows:
-    """The export :class:`~export_file.RowSource` of PostgresSaver tables, read on ``conn``
+    """The export :class:`~checkpoint_assets.engine.export.writer.RowSource` of PostgresSaver tables, read on ``conn``
     inside its (repeatable read) transaction."""
 
     def __init__(self, conn: psycopg.Connection, source: Target, schema_version: int,
@@ -141,7 +141,7 @@ def write_postgres_export(
     ``originals``: the forward migration's export; a checkpoint whose content is that of
     its original row there is exported in the original's bytes (see :mod:`original_rows`).
 
-    The same export file as :func:`export_file.write_export` (its header's source is
+    The same export file as :func:`writer.write_export` (its header's source is
     ``postgres``, with the DSN without its password), written under a temporary name and
     renamed when complete. Raises MigrationError when the source cannot be reached, holds
     no PostgresSaver tables or tables of a schema version this tool does not know, or a

@@ -3,7 +3,7 @@
 The forward checks, run the other way:
 
 - ``export_matches_postgres``: every batch of the export, converted the forward way, equals
-  what PostgreSQL holds for its threads (:func:`verify.compare_batch`), so the export means
+  what PostgreSQL holds for its threads (:func:`comparison.compare_batch`), so the export means
   exactly what PostgreSQL holds: channel values, versions, parents, metadata, writes.
 - ``sqlite_matches_export``: every exported thread in the SQLite file holds the export's
   rows, byte for byte (thread digests), or, where a row was already in the file, the same

@@ -126,7 +126,7 @@ class ExportChain:
 
     def state_at(self, generation: int) -> SourceState:
         """The source state generation ``generation`` recorded (an export written without
-        one, see export_file.read_state: its threads' digests, with no fingerprints)."""
+        one, see reader.read_state: its threads' digests, with no fingerprints)."""
         if generation not in self._states:
             manifest = self.generations[generation]
             state = read_state(manifest)
@@ -463,7 +463,7 @@ def require_not_backwards(chain: ExportChain, state: SourceState, source: Source
     this is another database at the path or a backup restored over it. Threads gone
     whole are deletions, unless they are every thread or more than the threshold
     (:func:`is_mass_deletion`) without ``allow_mass_deletion``: a MassDeletion. Both name
-    what identifies the file now and then (export_file.source_identity).
+    what identifies the file now and then (source_state.source_identity).
     """
     previous = chain.state
     shrunk = []
