@@ -22,9 +22,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.operations import CONTRACT
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
@@ -84,8 +83,8 @@ class Settings:
     target_dsn: str | None = field(default=None, repr=False)
     target_schema: str | None = None
     staging_schema: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    batch_size: int = CONTRACT.batch_size
+    readback_threads: int | None = CONTRACT.readback_threads
     workers: int | None = None
     threads: str | None = None  # --threads as given (see engine.selection)
     verify_every_batch: bool = False
@@ -115,7 +114,7 @@ class Settings:
             target_dsn=text(TARGET_DSN_ENV),
             target_schema=text(TARGET_SCHEMA_ENV),
             staging_schema=text(STAGING_SCHEMA_ENV),
-            batch_size=whole_number(BATCH_SIZE_ENV, text(BATCH_SIZE_ENV), DEFAULT_BATCH_SIZE,
+            batch_size=whole_number(BATCH_SIZE_ENV, text(BATCH_SIZE_ENV), CONTRACT.batch_size,
                                     "the number of checkpoints per batch (e.g. 1000)"),
             readback_threads=_readback(text(READBACK_THREADS_ENV)),
             workers=_workers(text(WORKERS_ENV)),
@@ -167,7 +166,7 @@ def _readback(value: str | None) -> int | None:
     """CHECKPOINT_ASSETS_READBACK_THREADS: a number of threads (0 or less: all), or ``all``."""
     if value is not None and value.strip().lower() == READBACK_ALL:
         return None
-    threads = whole_number(READBACK_THREADS_ENV, value, DEFAULT_READBACK_SAMPLE,
+    threads = whole_number(READBACK_THREADS_ENV, value, CONTRACT.readback_threads,
                            f"a number of threads or '{READBACK_ALL}'")
     return threads if threads > 0 else None
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,17 @@ from typing import Any
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
 from checkpoint_assets.engine.core.private_files import (
     write_private_json as _write_private_json,
 )
 from checkpoint_assets.engine.core.private_files import write_private_text
 from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
-from checkpoint_assets.engine.core.workers import workers_for
+from checkpoint_assets.engine.core.workers import (
+    PARALLEL_MIN_BATCHES,
+    kill_workers,
+    workers_for,
+)
 from checkpoint_assets.engine.export.debug_dump import iter_records
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import (
@@ -46,7 +51,7 @@ from checkpoint_assets.engine.export.reader import (
 from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import ImportSummary, import_export
-from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
@@ -63,12 +68,18 @@ from checkpoint_assets.engine.rollback.verify_rollback import (
     verify_rollback as _verify_rollback,
 )
 from checkpoint_assets.engine.rollback.way_back import (
+    ROLLBACK_EXPORT_SUFFIX,
     RollbackNotVerified,
     default_rollback_export,
     not_verified_error,
 )
 from checkpoint_assets.engine.rollback.way_back import rollback as _rollback
-from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.sync.export_chain import (
+    MASS_DELETION_MIN_THREADS,
+    MASS_DELETION_SHARE,
+    ExportChain,
+    load_chain,
+)
 from checkpoint_assets.engine.sync.sync_target import (
     SyncReport,
     source_files_state,
@@ -81,10 +92,11 @@ from checkpoint_assets.engine.verify.check_table import (
     SQLITE_THREADS_NOT_IN_POSTGRES,
 )
 from checkpoint_assets.engine.verify.evidence import (
-    check_status as _check_status,
+    EVIDENCE_SUFFIX,
     default_evidence_path,
     render_evidence,
 )
+from checkpoint_assets.engine.verify.evidence import check_status as _check_status
 from checkpoint_assets.engine.verify.evidence import every_mismatch as _every_mismatch
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE, verify_migration
 from checkpoint_assets.engine.verify.reports import VerificationReport
@@ -96,6 +108,47 @@ Say = Callable[[str], None]
 
 # Threads read back through both savers unless every thread is asked for.
 DEFAULT_READBACK_THREADS = DEFAULT_READBACK_SAMPLE
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Values the engine fixes and its adapters show or follow: the defaults of flags and
+    resources, the names of files beside an export, the exit status of a Ctrl-C."""
+
+    batch_size: int  # checkpoints per batch
+    readback_threads: int  # threads read back through both savers by default
+    parallel_min_batches: int  # batches from which import and verify use two processes
+    mass_deletion_min_threads: int  # a sync losing this many threads ...
+    mass_deletion_share: float  # ... and this share of them is refused by default
+    evidence_suffix: str  # <export><suffix>: the evidence report beside an export
+    rollback_export_suffix: str  # <sqlite file><suffix>: the way back's export
+    exit_interrupted: int  # the status a command stopped by Ctrl-C exits with
+
+
+CONTRACT = Contract(
+    batch_size=DEFAULT_BATCH_SIZE, readback_threads=DEFAULT_READBACK_SAMPLE,
+    parallel_min_batches=PARALLEL_MIN_BATCHES,
+    mass_deletion_min_threads=MASS_DELETION_MIN_THREADS,
+    mass_deletion_share=MASS_DELETION_SHARE, evidence_suffix=EVIDENCE_SUFFIX,
+    rollback_export_suffix=ROLLBACK_EXPORT_SUFFIX, exit_interrupted=EXIT_INTERRUPTED)
+
+
+@contextmanager
+def stopping_on_ctrl_c(at_once_message: str) -> Iterator[None]:
+    """The block stops on Ctrl-C (KeyboardInterrupt, workers stopped with it); a second
+    Ctrl-C kills the workers, says ``at_once_message`` and exits at once."""
+    with stop_on_ctrl_c(kill_workers, at_once_message):
+        yield
+
+
+def without_secrets(text: str, dsn: str | None) -> str:
+    """``text`` without the DSN's password, any ``password=`` setting or URL password."""
+    return scrub(text, dsn or "")
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, owner-only (settings files hold a DSN's password)."""
+    write_private_text(path, text)
 
 # What the evidence leaves to its reader: where to find more.
 EVIDENCE_UNTIMED_HINT = ("`checkpoint-assets migrate` and the `migration_verification` "
