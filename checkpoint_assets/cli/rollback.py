@@ -35,7 +35,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     request = operations.RollbackRequest(
         source_dsn=source_dsn(args, settings), to=args.to, export=args.export,
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),
-        readback_threads=None if args.readback_all else operations.DEFAULT_READBACK_THREADS,
+        readback_threads=None if args.readback_all else operations.CONTRACT.readback_threads,
         batch_size=args.batch_size, original_export=args.original_export,
         remove_deleted_threads=args.remove_deleted_threads, evidence=args.evidence)
     # Run as the checkpoint_rollback assets: its runs and checks are in the audit trail.
@@ -94,7 +94,7 @@ def cmd_verify_rollback(args: argparse.Namespace, settings: Settings) -> int:
     done = operations.verify_rollback(operations.VerifyRollbackRequest(
         source_dsn=source_dsn(args, settings), export=args.export, to=args.to,
         schema=args.schema, aes_key=aes_key_of(args),
-        readback_threads=None if args.readback_all else operations.DEFAULT_READBACK_THREADS,
+        readback_threads=None if args.readback_all else operations.CONTRACT.readback_threads,
         evidence=args.evidence))
     return _finish(args, done)
 

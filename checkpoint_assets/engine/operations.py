@@ -106,10 +106,6 @@ from checkpoint_assets.engine.verify.reports import VerificationReport
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 Say = Callable[[str], None]
 
-# Threads read back through both savers unless every thread is asked for.
-DEFAULT_READBACK_THREADS = DEFAULT_READBACK_SAMPLE
-
-
 @dataclass(frozen=True)
 class Contract:
     """Values the engine fixes and its adapters show or follow: the defaults of flags and
@@ -286,7 +282,7 @@ class VerifyRequest:
     target_dsn: str = field(repr=False)
     schema: str | None = None
     aes_key: str | None = field(default=None, repr=False)
-    readback_threads: int | None = DEFAULT_READBACK_THREADS
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
     workers: int | None = None
     readback_all_hint: str = ""
     evidence: Path | None = None
@@ -655,7 +651,7 @@ class VerifyRollbackRequest:
     to: Path
     schema: str | None = None
     aes_key: str | None = field(default=None, repr=False)
-    readback_threads: int | None = DEFAULT_READBACK_THREADS
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
     evidence: Path | None = None
 
 
@@ -671,7 +667,7 @@ class RollbackRequest:
     schema: str | None = None
     threads: str | None = None
     aes_key: str | None = field(default=None, repr=False)
-    readback_threads: int | None = DEFAULT_READBACK_THREADS
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
     batch_size: int = DEFAULT_BATCH_SIZE
     original_export: Path | None = None
     remove_deleted_threads: bool = False
