@@ -32,14 +32,17 @@ from checkpoint_assets.partitions import (
     BATCH_MATCHES_EXPORT,
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
+    CUTOVER_ASSET,
     EXPORT_ASSET,
     GROUP_NAME,
+    LIVE_GROUP_NAME,
     PUBLISH_ASSET,
     RESTORED_BATCHES_ASSET,
     ROLLBACK_EXPORT_ASSET,
     ROLLBACK_GROUP_NAME,
     ROLLBACK_PARTITIONS_NAME,
     ROLLBACK_VERIFICATION_ASSET,
+    SYNC_ASSET,
     VERIFICATION_ASSET,
     batch_partitions,
     batches_with_a_passed_check,
@@ -136,11 +139,11 @@ def verification_evidence(instance: dg.DagsterInstance, run_id: str) -> str | No
 
 def declared_check_keys(defs: dg.Definitions | None = None, *,
                         group: str = GROUP_NAME) -> list[dg.AssetCheckKey]:
-    """Every asset check the definitions declare for ``group`` (the migration's, or the
-    rollback's), in lineage order."""
+    """Every asset check the definitions declare for ``group`` (the migration's, the live
+    migration's or the rollback's), in lineage order."""
     defs = defs or build_definitions()
     order = [EXPORT_ASSET, BATCHES_ASSET, VERIFICATION_ASSET, PUBLISH_ASSET,
-             ROLLBACK_EXPORT_ASSET, RESTORED_BATCHES_ASSET, ROLLBACK_VERIFICATION_ASSET]
+             SYNC_ASSET, CUTOVER_ASSET, ROLLBACK_EXPORT_ASSET, RESTORED_BATCHES_ASSET, ROLLBACK_VERIFICATION_ASSET]
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.asset_check_keys if graph.get(k.asset_key).group_name == group]
     return sorted(keys, key=lambda k: (order.index(k.asset_key) if k.asset_key in order
@@ -153,8 +156,8 @@ def latest_check_evaluations(
 ) -> list[CheckRow]:
     """The latest evaluation of every declared asset check, one CheckRow each. The
     publish check is listed when the definitions are in staging mode
-    or the instance has a result for it; the rollback group's checks when the instance has
-    a result for them (a rollback ran).
+    or the instance has a result for it; the live migration's checks (sync, cutover) and
+    the rollback group's when the instance has a result for them (one ran).
 
     With ``run_ids`` (the runs of one command, started at or after ``since``, a Unix time),
     each check's row is its latest evaluation in those runs; a check or batch those runs did
@@ -165,8 +168,9 @@ def latest_check_evaluations(
     keys = declared_check_keys(defs)
     publish_keys = sorted((key for asset in STAGING_ASSETS for key in asset.check_keys),
                           key=lambda k: k.name)
+    live_keys = declared_check_keys(defs, group=LIVE_GROUP_NAME)
     rollback_keys = declared_check_keys(defs, group=ROLLBACK_GROUP_NAME)
-    for key in (*publish_keys, *rollback_keys):
+    for key in (*publish_keys, *live_keys, *rollback_keys):
         if key not in keys and instance.get_latest_asset_check_evaluation_record(key):
             keys.append(key)
     evaluations = _Evaluations(instance, run_ids, since)

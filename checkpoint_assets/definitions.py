@@ -1,8 +1,9 @@
 """The code location ``checkpoint_assets``: the one place that wires assets and resources.
 
 ``dagster dev``, ``dagster definitions validate`` and ``checkpoint-assets migrate`` all load
-these definitions, so the UI and the command line share asset keys, checks and history.
-Staging mode (CHECKPOINT_ASSETS_STAGING_SCHEMA set) adds the publish asset.
+these definitions, so the UI and the command line share asset keys, checks and history:
+the migration (export, batches, verification), the live migration (sync, cutover) and the
+way back. Staging mode (CHECKPOINT_ASSETS_STAGING_SCHEMA set) adds the publish asset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import dagster as dg
 
 from checkpoint_assets.assets import CORE_ASSETS, STAGING_ASSETS
+from checkpoint_assets.assets.live import LIVE_ASSETS
 from checkpoint_assets.assets.rollback import ROLLBACK_ASSETS
 from checkpoint_assets.partitions import (
     AUTOMATION_INTERVAL_SECONDS,
@@ -53,7 +55,8 @@ def build_definitions(
     """
     if staging is None:
         staging = Settings.from_env().staging
-    assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ()), *ROLLBACK_ASSETS]
+    assets = [*CORE_ASSETS, *(STAGING_ASSETS if staging else ()), *LIVE_ASSETS,
+              *ROLLBACK_ASSETS]
     with warnings.catch_warnings():  # code references are Beta in Dagster 1.13
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         # The UI links each asset to its source file and line.

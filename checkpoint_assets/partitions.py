@@ -257,3 +257,17 @@ ROLLBACK_EXPORT_ASSET = dg.AssetKey("rollback_export")
 RESTORED_BATCHES_ASSET = dg.AssetKey("restored_checkpoint_batches")
 ROLLBACK_VERIFICATION_ASSET = dg.AssetKey("rollback_verification")
 RESTORED_BATCH_MATCHES_EXPORT = "restored_batch_matches_export"
+
+# --------------------------------------------------------------------------- live migration
+
+# A source still written (group checkpoint_live): each sync generation moved into the
+# target (`target_synced`), and the cutover that proves the target equal once the writers
+# stopped (`checkpoint_cutover`). Unpartitioned: one materialization per sync, per cutover.
+LIVE_GROUP_NAME = "checkpoint_live"
+SYNC_ASSET = dg.AssetKey("target_synced")
+CUTOVER_ASSET = dg.AssetKey("checkpoint_cutover")
+SYNC_MOVED_EVERY_CHANGED_THREAD = "sync_moved_every_changed_thread"
+CUTOVER_WINDOW = "cutover_window"
+CUTOVER_WRITERS_QUIET = "writers_quiet_during_cutover"
+CUTOVER_EVERY_THREAD_PROVEN_EQUAL = "every_thread_proven_equal"
+CUTOVER_CHECK_NAMES = (CUTOVER_WINDOW, CUTOVER_WRITERS_QUIET, CUTOVER_EVERY_THREAD_PROVEN_EQUAL)

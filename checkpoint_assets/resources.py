@@ -8,7 +8,9 @@ name, never its value, and messages use ``Target.display`` (password-free).
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,
     EXPORT_ENV,
+    PROPAGATE_DELETES_ENV,
     READBACK_THREADS_ENV,
     ROLLBACK_EXPORT_ENV,
     ROLLBACK_ORIGINAL_EXPORT_ENV,
@@ -194,17 +197,92 @@ def ensure_tables(target: Target) -> None:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
+class LiveMigrationResource(dg.ConfigurableResource):
+    """How the live migration's syncs and cutover run (group checkpoint_live): whether
+    deletions propagate, how long the cutover waits for quiet. The source, export file and
+    target are the migration's own resources."""
+
+    propagate_deletes: bool = Field(
+        default=False,
+        description=f"Delete from the target the threads deleted in the source (env "
+                    f"{PROPAGATE_DELETES_ENV}=1; the CLI's --propagate-deletes); by default "
+                    "they are kept there and the sync names them.")
+    allow_mass_deletion: bool = Field(
+        default=False,
+        description="Follow a source that lost every thread, or more than the threshold, "
+                    "since the last sync (the CLI's --allow-mass-deletion); refused by "
+                    "default.")
+    quiet_seconds: float = Field(
+        default=10.0,
+        description="Cutover: how long the source's file and -wal must stay unchanged "
+                    "before the final sync (0: writers known to be stopped).")
+    timeout_seconds: float | None = Field(
+        default=None,
+        description="Cutover: give up (a failed run, nothing proven) when the source is "
+                    "not quiet within this long; default: wait as long as writers write.")
+    evidence_path: str | None = Field(
+        default=None,
+        description="Cutover: where its evidence report (Markdown) goes; default "
+                    "<export>.evidence.md beside the export file.")
+
+
+class CallerChannel:
+    """What a caller that runs the live assets in its own process gets from them: each
+    progress line as it is said, and the operation's typed report or its error itself
+    (so the command line prints them as it always did). Under ``dagster dev`` nothing is
+    kept and progress goes to the step's log."""
+
+    def __init__(self, say: Callable[[str], None] | None = None, keep: bool = False,
+                 progress: Any = None, flags: dict[str, str] | None = None) -> None:
+        self.say = say
+        self.keep = keep
+        self.progress = progress
+        # How the caller names a setting in what the assets say (e.g. the CLI's flags).
+        self.flags = dict(flags or {})
+        self.reports: list[Any] = []
+        self.error: BaseException | None = None
+
+    @property
+    def report(self) -> Any:
+        """The latest report handed over, or None."""
+        return self.reports[-1] if self.reports else None
+
+    def done(self, report: Any) -> None:
+        """An operation finished with ``report``."""
+        if self.keep:
+            self.reports.append(report)
+
+    def failed(self, error: BaseException) -> None:
+        """The operation raised ``error`` (the step then fails with its message)."""
+        if self.keep:
+            self.error = error
+
+    @classmethod
+    def printing(cls, stream: Any = None, progress: Any = None) -> CallerChannel:
+        """A channel that prints what the operation says to ``stream`` (default stdout)
+        and keeps its outcome."""
+        def say(text: str) -> None:
+            print(text, file=stream or sys.stdout, flush=True)
+
+        return cls(say=say, keep=True, progress=progress)
+
+
+def build_resources(settings: Settings | None = None, *, aes_key_env: str = AES_KEY_ENV,
+                    live: LiveMigrationResource | None = None,
+                    caller: CallerChannel | None = None) -> dict[str, Any]:
     """The resources of the code location.
 
     Without ``settings`` (the code location ``dagster dev`` loads): every setting the
     environment holds is a ``dg.EnvVar``, so the UI shows the variable's name; the values
     are checked as Settings.from_env checks them. With ``settings`` (the runner's: flags
     over the environment): their values. The DSN and the AES key are always
-    ``dg.EnvVar``, resolved when a run starts; they are never values here.
+    ``dg.EnvVar``, resolved when a run starts; they are never values here (the key from
+    ``aes_key_env``, the CLI's --aes-key-env). ``live`` and ``caller``: the CLI's live
+    migration settings, and its channel to the operations' reports (default: from the
+    settings, and a channel that keeps nothing).
     """
     secrets = {
-        "aes_key": dg.EnvVar(AES_KEY_ENV) if aes_key() else None,
+        "aes_key": dg.EnvVar(aes_key_env) if aes_key(aes_key_env) else None,
         "dsn": dg.EnvVar(TARGET_DSN_ENV),
     }
     if settings is None:
@@ -237,6 +315,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             strict_versions=settings.strict_versions),
         "rollback": rollback_resource(secrets["aes_key"], batch_size,
                                       settings.rollback_remove_deleted_threads),
+        "live": live or LiveMigrationResource(propagate_deletes=settings.propagate_deletes),
+        "caller": caller or CallerChannel(),
     }
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.operations import CONTRACT
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
@@ -39,6 +38,9 @@ WORKERS_ENV = "CHECKPOINT_ASSETS_WORKERS"  # batch loaders (processes) to run at
 # rows that are still the same (engine/verify/certificates.py).
 VERIFY_EVERY_BATCH_ENV = "CHECKPOINT_ASSETS_VERIFY_EVERY_BATCH"
 STRICT_VERSIONS_ENV = "CHECKPOINT_ASSETS_STRICT_VERSIONS"
+# 1: a sync (and the cutover's syncs) deletes from the target the threads deleted in the
+# source (the CLI's --propagate-deletes; the target_synced asset's resource setting).
+PROPAGATE_DELETES_ENV = "CHECKPOINT_ASSETS_PROPAGATE_DELETES"
 LOG_LEVEL_ENV = "CHECKPOINT_ASSETS_LOG_LEVEL"  # console log level of `migrate`'s runs
 EMBEDDED_PG_ENV = "CHECKPOINT_ASSETS_EMBEDDED_PG"  # the quick start's embedded server
 AES_KEY_ENV = "LANGGRAPH_AES_KEY"  # EncryptedSerializer's own variable
@@ -81,14 +83,16 @@ class Settings:
     target_dsn: str | None = field(default=None, repr=False)
     target_schema: str | None = None
     staging_schema: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    batch_size: int = CONTRACT.batch_size
+    readback_threads: int | None = CONTRACT.readback_threads
     workers: int | None = None
     threads: str | None = None  # --threads as given (see engine.selection)
     verify_every_batch: bool = False
     # Refuse a thread whose content differs at one channel version (engine/core/versions.py)
     # instead of migrating it with the version's first value.
     strict_versions: bool = False
+    # Syncs delete from the target the threads deleted in the source.
+    propagate_deletes: bool = False
     # The way back into an existing file removes the threads PostgreSQL no longer has.
     rollback_remove_deleted_threads: bool = False
     log_level: str = "INFO"
@@ -110,13 +114,14 @@ class Settings:
             target_dsn=text(TARGET_DSN_ENV),
             target_schema=text(TARGET_SCHEMA_ENV),
             staging_schema=text(STAGING_SCHEMA_ENV),
-            batch_size=whole_number(BATCH_SIZE_ENV, text(BATCH_SIZE_ENV), DEFAULT_BATCH_SIZE,
+            batch_size=whole_number(BATCH_SIZE_ENV, text(BATCH_SIZE_ENV), CONTRACT.batch_size,
                                     "the number of checkpoints per batch (e.g. 1000)"),
             readback_threads=_readback(text(READBACK_THREADS_ENV)),
             workers=_workers(text(WORKERS_ENV)),
             threads=text(THREADS_ENV),
             verify_every_batch=yes_or_no(VERIFY_EVERY_BATCH_ENV, text(VERIFY_EVERY_BATCH_ENV)),
             strict_versions=yes_or_no(STRICT_VERSIONS_ENV, text(STRICT_VERSIONS_ENV)),
+            propagate_deletes=yes_or_no(PROPAGATE_DELETES_ENV, text(PROPAGATE_DELETES_ENV)),
             rollback_remove_deleted_threads=yes_or_no(
                 ROLLBACK_REMOVE_DELETED_THREADS_ENV,
                 text(ROLLBACK_REMOVE_DELETED_THREADS_ENV)),
@@ -161,7 +166,7 @@ def _readback(value: str | None) -> int | None:
     """CHECKPOINT_ASSETS_READBACK_THREADS: a number of threads (0 or less: all), or ``all``."""
     if value is not None and value.strip().lower() == READBACK_ALL:
         return None
-    threads = whole_number(READBACK_THREADS_ENV, value, DEFAULT_READBACK_SAMPLE,
+    threads = whole_number(READBACK_THREADS_ENV, value, CONTRACT.readback_threads,
                            f"a number of threads or '{READBACK_ALL}'")
     return threads if threads > 0 else None
 

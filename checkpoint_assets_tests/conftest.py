@@ -33,6 +33,16 @@ def _no_settings_from_the_developers_shell() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _a_dagster_home_of_its_own(tmp_path_factory: pytest.TempPathFactory,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands that run assets in-process (migrate, sync, cutover, rollback) record their
+    runs in $DAGSTER_HOME: each test gets a home of its own (created when first used),
+    never the project's .dagster_home, which two test processes would share. A test that
+    sets or removes DAGSTER_HOME itself overrides this."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+
+
 def _shared_server_answers() -> bool:
     try:
         with psycopg.connect(SHARED_SERVER_DSN, connect_timeout=3) as conn:

@@ -11,6 +11,8 @@ work (postgres_source, sqlite_target, verify_rollback); these assets only wire i
 """
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,22 +27,17 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
+from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
-from checkpoint_assets.engine.rollback.original_rows import OriginalRows
-from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
 from checkpoint_assets.engine.rollback.sqlite_target import (
-    connect_sqlite_target,
     discard_work_file,
-    load_batch_into_sqlite,
-    prepare_restore_file,
     publish_restored,
     remove_deleted_threads,
 )
-from checkpoint_assets.engine.rollback.verify_rollback import compare_sqlite_batch, verify_rollback
+from checkpoint_assets.engine.rollback.verify_rollback import verify_rollback
 from checkpoint_assets.engine.verify.check_table import (
     EXPORT_MATCHES_POSTGRES,
     OFFICIAL_READBACK,
@@ -49,6 +46,7 @@ from checkpoint_assets.engine.verify.check_table import (
     SQLITE_THREADS_NOT_IN_POSTGRES,
     check_spec,
 )
+from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     EXPORT_FILE_VERIFIES,
@@ -67,7 +65,7 @@ from checkpoint_assets.partitions import (
     partition_keys_by_batch,
     rollback_partitions,
 )
-from checkpoint_assets.resources import PostgresTargetResource, RollbackResource
+from checkpoint_assets.resources import CallerChannel, PostgresTargetResource, RollbackResource
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     READBACK_ALL,
@@ -78,6 +76,31 @@ from checkpoint_assets.settings import (
     ROLLBACK_THREADS_ENV,
     ROLLBACK_TO_ENV,
 )
+
+# How the verification's notes name the settings, for a caller that does not name them
+# itself (the CLI names its flags through the CallerChannel).
+READBACK_ALL_HINT = "readback_all"
+REMOVE_HINT = "remove_deleted_threads"
+DAGSTER_HINTS = {READBACK_ALL_HINT: f"{READBACK_THREADS_ENV}={READBACK_ALL}",
+                 REMOVE_HINT: f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1"}
+# The restored batch's metadata entry naming the threads its transaction removed.
+REMOVED_THREADS_METADATA = "removed_threads"
+
+
+@dataclass(frozen=True)
+class RollbackVerified:
+    """What rollback_verification hands an in-process caller: the report, and the threads
+    PostgreSQL no longer has that this rollback removed from the file."""
+
+    report: VerificationReport
+    removed_threads: list[str]
+
+    @property
+    def threads_not_in_postgres(self) -> list[str]:
+        """The file's threads PostgreSQL no longer has, kept (the warning check's)."""
+        kept = self.report.checks.get(SQLITE_THREADS_NOT_IN_POSTGRES)
+        return [m["thread_id"] for m in kept.mismatches] if kept else []
+
 
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK, SQLITE_THREADS_NOT_IN_POSTGRES)
@@ -114,7 +137,8 @@ SETTINGS_HINT = (
                     "in its own footer.")],
 )
 def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetResource,
-                    rollback: RollbackResource) -> Iterator[Any]:
+                    rollback: RollbackResource,
+                    caller: dg.ResourceParam[CallerChannel]) -> Iterator[Any]:
     """The way back, step 1 (needs CHECKPOINT_ASSETS_ROLLBACK_TO): PostgreSQL -> export file.
 
     {settings}
@@ -130,19 +154,21 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     require_configured(rollback)
     source = target.final_target()
     path = rollback.export()
-    originals = None
     try:
-        if rollback.original_export:
-            originals = OriginalRows(rollback.original_export)
-        manifest = write_postgres_export(
-            source.dsn, path, schema=source.schema, threads=parse_thread_selection(rollback.threads),
-            cipher=rollback.cipher(), batch_size=rollback.batch_size, originals=originals)
+        done = operations.export_postgres(operations.PostgresExportRequest(
+            source_dsn=source.dsn, export=path, schema=source.schema,
+            threads=rollback.threads, aes_key=rollback.aes_key,
+            batch_size=rollback.batch_size,
+            original_export=Path(rollback.original_export) if rollback.original_export
+            else None))
     except MigrationError as exc:
+        caller.failed(exc)
         message = error_text(exc, source.dsn)
         yield dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=False,
                                   metadata=check_metadata(expected="an export",
                                                           actual=message))
         raise failure(f"Export of {source.display} failed: {message}") from None
+    manifest = done.manifest
     check = export_file_check(path)
     if not check.passed:
         yield check
@@ -152,6 +178,7 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     if discard_work_file(rollback.to()):
         context.log.info(f"Removed the unpublished work file of {rollback.to()}: the batches "
                          "of this export are restored into a new one.")
+    caller.done(done)
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -164,8 +191,8 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
             "content_sha256": dg.MetadataValue.text(manifest.content_sha256),
             "partitions_added": dg.MetadataValue.int(len(added)),
             "partitions_removed": dg.MetadataValue.json(removed),
-            **({"original_bytes": dg.MetadataValue.json(dict(originals.counts))}
-               if originals is not None else {}),
+            **({"original_bytes": dg.MetadataValue.json(done.original_bytes)}
+               if done.original_bytes is not None else {}),
         },
         check_results=[check])
 
@@ -190,7 +217,8 @@ with preview_silenced():
     check_specs=[RESTORED_BATCH_CHECK],
 )
 def restored_checkpoint_batches(context: dg.AssetExecutionContext,
-                                rollback: RollbackResource) -> Iterator[Any]:
+                                rollback: RollbackResource,
+                                caller: dg.ResourceParam[CallerChannel]) -> Iterator[Any]:
     """The way back, step 2: empty until rollback_export is materialized; then backfill all.
 
     {settings}
@@ -199,46 +227,54 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     A new file is built under a hidden work name beside the final one (published by
     ``rollback_verification``); an existing SqliteSaver file is added to: rows already
     there with the same content are kept, other content is a conflict naming the key
-    (nothing overwritten). Re-materializing a restored batch changes nothing.
+    (nothing overwritten). Re-materializing a restored batch changes nothing. With
+    ``remove_deleted_threads``, the export's last batch removes from an existing file, in
+    its own transaction, the threads PostgreSQL no longer has (as a whole restore does).
     """
     require_configured(rollback)
     if not context.has_partition_key:
         raise failure(NO_PARTITION_HINT) from None
     manifest = read_manifest(rollback.export())
     key = batch_key_for(manifest, context.partition_key)
-    cipher = rollback.cipher()
-    path = prepare_restore_file(rollback.to())
+    existing = rollback.to().exists()
+    last = key == manifest.batches[-1].key
     try:
-        with connect_sqlite_target(path) as conn:
-            result = load_batch_into_sqlite(conn, manifest, key, cipher)
+        done = operations.restore_batch(operations.RestoreBatchRequest(
+            export=rollback.export(), to=rollback.to(), batch=key, aes_key=rollback.aes_key,
+            remove_deleted_threads=rollback.remove_deleted_threads and existing and last))
     except ConflictError as exc:
+        caller.failed(exc)
         yield dg.AssetCheckResult(
             check_name=RESTORED_BATCH_MATCHES_EXPORT, passed=False,
             metadata=check_metadata(expected="no row with the same key and other content",
                                     actual=exc.problem, mismatches=exc.keys))
         raise failure(exc.problem, kind=FailureKind.CONFLICT) from None
-    mismatches = compare_sqlite_batch(path, manifest, key, cipher)
-    entry = manifest.batch(key)
+    except MigrationError as exc:
+        caller.failed(exc)
+        raise failure(error_text(exc, None), kind=exc.kind) from None
+    result, path, mismatches = done.result, done.path, done.mismatches
     check = dg.AssetCheckResult(
         check_name=RESTORED_BATCH_MATCHES_EXPORT, passed=not mismatches,
-        metadata=check_metadata(expected=entry.threads,
-                                actual=entry.threads - len(mismatches),
+        metadata=check_metadata(expected=done.threads,
+                                actual=done.threads - len(mismatches),
                                 mismatches=mismatches))
     if mismatches:
         yield check
         raise failure(f"Batch {context.partition_key} in {path} differs from the export.",
                       kind=FailureKind.MISMATCH)
+    caller.done(result)
     yield dg.MaterializeResult(
         metadata={
             "batch": dg.MetadataValue.text(key),
             "file": dg.MetadataValue.path(str(path)),
-            "dagster/row_count": dg.MetadataValue.int(entry.checkpoints),
+            "dagster/row_count": dg.MetadataValue.int(done.checkpoints),
             "checkpoints_inserted": dg.MetadataValue.int(result.inserted["checkpoints"]),
             "writes_inserted": dg.MetadataValue.int(result.inserted["writes"]),
             "checkpoints_already_present": dg.MetadataValue.int(
                 result.already_present["checkpoints"]),
             "writes_already_present": dg.MetadataValue.int(result.already_present["writes"]),
             "present_checkpoint_bytes": dg.MetadataValue.json(dict(result.present_bytes)),
+            REMOVED_THREADS_METADATA: dg.MetadataValue.json(sorted(result.removed)),
         },
         check_results=[check])
 
@@ -260,7 +296,8 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
                  for name in ROLLBACK_CHECK_NAMES],
 )
 def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTargetResource,
-                          rollback: RollbackResource) -> Iterator[Any]:
+                          rollback: RollbackResource,
+                          caller: dg.ResourceParam[CallerChannel]) -> Iterator[Any]:
     """The way back, step 3: runs by itself once every restored batch is loaded.
 
     {settings}
@@ -277,19 +314,24 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     source = Target(final.dsn, final.schema, role="source")
     path = rollback.loading_into()
     try:
-        removed = remove_deleted_threads(path, manifest) \
-            if rollback.remove_deleted_threads and path == rollback.to() else {}
+        removed = set(remove_deleted_threads(path, manifest)) \
+            if rollback.remove_deleted_threads and path == rollback.to() else set()
     except MigrationError as exc:
+        caller.failed(exc)
         raise failure(f"Removing the threads PostgreSQL no longer has from {path} failed: "
                       f"{exc}") from None
     if removed:
         context.log.info(f"Removed {len(removed)} thread(s) PostgreSQL no longer has from "
                          f"{path}: {sorted(removed)[:20]}")
+    if rollback.remove_deleted_threads:
+        removed |= _removed_by_last_batch(context.instance, manifest)
+    hints = {**DAGSTER_HINTS, **caller.flags}
     report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
                              readback_threads=target.readback_sample(),
-                             readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
+                             readback_all_hint=hints[READBACK_ALL_HINT],
                              removed_threads=sorted(removed),
-                             remove_hint=f"{ROLLBACK_REMOVE_DELETED_THREADS_ENV}=1")
+                             remove_hint=hints[REMOVE_HINT])
+    caller.done(RollbackVerified(report, sorted(removed)))
     partitions = partition_keys_by_batch(manifest)
     results = [outcome_check_result(outcome, level=severity(outcome.spec),
                                     partitions=partitions)
@@ -309,7 +351,7 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     yield dg.MaterializeResult(
         metadata={"file": dg.MetadataValue.path(str(rollback.to())),
                   "published": dg.MetadataValue.bool(path != rollback.to()),
-                  "removed_threads": dg.MetadataValue.json(sorted(removed)),
+                  REMOVED_THREADS_METADATA: dg.MetadataValue.json(sorted(removed)),
                   "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
                   "evidence": dg.MetadataValue.md(evidence)},
         check_results=results)
@@ -330,6 +372,34 @@ def _described(asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
     return asset.map_asset_specs(
         lambda spec: spec.replace_attributes(description=description)
         if spec.key == key else spec)
+
+
+def _removed_by_last_batch(instance: dg.DagsterInstance, manifest: Any) -> set[str]:
+    """The threads the restore of this export's last batch removed from the file (its
+    latest materialization, when it is newer than the latest rollback export)."""
+    if not manifest.batches:
+        return set()
+    keys = [key for key in instance.get_dynamic_partitions(ROLLBACK_PARTITIONS_NAME)
+            if batch_key_for_or_none(manifest, key) == manifest.batches[-1].key]
+    exported = instance.get_latest_materialization_event(ROLLBACK_EXPORT_ASSET)
+    if not keys or exported is None:
+        return set()
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RESTORED_BATCHES_ASSET, asset_partitions=keys),
+        limit=1).records
+    if not records or records[0].timestamp < exported.timestamp \
+            or records[0].asset_materialization is None:
+        return set()
+    value = records[0].asset_materialization.metadata.get(REMOVED_THREADS_METADATA)
+    return set(value.value) if value is not None else set()
+
+
+def batch_key_for_or_none(manifest: Any, partition_key: str) -> str | None:
+    """``batch_key_for``, or None for a partition of another export."""
+    try:
+        return batch_key_for(manifest, partition_key)
+    except MigrationError:
+        return None
 
 
 ROLLBACK_ASSETS = tuple(_described(asset) for asset in

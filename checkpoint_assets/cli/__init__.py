@@ -23,6 +23,7 @@ from checkpoint_assets.cli.exit_status import (
     DEFAULT_ERROR_REPORT,
     ERROR_HINTS,
     ERROR_REPORTS,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     STOPPED,
     STOPPED_AT_ONCE,
@@ -39,9 +40,7 @@ from checkpoint_assets.cli.rollback import (
 )
 from checkpoint_assets.cli.runs import cmd_backfill, cmd_checks, cmd_migrate
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
-from checkpoint_assets.engine.core.workers import kill_workers
-from checkpoint_assets.engine.load.target import scrub
+from checkpoint_assets.engine.operations import stopping_on_ctrl_c, without_secrets
 from checkpoint_assets.settings import TARGET_DSN_ENV, Settings, SettingsError, load_env_file
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -79,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                                      f"Pass --target or set ${TARGET_DSN_ENV}.")
         if args.command in WAY_BACK_COMMANDS:
             dsn = getattr(args, "source_dsn", None) or settings.target_dsn or ""
-            with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
+            with stopping_on_ctrl_c(STOPPED_AT_ONCE):
                 return COMMANDS[args.command](args, settings)
-        with stop_on_ctrl_c(kill_workers, STOPPED_AT_ONCE):
+        with stopping_on_ctrl_c(STOPPED_AT_ONCE):
             return COMMANDS[args.command](args, replace(settings, target_dsn=dsn or None))
     except KeyboardInterrupt:
         print(f"INTERRUPTED: {STOPPED}", file=sys.stderr)
@@ -90,5 +89,5 @@ def main(argv: list[str] | None = None) -> int:
         label, status = ERROR_REPORTS.get(exc.kind, DEFAULT_ERROR_REPORT)
         hint = ERROR_HINTS.get(type(exc))  # the CLI's own hint, where the engine's is general
         text = f"{exc.problem}\n  What to do: {hint}" if hint else str(exc)
-        print(f"{label}: {scrub(text, dsn)}", file=sys.stderr)
+        print(f"{label}: {without_secrets(text, dsn)}", file=sys.stderr)
         return status

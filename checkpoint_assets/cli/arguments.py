@@ -1,4 +1,4 @@
-"""What the command handlers derive from the parsed flags: the cipher, the export and
+"""What the command handlers derive from the parsed flags: the AES key, the export and
 evidence paths, the PostgreSQL source of the way back.
 """
 
@@ -7,11 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from checkpoint_assets.engine.core.crypto import Cipher
+from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.verify.evidence import (
-    default_evidence_path,
-)
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
@@ -21,10 +18,9 @@ from checkpoint_assets.settings import (
 )
 
 
-def cipher_of(args: argparse.Namespace) -> Cipher | None:
-    """The EncryptedSerializer cipher of the key in --aes-key-env's variable, or None."""
-    key = aes_key(getattr(args, "aes_key_env", AES_KEY_ENV))
-    return Cipher(key.encode()) if key else None
+def aes_key_of(args: argparse.Namespace) -> str | None:
+    """The EncryptedSerializer key in --aes-key-env's variable, or None."""
+    return aes_key(getattr(args, "aes_key_env", AES_KEY_ENV))
 
 
 def default_export(args: argparse.Namespace) -> Path:
@@ -35,14 +31,9 @@ def default_export(args: argparse.Namespace) -> Path:
     return default_export_path(args.source)
 
 
-def evidence_path(args: argparse.Namespace, export_path: str | Path) -> Path:
-    """--evidence, or ``<export>.evidence.md`` beside the export file."""
-    return args.evidence or default_evidence_path(export_path)
-
-
 def migration_evidence_path(args: argparse.Namespace) -> Path:
     """--evidence, or beside the export the migration's assets use (the same default)."""
-    return evidence_path(args, args.export or default_export(args))
+    return args.evidence or operations.evidence_beside(args.export or default_export(args))
 
 
 def source_dsn(args: argparse.Namespace, settings: Settings) -> str:

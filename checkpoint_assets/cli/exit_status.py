@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from checkpoint_assets.engine.core.errors import FailureKind
-from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED
-from checkpoint_assets.engine.verify.migration import (
-    MissingTablesError,
-)
+from checkpoint_assets.engine.core.errors import FailureKind, MissingTablesError
+from checkpoint_assets.engine.operations import CONTRACT
 from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,
@@ -15,6 +12,7 @@ from checkpoint_assets.settings import (
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
 EXIT_TIMED_OUT = 5  # cutover --timeout passed before the source was quiet
+EXIT_INTERRUPTED = CONTRACT.exit_interrupted  # 130: stopped by Ctrl-C
 
 # How main() reports an error of each kind: the label before its message, the exit status.
 ERROR_REPORTS = {

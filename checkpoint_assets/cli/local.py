@@ -17,9 +17,7 @@ from checkpoint_assets.cli.parser import build_parser
 from checkpoint_assets.cli.runs import (
     run_migration,
 )
-from checkpoint_assets.engine.core.private_files import (
-    write_private_text,
-)
+from checkpoint_assets.engine.operations import write_private_file
 from checkpoint_assets.settings import (
     BATCH_SIZE_ENV,
     EMBEDDED_PG_ENV,
@@ -116,4 +114,4 @@ def cmd_stop_postgres(args: argparse.Namespace, settings: Settings) -> int:
 
 def write_env_file(path: Path, settings: dict[str, str]) -> None:
     """Write NAME=value lines, owner-only (a DSN may carry a password)."""
-    write_private_text(path, "".join(f"{name}={value}\n" for name, value in settings.items()))
+    write_private_file(path, "".join(f"{name}={value}\n" for name, value in settings.items()))

@@ -1,5 +1,6 @@
 """The one place the command line prints its results: summaries as text or JSON (and
-``--report`` files), verification and check tables, evidence reports and their paths.
+``--report`` files), verification and check tables, evidence report paths (the engine's
+operations write the reports).
 """
 
 from __future__ import annotations
@@ -10,32 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.core.private_files import (
-    write_private_json,
-    write_private_text,
-)
 from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.sync.export_chain import (
-    ExportChain,
-)
-from checkpoint_assets.engine.sync.sync_target import (
-    SyncReport,
-    with_live_migration_section,
-)
-from checkpoint_assets.engine.verify.evidence import (
-    every_mismatch,
-    render_evidence,
-)
+from checkpoint_assets.engine.sync.sync_target import SyncReport
 from checkpoint_assets.engine.verify.reports import VerificationReport
-
-# What the engine's texts leave to their caller: where to find more, which flag to pass.
-EVIDENCE_UNTIMED_HINT = ("`checkpoint-assets migrate` and the `migration_verification` "
-                         "asset include the load time of every batch.")
-
-EVIDENCE_MORE_HINT = ("see the JSON report (`checkpoint-assets verify --report FILE.json` "
-                      "lists every one)")
 
 
 def emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
@@ -48,7 +28,7 @@ def emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
     report: Path | None = getattr(args, "report", None)
     if report is not None:
         try:
-            write_private_json(report, summary)
+            operations.write_private_json(report, summary)
         except OSError as exc:
             raise MigrationError(f"Cannot write the report {report}: {exc.strerror or exc}.",
                                  "Pass --report FILE.json in a writable directory.") from None
@@ -91,28 +71,6 @@ def sync_json(report: SyncReport) -> dict[str, Any]:
             "deletions_kept": report.deletions_kept, "seconds": round(report.seconds, 3)}
 
 
-def chain_evidence(report: VerificationReport, chain: ExportChain, target: Target,
-                    deletions_kept: list[str] | None,
-                    cutover: dict[str, str] | None = None) -> str:
-    """The evidence report; with a section on the syncs and the selection when there are."""
-    markdown = render_evidence(report, manifest=chain.export, target_display=target.display,
-                               untimed_hint=EVIDENCE_UNTIMED_HINT,
-                               more_hint=EVIDENCE_MORE_HINT)
-    return with_live_migration_section(markdown, chain, deletions_kept=deletions_kept,
-                                       cutover=cutover)
-
-
-def write_evidence(path: Path, markdown: str) -> Path:
-    """Write the evidence report, owner-only (it names threads and metadata values)."""
-    try:
-        write_private_text(path, markdown)
-    except OSError as exc:
-        raise MigrationError(f"Cannot write the evidence report {path}: "
-                             f"{exc.strerror or exc}.",
-                             "Pass --evidence FILE.md in a writable directory.") from None
-    return path
-
-
 def print_evidence_path(args: argparse.Namespace, path: Path) -> None:
     if not getattr(args, "json", False):  # with --json the path is in the JSON
         print(f"\nEvidence report (Markdown): {path}")
@@ -125,7 +83,7 @@ def verification_json(report: VerificationReport) -> dict[str, Any]:
         "checks": {name: {"passed": c.passed, "description": c.description,
                           "expected": c.expected, "actual": c.actual,
                           "mismatch_count": c.mismatch_count,
-                          "mismatches": every_mismatch(report, name),
+                          "mismatches": operations.every_mismatch(report, name),
                           "notes": c.notes}
                    for name, c in report.checks.items()},
         "counts": report.counts,

@@ -10,22 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets import __version__
-from checkpoint_assets.engine.core.workers import (
-    PARALLEL_MIN_BATCHES,
-)
-from checkpoint_assets.engine.rollback.way_back import (
-    ROLLBACK_EXPORT_SUFFIX,
-)
-from checkpoint_assets.engine.sync.export_chain import (
-    MASS_DELETION_MIN_THREADS,
-    MASS_DELETION_SHARE,
-)
-from checkpoint_assets.engine.verify.evidence import (
-    EVIDENCE_SUFFIX,
-)
-from checkpoint_assets.engine.verify.migration import (
-    DEFAULT_READBACK_SAMPLE,
-)
+from checkpoint_assets.engine.operations import CONTRACT
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,
@@ -86,7 +71,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=settings.workers,
                        help=f"batches {done} at once, each in its own process (env "
                             f"{WORKERS_ENV}; default: 2 on a multi-core machine for exports "
-                            f"of {PARALLEL_MIN_BATCHES} or more batches, else 1)")
+                            f"of {CONTRACT.parallel_min_batches} or more batches, else 1)")
 
     def add_report(p: argparse.ArgumentParser) -> None:
         p.add_argument("--report", type=Path, help="also write the summary as JSON to this file")
@@ -97,14 +82,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help="write the evidence report (Markdown, mode 0600: counts per "
                             "table, every check with what it proves and cannot, per-batch "
                             "load times, every mismatch and changed metadata value by key) "
-                            f"to this file (default: <export>{EVIDENCE_SUFFIX}, beside "
+                            f"to this file (default: <export>{CONTRACT.evidence_suffix}, beside "
                             "the export file)")
 
     def add_mass_deletion(p: argparse.ArgumentParser) -> None:
         p.add_argument("--allow-mass-deletion", action="store_true",
                        help="follow a source that lost every thread, or more than "
-                            f"{MASS_DELETION_SHARE:.0%}% of the threads and at least "
-                            f"{MASS_DELETION_MIN_THREADS}, since the last sync (refused "
+                            f"{CONTRACT.mass_deletion_share:.0%}% of the threads and at least "
+                            f"{CONTRACT.mass_deletion_min_threads}, since the last sync (refused "
                             "without it: another database at the path looks like that)")
 
     def add_threads(p: argparse.Namespace, what: str) -> None:
@@ -143,9 +128,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add_source(p)
     add_export(p)
     add_target(p)
-    p.add_argument("--readback", type=int, default=DEFAULT_READBACK_SAMPLE,
+    p.add_argument("--readback", type=int, default=CONTRACT.readback_threads,
                    help="threads to read back through the official savers (default "
-                        f"{DEFAULT_READBACK_SAMPLE})")
+                        f"{CONTRACT.readback_threads})")
     p.add_argument("--readback-all", action="store_true",
                    help="read back every thread through the official savers")
     add_workers(p, "compared")
@@ -291,13 +276,13 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
 
     def add_export(p: argparse.ArgumentParser, required: bool) -> None:
         p.add_argument("--export", type=Path, required=required,
-                       help="export file" + ("" if required else
-                                             f" (default: <--to>{ROLLBACK_EXPORT_SUFFIX})"))
+                       help="export file" + ("" if required else " (default: <--to>"
+                                             f"{CONTRACT.rollback_export_suffix})"))
 
     def add_verification(p: argparse.ArgumentParser) -> None:
         p.add_argument("--readback-all", action="store_true",
                        help="read back every thread through both official savers "
-                            f"(default: a sample of {DEFAULT_READBACK_SAMPLE})")
+                            f"(default: a sample of {CONTRACT.readback_threads})")
         p.add_argument("--evidence", type=Path, metavar="FILE.md",
                        help="evidence report (default: <export>.evidence.md)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")

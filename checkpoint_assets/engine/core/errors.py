@@ -59,6 +59,10 @@ class Interrupted(MigrationError):
     kind = FailureKind.INTERRUPTED
 
 
+class MissingTablesError(MigrationError):
+    """The target has no PostgresSaver tables to verify against."""
+
+
 class TimedOut(MigrationError):
     """A wait ran out of the time it was given (the cutover's wait for quiet); what was
     done before is whole, and what to do."""

@@ -46,6 +46,16 @@ class RollbackNotVerified(MigrationError):
         return (self.__class__, (self.problem, self.hint, None))
 
 
+def not_verified_error(report: VerificationReport, to_path: str | Path) -> RollbackNotVerified:
+    """The error of a new SQLite file that failed ``report``: it was not published."""
+    failed = [name for name, c in report.checks.items() if not c.passed]
+    return RollbackNotVerified(
+        f"The restored SQLite file failed {', '.join(failed)}; it was not written "
+        f"to {to_path}.",
+        "Read the evidence report, fix the cause, and run the rollback again.",
+        report)
+
+
 @dataclass
 class RollbackResult:
     """What a rollback did: the export, the restore and the verification."""
@@ -92,12 +102,7 @@ def rollback(
                                  readback_threads=readback_threads)
         reports.append(report)
         if not report.passed:
-            failed = [name for name, c in report.checks.items() if not c.passed]
-            raise RollbackNotVerified(
-                f"The restored SQLite file failed {', '.join(failed)}; it was not written "
-                f"to {to_path}.",
-                "Read the evidence report, fix the cause, and run the rollback again.",
-                report)
+            raise not_verified_error(report, to_path)
 
     to_path = Path(to_path)
     new_file = not to_path.exists()

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.errors import MigrationError, MissingTablesError
 from checkpoint_assets.engine.core.workers import workers_for
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.snapshot import private_snapshot
@@ -155,10 +155,6 @@ def require_target_tables(target: Target) -> None:
             f"in {where}, so there is nothing to verify the export against.",
             "Import the export first, or point the target's DSN and schema at the database "
             "and schema the checkpoints were imported into.")
-
-
-class MissingTablesError(MigrationError):
-    """The target has no PostgresSaver tables to verify against."""
 
 
 def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Target,
