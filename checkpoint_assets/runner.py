@@ -45,7 +45,7 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine import operations
+from checkpoint_assets.engine.operations import live, way_back
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
 from checkpoint_assets.engine.core.interrupts import stop_requested
 from checkpoint_assets.engine.core.workers import default_workers, process_pool
@@ -261,7 +261,7 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
     return result
 
 
-def sync_in_process(settings: Settings, request: operations.SyncRequest, *,
+def sync_in_process(settings: Settings, request: live.SyncRequest, *,
                     aes_key_env: str = AES_KEY_ENV,
                     instance: dg.DagsterInstance | None = None,
                     front_end: str = "cli") -> SyncReport:
@@ -276,11 +276,11 @@ def sync_in_process(settings: Settings, request: operations.SyncRequest, *,
                      instance, front_end)
 
 
-def cutover_in_process(settings: Settings, request: operations.CutoverRequest, *,
+def cutover_in_process(settings: Settings, request: live.CutoverRequest, *,
                        say_to: Any = None, progress: Any = None,
                        aes_key_env: str = AES_KEY_ENV,
                        instance: dg.DagsterInstance | None = None,
-                       front_end: str = "cli") -> operations.CutoverReport:
+                       front_end: str = "cli") -> live.CutoverReport:
     """The cutover as a run of the ``checkpoint_cutover`` asset against the instance: its
     window, quiet and proof are check results in the audit trail. What the cutover says
     is printed to ``say_to`` (default stdout) as it happens, as is ``progress``. Returns
@@ -295,7 +295,7 @@ def cutover_in_process(settings: Settings, request: operations.CutoverRequest, *
                      CUTOVER_ASSET, "cutover", aes_key_env, instance, front_end)
 
 
-def _live_run(settings: Settings, sync: operations.SyncRequest,
+def _live_run(settings: Settings, sync: live.SyncRequest,
               live: LiveMigrationResource, caller: CallerChannel, asset: dg.AssetKey,
               command: str, aes_key_env: str, instance: dg.DagsterInstance | None,
               front_end: str) -> Any:
@@ -324,10 +324,10 @@ def _live_run(settings: Settings, sync: operations.SyncRequest,
         "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
 
 
-def rollback_in_process(settings: Settings, request: operations.RollbackRequest, *,
+def rollback_in_process(settings: Settings, request: way_back.RollbackRequest, *,
                         aes_key_env: str = AES_KEY_ENV, flags: dict[str, str] | None = None,
                         instance: dg.DagsterInstance | None = None,
-                        front_end: str = "cli") -> operations.RollbackReport:
+                        front_end: str = "cli") -> way_back.RollbackReport:
     """The way back as runs of the ``checkpoint_rollback`` assets against the instance: the
     export, one run per restored batch partition, the verification (which publishes a new
     file once verified), with the request's values as resource values. Returns the report
@@ -368,16 +368,16 @@ def rollback_in_process(settings: Settings, request: operations.RollbackRequest,
                     "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
             return caller.report
 
-        exported: operations.PostgresExportReport = run(ROLLBACK_EXPORT_ASSET)
+        exported: way_back.PostgresExportReport = run(ROLLBACK_EXPORT_ASSET)
         keys = partition_keys(exported.manifest)
         batches = [run(RESTORED_BATCHES_ASSET, key) for key in keys]
         verified = run(ROLLBACK_VERIFICATION_ASSET)
     kept = [] if new_file or request.remove_deleted_threads else \
         verified.threads_not_in_postgres
-    totals = operations.restore_totals(batches, request.to, new_file, kept)
+    totals = way_back.restore_totals(batches, request.to, new_file, kept)
     if verified.removed_threads and not totals["removed_threads"]:
         totals["removed_threads"] = verified.removed_threads  # removed by the verification
-    return operations.rollback_report(
+    return way_back.rollback_report(
         verified.report, exported.manifest, request.source_dsn, request.schema, request.to,
         rollback.export(), request.evidence, totals, exported.original_bytes, new_file)
 

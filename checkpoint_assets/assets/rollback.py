@@ -27,7 +27,7 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
-from checkpoint_assets.engine import operations
+from checkpoint_assets.engine.operations import way_back
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export.reader import read_manifest
 from checkpoint_assets.engine.load.target import Target
@@ -155,7 +155,7 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     source = target.final_target()
     path = rollback.export()
     try:
-        done = operations.export_postgres(operations.PostgresExportRequest(
+        done = way_back.export_postgres(way_back.PostgresExportRequest(
             source_dsn=source.dsn, export=path, schema=source.schema,
             threads=rollback.threads, aes_key=rollback.aes_key,
             batch_size=rollback.batch_size,
@@ -239,7 +239,7 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     existing = rollback.to().exists()
     last = key == manifest.batches[-1].key
     try:
-        done = operations.restore_batch(operations.RestoreBatchRequest(
+        done = way_back.restore_batch(way_back.RestoreBatchRequest(
             export=rollback.export(), to=rollback.to(), batch=key, aes_key=rollback.aes_key,
             remove_deleted_threads=rollback.remove_deleted_threads and existing and last))
     except ConflictError as exc:

@@ -3,6 +3,6 @@
 Data flows one way: SQLite source -> export file -> PostgreSQL batches -> verification;
 the way back is the same shape reversed. One subpackage per capability: ``core`` (what
 every other one shares), ``export``, ``load``, ``verify``, ``sync``, ``rollback``. The
-front door of typed requests and reports is ``operations.py``, beside them: the CLI and
+front door of typed requests and reports is the ``operations`` package, beside them: the CLI and
 the Dagster assets call it (see its docstring for what else they may import).
 """
