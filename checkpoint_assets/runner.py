@@ -45,7 +45,8 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.operations import live, way_back
+from checkpoint_assets.engine.operations import live as live_operations
+from checkpoint_assets.engine.operations import way_back
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
 from checkpoint_assets.engine.core.interrupts import stop_requested
 from checkpoint_assets.engine.core.workers import default_workers, process_pool
@@ -261,7 +262,7 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
     return result
 
 
-def sync_in_process(settings: Settings, request: live.SyncRequest, *,
+def sync_in_process(settings: Settings, request: live_operations.SyncRequest, *,
                     aes_key_env: str = AES_KEY_ENV,
                     instance: dg.DagsterInstance | None = None,
                     front_end: str = "cli") -> SyncReport:
@@ -276,11 +277,11 @@ def sync_in_process(settings: Settings, request: live.SyncRequest, *,
                      instance, front_end)
 
 
-def cutover_in_process(settings: Settings, request: live.CutoverRequest, *,
+def cutover_in_process(settings: Settings, request: live_operations.CutoverRequest, *,
                        say_to: Any = None, progress: Any = None,
                        aes_key_env: str = AES_KEY_ENV,
                        instance: dg.DagsterInstance | None = None,
-                       front_end: str = "cli") -> live.CutoverReport:
+                       front_end: str = "cli") -> live_operations.CutoverReport:
     """The cutover as a run of the ``checkpoint_cutover`` asset against the instance: its
     window, quiet and proof are check results in the audit trail. What the cutover says
     is printed to ``say_to`` (default stdout) as it happens, as is ``progress``. Returns
@@ -295,7 +296,7 @@ def cutover_in_process(settings: Settings, request: live.CutoverRequest, *,
                      CUTOVER_ASSET, "cutover", aes_key_env, instance, front_end)
 
 
-def _live_run(settings: Settings, sync: live.SyncRequest,
+def _live_run(settings: Settings, sync: live_operations.SyncRequest,
               live: LiveMigrationResource, caller: CallerChannel, asset: dg.AssetKey,
               command: str, aes_key_env: str, instance: dg.DagsterInstance | None,
               front_end: str) -> Any:

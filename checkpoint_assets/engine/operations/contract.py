@@ -19,12 +19,22 @@ from typing import Any
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.core.interrupts import EXIT_INTERRUPTED, stop_on_ctrl_c
+from checkpoint_assets.engine.core.interrupts import (
+    EXIT_INTERRUPTED,
+    stop_on_ctrl_c,
+    stop_requested,
+)
 from checkpoint_assets.engine.core.private_files import (
     write_private_json as _write_private_json,
 )
 from checkpoint_assets.engine.core.private_files import write_private_text
-from checkpoint_assets.engine.core.workers import PARALLEL_MIN_BATCHES, kill_workers
+from checkpoint_assets.engine.core.workers import (
+    PARALLEL_MIN_BATCHES,
+    WorkerPool,
+    default_workers,
+    kill_workers,
+    process_pool,
+)
 from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.engine.rollback.way_back import ROLLBACK_EXPORT_SUFFIX
 from checkpoint_assets.engine.sync.export_chain import (
@@ -78,6 +88,24 @@ def stopping_on_ctrl_c(at_once_message: str) -> Iterator[None]:
     Ctrl-C kills the workers, says ``at_once_message`` and exits at once."""
     with stop_on_ctrl_c(kill_workers, at_once_message):
         yield
+
+
+def stop_was_requested() -> bool:
+    """True once the user pressed Ctrl-C inside :func:`stopping_on_ctrl_c`."""
+    return stop_requested()
+
+
+def workers_by_default() -> int:
+    """Processes that load batches at once by default: one per core, at most two."""
+    return default_workers()
+
+
+@contextmanager
+def worker_processes(workers: int) -> Iterator[WorkerPool]:
+    """A pool of ``workers`` spawned processes (``map`` like an executor's), stopped with
+    the block; a Ctrl-C inside :func:`stopping_on_ctrl_c` stops them too."""
+    with process_pool(workers) as pool:
+        yield pool
 
 
 def without_secrets(text: str, dsn: str | None) -> str:

@@ -16,13 +16,22 @@ from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.sync.sync_target import (
     SyncReport,
-    source_files_state,
     sync_target,
     wait_until_quiet,
 )
 from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import verify_migration
+from checkpoint_assets.engine.export.reader import export_thread_digests
+from checkpoint_assets.engine.operations.migration import BatchLoadReport, BatchLoadRequest
+from checkpoint_assets.engine.sync.apply_generation import (
+    apply_sync_batch as _apply_sync_batch,
+)
+from checkpoint_assets.engine.sync.export_chain import SyncResult, write_sync
+from checkpoint_assets.engine.sync.sync_target import (
+    source_files_state as _source_files_state,
+)
+from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.engine.operations.contract import (
     Progress,
     Say,
@@ -204,3 +213,55 @@ def cutover(request: CutoverRequest, *, say: Say = print,
                          untouched, passed, proven_at - last_write)
 
 
+# --- the Dagster layer's steps: one generation, one batch ------------------------------
+
+
+@dataclass(frozen=True)
+class SyncGenerationRequest:
+    """Write the next sync generation of the export ``export`` from what changed in the
+    SQLite ``source`` (nothing applied: its batches are loaded one by one)."""
+
+    source: Path
+    export: Path
+    aes_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SyncGenerationReport:
+    """What moved (``found``; ``found.manifest`` None when nothing changed), the chain
+    with the new generation, and per moved thread the (checkpoints, writes) written."""
+
+    found: SyncResult
+    chain: ExportChain
+    moved_counts: dict[str, tuple[int, int]]
+
+
+def write_sync_generation(request: SyncGenerationRequest) -> SyncGenerationReport:
+    """The next sync generation of the export, written whole or not at all."""
+    found = write_sync(request.source, request.export, cipher=cipher_for(request.aes_key))
+    chain = load_chain(request.export)
+    moved = {} if found.manifest is None else {
+        tid: (checkpoints, writes)
+        for tid, _, checkpoints, writes in export_thread_digests(found.manifest)}
+    return SyncGenerationReport(found, chain, moved)
+
+
+def apply_sync_batch(request: BatchLoadRequest) -> BatchLoadReport:
+    """One batch of a sync generation applied in its own transaction (inserted, updated
+    or deleted as the generation says), then its threads that no later generation holds
+    compared with the export, certified."""
+    target = Target(request.target_dsn, request.schema)
+    cipher = cipher_for(request.aes_key)
+    manifest, chain = request.manifest, request.chain
+    result = _apply_sync_batch(target, chain, manifest, request.batch, cipher)
+    live = {(m.generation, k): t for m, k, t in chain.live_batches()}
+    comparison = compare_batch(target, manifest, request.batch, cipher,
+                               threads=live.get((manifest.generation, request.batch),
+                                                frozenset()), certify=True)
+    return BatchLoadReport(result, comparison, comparison.certificate(cipher))
+
+
+def source_files_state(source: Path | str) -> tuple:
+    """(size, mtime) of the SQLite ``source`` file and of its -wal: what any committed
+    write changes (the sensor compares it)."""
+    return _source_files_state(source)

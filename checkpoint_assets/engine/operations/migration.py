@@ -22,6 +22,20 @@ from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.sync.export_chain import load_chain
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE, verify_migration
+from checkpoint_assets.engine.export.reader import read_manifest
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts
+from checkpoint_assets.engine.load.loader import BatchLoadResult
+from checkpoint_assets.engine.load.loader import load_batch as _load_batch
+from checkpoint_assets.engine.load.publish import PublishResult
+from checkpoint_assets.engine.load.publish import publish as _publish
+from checkpoint_assets.engine.load.table_setup import ensure_tables
+from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult
+from checkpoint_assets.engine.sync.export_chain import ExportChain
+from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.evidence import BatchTiming, render_evidence
+from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
 from checkpoint_assets.engine.operations.contract import (
     Progress,
     chain_evidence,
@@ -54,11 +68,13 @@ class ExportReport:
 
 def export(request: ExportRequest, *, progress: Progress | None = None) -> ExportReport:
     """SQLite -> export file (written whole or not at all)."""
-    source = open_source(request.source)
-    try:
-        total = source.counts().checkpoints
-    finally:
-        source.close()
+    total = 0
+    if progress is not None:  # the bar's length; nobody else needs the count
+        source = open_source(request.source)
+        try:
+            total = source.counts().checkpoints
+        finally:
+            source.close()
     with progress_for(progress, "export", total) as advance:
         manifest = write_export(request.source, request.export,
                                 batch_size=request.batch_size, progress=advance,
@@ -172,3 +188,221 @@ def verify(request: VerifyRequest, *, progress: Progress | None = None) -> Verif
     return VerifyReport(report, manifest, target.display, evidence)
 
 
+# --- reading an export ----------------------------------------------------------------
+
+
+def read_export_manifest(path: Path) -> ExportManifest:
+    """The manifest of the export file at ``path`` (its header and footer; the batches'
+    bytes are checked when they are read)."""
+    return read_manifest(path)
+
+
+def read_export_chain(path: Path) -> ExportChain:
+    """The export at ``path`` with its sync generations, if any."""
+    return load_chain(path)
+
+
+def verify_export_file(path: Path) -> ExportManifest:
+    """The export file at ``path`` read whole, every digest checked; MigrationError when
+    one does not match."""
+    return verify_export(path)
+
+
+def count_source(source: Path, threads: str | None = None) -> SourceCounts:
+    """Checkpoints, writes and threads in the SqliteSaver file ``source`` right now (of the
+    ``threads`` named: ids separated by commas, or @FILE)."""
+    opened = open_source(source)
+    try:
+        return opened.counts(parse_thread_selection(threads))
+    finally:
+        opened.close()
+
+
+# --- one batch at a time (the Dagster layer's steps) -----------------------------------
+
+
+@dataclass(frozen=True)
+class PrepareLoadRequest:
+    """Get ready to load batches of the export ``export`` (taken from ``source``) into
+    PostgreSQL (``target_dsn``, ``schema``)."""
+
+    source: Path
+    export: Path
+    target_dsn: str = field(repr=False)
+    schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PrepareLoadReport:
+    """The export with its sync generations, and the target's identity (server, database
+    and schema: which database the batches go into)."""
+
+    chain: ExportChain
+    identity: str
+    target_display: str
+
+
+def prepare_load(request: PrepareLoadRequest) -> PrepareLoadReport:
+    """Read the export chain, check it was taken from ``source``, create or upgrade
+    PostgresSaver's tables unless they are up to date, and check the AES key (before any
+    batch is written)."""
+    chain = load_chain(request.export)
+    require_same_source(chain.export, request.source)
+    target = Target(request.target_dsn, request.schema)
+    ensure_tables(target)
+    identity = target.identity() or ""
+    cipher_for(request.aes_key)  # a key of the wrong length fails every batch alike
+    return PrepareLoadReport(chain, identity, target.display)
+
+
+@dataclass(frozen=True)
+class BatchLoadRequest:
+    """Load batch ``batch`` of ``manifest`` (the export, or a sync generation of ``chain``)
+    into PostgreSQL, retrying transient errors ``attempts`` times."""
+
+    chain: ExportChain
+    manifest: ExportManifest
+    batch: str
+    target_dsn: str = field(repr=False)
+    schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+    strict_versions: bool = False
+    attempts: int = 1
+    backoff_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchLoadReport:
+    """What loading (or applying) one batch did, the batch compared with the export
+    afterwards, and that comparison's certificate (None unless it passed and certified
+    every thread it compared)."""
+
+    result: BatchLoadResult | SyncApplyResult
+    comparison: BatchComparison
+    certificate: BatchCertificate | None
+
+    @property
+    def refused(self) -> list[Any]:
+        """Threads refused by strict versions (the batch's others are loaded)."""
+        return self.result.refused if isinstance(self.result, BatchLoadResult) else []
+
+
+def load_batch(request: BatchLoadRequest) -> BatchLoadReport:
+    """One batch of the export into PostgreSQL in its own transaction (rows already there
+    with the same content are kept), then compared with the export, certified."""
+    target = Target(request.target_dsn, request.schema)
+    cipher = cipher_for(request.aes_key)
+    result = _load_batch(target, request.manifest, request.batch, cipher=cipher,
+                         attempts=request.attempts, backoff_seconds=request.backoff_seconds,
+                         strict_versions=request.strict_versions)
+    comparison = compare_batch(target, request.manifest, request.batch, cipher, certify=True)
+    return BatchLoadReport(result, comparison, comparison.certificate(cipher))
+
+
+# --- verification and publishing in steps ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertifiedVerifyRequest:
+    """Verify PostgreSQL against the export (with its sync generations) and ``source``,
+    taking over each batch whose certificate (by export batch SHA-256) still holds;
+    ``certificates`` None compares every batch. ``readback_threads`` None: every thread."""
+
+    source: Path
+    export: Path
+    target_dsn: str = field(repr=False)
+    schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    workers: int | None = None
+    readback_all_hint: str = ""
+    certificates: dict[str, BatchCertificate] | None = None
+    certificates_hint: str = ""
+
+
+@dataclass(frozen=True)
+class CertifiedVerifyReport:
+    """The verification, the export chain it covered and where."""
+
+    report: VerificationReport
+    chain: ExportChain
+    target_display: str
+
+    @property
+    def manifest(self) -> ExportManifest:
+        """The export itself (generation 0)."""
+        return self.chain.export
+
+
+def verify_certified(request: CertifiedVerifyRequest) -> CertifiedVerifyReport:
+    """Every check of the migration; never raises for a mismatch (the report says)."""
+    chain = load_chain(request.export)  # the union of the export and its syncs is compared
+    manifest = chain.export
+    target = Target(request.target_dsn, request.schema)
+    report = verify_migration(
+        manifest, target, source_path=request.source, cipher=cipher_for(request.aes_key),
+        readback_threads=request.readback_threads,
+        workers=workers_for(manifest, request.workers),
+        readback_all_hint=request.readback_all_hint, chain=chain,
+        certificates=request.certificates, certificates_hint=request.certificates_hint)
+    return CertifiedVerifyReport(report, chain, target.display)
+
+
+def certified_evidence(verified: CertifiedVerifyReport, batches: list[BatchTiming],
+                       batch_labels: dict[str, str]) -> str:
+    """The evidence report (Markdown) of a verification, with each batch's load time
+    (``batches``) and its batches named by ``batch_labels`` (e.g. partition keys)."""
+    return with_live_migration_section(
+        render_evidence(verified.report, manifest=verified.manifest,
+                        target_display=verified.target_display, batches=batches,
+                        batch_labels=batch_labels), verified.chain)
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """Publish the verified ``staging_schema`` into ``final_schema`` (same database)."""
+
+    export: Path
+    target_dsn: str = field(repr=False)
+    staging_schema: str | None = None
+    final_schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    """What publishing moved, and every batch of the export compared in the final schema."""
+
+    result: PublishResult
+    manifest: ExportManifest
+    comparisons: list[BatchComparison]
+    staging_display: str
+    final_display: str
+
+
+def publish(request: PublishRequest) -> PublishReport:
+    """Every staged checkpoint into the final schema in one transaction (rows already there
+    with the same content are kept; other content raises ConflictError, nothing
+    published), then each batch compared with the export there."""
+    staging = Target(request.target_dsn, request.staging_schema)
+    final = Target(request.target_dsn, request.final_schema)
+    cipher = cipher_for(request.aes_key)
+    manifest = read_manifest(request.export)
+    result = _publish(staging, final, cipher)
+    comparisons = [compare_batch(final, manifest, b.key, cipher) for b in manifest.batches]
+    return PublishReport(result, manifest, comparisons, staging.display, final.display)
+
+
+def target_display(dsn: str, schema: str | None = None) -> str:
+    """How messages name the target (server, database, schema; never the password)."""
+    return Target(dsn, schema).display
+
+
+def target_identity(dsn: str, schema: str | None = None) -> str | None:
+    """The target's identity (server, database and schema), or None when it cannot be
+    reached."""
+    try:
+        return Target(dsn, schema).identity()
+    except MigrationError:
+        return None

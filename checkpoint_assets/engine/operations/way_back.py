@@ -37,6 +37,15 @@ from checkpoint_assets.engine.rollback.way_back import rollback as _rollback
 from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.rollback.sqlite_target import (
+    discard_work_file as _discard_work_file,
+)
+from checkpoint_assets.engine.rollback.sqlite_target import (
+    publish_restored,
+    remove_deleted_threads,
+    work_path,
+)
+from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.engine.operations.contract import cipher_for, write_evidence
 
 
@@ -282,3 +291,75 @@ def _rollback_report(report: VerificationReport, manifest: ExportManifest, sourc
                                  sqlite_path=str(to), restore_totals=totals))
     return RollbackReport(report, manifest, source.display, to, export_path, written, totals,
                           original_bytes, not_verified)
+
+
+# --- the Dagster layer's steps: restored batches, verified and published apart ----------
+
+
+def rollback_export_beside(to: Path) -> Path:
+    """Where a rollback into ``to`` writes its export when none is given."""
+    return default_rollback_export(to)
+
+
+def work_file(to: Path) -> Path:
+    """Where batch runs build a new SqliteSaver file ``to`` until it is verified."""
+    return work_path(to)
+
+
+def discard_work_file(to: Path) -> bool:
+    """Remove the unpublished work file of ``to`` (a new export starts a new file); True
+    if there was one."""
+    return _discard_work_file(to)
+
+
+def publish_restored_file(work: Path, to: Path) -> None:
+    """Rename the verified work file to ``to`` (MigrationError if ``to`` appeared since)."""
+    publish_restored(work, to)
+
+
+def remove_threads_postgres_lacks(path: Path, manifest: ExportManifest) -> list[str]:
+    """Delete from the existing SqliteSaver file ``path``, in one transaction, the threads
+    of the export's selection that PostgreSQL no longer has; the threads removed."""
+    return sorted(remove_deleted_threads(path, manifest))
+
+
+@dataclass(frozen=True)
+class VerifyRestoredRequest:
+    """Run the rollback checks of the SqliteSaver file ``path`` (the work file of a new
+    ``to``, or ``to`` itself) against the export ``manifest`` and PostgreSQL."""
+
+    source_dsn: str = field(repr=False)
+    manifest: ExportManifest
+    path: Path
+    to: Path
+    schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    readback_all_hint: str = ""
+    removed_threads: list[str] = field(default_factory=list)
+    remove_hint: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyRestoredReport:
+    """The rollback checks' report, and its evidence (Markdown, naming ``to``)."""
+
+    report: VerificationReport
+    evidence: str
+    source_display: str
+
+
+def verify_restored(request: VerifyRestoredRequest) -> VerifyRestoredReport:
+    """The rollback checks on a file restored batch by batch; never raises for a
+    mismatch (publishing a new file is the caller's next step, once they passed)."""
+    source = Target(request.source_dsn, request.schema, role="source")
+    report = _verify_rollback(request.manifest, source, request.path,
+                              cipher=cipher_for(request.aes_key),
+                              readback_threads=request.readback_threads,
+                              readback_all_hint=request.readback_all_hint,
+                              removed_threads=request.removed_threads,
+                              remove_hint=request.remove_hint)
+    evidence = render_rollback_evidence(report, manifest=request.manifest,
+                                        source_display=source.display,
+                                        sqlite_path=str(request.to))
+    return VerifyRestoredReport(report, evidence, source.display)
