@@ -21,16 +21,12 @@ from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,
 )
-from checkpoint_assets.engine.core.errors import (
-    ConflictError,
-    FailureKind,
-    MigrationError,
-    failure_kind,
-)
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.loader import BatchLoadResult
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.engine.operations import live, migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.engine.operations.migration import BatchLoadReport
 from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult
 from checkpoint_assets.engine.sync.export_chain import ExportChain
@@ -311,7 +307,7 @@ def _record_problem(context: dg.AssetExecutionContext, key: str, into: _Into,
     dsn = into.dsn
     text = error_text(exc, dsn)
     instance = context.instance
-    kind = failure_kind(exc)
+    kind = failure_kind_of(exc)
     if isinstance(exc, ConflictError):
         yield _failed_check(instance, key, into,
                             "conflict with the target's rows (changed or deleted there)", exc,

@@ -14,8 +14,9 @@ from checkpoint_assets.assets.dagster_metadata import (
     failure,
     scrubbed_traceback,
 )
-from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, failure_kind
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind
 from checkpoint_assets.engine.operations import migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
@@ -100,7 +101,7 @@ def published_checkpoints(
         raise failure(f"Publishing into {final_display} failed: "
                       f"{error_text(exc, target.dsn)}",
                       {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind(exc)) from None
+                      kind=failure_kind_of(exc)) from None
     result, manifest, comparisons = done.result, done.manifest, done.comparisons
     bad = [{"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts,
             "expected_digest": c.expected_digest, "actual_digest": c.actual_digest}

@@ -16,10 +16,10 @@ from checkpoint_assets.assets.dagster_metadata import (
     severity,
 )
 from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_METADATA
-from checkpoint_assets.engine.core.errors import failure_kind
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.target import TABLES
 from checkpoint_assets.engine.operations import migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.engine.verify.check_table import COUNT_MATCH, CheckOutcome
 from checkpoint_assets.engine.verify.evidence import BatchTiming
 from checkpoint_assets.engine.verify.reports import VerificationReport
@@ -128,7 +128,7 @@ def migration_verification(
                                         actual=f"verification could not run: {message}"))
         raise failure(f"Verification against {target.display(schema)} could not run: "
                       f"{message}", {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind(exc)) from None
+                      kind=failure_kind_of(exc)) from None
     report, manifest = verified.report, verified.manifest
     failed = [name for name, outcome in report.checks.items()
               if not outcome.passed and outcome.blocking]

@@ -32,7 +32,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     """sync: the target follows the source, moving only what changed since the export
     (or the last sync); exit 4 on a conflict (nothing of that batch written), 3 when
     threads were refused (the others moved; every later sync tries those again)."""
-    from checkpoint_assets.runner import sync_in_process
+    from checkpoint_assets.live_runs import sync_in_process
 
     report = sync_in_process(settings, sync_request(args, settings),
                              aes_key_env=args.aes_key_env)
@@ -59,7 +59,7 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
         sync=sync_request(args, settings), quiet_seconds=args.quiet_seconds,
         timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence)
     # With --json, stdout holds the JSON alone: what the cutover says goes to stderr.
-    from checkpoint_assets.runner import cutover_in_process
+    from checkpoint_assets.live_runs import cutover_in_process
 
     done = cutover_in_process(settings, request, say_to=sys.stderr if args.json else sys.stdout,
                               progress=progress, aes_key_env=args.aes_key_env)

@@ -30,7 +30,7 @@ from checkpoint_assets.settings import (
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """rollback: export + restore + verify; a new file is published only when verified."""
     from checkpoint_assets.assets.rollback import READBACK_ALL_HINT, REMOVE_HINT
-    from checkpoint_assets.runner import rollback_in_process
+    from checkpoint_assets.live_runs import rollback_in_process
 
     request = way_back.RollbackRequest(
         source_dsn=source_dsn(args, settings), to=args.to, export=args.export,

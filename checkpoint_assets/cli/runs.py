@@ -91,7 +91,7 @@ def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
         latest_check_evaluations,
         render_check_rows,
     )
-    from checkpoint_assets.runner import project_instance
+    from checkpoint_assets.run_steps import project_instance
 
     with project_instance() as instance:
         rows = latest_check_evaluations(instance)

@@ -18,7 +18,7 @@ from typing import Any
 
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
-from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.errors import FailureKind, MigrationError, failure_kind
 from checkpoint_assets.engine.core.interrupts import (
     EXIT_INTERRUPTED,
     stop_on_ctrl_c,
@@ -106,6 +106,12 @@ def worker_processes(workers: int) -> Iterator[WorkerPool]:
     the block; a Ctrl-C inside :func:`stopping_on_ctrl_c` stops them too."""
     with process_pool(workers) as pool:
         yield pool
+
+
+def failure_kind_of(error: BaseException) -> FailureKind:
+    """What kind of failure ``error`` is (conflict, transient, bad input, mismatch,
+    interrupted, unexpected): what the adapters' retries and exit statuses follow."""
+    return failure_kind(error)
 
 
 def without_secrets(text: str, dsn: str | None) -> str:

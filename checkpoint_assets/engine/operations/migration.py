@@ -400,9 +400,6 @@ def target_display(dsn: str, schema: str | None = None) -> str:
 
 
 def target_identity(dsn: str, schema: str | None = None) -> str | None:
-    """The target's identity (server, database and schema), or None when it cannot be
-    reached."""
-    try:
-        return Target(dsn, schema).identity()
-    except MigrationError:
-        return None
+    """The target's identity (server, database and schema; None when it has no
+    ``checkpoints`` table yet); MigrationError when it cannot be reached."""
+    return Target(dsn, schema).identity()
