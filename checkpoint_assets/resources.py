@@ -17,9 +17,9 @@ import dagster as dg
 from pydantic import Field
 
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts
 from checkpoint_assets.engine.operations import migration, way_back
 from checkpoint_assets.engine.operations.contract import CONTRACT
-from checkpoint_assets.engine.export.sqlite_source import SourceCounts
 from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (

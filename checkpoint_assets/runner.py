@@ -39,8 +39,8 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine.operations import contract, migration
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
+from checkpoint_assets.engine.operations import contract, migration
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -52,13 +52,13 @@ from checkpoint_assets.partitions import (
     VERIFICATION_ASSET,
 )
 from checkpoint_assets.project import initialize_target_pool
+from checkpoint_assets.resources import build_resources
 from checkpoint_assets.run_steps import (
     StepFailure,
     console_log,
     instance_or_project,
     raise_if_stop_requested,
 )
-from checkpoint_assets.resources import build_resources
 from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     Settings,

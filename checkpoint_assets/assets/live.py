@@ -15,8 +15,8 @@ from typing import Any
 import dagster as dg
 
 from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
-from checkpoint_assets.engine.operations import live as live_operations
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.operations import live as live_operations
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     CUTOVER_ASSET,

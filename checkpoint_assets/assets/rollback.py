@@ -6,8 +6,8 @@ into the SQLite file per partition (materialized, backfilled and audited like th
 migration's batches); ``rollback_verification`` runs the rollback checks and, for a new
 file, publishes it under its final name only when they all passed; into an existing file it
 first removes the threads PostgreSQL no longer has when ``remove_deleted_threads`` is set
-(else the warning check ``sqlite_threads_not_in_postgres`` names them). The engine does the
-work (postgres_source, sqlite_target, verify_rollback); these assets only wire it.
+(else the warning check ``sqlite_threads_not_in_postgres`` names them). The front door does
+the work (engine/operations/way_back.py); these assets only wire it.
 """
 
 from collections.abc import Iterator

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,

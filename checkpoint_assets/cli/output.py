@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.engine.sync.sync_target import SyncReport
 from checkpoint_assets.engine.verify.reports import VerificationReport
 

@@ -22,8 +22,8 @@ from checkpoint_assets.cli.output import (
     emit,
     print_evidence_path,
 )
-from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.engine.core.errors import FailureKind
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.settings import (
     Settings,
 )

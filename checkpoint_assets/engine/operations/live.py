@@ -12,26 +12,8 @@ from typing import Any
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
 from checkpoint_assets.engine.core.workers import workers_for
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
-from checkpoint_assets.engine.sync.sync_target import (
-    SyncReport,
-    sync_target,
-    wait_until_quiet,
-)
-from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
-from checkpoint_assets.engine.verify.evidence import default_evidence_path
-from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets.engine.export.reader import export_thread_digests
-from checkpoint_assets.engine.operations.migration import BatchLoadReport, BatchLoadRequest
-from checkpoint_assets.engine.sync.apply_generation import (
-    apply_sync_batch as _apply_sync_batch,
-)
-from checkpoint_assets.engine.sync.export_chain import SyncResult, write_sync
-from checkpoint_assets.engine.sync.sync_target import (
-    source_files_state as _source_files_state,
-)
-from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.operations.contract import (
     Progress,
     Say,
@@ -41,6 +23,28 @@ from checkpoint_assets.engine.operations.contract import (
     progress_for,
     write_evidence,
 )
+from checkpoint_assets.engine.operations.migration import BatchLoadReport, BatchLoadRequest
+from checkpoint_assets.engine.sync.apply_generation import (
+    apply_sync_batch as _apply_sync_batch,
+)
+from checkpoint_assets.engine.sync.export_chain import (
+    ExportChain,
+    SyncResult,
+    load_chain,
+    write_sync,
+)
+from checkpoint_assets.engine.sync.sync_target import (
+    SyncReport,
+    sync_target,
+    wait_until_quiet,
+)
+from checkpoint_assets.engine.sync.sync_target import (
+    source_files_state as _source_files_state,
+)
+from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.evidence import default_evidence_path
+from checkpoint_assets.engine.verify.migration import verify_migration
 
 FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
                               "(writers may still write)...")

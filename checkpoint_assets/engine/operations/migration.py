@@ -14,28 +14,20 @@ from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.core.workers import workers_for
 from checkpoint_assets.engine.export.debug_dump import iter_records
 from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.reader import require_same_source, verify_export
-from checkpoint_assets.engine.export.sqlite_source import open_source
+from checkpoint_assets.engine.export.reader import (
+    read_manifest,
+    require_same_source,
+    verify_export,
+)
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
 from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.load.pipeline import ImportSummary, import_export
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.verify.evidence import default_evidence_path
-from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE, verify_migration
-from checkpoint_assets.engine.export.reader import read_manifest
-from checkpoint_assets.engine.export.sqlite_source import SourceCounts
 from checkpoint_assets.engine.load.loader import BatchLoadResult
 from checkpoint_assets.engine.load.loader import load_batch as _load_batch
+from checkpoint_assets.engine.load.pipeline import ImportSummary, import_export
 from checkpoint_assets.engine.load.publish import PublishResult
 from checkpoint_assets.engine.load.publish import publish as _publish
 from checkpoint_assets.engine.load.table_setup import ensure_tables
-from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult
-from checkpoint_assets.engine.sync.export_chain import ExportChain
-from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
-from checkpoint_assets.engine.verify.certificates import BatchCertificate
-from checkpoint_assets.engine.verify.comparison import compare_batch
-from checkpoint_assets.engine.verify.evidence import BatchTiming, render_evidence
-from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
+from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.operations.contract import (
     Progress,
     chain_evidence,
@@ -43,6 +35,18 @@ from checkpoint_assets.engine.operations.contract import (
     progress_for,
     write_evidence,
 )
+from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult
+from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.verify.evidence import (
+    BatchTiming,
+    default_evidence_path,
+    render_evidence,
+)
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE, verify_migration
+from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
 
 
 # --- export -------------------------------------------------------------------------

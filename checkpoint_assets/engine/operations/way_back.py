@@ -13,6 +13,7 @@ from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import read_manifest, verify_export
 from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.operations.contract import cipher_for, write_evidence
 from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
 from checkpoint_assets.engine.rollback.original_rows import OriginalRows
 from checkpoint_assets.engine.rollback.postgres_source import write_postgres_export
@@ -22,7 +23,13 @@ from checkpoint_assets.engine.rollback.sqlite_target import (
     connect_sqlite_target,
     load_batch_into_sqlite,
     prepare_restore_file,
+    publish_restored,
+    remove_deleted_threads,
     restore_export,
+    work_path,
+)
+from checkpoint_assets.engine.rollback.sqlite_target import (
+    discard_work_file as _discard_work_file,
 )
 from checkpoint_assets.engine.rollback.verify_rollback import compare_sqlite_batch
 from checkpoint_assets.engine.rollback.verify_rollback import (
@@ -37,16 +44,7 @@ from checkpoint_assets.engine.rollback.way_back import rollback as _rollback
 from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
-from checkpoint_assets.engine.rollback.sqlite_target import (
-    discard_work_file as _discard_work_file,
-)
-from checkpoint_assets.engine.rollback.sqlite_target import (
-    publish_restored,
-    remove_deleted_threads,
-    work_path,
-)
 from checkpoint_assets.engine.verify.reports import VerificationReport
-from checkpoint_assets.engine.operations.contract import cipher_for, write_evidence
 
 
 # --- the way back -------------------------------------------------------------------
