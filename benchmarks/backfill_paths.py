@@ -28,11 +28,8 @@ sys.path.insert(0, str(REPO))
 from checkpoint_assets.definitions import build_definitions
 from checkpoint_assets.partitions import BATCHES_ASSET, EXPORT_ASSET
 from checkpoint_assets.project import SQLITE_INSTANCE_YAML
-from checkpoint_assets.runner import (
-    backfill_in_process,
-    partition_statuses,
-    project_instance,
-)
+from checkpoint_assets.run_steps import project_instance
+from checkpoint_assets.runner import backfill_in_process, partition_statuses
 from checkpoint_assets.settings import BATCH_SIZE_ENV, EXPORT_ENV, SOURCE_ENV, TARGET_DSN_ENV
 from checkpoint_assets_tests.corpus_graphs import build_scaled_corpus
 from checkpoint_assets_tests.dagster_dev_support import (

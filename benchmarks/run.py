@@ -537,7 +537,7 @@ def step_cutover(source: str, export: str, dsn: str,
     equal."""
     # Imported before the clock: the change must start while the cutover still verifies.
     import benchmarks.live_changes  # noqa: F401
-    from checkpoint_assets.engine.operations import FIRST_VERIFICATION_MESSAGE
+    from checkpoint_assets.engine.operations.live import FIRST_VERIFICATION_MESSAGE
 
     work = Path(export).parent
     report_path = work / "cutover-report.json"

@@ -9,7 +9,6 @@ name, never its value, and messages use ``Target.display`` (password-free).
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
-from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
-from checkpoint_assets.engine.load.target import LATEST_SCHEMA_VERSION, Target
-from checkpoint_assets.engine.rollback.sqlite_target import work_path
-from checkpoint_assets.engine.rollback.way_back import (
-    ROLLBACK_EXPORT_SUFFIX,
-    default_rollback_export,
-)
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts
+from checkpoint_assets.engine.operations import migration, way_back
+from checkpoint_assets.engine.operations.contract import CONTRACT
 from checkpoint_assets.engine.verify.check_table import SQLITE_THREADS_NOT_IN_POSTGRES
-from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
@@ -54,10 +46,6 @@ from checkpoint_assets.settings import (
     env_value,
 )
 
-SETUP_LOCK_ID = 0x43484B5054534554  # "CHKPTSET": serialises PostgresSaver.setup()
-SETUP_LOCK_POLL_SECONDS = 0.2
-SETUP_LOCK_TIMEOUT_SECONDS = 300.0
-
 
 class SqliteSourceResource(dg.ConfigurableResource):
     """The LangGraph SqliteSaver database to migrate. Opened read-only; never written."""
@@ -69,17 +57,10 @@ class SqliteSourceResource(dg.ConfigurableResource):
         description=f"EncryptedSerializer AES key for encrypted sources (env {AES_KEY_ENV}); "
                     "unset for unencrypted sources.")
 
-    def cipher(self) -> Cipher | None:
-        """The cipher for ``msgpack+aes`` rows, or None for an unencrypted source."""
-        return Cipher(self.aes_key.encode()) if self.aes_key else None
-
-    def counts(self, selection: list[str] | None = None) -> SourceCounts:
-        """Checkpoints, writes and threads in the source right now (of ``selection``)."""
-        source = open_source(self.path)
-        try:
-            return source.counts(selection)
-        finally:
-            source.close()
+    def counts(self, threads: str | None = None) -> SourceCounts:
+        """Checkpoints, writes and threads in the source right now (of the ``threads``
+        named: ids separated by commas, or @FILE)."""
+        return migration.count_source(Path(self.path), threads)
 
 
 class ExportFileResource(dg.ConfigurableResource):
@@ -90,7 +71,7 @@ class ExportFileResource(dg.ConfigurableResource):
         description=f"Export file path (env {EXPORT_ENV}); default "
                     "<project>/.checkpoint_assets/exports/<source name>.export.")
     batch_size: int = Field(
-        default=DEFAULT_BATCH_SIZE,
+        default=CONTRACT.batch_size,
         description=f"Checkpoints per batch (env {BATCH_SIZE_ENV}); whole threads per batch, "
                     "so one partition per batch.")
     threads: str | None = Field(
@@ -121,7 +102,7 @@ class PostgresTargetResource(dg.ConfigurableResource):
         description=f"Staging schema (env {STAGING_SCHEMA_ENV}); set it to enable staging "
                     "mode.")
     readback_threads: int = Field(
-        default=DEFAULT_READBACK_SAMPLE,
+        default=CONTRACT.readback_threads,
         description=f"Threads read back through the official savers during verification "
                     f"(env {READBACK_THREADS_ENV}, a number or 'all'); 0 or less reads back "
                     "every thread.")
@@ -131,19 +112,23 @@ class PostgresTargetResource(dg.ConfigurableResource):
         """True in staging mode."""
         return bool(self.staging_schema)
 
-    def final_target(self) -> Target:
-        """The schema PostgresSaver will read in production."""
-        return Target(self.dsn, self.target_schema or None)
+    def final_schema(self) -> str | None:
+        """The schema PostgresSaver will read in production (None: the DSN's)."""
+        return self.target_schema or None
 
-    def load_target(self) -> Target:
-        """Where batches are loaded and verified: the staging schema or the final target."""
+    def load_schema(self) -> str | None:
+        """Where batches are loaded and verified: the staging schema or the final one."""
         if not self.staging:
-            return self.final_target()
+            return self.final_schema()
         if self.staging_schema == (self.target_schema or "public"):
             raise MigrationError(
                 f"The staging schema {self.staging_schema!r} is the target schema.",
                 f"Set {STAGING_SCHEMA_ENV} to a separate schema, e.g. checkpoints_staging.")
-        return Target(self.dsn, self.staging_schema)
+        return self.staging_schema
+
+    def display(self, schema: str | None) -> str:
+        """How messages name the target's ``schema`` (never the password)."""
+        return migration.target_display(self.dsn, schema)
 
     verification_workers: int = Field(
         default=0,
@@ -168,33 +153,6 @@ class PostgresTargetResource(dg.ConfigurableResource):
     def readback_sample(self) -> int | None:
         """Threads to read back (None: all)."""
         return self.readback_threads if self.readback_threads > 0 else None
-
-
-def ensure_tables(target: Target) -> None:
-    """Create or upgrade PostgresSaver's tables in ``target`` unless they are up to date.
-
-    Checking first means a user without CREATE privilege can load into tables an owner set
-    up. Concurrent batch loads on a fresh database would race in PostgresSaver.setup(), so
-    setup runs under an advisory lock, polled (pg_try_advisory_lock) rather than waited for:
-    a waiting session then holds no snapshot that CREATE INDEX CONCURRENTLY would wait on.
-    The check, the lock and the setup share one connection.
-    """
-    deadline = time.monotonic() + SETUP_LOCK_TIMEOUT_SECONDS
-    # One connection throughout: a role limited to one connection can set up its tables.
-    with target.connect(autocommit=True) as conn:
-        if target.schema_version(conn) == LATEST_SCHEMA_VERSION:
-            return  # a newer version goes on to Target.setup(), which refuses it
-        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (SETUP_LOCK_ID,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise MigrationError(
-                    f"Another process held the table-setup lock on {target.display} for "
-                    f"{SETUP_LOCK_TIMEOUT_SECONDS:.0f} s.",
-                    "Check pg_locks for a stuck session, then re-run the batch.")
-            time.sleep(SETUP_LOCK_POLL_SECONDS)
-        try:
-            target.setup(conn)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
 
 
 class LiveMigrationResource(dg.ConfigurableResource):
@@ -330,7 +288,7 @@ class RollbackResource(dg.ConfigurableResource):
                                   " created, or added to when it exists.")
     export_path: str | None = Field(
         default=None, description=f"Export file (env {ROLLBACK_EXPORT_ENV}); default "
-                                  f"<to_path>{ROLLBACK_EXPORT_SUFFIX}.")
+                                  f"<to_path>{CONTRACT.rollback_export_suffix}.")
     threads: str | None = Field(
         default=None, description=f"Only these threads (env {ROLLBACK_THREADS_ENV}): "
                                   "comma-separated ids or @FILE; default every thread.")
@@ -338,7 +296,7 @@ class RollbackResource(dg.ConfigurableResource):
         default=None, description=f"The forward migration's export (env "
                                   f"{ROLLBACK_ORIGINAL_EXPORT_ENV}): checkpoints unchanged "
                                   "since come back in their original SQLite bytes.")
-    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Checkpoints per batch.")
+    batch_size: int = Field(default=CONTRACT.batch_size, description="Checkpoints per batch.")
     remove_deleted_threads: bool = Field(
         default=False, description="Into an existing file: delete the threads it holds that "
                                    "PostgreSQL no longer has (within the threads chosen), in "
@@ -360,16 +318,12 @@ class RollbackResource(dg.ConfigurableResource):
     def export(self) -> Path:
         """The export file of the rollback."""
         return Path(self.export_path) if self.export_path else \
-            default_rollback_export(self.to())
-
-    def cipher(self) -> Cipher | None:
-        """The cipher of an encrypted application, or None."""
-        return Cipher(self.aes_key.encode()) if self.aes_key else None
+            way_back.rollback_export_beside(self.to())
 
     def loading_into(self) -> Path:
         """The file batches load into: the existing file, or the work file of a new one."""
         to = self.to()
-        return to if to.exists() else work_path(to)
+        return to if to.exists() else way_back.work_file(to)
 
 
 def rollback_resource(aes_key: Any, batch_size: Any,

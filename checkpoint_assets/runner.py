@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
 from typing import Any
@@ -28,12 +27,7 @@ from dagster._core.storage.tags import (
 )
 
 from checkpoint_assets.abandoned_runs import fail_abandoned_runs, process_tag
-from checkpoint_assets.assets.dagster_metadata import FAILURE_KIND_METADATA
-from checkpoint_assets.assets.imported_batches import (
-    FAILED_BATCH_KINDS_METADATA,
-    FAILED_BATCHES_METADATA,
-    materialized_partitions,
-)
+from checkpoint_assets.assets.imported_batches import materialized_partitions
 from checkpoint_assets.check_results import (
     CLOCK_MARGIN_SECONDS,
     CheckRow,
@@ -45,51 +39,32 @@ from checkpoint_assets.check_results import (
     verification_evidence,
 )
 from checkpoint_assets.definitions import build_definitions
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import FailureKind, Interrupted, MigrationError
-from checkpoint_assets.engine.core.interrupts import stop_requested
-from checkpoint_assets.engine.core.workers import default_workers, process_pool
-from checkpoint_assets.engine.load.target import Target, scrub
-from checkpoint_assets.engine.sync.sync_target import SyncReport
+from checkpoint_assets.engine.operations import contract, migration
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
     BATCHES_PER_RUN,
-    CUTOVER_ASSET,
     EXPORT_ASSET,
     FRONT_END_TAG,
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
-    RESTORED_BATCHES_ASSET,
-    ROLLBACK_EXPORT_ASSET,
-    ROLLBACK_VERIFICATION_ASSET,
-    SYNC_ASSET,
     VERIFICATION_ASSET,
-    partition_keys,
 )
-from checkpoint_assets.project import initialize_target_pool, open_project_instance
-from checkpoint_assets.resources import (
-    CallerChannel,
-    LiveMigrationResource,
-    RollbackResource,
-    build_resources,
+from checkpoint_assets.project import initialize_target_pool
+from checkpoint_assets.resources import build_resources
+from checkpoint_assets.run_steps import (
+    StepFailure,
+    console_log,
+    instance_or_project,
+    raise_if_stop_requested,
 )
 from checkpoint_assets.settings import (
-    AES_KEY_ENV,
     TARGET_DSN_ENV,
     Settings,
     env_value,
     target_dsn_in_environment,
 )
-
-
-def project_instance() -> dg.DagsterInstance:
-    """The project's persistent Dagster instance (use it as a context manager).
-
-    DAGSTER_HOME defaults to ``<project root>/.dagster_home``, created with the shipped
-    dagster.yaml (PostgreSQL storage when CHECKPOINT_ASSETS_DAGSTER_PG_HOST is set).
-    """
-    return open_project_instance()
 
 
 @dataclass
@@ -208,14 +183,14 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             USER_TAG: f"checkpoint-assets {result.command}"}
     defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
-    with target_dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
+    with target_dsn_in_environment(settings.target_dsn), instance_or_project(instance) as inst:
         dsn = env_value(TARGET_DSN_ENV) or ""
         runs = _Runs(settings, job, inst, tags, dsn)
 
         def run(step: str, assets: Sequence[dg.AssetKey]) -> bool:
             outcome = runs.execute(step, assets)
             result.runs.append(outcome)
-            _raise_if_stop_requested()
+            raise_if_stop_requested()
             return outcome.success
 
         try:
@@ -261,146 +236,17 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
     return result
 
 
-def sync_in_process(settings: Settings, request: operations.SyncRequest, *,
-                    aes_key_env: str = AES_KEY_ENV,
-                    instance: dg.DagsterInstance | None = None,
-                    front_end: str = "cli") -> SyncReport:
-    """One sync as a run of the ``target_synced`` asset against the instance (default the
-    project's): its materialization and check result are in the audit trail. Returns the
-    operation's report; raises its MigrationError (a conflict, a refused source) as the
-    operation raised it, after the run recorded the failure."""
-    live = LiveMigrationResource(propagate_deletes=request.propagate_deletes,
-                                 allow_mass_deletion=request.allow_mass_deletion)
-    caller = CallerChannel(keep=True)
-    return _live_run(settings, request, live, caller, SYNC_ASSET, "sync", aes_key_env,
-                     instance, front_end)
-
-
-def cutover_in_process(settings: Settings, request: operations.CutoverRequest, *,
-                       say_to: Any = None, progress: Any = None,
-                       aes_key_env: str = AES_KEY_ENV,
-                       instance: dg.DagsterInstance | None = None,
-                       front_end: str = "cli") -> operations.CutoverReport:
-    """The cutover as a run of the ``checkpoint_cutover`` asset against the instance: its
-    window, quiet and proof are check results in the audit trail. What the cutover says
-    is printed to ``say_to`` (default stdout) as it happens, as is ``progress``. Returns
-    the operation's report; raises its MigrationError (TimedOut: not quiet in time)."""
-    sync = request.sync
-    live = LiveMigrationResource(
-        propagate_deletes=sync.propagate_deletes, allow_mass_deletion=sync.allow_mass_deletion,
-        quiet_seconds=request.quiet_seconds, timeout_seconds=request.timeout_seconds,
-        evidence_path=str(request.evidence) if request.evidence else None)
-    caller = CallerChannel.printing(say_to, progress)
-    return _live_run(replace(settings, workers=request.workers), sync, live, caller,
-                     CUTOVER_ASSET, "cutover", aes_key_env, instance, front_end)
-
-
-def _live_run(settings: Settings, sync: operations.SyncRequest,
-              live: LiveMigrationResource, caller: CallerChannel, asset: dg.AssetKey,
-              command: str, aes_key_env: str, instance: dg.DagsterInstance | None,
-              front_end: str) -> Any:
-    """Run ``asset`` in-process with the request's values as resource values; the report
-    the operation handed to ``caller``, or its error raised again."""
-    settings = replace(settings, source=str(sync.source), export=str(sync.export),
-                       target_schema=sync.schema, threads=sync.threads,
-                       strict_versions=sync.strict_versions)
-    resources = build_resources(settings, aes_key_env=aes_key_env, live=live, caller=caller)
-    job = build_definitions(resources, staging=settings.staging
-                            ).resolve_implicit_global_asset_job_def()
-    tags = {FRONT_END_TAG: front_end, USER_TAG: f"checkpoint-assets {command}",
-            **process_tag()}
-    with target_dsn_in_environment(settings.target_dsn), _instance(instance) as inst:
-        # The command prints its own summary and errors; every event is in the instance.
-        run = job.execute_in_process(instance=inst, asset_selection=[asset], tags=tags,
-                                     raise_on_error=False, run_config=_console_log("CRITICAL"))
-    if caller.error is not None:
-        raise caller.error
-    if caller.report is not None:
-        return caller.report
-    _raise_if_stop_requested()
-    raise MigrationError(
-        f"The {command} run {run.run_id} failed: "
-        f"{scrub(_StepFailure.of(run).message, settings.target_dsn or '')}",
-        "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
-
-
-def rollback_in_process(settings: Settings, request: operations.RollbackRequest, *,
-                        aes_key_env: str = AES_KEY_ENV, flags: dict[str, str] | None = None,
-                        instance: dg.DagsterInstance | None = None,
-                        front_end: str = "cli") -> operations.RollbackReport:
-    """The way back as runs of the ``checkpoint_rollback`` assets against the instance: the
-    export, one run per restored batch partition, the verification (which publishes a new
-    file once verified), with the request's values as resource values. Returns the report
-    a whole rollback returns (its evidence written); raises the first step's
-    MigrationError as the operation raised it. ``flags``: how the verification's notes
-    name the settings (the CLI's flags)."""
-    resources = build_resources(
-        replace(settings, target_dsn=request.source_dsn, target_schema=request.schema,
-                readback_threads=request.readback_threads, batch_size=request.batch_size),
-        aes_key_env=aes_key_env, caller=CallerChannel(keep=True, flags=flags))
-    caller: CallerChannel = resources["caller"]
-    resources["rollback"] = RollbackResource(
-        to_path=str(request.to), export_path=str(request.export) if request.export else None,
-        threads=request.threads,
-        original_export=str(request.original_export) if request.original_export else None,
-        batch_size=request.batch_size, remove_deleted_threads=request.remove_deleted_threads,
-        aes_key=resources["source"].aes_key)
-    rollback: RollbackResource = resources["rollback"]
-    job = build_definitions(resources, staging=False).resolve_implicit_global_asset_job_def()
-    tags = {FRONT_END_TAG: front_end, USER_TAG: "checkpoint-assets rollback",
-            **process_tag()}
-    new_file = not request.to.exists()
-    with target_dsn_in_environment(request.source_dsn), _instance(instance) as inst:
-
-        def run(asset: dg.AssetKey, partition: str | None = None) -> Any:
-            before = len(caller.reports)
-            result = job.execute_in_process(
-                instance=inst, asset_selection=[asset], partition_key=partition, tags=tags,
-                raise_on_error=False, run_config=_console_log("CRITICAL"))
-            if caller.error is not None:
-                raise caller.error
-            if len(caller.reports) == before or not result.success and \
-                    asset != ROLLBACK_VERIFICATION_ASSET:
-                _raise_if_stop_requested()
-                raise MigrationError(
-                    f"The rollback run {result.run_id} failed: "
-                    f"{scrub(_StepFailure.of(result).message, request.source_dsn)}",
-                    "Open the run in the Dagster UI (checkpoint-assets ui) for its events.")
-            return caller.report
-
-        exported: operations.PostgresExportReport = run(ROLLBACK_EXPORT_ASSET)
-        keys = partition_keys(exported.manifest)
-        batches = [run(RESTORED_BATCHES_ASSET, key) for key in keys]
-        verified = run(ROLLBACK_VERIFICATION_ASSET)
-    kept = [] if new_file or request.remove_deleted_threads else \
-        verified.threads_not_in_postgres
-    totals = operations.restore_totals(batches, request.to, new_file, kept)
-    if verified.removed_threads and not totals["removed_threads"]:
-        totals["removed_threads"] = verified.removed_threads  # removed by the verification
-    return operations.rollback_report(
-        verified.report, exported.manifest, request.source_dsn, request.schema, request.to,
-        rollback.export(), request.evidence, totals, exported.original_bytes, new_file)
-
-
 def _loaded_elsewhere(instance: dg.DagsterInstance, settings: Settings,
                       dsn: str) -> set[str]:
     """The batch partitions last loaded into another database than the one they load into
     now (the staging schema in staging mode): check_results.partitions_loaded_elsewhere.
     None of them when the target cannot be reached: the runs then report its error."""
-    target = Target(dsn, settings.staging_schema if settings.staging else
-                    settings.target_schema)
+    schema = settings.staging_schema if settings.staging else settings.target_schema
     try:
-        identity = target.identity()
+        identity = migration.target_identity(dsn, schema)
     except MigrationError:
         return set()
     return partitions_loaded_elsewhere(instance, identity)
-
-
-def _raise_if_stop_requested() -> None:
-    """Stop between runs after a Ctrl-C that Dagster turned into the failure of the run in
-    this process (it then returns normally)."""
-    if stop_requested():
-        raise KeyboardInterrupt
 
 
 def _interrupted(instance: dg.DagsterInstance, result: MigrationResult,
@@ -429,7 +275,7 @@ def batch_workers(settings: Settings) -> int:
     loaders). The pool ``checkpoint_assets_postgres`` still bounds what reaches the
     database.
     """
-    return settings.workers or default_workers()
+    return settings.workers or contract.workers_by_default()
 
 
 class _Runs:
@@ -460,11 +306,11 @@ class _Runs:
             for run in runs:
                 outcomes.append(_execute_batches(self.job, self.instance, run, self.tags,
                                                  self.dsn, self.settings.log_level))
-                _raise_if_stop_requested()
+                raise_if_stop_requested()
         else:
             # The workers read the DSN from the environment they inherit, not from here.
             settings = replace(self.settings, target_dsn=None)
-            with process_pool(workers) as pool:
+            with contract.worker_processes(workers) as pool:
                 outcomes = list(pool.map(_batches_in_worker, repeat(settings),
                                          repeat(self.instance.get_ref()), runs,
                                          repeat(self.tags), repeat(self.dsn)))
@@ -518,60 +364,17 @@ def _execute_batches(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: 
     run = job.execute_in_process(instance=instance, asset_selection=[BATCHES_ASSET],
                                  partition_key=keys[0] if len(keys) == 1 else None,
                                  tags={**tags, **range_tags, **process_tag()},
-                                 raise_on_error=False, run_config=_console_log(log_level))
+                                 raise_on_error=False, run_config=console_log(log_level))
     seconds = round((time.perf_counter() - started) / len(keys), 3)
     loaded = materialized_partitions(instance, run.run_id)
-    failure = None if run.success else _StepFailure.of(run)
+    failure = None if run.success else StepFailure.of(run)
     return [RunOutcome("batch", run.run_id, True, key, seconds=seconds) if key in loaded
             else RunOutcome("batch", run.run_id, False, key,
-                            scrub(failure.batch_reason(key) if failure else "not loaded", dsn),
+                            contract.without_secrets(failure.batch_reason(key) if failure
+                                                     else "not loaded", dsn),
                             seconds, failure.batch_kind(key) if failure
                             else FailureKind.UNEXPECTED)
             for key in keys]
-
-
-@dataclass
-class _StepFailure:
-    """Why a run failed, as its step failure recorded it: the message and kind, and for a
-    batch run each failed batch's reason and kind."""
-
-    message: str
-    kind: FailureKind
-    batch_reasons: dict[str, str] = field(default_factory=dict)
-    batch_kinds: dict[str, FailureKind] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, run: dg.ExecuteInProcessResult) -> _StepFailure:
-        """The first step failure of ``run``."""
-        for event in run.all_events:
-            if not event.is_step_failure:
-                continue
-            data = event.step_failure_data
-            user = data.user_failure_data
-            if user is None:  # not a dg.Failure: an error Dagster caught
-                message = data.error.message.strip() if data.error else ""
-                return cls(message or _NO_MESSAGE, FailureKind.UNEXPECTED)
-            metadata = {name: value.value for name, value in user.metadata.items()}
-            reasons = metadata.get(FAILED_BATCHES_METADATA)
-            kinds = metadata.get(FAILED_BATCH_KINDS_METADATA)
-            return cls(user.description or (data.error.message.strip() if data.error
-                                            else _NO_MESSAGE),
-                       FailureKind(metadata.get(FAILURE_KIND_METADATA,
-                                                FailureKind.UNEXPECTED.value)),
-                       {str(k): str(v) for k, v in (reasons or {}).items()},
-                       {str(k): FailureKind(v) for k, v in (kinds or {}).items()})
-        return cls(_NO_MESSAGE, FailureKind.UNEXPECTED)
-
-    def batch_reason(self, key: str) -> str:
-        """Why batch ``key`` was not loaded."""
-        return self.batch_reasons.get(key) or self.message
-
-    def batch_kind(self, key: str) -> FailureKind:
-        """The kind of batch ``key``'s failure."""
-        return self.batch_kinds.get(key, self.kind)
-
-
-_NO_MESSAGE = "the run failed (see its events in the Dagster UI)"
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
@@ -581,29 +384,11 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, step: str,
     started = time.perf_counter()
     run = job.execute_in_process(instance=instance, asset_selection=list(assets),
                                  tags={**tags, **process_tag()}, raise_on_error=False,
-                                 run_config=_console_log(log_level))
+                                 run_config=console_log(log_level))
     seconds = round(time.perf_counter() - started, 3)
     if run.success:
         return RunOutcome(step, run.run_id, True, seconds=seconds)
-    failure = _StepFailure.of(run)
-    return RunOutcome(step, run.run_id, False, None, scrub(failure.message, dsn), seconds,
+    failure = StepFailure.of(run)
+    return RunOutcome(step, run.run_id, False, None,
+                      contract.without_secrets(failure.message, dsn), seconds,
                       failure.kind)
-
-
-def _console_log(level: str) -> dict[str, Any]:
-    """Console logging for in-process runs: the assets' own messages (INFO), not every
-    Dagster event (DEBUG). Every event is stored in the instance either way. Override with
-    CHECKPOINT_ASSETS_LOG_LEVEL."""
-    return {"loggers": {"console": {"config": {"log_level": level}}}}
-
-
-
-@contextmanager
-def _instance(instance: dg.DagsterInstance | None) -> Iterator[dg.DagsterInstance]:
-    if instance is not None:
-        yield instance
-        return
-    with project_instance() as own:
-        yield own
-
-

@@ -23,7 +23,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.operations import CONTRACT
+from checkpoint_assets.engine.operations.contract import CONTRACT
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"

@@ -16,8 +16,7 @@ import json
 import dagster as dg
 
 from checkpoint_assets.assets.export import ExportConfig
-from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.sync.sync_target import source_files_state
+from checkpoint_assets.engine.operations import live, migration
 from checkpoint_assets.partitions import (
     BATCH_PARTITIONS_NAME,
     BATCHES_ASSET,
@@ -63,7 +62,7 @@ def source_changed_sync(context: dg.SensorEvaluationContext, source: SqliteSourc
     if not path.exists():
         return dg.SkipReason(f"No export at {path} yet: migrate first; this sensor then keeps "
                              "the target in step.")
-    chain = load_chain(path)
+    chain = migration.read_export_chain(path)
     # Partitions of syncs this sensor requested (a `checkpoint-assets sync` applies its
     # generations itself and registers none).
     registered = set(context.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME))
@@ -86,7 +85,7 @@ def source_changed_sync(context: dg.SensorEvaluationContext, source: SqliteSourc
         return dg.SensorResult(run_requests=[
             dg.RunRequest(run_key=key, job_name=SYNC_BATCHES_JOB, partition_key=key)
             for key in missing])
-    state = json.dumps(source_files_state(source.path))
+    state = json.dumps(live.source_files_state(source.path))
     if state == context.cursor:
         return dg.SkipReason("The source has not changed since the last sync.")
     run_key = f"sync-{chain.latest.footer_sha256[:12]}-" \

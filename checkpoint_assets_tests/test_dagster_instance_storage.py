@@ -28,7 +28,8 @@ from checkpoint_assets.project import (
     SQLITE_INSTANCE_YAML,
     ensure_dagster_home,
 )
-from checkpoint_assets.runner import migrate_in_process, project_instance
+from checkpoint_assets.run_steps import project_instance
+from checkpoint_assets.runner import migrate_in_process
 from checkpoint_assets.settings import DAGSTER_PG_ENV, DAGSTER_PG_HOST_ENV
 from checkpoint_assets_tests.dagster_support import fresh_database, write_corpus
 

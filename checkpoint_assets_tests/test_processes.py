@@ -147,7 +147,7 @@ def _open_home(home: str, start_at: float) -> str:
     """In a fresh process: open the project's instance at ``start_at`` and read from it."""
     os.environ["DAGSTER_HOME"] = home
     from checkpoint_assets.check_results import partition_statuses
-    from checkpoint_assets.runner import project_instance
+    from checkpoint_assets.run_steps import project_instance
 
     while time.time() < start_at:
         time.sleep(0.001)

@@ -404,7 +404,7 @@ def test_cli_sync_and_cutover_of_a_selection(source: Path, tmp_path: Path, targe
     for quiet, proves the selection equal, prints its window and says in the evidence
     that only those threads were compared."""
     from checkpoint_assets.cli import main
-    from checkpoint_assets.engine.operations import FIRST_VERIFICATION_MESSAGE
+    from checkpoint_assets.engine.operations.live import FIRST_VERIFICATION_MESSAGE
 
     export, ids = tmp_path / "app.export", tmp_path / "tenant.txt"
     ids.write_text("rich-approve\nrich-basic\n\nrich-review\n", encoding="utf-8")

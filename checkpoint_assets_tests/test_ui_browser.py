@@ -56,7 +56,8 @@ from checkpoint_assets.partitions import (
     partition_keys,
     partition_keys_by_batch,
 )
-from checkpoint_assets.runner import migrate_in_process, project_instance
+from checkpoint_assets.run_steps import project_instance
+from checkpoint_assets.runner import migrate_in_process
 from checkpoint_assets.settings import ROLLBACK_TO_ENV
 from checkpoint_assets_tests.dagster_dev_support import (
     LOCATION,

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from checkpoint_assets.engine.core.errors import FailureKind
-from checkpoint_assets.engine.load.target import scrub
+from checkpoint_assets.engine.operations.contract import without_secrets
 from checkpoint_assets.engine.verify.check_table import CheckOutcome, CheckSpec
 
 # The step failure's metadata entry naming its FailureKind (read by the runner).
@@ -121,13 +121,13 @@ def severity(spec: CheckSpec) -> dg.AssetCheckSeverity:
 def error_text(exc: BaseException, dsn: str | None) -> str:
     """The exception's message with any password removed."""
     text = str(exc) or type(exc).__name__
-    return scrub(text, dsn) if dsn else text
+    return without_secrets(text, dsn) if dsn else text
 
 
 def scrubbed_traceback(dsn: str | None) -> str:
     """The traceback being handled, password-free (Dagster stores failures verbatim)."""
     text = traceback.format_exc()
-    return scrub(text, dsn) if dsn else text
+    return without_secrets(text, dsn) if dsn else text
 
 
 def failure(

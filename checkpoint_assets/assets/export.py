@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,17 +16,10 @@ from checkpoint_assets.assets.dagster_metadata import (
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
-from checkpoint_assets.engine.core.selection import parse_thread_selection
 from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.reader import export_thread_digests, verify_export
 from checkpoint_assets.engine.export.sqlite_source import SourceCounts
-from checkpoint_assets.engine.export.writer import write_export
-from checkpoint_assets.engine.sync.export_chain import (
-    ExportChain,
-    SyncResult,
-    load_chain,
-    write_sync,
-)
+from checkpoint_assets.engine.operations import live, migration
+from checkpoint_assets.engine.operations.live import SyncGenerationReport
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_PARTITIONS_NAME,
@@ -96,10 +90,10 @@ def checkpoint_export(
         return
     started = time.perf_counter()
     try:
-        selection = parse_thread_selection(export_file.threads)
-        manifest = write_export(source.path, path, batch_size=export_file.batch_size,
-                                selection=selection)
-        counts = source.counts(selection)
+        manifest = migration.export(migration.ExportRequest(
+            source=Path(source.path), export=path, batch_size=export_file.batch_size,
+            threads=export_file.threads)).manifest
+        counts = source.counts(export_file.threads)
     except MigrationError as exc:
         message = error_text(exc, None)
         for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
@@ -156,8 +150,8 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
     """Write the next sync generation, register its batches as partitions (the export's
     and earlier syncs' stay), and materialize the export asset with what moved."""
     try:
-        found = write_sync(source.path, path, cipher=source.cipher())
-        chain = load_chain(path)
+        written = live.write_sync_generation(live.SyncGenerationRequest(
+            source=Path(source.path), export=path, aes_key=source.aes_key))
     except MigrationError as exc:
         message = error_text(exc, None)
         for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
@@ -166,7 +160,8 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
                 metadata=check_metadata(expected="a sync generation of the source",
                                         actual=message))
         raise failure(f"Sync of {source.path} failed: {message}") from None
-    count_check = _generation_counts_check(chain, found)
+    found, chain = written.found, written.chain
+    count_check = _generation_counts_check(written)
     file_check = export_file_check(found.manifest.path) if found.manifest is not None else \
         dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=True,
                             metadata=check_metadata(expected="no new generation",
@@ -221,9 +216,10 @@ def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceReso
     )
 
 
-def _generation_counts_check(chain: ExportChain, found: SyncResult) -> dg.AssetCheckResult:
+def _generation_counts_check(sync: SyncGenerationReport) -> dg.AssetCheckResult:
     """The rows written for each moved thread equal what SQLite's indexes counted for it
     in the same snapshot (the source state the generation records)."""
+    found, chain = sync.found, sync.chain
     if found.manifest is None:
         return dg.AssetCheckResult(
             check_name=EXPORT_COUNTS_MATCH_SOURCE, passed=True,
@@ -233,7 +229,7 @@ def _generation_counts_check(chain: ExportChain, found: SyncResult) -> dg.AssetC
     differing = [
         {"thread_id": tid, "export": [c, w], "sqlite": [state.threads[tid][0],
                                                         state.threads[tid][3]]}
-        for tid, _, c, w in export_thread_digests(found.manifest)
+        for tid, (c, w) in sync.moved_counts.items()
         if [c, w] != [state.threads[tid][0], state.threads[tid][3]]]
     return dg.AssetCheckResult(
         check_name=EXPORT_COUNTS_MATCH_SOURCE, passed=not differing,
@@ -262,7 +258,7 @@ def _counts_check(manifest: ExportManifest, counts: SourceCounts) -> dg.AssetChe
 def export_file_check(path: Any) -> dg.AssetCheckResult:
     """The export_file_verifies check of the export file at ``path``."""
     try:
-        verified = verify_export(path)
+        verified = migration.verify_export_file(path)
     except MigrationError as exc:
         return dg.AssetCheckResult(
             check_name=EXPORT_FILE_VERIFIES, passed=False,

@@ -3,6 +3,7 @@
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -20,20 +21,15 @@ from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,
 )
-from checkpoint_assets.engine.core.errors import (
-    ConflictError,
-    FailureKind,
-    MigrationError,
-    failure_kind,
-)
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.reader import require_same_source
-from checkpoint_assets.engine.load.loader import BatchLoadResult, load_batch
-from checkpoint_assets.engine.load.target import TABLES, Target
-from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult, apply_sync_batch
-from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
-from checkpoint_assets.engine.verify.comparison import compare_batch
-from checkpoint_assets.engine.verify.reports import BatchComparison
+from checkpoint_assets.engine.load.loader import BatchLoadResult
+from checkpoint_assets.engine.load.target import TABLES
+from checkpoint_assets.engine.operations import live, migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
+from checkpoint_assets.engine.operations.migration import BatchLoadReport
+from checkpoint_assets.engine.sync.apply_generation import SyncApplyResult
+from checkpoint_assets.engine.sync.export_chain import ExportChain
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
@@ -61,7 +57,6 @@ from checkpoint_assets.resources import (
     ExportFileResource,
     PostgresTargetResource,
     SqliteSourceResource,
-    ensure_tables,
 )
 
 CONFLICT_MARKER = "conflicts with rows in"  # in the failure text of a conflicting batch
@@ -164,16 +159,18 @@ def imported_checkpoint_batches(
     """
     if not (context.has_partition_key or context.has_partition_key_range):
         raise failure(NO_PARTITION_HINT) from None
-    load_target = target.load_target()
+    schema = target.load_schema()
+    into = _Into(target.dsn, schema, target.display(schema), source.aes_key,
+                 target.strict_versions)
     keys = _keys_still_to_load(context)
     stray: list[str] = []
     try:
-        # The export and its sync generations: a sync's batches are partitions too.
-        chain = load_chain(export_file.resolve_path(source.path))
-        require_same_source(chain.export, source.path)
-        ensure_tables(load_target)
-        identity = load_target.identity() or ""
-        cipher = source.cipher()
+        # The export and its sync generations: a sync's batches are partitions too; the
+        # export must come from the source, and PostgresSaver's tables are set up once.
+        ready = migration.prepare_load(migration.PrepareLoadRequest(
+            source=Path(source.path), export=export_file.resolve_path(source.path),
+            target_dsn=target.dsn, schema=schema, aes_key=source.aes_key))
+        chain, identity = ready.chain, ready.identity
         # Only an export of the configured source, into a usable target, says which keys
         # are stray (else every batch fails the same way, below).
         stray = refuse_stray_partitions(context, chain, keys)
@@ -181,12 +178,11 @@ def imported_checkpoint_batches(
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
         problems = []
         for key in keys:
-            problems.append((yield from _record_problem(context, key, load_target, exc)))
+            problems.append((yield from _record_problem(context, key, into, exc)))
     else:
         problems = []
         for key in keys:
-            problem = yield from _load_and_record(context, key, chain, load_target, cipher,
-                                                  identity, target.strict_versions)
+            problem = yield from _load_and_record(context, key, chain, into, identity)
             if problem is not None:
                 problems.append(problem)
     if keys and (len(problems) < len(keys) or any(not p.retried for p in problems)):
@@ -248,36 +244,41 @@ def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[st
             if m is not None and m.asset_key == BATCHES_ASSET and m.partition}
 
 
+@dataclass(frozen=True)
+class _Into:
+    """Where a run's batches go: the target's DSN and schema (staging or final), how
+    messages name it, the source's AES key, whether strict versions refuse threads."""
+
+    dsn: str = field(repr=False)
+    schema: str | None
+    display: str
+    aes_key: str | None = field(repr=False)
+    strict_versions: bool
+
+
 def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportChain,
-                     load_target: Target, cipher: Any, identity: str,
-                     strict_versions: bool = False) -> Iterator[Any]:
+                     into: _Into, identity: str) -> Iterator[Any]:
     """Load one batch in its own transaction (a sync's batch: apply it, see
-    loader.apply_sync_batch), compare it with the export, and yield its materialization
+    live.apply_sync_batch), compare it with the export, and yield its materialization
     (naming the target's ``identity``) and check result (stored before the next batch
     starts); return the problem if it did not load."""
     try:
         manifest, batch = chain_batch_for(chain, key)
-        result: BatchLoadResult | SyncApplyResult
-        if manifest.generation == 0:
-            result = load_batch(load_target, manifest, batch, cipher=cipher,
-                                attempts=ENGINE_ATTEMPTS,
-                                backoff_seconds=ENGINE_BACKOFF_SECONDS,
-                                strict_versions=strict_versions)
-            comparison = compare_batch(load_target, manifest, batch, cipher, certify=True)
-        else:
-            result = apply_sync_batch(load_target, chain, manifest, batch, cipher)
-            # Only the batch's threads no later generation holds.
-            live = {(m.generation, k): t for m, k, t in chain.live_batches()}
-            comparison = compare_batch(load_target, manifest, batch, cipher,
-                                       threads=live.get((manifest.generation, batch),
-                                                        frozenset()), certify=True)
+        request = migration.BatchLoadRequest(
+            chain=chain, manifest=manifest, batch=batch, target_dsn=into.dsn,
+            schema=into.schema, aes_key=into.aes_key, strict_versions=into.strict_versions,
+            attempts=ENGINE_ATTEMPTS, backoff_seconds=ENGINE_BACKOFF_SECONDS)
+        # A sync's batch: only its threads no later generation holds are compared.
+        loaded = migration.load_batch(request) if manifest.generation == 0 \
+            else live.apply_sync_batch(request)
     except Exception as exc:
-        return (yield from _record_problem(context, key, load_target, exc))
-    refused = result.refused if isinstance(result, BatchLoadResult) else []
+        return (yield from _record_problem(context, key, into, exc))
+    result, comparison = loaded.result, loaded.comparison
+    refused = loaded.refused
     if refused:
         # The batch's other threads are loaded; the partition stays failed, naming these.
         found = [r.found.as_dict() for r in refused]
-        yield _failed_check(context.instance, key, load_target,
+        yield _failed_check(context.instance, key, into,
                             f"{len(refused)} thread(s) refused (--strict-versions)",
                             refused[0], mismatches=found)
         message = (f"Batch {key}: {len(refused)} thread(s) refused by --strict-versions "
@@ -286,32 +287,32 @@ def _load_and_record(context: dg.AssetExecutionContext, key: str, chain: ExportC
         return BatchProblem(key, message, refused[0], FailureKind.BAD_INPUT,
                             metadata={"refused_threads": found[:50]})
     if not comparison.passed:
-        yield _comparison_check(context.instance, key, comparison, load_target, cipher)
+        yield _comparison_check(context.instance, key, loaded, into)
         message = (f"Batch {key} was loaded but PostgreSQL does not match the export "
-                   f"({load_target.display}).")
+                   f"({into.display}).")
         return BatchProblem(key, message, MigrationError(message), FailureKind.MISMATCH)
-    metadata = (_load_metadata(result, manifest, load_target)
+    metadata = (_load_metadata(result, manifest, into)
                 if isinstance(result, BatchLoadResult)
-                else _sync_metadata(result, manifest, load_target))
+                else _sync_metadata(result, manifest, into))
     metadata[TARGET_IDENTITY_METADATA] = dg.MetadataValue.text(identity)
     yield dg.AssetMaterialization(BATCHES_ASSET, partition=key, metadata=metadata)
-    yield _comparison_check(context.instance, key, comparison, load_target, cipher)
+    yield _comparison_check(context.instance, key, loaded, into)
     return None
 
 
-def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Target,
+def _record_problem(context: dg.AssetExecutionContext, key: str, into: _Into,
                     exc: BaseException) -> Iterator[Any]:
     """Yield the failed check result for ``key`` (unless Dagster will retry it); return
     the problem."""
-    dsn = load_target.dsn
+    dsn = into.dsn
     text = error_text(exc, dsn)
     instance = context.instance
-    kind = failure_kind(exc)
+    kind = failure_kind_of(exc)
     if isinstance(exc, ConflictError):
-        yield _failed_check(instance, key, load_target,
+        yield _failed_check(instance, key, into,
                             "conflict with the target's rows (changed or deleted there)", exc,
                             mismatches=exc.keys)
-        return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {load_target.display}: "
+        return BatchProblem(key, f"Batch {key} {CONFLICT_MARKER} {into.display}: "
                                  f"{text}", exc, kind,
                             metadata={"conflicting_keys": exc.keys[:50]})
     if kind is FailureKind.TRANSIENT:
@@ -319,9 +320,9 @@ def _record_problem(context: dg.AssetExecutionContext, key: str, load_target: Ta
             context.log.warning(f"Batch {key}: {text}; Dagster retries the step "
                                 f"({context.retry_number + 1}/{BATCH_MAX_RETRIES}).")
             return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind, retried=True)
-        yield _failed_check(instance, key, load_target, "database error after retries", exc)
+        yield _failed_check(instance, key, into, "database error after retries", exc)
         return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind)
-    yield _failed_check(instance, key, load_target, type(exc).__name__, exc)
+    yield _failed_check(instance, key, into, type(exc).__name__, exc)
     if kind is not FailureKind.UNEXPECTED:  # bad input, or a database error the engine gave up on
         return BatchProblem(key, f"Batch {key} failed: {text}", exc, kind)
     # A bug or an unexpected error: not retried either; the traceback helps to report it.
@@ -357,7 +358,7 @@ def _raise_for(problems: list[BatchProblem], batches: int) -> None:
 
 
 def _load_metadata(result: BatchLoadResult, manifest: ExportManifest,
-                   load_target: Target) -> dict[str, dg.MetadataValue]:
+                   into: _Into) -> dict[str, dg.MetadataValue]:
     """What one batch load wrote, each figure once: numbers the UI plots across partitions
     (rows per table, rows inserted and already present, seconds), then the breakdown
     table. No ``dagster/row_count``: Dagster shows the latest partition's count as the
@@ -380,12 +381,12 @@ def _load_metadata(result: BatchLoadResult, manifest: ExportManifest,
         "export_content_sha256": dg.MetadataValue.text(manifest.content_sha256),
         "attempts": dg.MetadataValue.int(result.attempts),
         "metadata_changes": dg.MetadataValue.int(len(result.metadata_changes)),
-        "target": dg.MetadataValue.text(load_target.display),
+        "target": dg.MetadataValue.text(into.display),
     }
 
 
 def _sync_metadata(result: SyncApplyResult, manifest: ExportManifest,
-                   load_target: Target) -> dict[str, dg.MetadataValue]:
+                   into: _Into) -> dict[str, dg.MetadataValue]:
     """What applying one sync batch did: rows inserted, updated, deleted, already there."""
     return {
         ROWS_INSERTED: dg.MetadataValue.int(sum(result.inserted.values())),
@@ -396,7 +397,7 @@ def _sync_metadata(result: SyncApplyResult, manifest: ExportManifest,
         "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
         "sync_generation": dg.MetadataValue.int(manifest.generation),
         "batch_sha256": dg.MetadataValue.text(manifest.batch(result.key).sha256),
-        "target": dg.MetadataValue.text(load_target.display),
+        "target": dg.MetadataValue.text(into.display),
     }
 
 
@@ -420,15 +421,16 @@ def _check_evaluation(instance: dg.DagsterInstance, key: str, passed: bool,
         target_materialization_data=latest_materialization(instance, BATCHES_ASSET, key))
 
 
-def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchComparison,
-                      load_target: Target, cipher: Any) -> dg.AssetCheckEvaluation:
+def _comparison_check(instance: dg.DagsterInstance, key: str, loaded: BatchLoadReport,
+                      into: _Into) -> dg.AssetCheckEvaluation:
     """The batch check's result; a passed one keeps its certificate (what the verification
-    takes over while the batch's rows stay the same, see engine/certificates.py)."""
+    takes over while the batch's rows stay the same, see engine/verify/certificates.py)."""
+    comparison = loaded.comparison
     mismatches = comparison.content_mismatches + comparison.metadata_mismatches
     if comparison.expected_counts != comparison.actual_counts:
         mismatches = [{"problem": "row counts differ", "expected": comparison.expected_counts,
                        "actual": comparison.actual_counts}, *mismatches]
-    certificate = comparison.certificate(cipher)
+    certificate = loaded.certificate
     kept = {CERTIFICATE_METADATA: certificate.to_json()} if certificate is not None else {}
     return _check_evaluation(
         instance, key, comparison.passed, check_metadata(
@@ -436,19 +438,19 @@ def _comparison_check(instance: dg.DagsterInstance, key: str, comparison: BatchC
                       "digest": comparison.expected_digest},
             actual={"counts": comparison.actual_counts, "digest": comparison.actual_digest},
             mismatches=mismatches[:50], mismatch_count=len(mismatches),
-            batch=key, **_batch_names(key), target=load_target.display, **kept))
+            batch=key, **_batch_names(key), target=into.display, **kept))
 
 
-def _failed_check(instance: dg.DagsterInstance, key: str, load_target: Target, problem: str,
+def _failed_check(instance: dg.DagsterInstance, key: str, into: _Into, problem: str,
                   exc: BaseException,
                   mismatches: list[dict] | None = None) -> dg.AssetCheckEvaluation:
     return _check_evaluation(
         instance, key, False, check_metadata(
             expected=f"batch {key} loaded and equal to the export",
-            actual=f"{problem}: {error_text(exc, load_target.dsn)}",
+            actual=f"{problem}: {error_text(exc, into.dsn)}",
             mismatches=(mismatches or [])[:50],
             mismatch_count=len(mismatches) if mismatches else 1,
-            batch=key, **_batch_names(key), target=load_target.display))
+            batch=key, **_batch_names(key), target=into.display))
 
 
 def _batch_names(key: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ into the target: one materialization per sync generation, with the check
 ``sync_moved_every_changed_thread``. ``checkpoint_cutover`` waits until the writers
 stopped, syncs a last time and proves the target equal: its checks are the window, the
 writers' quiet and the verification. Both bodies call the engine's operations
-(engine/operations.py) and turn the typed report into metadata and check results;
+(engine/operations/) and turn the typed report into metadata and check results;
 ``checkpoint-assets sync`` and ``cutover`` run these same assets in-process (runner.py).
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import dagster as dg
 
 from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.operations import live as live_operations
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     CUTOVER_ASSET,
@@ -43,12 +43,11 @@ from checkpoint_assets.resources import (
 
 def sync_request(source: SqliteSourceResource, export_file: ExportFileResource,
                  target: PostgresTargetResource,
-                 live: LiveMigrationResource) -> operations.SyncRequest:
+                 live: LiveMigrationResource) -> live_operations.SyncRequest:
     """The sync the resources describe: the migration's source, export and final target."""
-    final = target.final_target()
-    return operations.SyncRequest(
+    return live_operations.SyncRequest(
         source=source.path, export=export_file.resolve_path(source.path),
-        target_dsn=final.dsn, schema=final.schema, threads=export_file.threads,
+        target_dsn=target.dsn, schema=target.final_schema(), threads=export_file.threads,
         aes_key=source.aes_key, propagate_deletes=live.propagate_deletes,
         allow_mass_deletion=live.allow_mass_deletion,
         strict_versions=target.strict_versions)
@@ -95,7 +94,7 @@ def target_synced(context: dg.AssetExecutionContext, source: SqliteSourceResourc
     """
     request = sync_request(source, export_file, target, live)
     try:
-        report = operations.sync(request)
+        report = live_operations.sync(request)
     except MigrationError as exc:
         raise _failed(caller, exc, request.target_dsn) from None
     caller.done(report)
@@ -166,13 +165,13 @@ def checkpoint_cutover(context: dg.AssetExecutionContext, source: SqliteSourceRe
     Materialized whether or not equality was proven: the checks say which. A wait longer
     than ``timeout_seconds`` fails the step before the final sync (nothing proven).
     """
-    request = operations.CutoverRequest(
+    request = live_operations.CutoverRequest(
         sync=sync_request(source, export_file, target, live),
         quiet_seconds=live.quiet_seconds, timeout_seconds=live.timeout_seconds,
         workers=target.verification_workers or None,
         evidence=Path(live.evidence_path) if live.evidence_path else None)
     try:
-        done = operations.cutover(request, say=_say(context, caller),
+        done = live_operations.cutover(request, say=_say(context, caller),
                                   progress=caller.progress)
     except MigrationError as exc:
         raise _failed(caller, exc, request.sync.target_dsn) from None

@@ -14,10 +14,9 @@ from checkpoint_assets.assets.dagster_metadata import (
     failure,
     scrubbed_traceback,
 )
-from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, failure_kind
-from checkpoint_assets.engine.export.reader import read_manifest
-from checkpoint_assets.engine.load.publish import publish
-from checkpoint_assets.engine.verify.comparison import compare_batch
+from checkpoint_assets.engine.core.errors import ConflictError, FailureKind
+from checkpoint_assets.engine.operations import migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
     BATCH_MATCHES_EXPORT,
@@ -72,7 +71,7 @@ def published_checkpoints(
     Publishing again is safe and inserts nothing. The staging schema is left in place;
     drop it once you no longer need it.
     """
-    final = target.final_target()
+    final_display = target.display(target.final_schema())
     problems = unpassed_checks(context.instance)
     if problems:
         yield dg.AssetCheckResult(
@@ -81,29 +80,29 @@ def published_checkpoints(
                                     actual="not published", mismatches=problems))
         raise failure("Not published: not every check on the staged data has passed.",
                       {"problems": problems}, kind=FailureKind.MISMATCH)
-    staging = target.load_target()
-    cipher = source.cipher()
+    staging_schema = target.load_schema()
     try:
-        manifest = read_manifest(export_file.resolve_path(source.path))
-        result = publish(staging, final, cipher)
-        comparisons = [compare_batch(final, manifest, b.key, cipher) for b in manifest.batches]
+        done = migration.publish(migration.PublishRequest(
+            export=export_file.resolve_path(source.path), target_dsn=target.dsn,
+            staging_schema=staging_schema, final_schema=target.final_schema(),
+            aes_key=source.aes_key))
     except ConflictError as exc:
         yield dg.AssetCheckResult(
             check_name=PUBLISHED_MATCHES_EXPORT, passed=False,
             metadata=check_metadata(expected="no conflicting rows in the target",
                                     actual=error_text(exc, target.dsn),
                                     mismatches=exc.keys[:50], mismatch_count=len(exc.keys)))
-        raise failure(f"Not published: conflict in {final.display}.",
+        raise failure(f"Not published: conflict in {final_display}.",
                       kind=FailureKind.CONFLICT) from None
     except Exception as exc:
         yield dg.AssetCheckResult(
             check_name=PUBLISHED_MATCHES_EXPORT, passed=False,
             metadata=check_metadata(expected="published", actual=error_text(exc, target.dsn)))
-        raise failure(f"Publishing into {final.display} failed: "
+        raise failure(f"Publishing into {final_display} failed: "
                       f"{error_text(exc, target.dsn)}",
                       {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind(exc)) from None
-
+                      kind=failure_kind_of(exc)) from None
+    result, manifest, comparisons = done.result, done.manifest, done.comparisons
     bad = [{"batch": c.key, "expected": c.expected_counts, "actual": c.actual_counts,
             "expected_digest": c.expected_digest, "actual_digest": c.actual_digest}
            for c in comparisons if not c.passed]
@@ -114,8 +113,8 @@ def published_checkpoints(
             "inserted": dg.MetadataValue.json(result.inserted),
             "already_present": dg.MetadataValue.json(result.already_present),
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
-            "staging": dg.MetadataValue.text(staging.display),
-            "target": dg.MetadataValue.text(final.display),
+            "staging": dg.MetadataValue.text(done.staging_display),
+            "target": dg.MetadataValue.text(done.final_display),
         },
         check_results=[dg.AssetCheckResult(
             check_name=PUBLISHED_MATCHES_EXPORT, passed=not bad,

@@ -6,8 +6,8 @@ into the SQLite file per partition (materialized, backfilled and audited like th
 migration's batches); ``rollback_verification`` runs the rollback checks and, for a new
 file, publishes it under its final name only when they all passed; into an existing file it
 first removes the threads PostgreSQL no longer has when ``remove_deleted_threads`` is set
-(else the warning check ``sqlite_threads_not_in_postgres`` names them). The engine does the
-work (postgres_source, sqlite_target, verify_rollback); these assets only wire it.
+(else the warning check ``sqlite_threads_not_in_postgres`` names them). The front door does
+the work (engine/operations/way_back.py); these assets only wire it.
 """
 
 from collections.abc import Iterator
@@ -27,24 +27,16 @@ from checkpoint_assets.assets.dagster_metadata import (
 )
 from checkpoint_assets.assets.export import export_file_check, register_partitions
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import ConflictError, FailureKind, MigrationError
-from checkpoint_assets.engine.export.reader import read_manifest
-from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.rollback.evidence import render_rollback_evidence
-from checkpoint_assets.engine.rollback.sqlite_target import (
-    discard_work_file,
-    publish_restored,
-    remove_deleted_threads,
-)
-from checkpoint_assets.engine.rollback.verify_rollback import verify_rollback
+from checkpoint_assets.engine.operations import migration, way_back
 from checkpoint_assets.engine.verify.check_table import (
+    CHECKS,
     EXPORT_MATCHES_POSTGRES,
     OFFICIAL_READBACK,
+    ROLLBACK_CHECKS,
     ROLLBACK_COUNT_MATCH,
     SQLITE_MATCHES_EXPORT,
     SQLITE_THREADS_NOT_IN_POSTGRES,
-    check_spec,
 )
 from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.partitions import (
@@ -102,6 +94,8 @@ class RollbackVerified:
         return [m["thread_id"] for m in kept.mismatches] if kept else []
 
 
+# Each rollback check's declaration (the forward check table's, for the read-back).
+ROLLBACK_CHECK_SPECS = {spec.name: spec for spec in (*CHECKS, *ROLLBACK_CHECKS)}
 ROLLBACK_CHECK_NAMES = (ROLLBACK_COUNT_MATCH, EXPORT_MATCHES_POSTGRES, SQLITE_MATCHES_EXPORT,
                         OFFICIAL_READBACK, SQLITE_THREADS_NOT_IN_POSTGRES)
 
@@ -152,22 +146,22 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
     in their original bytes (metadata ``original_bytes`` counts them, and why not).
     """
     require_configured(rollback)
-    source = target.final_target()
+    schema = target.final_schema()
     path = rollback.export()
     try:
-        done = operations.export_postgres(operations.PostgresExportRequest(
-            source_dsn=source.dsn, export=path, schema=source.schema,
+        done = way_back.export_postgres(way_back.PostgresExportRequest(
+            source_dsn=target.dsn, export=path, schema=schema,
             threads=rollback.threads, aes_key=rollback.aes_key,
             batch_size=rollback.batch_size,
             original_export=Path(rollback.original_export) if rollback.original_export
             else None))
     except MigrationError as exc:
         caller.failed(exc)
-        message = error_text(exc, source.dsn)
+        message = error_text(exc, target.dsn)
         yield dg.AssetCheckResult(check_name=EXPORT_FILE_VERIFIES, passed=False,
                                   metadata=check_metadata(expected="an export",
                                                           actual=message))
-        raise failure(f"Export of {source.display} failed: {message}") from None
+        raise failure(f"Export of {target.display(schema)} failed: {message}") from None
     manifest = done.manifest
     check = export_file_check(path)
     if not check.passed:
@@ -175,14 +169,14 @@ def rollback_export(context: dg.AssetExecutionContext, target: PostgresTargetRes
         raise failure(f"The export {path} does not match its own digests.",
                       kind=FailureKind.MISMATCH)
     added, removed = register_partitions(context.instance, manifest, ROLLBACK_PARTITIONS_NAME)
-    if discard_work_file(rollback.to()):
+    if way_back.discard_work_file(rollback.to()):
         context.log.info(f"Removed the unpublished work file of {rollback.to()}: the batches "
                          "of this export are restored into a new one.")
     caller.done(done)
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "source": dg.MetadataValue.text(source.display),
+            "source": dg.MetadataValue.text(done.source_display),
             "dagster/row_count": dg.MetadataValue.int(manifest.checkpoints),
             "writes": dg.MetadataValue.int(manifest.writes),
             "threads": dg.MetadataValue.int(manifest.threads),
@@ -234,12 +228,12 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     require_configured(rollback)
     if not context.has_partition_key:
         raise failure(NO_PARTITION_HINT) from None
-    manifest = read_manifest(rollback.export())
+    manifest = migration.read_export_manifest(rollback.export())
     key = batch_key_for(manifest, context.partition_key)
     existing = rollback.to().exists()
     last = key == manifest.batches[-1].key
     try:
-        done = operations.restore_batch(operations.RestoreBatchRequest(
+        done = way_back.restore_batch(way_back.RestoreBatchRequest(
             export=rollback.export(), to=rollback.to(), batch=key, aes_key=rollback.aes_key,
             remove_deleted_threads=rollback.remove_deleted_threads and existing and last))
     except ConflictError as exc:
@@ -291,8 +285,8 @@ def restored_checkpoint_batches(context: dg.AssetExecutionContext,
     automation_condition=dg.AutomationCondition.eager(),
     # Warning checks (the threads PostgreSQL no longer has) report and block nothing.
     check_specs=[dg.AssetCheckSpec(name, asset=ROLLBACK_VERIFICATION_ASSET,
-                                   blocking=not check_spec(name).warning,
-                                   description=check_spec(name).description)
+                                   blocking=not ROLLBACK_CHECK_SPECS[name].warning,
+                                   description=ROLLBACK_CHECK_SPECS[name].description)
                  for name in ROLLBACK_CHECK_NAMES],
 )
 def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTargetResource,
@@ -309,12 +303,10 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     migration's verification, it runs again by itself (automation condition) once its
     batches were restored, none missing or in progress."""
     require_configured(rollback)
-    manifest = read_manifest(rollback.export())
-    final = target.final_target()
-    source = Target(final.dsn, final.schema, role="source")
+    manifest = migration.read_export_manifest(rollback.export())
     path = rollback.loading_into()
     try:
-        removed = set(remove_deleted_threads(path, manifest)) \
+        removed = set(way_back.remove_threads_postgres_lacks(path, manifest)) \
             if rollback.remove_deleted_threads and path == rollback.to() else set()
     except MigrationError as exc:
         caller.failed(exc)
@@ -326,19 +318,17 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
     if rollback.remove_deleted_threads:
         removed |= _removed_by_last_batch(context.instance, manifest)
     hints = {**DAGSTER_HINTS, **caller.flags}
-    report = verify_rollback(manifest, source, path, cipher=rollback.cipher(),
-                             readback_threads=target.readback_sample(),
-                             readback_all_hint=hints[READBACK_ALL_HINT],
-                             removed_threads=sorted(removed),
-                             remove_hint=hints[REMOVE_HINT])
+    verified = way_back.verify_restored(way_back.VerifyRestoredRequest(
+        source_dsn=target.dsn, manifest=manifest, path=path, to=rollback.to(),
+        schema=target.final_schema(), aes_key=rollback.aes_key,
+        readback_threads=target.readback_sample(), readback_all_hint=hints[READBACK_ALL_HINT],
+        removed_threads=sorted(removed), remove_hint=hints[REMOVE_HINT]))
+    report, evidence = verified.report, verified.evidence
     caller.done(RollbackVerified(report, sorted(removed)))
     partitions = partition_keys_by_batch(manifest)
     results = [outcome_check_result(outcome, level=severity(outcome.spec),
                                     partitions=partitions)
                for outcome in report.checks.values()]
-    evidence = render_rollback_evidence(report, manifest=manifest,
-                                        source_display=source.display,
-                                        sqlite_path=str(rollback.to()))
     if not report.passed:
         yield from results
         raise failure(f"The rollback into {rollback.to()} failed verification; "
@@ -346,7 +336,7 @@ def rollback_verification(context: dg.AssetExecutionContext, target: PostgresTar
                          "see the evidence."), {"evidence": evidence},
                       kind=FailureKind.MISMATCH)
     if path != rollback.to():
-        publish_restored(path, rollback.to())
+        way_back.publish_restored_file(path, rollback.to())
         context.log.info(f"Published the verified SQLite file {rollback.to()}")
     yield dg.MaterializeResult(
         metadata={"file": dg.MetadataValue.path(str(rollback.to())),

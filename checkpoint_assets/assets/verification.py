@@ -1,6 +1,7 @@
 """The verification asset: PostgreSQL compared with the export and with the SQLite source."""
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -15,15 +16,12 @@ from checkpoint_assets.assets.dagster_metadata import (
     severity,
 )
 from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_METADATA
-from checkpoint_assets.engine.core.errors import failure_kind
-from checkpoint_assets.engine.core.workers import workers_for
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.target import TABLES
-from checkpoint_assets.engine.sync.export_chain import load_chain
-from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
+from checkpoint_assets.engine.operations import migration
+from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.engine.verify.check_table import COUNT_MATCH, CheckOutcome
-from checkpoint_assets.engine.verify.evidence import BatchTiming, render_evidence
-from checkpoint_assets.engine.verify.migration import verify_migration
+from checkpoint_assets.engine.verify.evidence import BatchTiming
 from checkpoint_assets.engine.verify.reports import VerificationReport
 from checkpoint_assets.partitions import (
     ASSET_TAGS,
@@ -109,19 +107,18 @@ def migration_verification(
     mismatches and changed metadata values by key). Once a batch changes, its checks are
     marked out of date until it has run again, which it does by itself under dagster dev.
     """
-    load_target = target.load_target()
+    schema = target.load_schema()
     try:
         # The export and the syncs after it (checkpoint-assets sync): the union is compared.
-        chain = load_chain(export_file.resolve_path(source.path))
-        manifest = chain.export
-        report = verify_migration(
-            manifest, load_target, source_path=source.path, cipher=source.cipher(),
+        verified = migration.verify_certified(migration.CertifiedVerifyRequest(
+            source=Path(source.path), export=export_file.resolve_path(source.path),
+            target_dsn=target.dsn, schema=schema, aes_key=source.aes_key,
             readback_threads=target.readback_sample(),
-            workers=workers_for(manifest, target.verification_workers or None),
-            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}", chain=chain,
+            workers=target.verification_workers or None,
+            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
             certificates=None if target.verify_every_batch
             else batch_certificates(context.instance, BATCH_CHECK.key),
-            certificates_hint=CERTIFICATES_HINT)
+            certificates_hint=CERTIFICATES_HINT))
     except Exception as exc:
         message = error_text(exc, target.dsn)
         for spec in VERIFICATION_CHECK_SPECS:
@@ -129,23 +126,21 @@ def migration_verification(
                 check_name=spec.name, passed=False, severity=severity(spec),
                 metadata=check_metadata(expected=spec.description,
                                         actual=f"verification could not run: {message}"))
-        raise failure(f"Verification against {load_target.display} could not run: "
+        raise failure(f"Verification against {target.display(schema)} could not run: "
                       f"{message}", {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind(exc)) from None
-
+                      kind=failure_kind_of(exc)) from None
+    report, manifest = verified.report, verified.manifest
     failed = [name for name, outcome in report.checks.items()
               if not outcome.passed and outcome.blocking]
     context.log.info(f"Verification of {manifest.checkpoints} checkpoints: "
                      + ("all checks passed" if not failed else f"FAILED {failed}"))
     partitions = partition_keys_by_batch(manifest)
-    evidence = with_live_migration_section(
-        render_evidence(report, manifest=manifest, target_display=load_target.display,
-                        batches=batch_timings(context.instance, manifest),
-                        batch_labels=partitions), chain)
+    evidence = migration.certified_evidence(
+        verified, batches=batch_timings(context.instance, manifest), batch_labels=partitions)
     yield dg.MaterializeResult(
         # The report first: the UI lists metadata in this order.
         metadata={EVIDENCE_METADATA: dg.MetadataValue.md(evidence),
-                  **_report_metadata(report, manifest, partitions, load_target.display)},
+                  **_report_metadata(report, manifest, partitions, verified.target_display)},
         check_results=[_check_result(report.checks[spec.name], report, partitions)
                        for spec in VERIFICATION_CHECK_SPECS],
     )

@@ -40,7 +40,7 @@ from checkpoint_assets.cli.rollback import (
 )
 from checkpoint_assets.cli.runs import cmd_backfill, cmd_checks, cmd_migrate
 from checkpoint_assets.engine.core.errors import MigrationError
-from checkpoint_assets.engine.operations import stopping_on_ctrl_c, without_secrets
+from checkpoint_assets.engine.operations.contract import stopping_on_ctrl_c, without_secrets
 from checkpoint_assets.settings import TARGET_DSN_ENV, Settings, SettingsError, load_env_file
 
 Handler = Callable[[argparse.Namespace, Settings], int]

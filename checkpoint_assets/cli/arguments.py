@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.project import default_export_path
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
@@ -33,7 +33,7 @@ def default_export(args: argparse.Namespace) -> Path:
 
 def migration_evidence_path(args: argparse.Namespace) -> Path:
     """--evidence, or beside the export the migration's assets use (the same default)."""
-    return args.evidence or operations.evidence_beside(args.export or default_export(args))
+    return args.evidence or contract.evidence_beside(args.export or default_export(args))
 
 
 def source_dsn(args: argparse.Namespace, settings: Settings) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from checkpoint_assets.engine.core.errors import FailureKind, MissingTablesError
-from checkpoint_assets.engine.operations import CONTRACT
+from checkpoint_assets.engine.operations.contract import CONTRACT
 from checkpoint_assets.settings import (
     TARGET_DSN_ENV,
     TARGET_SCHEMA_ENV,

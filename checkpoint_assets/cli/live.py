@@ -2,7 +2,7 @@
 
 Both run as Dagster asset runs against the project's instance (runner.py), so every sync
 generation and every cutover is in the audit trail; the assets call the engine's
-operations (engine/operations.py). These handlers parse, call and print.
+operations (engine/operations/). These handlers parse, call and print.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from checkpoint_assets.cli.output import (
     sync_json,
     verification_json,
 )
-from checkpoint_assets.engine import operations
+from checkpoint_assets.engine.operations import live
 from checkpoint_assets.progress import progress
 from checkpoint_assets.settings import Settings
 
@@ -32,7 +32,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     """sync: the target follows the source, moving only what changed since the export
     (or the last sync); exit 4 on a conflict (nothing of that batch written), 3 when
     threads were refused (the others moved; every later sync tries those again)."""
-    from checkpoint_assets.runner import sync_in_process
+    from checkpoint_assets.live_runs import sync_in_process
 
     report = sync_in_process(settings, sync_request(args, settings),
                              aes_key_env=args.aes_key_env)
@@ -40,9 +40,9 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_BAD_INPUT if report.found.refused else EXIT_OK
 
 
-def sync_request(args: argparse.Namespace, settings: Settings) -> operations.SyncRequest:
+def sync_request(args: argparse.Namespace, settings: Settings) -> live.SyncRequest:
     """The sync the flags ask for."""
-    return operations.SyncRequest(
+    return live.SyncRequest(
         source=args.source, export=args.export, target_dsn=settings.target_dsn or "",
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),
         propagate_deletes=args.propagate_deletes or settings.propagate_deletes,
@@ -54,12 +54,12 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
     and no writer touched the source meanwhile; exit 5 (TimedOut) when --timeout passed
-    before the source was quiet (the algorithm: operations.cutover)."""
-    request = operations.CutoverRequest(
+    before the source was quiet (the algorithm: live.cutover)."""
+    request = live.CutoverRequest(
         sync=sync_request(args, settings), quiet_seconds=args.quiet_seconds,
         timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence)
     # With --json, stdout holds the JSON alone: what the cutover says goes to stderr.
-    from checkpoint_assets.runner import cutover_in_process
+    from checkpoint_assets.live_runs import cutover_in_process
 
     done = cutover_in_process(settings, request, say_to=sys.stderr if args.json else sys.stdout,
                               progress=progress, aes_key_env=args.aes_key_env)

@@ -17,7 +17,7 @@ from checkpoint_assets.cli.parser import build_parser
 from checkpoint_assets.cli.runs import (
     run_migration,
 )
-from checkpoint_assets.engine.operations import write_private_file
+from checkpoint_assets.engine.operations.contract import write_private_file
 from checkpoint_assets.settings import (
     BATCH_SIZE_ENV,
     EMBEDDED_PG_ENV,

@@ -1,5 +1,5 @@
 """The forward migration's steps one at a time: ``export``, ``import``, ``verify``,
-``show-export`` (each one operation of engine/operations.py).
+``show-export`` (each one operation of engine/operations/).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from checkpoint_assets.cli.output import (
     render_verification,
     verification_json,
 )
-from checkpoint_assets.engine import operations
+from checkpoint_assets.engine.operations import migration
 from checkpoint_assets.progress import progress
 from checkpoint_assets.settings import (
     READBACK_ALL,
@@ -37,7 +37,7 @@ READBACK_ALL_HINT = f"--readback-all (Dagster: {READBACK_THREADS_ENV}={READBACK_
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """export: SQLite -> export file."""
-    done = operations.export(operations.ExportRequest(
+    done = migration.export(migration.ExportRequest(
         source=args.source, export=args.export, batch_size=args.batch_size,
         threads=args.threads), progress=progress)
     summary = {"command": "export", "ok": True, **manifest_summary(done.manifest)}
@@ -48,7 +48,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     """import: export file -> PostgreSQL, batch by batch (checked against --source, if
     given, before anything is written)."""
-    done = operations.load(operations.LoadRequest(
+    done = migration.load(migration.LoadRequest(
         export=args.export, target_dsn=settings.target_dsn or "", schema=args.schema,
         source=args.source, aes_key=aes_key_of(args), workers=args.workers),
         progress=progress)
@@ -62,7 +62,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """verify: PostgreSQL vs export vs SQLite (the export must come from --source); the
     evidence report goes beside the export (or to --evidence)."""
-    done = operations.verify(operations.VerifyRequest(
+    done = migration.verify(migration.VerifyRequest(
         source=args.source, export=args.export, target_dsn=settings.target_dsn or "",
         schema=args.schema, aes_key=aes_key_of(args),
         readback_threads=None if args.readback_all else args.readback,
@@ -80,7 +80,7 @@ def cmd_show_export(args: argparse.Namespace, settings: Settings) -> int:
     """show-export: every record of an export (or one batch) as one JSON object a line."""
     out = sys.stdout
     try:
-        for record in operations.export_records(args.file, args.batch):
+        for record in migration.export_records(args.file, args.batch):
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
     except BrokenPipeError:  # `| head` closed the pipe: that is not an error

@@ -11,9 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.engine.sync.sync_target import SyncReport
 from checkpoint_assets.engine.verify.reports import VerificationReport
 
@@ -28,7 +28,7 @@ def emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
     report: Path | None = getattr(args, "report", None)
     if report is not None:
         try:
-            operations.write_private_json(report, summary)
+            contract.write_private_json(report, summary)
         except OSError as exc:
             raise MigrationError(f"Cannot write the report {report}: {exc.strerror or exc}.",
                                  "Pass --report FILE.json in a writable directory.") from None
@@ -83,7 +83,7 @@ def verification_json(report: VerificationReport) -> dict[str, Any]:
         "checks": {name: {"passed": c.passed, "description": c.description,
                           "expected": c.expected, "actual": c.actual,
                           "mismatch_count": c.mismatch_count,
-                          "mismatches": operations.every_mismatch(report, name),
+                          "mismatches": contract.every_mismatch(report, name),
                           "notes": c.notes}
                    for name, c in report.checks.items()},
         "counts": report.counts,

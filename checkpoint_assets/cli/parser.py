@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_assets import __version__
-from checkpoint_assets.engine.operations import CONTRACT
+from checkpoint_assets.engine.operations.contract import CONTRACT
 from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,

@@ -21,7 +21,7 @@ from checkpoint_assets.cli.output import (
     emit,
     reasons,
 )
-from checkpoint_assets.engine import operations
+from checkpoint_assets.engine.operations import contract, way_back
 from checkpoint_assets.settings import (
     Settings,
 )
@@ -30,12 +30,12 @@ from checkpoint_assets.settings import (
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """rollback: export + restore + verify; a new file is published only when verified."""
     from checkpoint_assets.assets.rollback import READBACK_ALL_HINT, REMOVE_HINT
-    from checkpoint_assets.runner import rollback_in_process
+    from checkpoint_assets.live_runs import rollback_in_process
 
-    request = operations.RollbackRequest(
+    request = way_back.RollbackRequest(
         source_dsn=source_dsn(args, settings), to=args.to, export=args.export,
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),
-        readback_threads=None if args.readback_all else operations.CONTRACT.readback_threads,
+        readback_threads=None if args.readback_all else contract.CONTRACT.readback_threads,
         batch_size=args.batch_size, original_export=args.original_export,
         remove_deleted_threads=args.remove_deleted_threads, evidence=args.evidence)
     # Run as the checkpoint_rollback assets: its runs and checks are in the audit trail.
@@ -45,7 +45,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return print_rollback(args, done)
 
 
-def print_rollback(args: argparse.Namespace, done: operations.RollbackReport) -> int:
+def print_rollback(args: argparse.Namespace, done: way_back.RollbackReport) -> int:
     """Print a rollback's verification (and why a new file was not published); the exit
     status."""
     status = _finish(args, done)
@@ -56,7 +56,7 @@ def print_rollback(args: argparse.Namespace, done: operations.RollbackReport) ->
 
 def cmd_export_postgres(args: argparse.Namespace, settings: Settings) -> int:
     """export-postgres: PostgresSaver's tables -> export file."""
-    done = operations.export_postgres(operations.PostgresExportRequest(
+    done = way_back.export_postgres(way_back.PostgresExportRequest(
         source_dsn=source_dsn(args, settings), export=args.export, schema=args.schema,
         threads=args.threads, aes_key=aes_key_of(args), batch_size=args.batch_size,
         original_export=args.original_export))
@@ -73,7 +73,7 @@ def cmd_export_postgres(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     """restore: export file -> SqliteSaver file (no verification against PostgreSQL)."""
-    done = operations.restore(operations.RestoreRequest(
+    done = way_back.restore(way_back.RestoreRequest(
         export=args.export, to=args.to, aes_key=aes_key_of(args),
         remove_deleted_threads=args.remove_deleted_threads))
     summary = done.summary
@@ -91,21 +91,21 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_verify_rollback(args: argparse.Namespace, settings: Settings) -> int:
     """verify-rollback: the rollback checks on a restored file."""
-    done = operations.verify_rollback(operations.VerifyRollbackRequest(
+    done = way_back.verify_rollback(way_back.VerifyRollbackRequest(
         source_dsn=source_dsn(args, settings), export=args.export, to=args.to,
         schema=args.schema, aes_key=aes_key_of(args),
-        readback_threads=None if args.readback_all else operations.CONTRACT.readback_threads,
+        readback_threads=None if args.readback_all else contract.CONTRACT.readback_threads,
         evidence=args.evidence))
     return _finish(args, done)
 
 
-def _finish(args: argparse.Namespace, done: operations.RollbackReport) -> int:
+def _finish(args: argparse.Namespace, done: way_back.RollbackReport) -> int:
     """Print the rollback's verification (its evidence report is written); the exit
     status."""
     report, totals, original_bytes = done.report, done.totals, done.original_bytes
     lines = ["Rollback verification " + ("PASSED" if report.passed else "FAILED")]
     for name, check in report.checks.items():
-        lines.append(f"  [{operations.check_status(check)}] {name}: {check.description}")
+        lines.append(f"  [{contract.check_status(check)}] {name}: {check.description}")
         lines += [f"         - {m}" for m in check.mismatches[:10]]
         lines += [f"         note: {n}" for n in check.notes]
     if totals is not None:

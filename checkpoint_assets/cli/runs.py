@@ -22,8 +22,8 @@ from checkpoint_assets.cli.output import (
     emit,
     print_evidence_path,
 )
-from checkpoint_assets.engine import operations
 from checkpoint_assets.engine.core.errors import FailureKind
+from checkpoint_assets.engine.operations import contract
 from checkpoint_assets.settings import (
     Settings,
 )
@@ -67,7 +67,7 @@ def _runner_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def _migration_status(args: argparse.Namespace, result: Any) -> int:
     """Write the run's evidence report, print the summary, return the exit status."""
-    evidence = operations.write_evidence(migration_evidence_path(args), result.evidence
+    evidence = contract.write_evidence(migration_evidence_path(args), result.evidence
                               or _unverified_evidence(result))
     emit(args, {**result.to_json(), "evidence": str(evidence)}, result.render())
     if result.passed:
@@ -91,7 +91,7 @@ def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
         latest_check_evaluations,
         render_check_rows,
     )
-    from checkpoint_assets.runner import project_instance
+    from checkpoint_assets.run_steps import project_instance
 
     with project_instance() as instance:
         rows = latest_check_evaluations(instance)
