@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint_assets.engine.core.batches import DEFAULT_BATCH_SIZE
 from checkpoint_assets.engine.core.crypto import Cipher
@@ -51,6 +51,9 @@ from checkpoint_assets.engine.verify.evidence import (
 from checkpoint_assets.engine.verify.evidence import check_status as _check_status
 from checkpoint_assets.engine.verify.evidence import every_mismatch as _every_mismatch
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+
+if TYPE_CHECKING:  # annotations only: the verification's report type
+    from checkpoint_assets.engine.verify.reports import VerificationReport
 
 
 

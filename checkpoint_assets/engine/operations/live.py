@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.selection import name_threads, parse_thread_selection
@@ -45,6 +45,9 @@ from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import verify_migration
+
+if TYPE_CHECKING:  # annotations only: the verification's report type
+    from checkpoint_assets.engine.verify.reports import VerificationReport
 
 FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
                               "(writers may still write)...")

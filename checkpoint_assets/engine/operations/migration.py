@@ -48,7 +48,6 @@ from checkpoint_assets.engine.verify.evidence import (
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE, verify_migration
 from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
 
-
 # --- export -------------------------------------------------------------------------
 
 

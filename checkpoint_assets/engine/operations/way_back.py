@@ -46,7 +46,6 @@ from checkpoint_assets.engine.verify.evidence import default_evidence_path
 from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
 from checkpoint_assets.engine.verify.reports import VerificationReport
 
-
 # --- the way back -------------------------------------------------------------------
 
 
