@@ -5,6 +5,7 @@ and for tests on machines where no server runs. Nothing to install, nothing to c
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import uuid
 import warnings
@@ -27,10 +28,27 @@ HANDLE_PIDS_FILE = ".handle_pids.json"
 def _pgserver() -> Any:
     """The pgserver module (imported here: only the embedded path needs it), with the
     private XDG_RUNTIME_DIR its platformdirs wants."""
-    env_default("XDG_RUNTIME_DIR", lambda: tempfile.mkdtemp(prefix="pgserver-runtime-"))
+    env_default("XDG_RUNTIME_DIR", lambda: str(private_runtime_dir()))
     import pgserver
 
     return pgserver
+
+
+def private_runtime_dir() -> Path:
+    """One runtime directory per user for pgserver (``<tmp>/pgserver-runtime-<uid>``, mode
+    0700), reused by every process: a new directory per process was left behind by each
+    one. A path someone else owns, or that others may write to, is not trusted: then a
+    fresh private directory is made instead."""
+    path = Path(tempfile.gettempdir()) / f"pgserver-runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="pgserver-runtime-"))
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+            or info.st_mode & 0o077:
+        return Path(tempfile.mkdtemp(prefix="pgserver-runtime-"))
+    return path
 
 
 def start_embedded(data_dir: str | Path = DEFAULT_DATA_DIR, *, keep_running: bool = True) -> str:

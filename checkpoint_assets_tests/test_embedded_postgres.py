@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
+import pytest
 
-from checkpoint_assets.embedded_postgres import HANDLE_PIDS_FILE
+from checkpoint_assets.embedded_postgres import HANDLE_PIDS_FILE, private_runtime_dir
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
@@ -83,3 +86,17 @@ def test_the_quick_start_migrates_the_sample_and_leaves_nothing_after_stop_postg
         "Stopped the embedded PostgreSQL"), stopped.stdout + stopped.stderr
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if str(work) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_every_process_shares_one_private_runtime_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgserver's runtime directory (for a machine without XDG_RUNTIME_DIR) is one per user,
+    mode 0700, reused by every process, so no process leaves a directory of its own behind;
+    one that someone else could write to is not used."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first, second = private_runtime_dir(), private_runtime_dir()
+    assert first == second == tmp_path / f"pgserver-runtime-{os.getuid()}"
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+    first.chmod(0o777)
+    elsewhere = private_runtime_dir()
+    assert elsewhere != first and stat.S_IMODE(elsewhere.stat().st_mode) == 0o700
