@@ -321,3 +321,35 @@ def test_a_refused_thread_never_wedges_the_sync_chain(tmp_path: Path, target_dsn
     fixed = run("sync", *common, "--propagate-deletes")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert checkpoints_in_target("shouted") == 0
+
+
+def test_two_batches_creating_the_superseded_table_at_once_both_succeed(
+        target_dsn: str) -> None:
+    """Two batch transactions that each need this project's table in a fresh target (two
+    loaders, two batches with later values) create it one after the other: neither fails
+    on PostgreSQL's catalog (CREATE TABLE IF NOT EXISTS alone races)."""
+    import threading
+    import time
+
+    from checkpoint_assets.engine.load import superseded_table
+
+    errors: list[BaseException] = []
+    both_inside = threading.Barrier(2)
+
+    def batch_transaction() -> None:
+        try:
+            with psycopg.connect(target_dsn) as conn:
+                both_inside.wait()
+                superseded_table.create_table(conn)
+                time.sleep(0.3)  # hold the transaction open while the other one creates
+        except BaseException as exc:  # noqa: BLE001 (collected and asserted below)
+            errors.append(exc)
+
+    workers = [threading.Thread(target=batch_transaction) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    with psycopg.connect(target_dsn) as conn:
+        assert superseded_table.table_exists(conn)

@@ -35,7 +35,15 @@ def table_exists(conn: psycopg.Connection) -> bool:
 
 
 def create_table(conn: psycopg.Connection) -> None:
-    """Create the table in the connection's schema if it is not there yet."""
+    """Create the table in the connection's schema if it is not there yet.
+
+    Two batches loading at once may both need it: CREATE TABLE IF NOT EXISTS alone lets
+    the second fail on the catalog's unique index, so creators queue on an advisory lock
+    (held to the end of the transaction); IF NOT EXISTS then sees the first one's table."""
+    if table_exists(conn):
+        return
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.' || %s))",
+                 (SUPERSEDED_TABLE,))
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (thread_id text NOT NULL, checkpoint_ns text NOT NULL "
         "DEFAULT '', checkpoint_id text NOT NULL, channel text NOT NULL, version text NOT "
