@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,10 @@ WORKDIR_NAME = ".checkpoint_assets"
 # once on a fresh home would otherwise both create Dagster's SQLite tables and stamp their
 # alembic version twice, which breaks the home for every later command.
 HOME_LOCK_NAME = ".checkpoint_assets.lock"
+# Held (flock) for the whole of a `migrate` or `backfill`: the batch partitions of a home are
+# exactly one export's, so a second migration started meanwhile (another export, another
+# target) would replace the partitions the first is loading. The second one waits.
+MIGRATION_LOCK_NAME = ".checkpoint_assets.migration.lock"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -90,6 +94,23 @@ def home_lock(home: Path) -> Iterator[None]:
     however it ends)."""
     with open(home / HOME_LOCK_NAME, "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextmanager
+def one_migration_at_a_time(home: Path, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold the home's migration lock for the block; call ``waiting`` first when another
+    process holds it (then wait for it). Released when the process ends, however it ends."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / MIGRATION_LOCK_NAME, "a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting()
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
             yield
         finally:

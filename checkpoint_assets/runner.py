@@ -12,11 +12,13 @@ runs recorded is read back by check_results.py.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -51,7 +53,7 @@ from checkpoint_assets.partitions import (
     PUBLISH_ASSET,
     VERIFICATION_ASSET,
 )
-from checkpoint_assets.project import initialize_target_pool
+from checkpoint_assets.project import initialize_target_pool, one_migration_at_a_time
 from checkpoint_assets.resources import build_resources
 from checkpoint_assets.run_steps import (
     StepFailure,
@@ -183,7 +185,8 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             USER_TAG: f"checkpoint-assets {result.command}"}
     defs = build_definitions(build_resources(settings), staging=settings.staging)
     job = defs.resolve_implicit_global_asset_job_def()
-    with target_dsn_in_environment(settings.target_dsn), instance_or_project(instance) as inst:
+    with target_dsn_in_environment(settings.target_dsn), instance_or_project(instance) as inst, \
+            one_migration_at_a_time(Path(inst.root_directory), _say_waiting):
         dsn = env_value(TARGET_DSN_ENV) or ""
         runs = _Runs(settings, job, inst, tags, dsn)
 
@@ -234,6 +237,12 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             inst, defs, run_ids={r.run_id for r in result.runs}, since=started_at)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _say_waiting() -> None:
+    print("Another migrate or backfill is running in this Dagster home; this one starts when "
+          "it has finished (one migration at a time per home: they share its batch "
+          "partitions).", file=sys.stderr, flush=True)
 
 
 def _loaded_elsewhere(instance: dg.DagsterInstance, settings: Settings,

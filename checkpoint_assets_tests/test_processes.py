@@ -176,21 +176,27 @@ def test_processes_opening_a_fresh_home_at_once_create_its_storage_once(
 
 def test_two_migrations_at_once_on_a_fresh_home_both_pass_with_their_own_checks(
         corpus: tuple[Path, ExportManifest], tmp_path: Path, admin_dsn: str) -> None:
-    """Two `migrate` commands started together on one new home (two targets) both pass;
-    each prints the check results of its own runs; `checks` works on the home afterwards.
+    """Two `migrate` commands started together on one new home (two targets, two exports
+    cut differently) both pass; each prints the check results of its own runs; `checks`
+    works on the home afterwards.
 
-    The two exports are cut into batches of different sizes, so their batch partitions are
-    their own: two migrations of one export at once would load the same partitions into
-    two targets, and a partition's latest load and latest check could then come from
-    different migrations (Dagster keeps one status per partition)."""
-    source, _ = corpus
+    A home's batch partitions are one export's: the second migration waits until the first
+    has finished (otherwise its export would replace the partitions the first is loading,
+    and a partition's latest load and latest check could come from different migrations)."""
+    source, manifest = corpus
+    # Batches hold whole threads: a batch size that only differs a little can cut the same
+    # batches (and so make the same partition keys) as BATCH_SIZE.
+    other_size = BATCH_SIZE * 3
+    other = write_export(source, tmp_path / "other-cut.export", batch_size=other_size)
+    assert not set(partition_keys_by_batch(other).values()) \
+        & set(partition_keys_by_batch(manifest).values())
     home = tmp_path / "home"
     with temporary_database(admin_dsn, "ca_test") as first, \
             temporary_database(admin_dsn, "ca_test") as second:
         with _command(_migrate_args("migrate", source, tmp_path / "first.export", "--json"),
                       _env(home, first, workers=1), cwd=tmp_path) as one, \
                 _command([*_migrate_args("migrate", source, tmp_path / "second.export",
-                                         "--json"), "--batch-size", str(BATCH_SIZE + 5)],
+                                         "--json"), "--batch-size", str(other_size)],
                          _env(home, second, workers=1), cwd=tmp_path) as two:
             procs = [one, two]
             outputs = [proc.communicate(timeout=600) for proc in procs]
