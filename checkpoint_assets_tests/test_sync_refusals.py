@@ -28,12 +28,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from checkpoint_assets.engine.load.target import Target
-from checkpoint_assets.engine.sync.export_chain import (
+from checkpoint_assets.engine.sync.export_chain import load_chain, write_sync
+from checkpoint_assets.engine.sync.refusals import (
     MassDeletion,
     SourceWentBackwards,
     is_mass_deletion,
-    load_chain,
-    write_sync,
 )
 from checkpoint_assets.engine.sync.sync_target import sync_target
 from checkpoint_assets_tests.corpus_graphs import open_sqlite_saver

@@ -98,6 +98,9 @@ class ExportManifest:
     batches: tuple[BatchEntry, ...] = field(default=())
     footer_sha256: str = ""
     state: dict[str, Any] | None = None  # the footer's {offset, length, sha256} of S
+    # The state's books ({"tables", "last_rows"}, see SourceState.tables), repeated in the
+    # footer so a sync can see that nothing changed without reading the state.
+    books: dict[str, Any] | None = None
 
     @property
     def generation(self) -> int:

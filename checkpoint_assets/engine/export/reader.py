@@ -171,6 +171,7 @@ def _manifest_from_footer(
             file_sha256=footer["file_sha256"], size_bytes=size, footer_offset=footer_offset,
             batches=batches, footer_sha256=footer["footer_sha256"],
             state=footer.get("state"),
+            books=footer.get("books"),
         )
     except (KeyError, TypeError) as exc:
         raise _bad(path, f"the footer lacks a field ({exc})") from None
@@ -190,8 +191,10 @@ def read_state(manifest: ExportManifest) -> SourceState | None:
     if kind != STATE or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
         raise _bad(path, f"its source state does not match its digest ({CHANGED})")
     body = _unpack_map(path, payload, "source state")
-    return SourceState({row[0]: list(row[1:]) for row in body["threads"]},
-                       dict(body["last_rows"]), body["snapshot_at"])
+    tables = body.get("tables")
+    return SourceState({row[0]: row[1:] for row in body["threads"]},
+                       dict(body["last_rows"]), body["snapshot_at"],
+                       None if tables is None else dict(tables))
 
 
 def verify_export(path: str | Path) -> ExportManifest:

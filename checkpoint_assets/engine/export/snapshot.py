@@ -101,6 +101,18 @@ def require_one_name(files: SourceFiles) -> None:
             f"Pass --source {sorted(others)[0]} (the name the application opens).")
 
 
+def reads_live(path: str | Path) -> bool:
+    """Whether a live read of ``path`` is consistent without a copy: a WAL-mode database
+    whose ``-wal`` exists (an application has it open, or left it). One read transaction on
+    such a file sees one commit and never blocks a writer. Its cost to the application: while
+    the transaction lasts, a checkpoint copies frames only up to the reader's mark and the
+    WAL cannot start over, so it grows by what is written meanwhile (the next checkpoint
+    after the read catches up). A rollback-journal database is copied instead: a read
+    transaction on it holds a SHARED lock that makes every writer wait."""
+    files = source_files(path)
+    return _journal_mode(files.database) == WAL_FORMAT and files.wal.exists()
+
+
 def _journal_mode(path: Path) -> int:
     with path.open("rb") as handle:
         header = handle.read(20)

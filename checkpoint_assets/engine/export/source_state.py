@@ -31,20 +31,28 @@ class SourceState:
     whose file holds these rows. ``last_rows``: table -> ``[rowid, thread_id, sha256 of
     the row]`` of each table's last row (when that rowid later holds other content,
     rowids were used again, which fingerprints cannot see: see export_chain).
-    ``snapshot_at``: when the source was read (UTC, ISO 8601).
+    ``snapshot_at``: when the source was read (UTC, ISO 8601). ``tables``: table ->
+    ``[rows, highest rowid]`` as read in the same snapshot, when every thread's entry
+    describes the source as it was (not for a selection of threads, nor when a thread was
+    refused and kept its earlier entry): what lets the next sync read only what changed
+    (engine/sync/change_detection.py). None: the next sync reads every fingerprint.
     """
 
     threads: dict[str, list[Any]]
     last_rows: dict[str, list[Any] | None]
     snapshot_at: str
+    tables: dict[str, list[int]] | None = None
 
     FINGERPRINT = slice(0, 6)
     SHA, GENERATION = 6, 7
 
     def payload(self) -> bytes:
         """The S frame's payload (threads in thread_id order)."""
-        return pack({"threads": [[tid, *self.threads[tid]] for tid in sorted(self.threads)],
-                     "last_rows": self.last_rows, "snapshot_at": self.snapshot_at})
+        body = {"threads": [[tid, *self.threads[tid]] for tid in sorted(self.threads)],
+                "last_rows": self.last_rows, "snapshot_at": self.snapshot_at}
+        if self.tables is not None:
+            body["tables"] = self.tables
+        return pack(body)
 
     @property
     def checkpoints(self) -> int:
@@ -100,10 +108,16 @@ def read_source_state(source: SourceDatabase, selection: Sequence[str] | None = 
     if selection is not None:
         wanted = set(selection)
         fingerprints = {tid: fp for tid, fp in fingerprints.items() if tid in wanted}
-    last_rows: dict[str, list[Any] | None] = {}
+    return SourceState({tid: [*fp, None, None] for tid, fp in fingerprints.items()},
+                       last_rows(source), dt.datetime.now(dt.UTC).isoformat(),
+                       source.table_totals() if selection is None else None)
+
+
+def last_rows(source: SourceDatabase) -> dict[str, list[Any] | None]:
+    """table -> ``[rowid, thread_id, sha256 of the row]`` of its last row (None: empty)."""
+    rows: dict[str, list[Any] | None] = {}
     for table in ("checkpoints", "writes"):
         last = source.last_row(table)
-        last_rows[table] = None if last is None else [last[0], last[1].thread_id,
-                                                      row_sha256(last[1])]
-    return SourceState({tid: [*fp, None, None] for tid, fp in fingerprints.items()},
-                       last_rows, dt.datetime.now(dt.UTC).isoformat())
+        rows[table] = None if last is None else [last[0], last[1].thread_id,
+                                                 row_sha256(last[1])]
+    return rows

@@ -2,21 +2,30 @@
 
 The engine reads a private copy of the database taken by :mod:`snapshot` (the original
 and its ``-wal``/``-shm`` stay byte-identical). Committed rows still in the ``-wal`` file
-are part of that copy. Rows are streamed in primary-key order; memory does not grow with
-the size of the database.
+are part of that copy. A sync of a WAL-mode source reads the live file instead
+(``open_source(..., live=True)``): one read transaction is as consistent as the copy and
+costs what the sync reads, not the size of the file (SQLite updates the ``-shm``'s read
+marks meanwhile; see snapshot.reads_live for what it costs the application). Rows are
+streamed in primary-key order; memory does not grow with the size of the database.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
-from checkpoint_assets.engine.export.snapshot import private_snapshot
+from checkpoint_assets.engine.export.snapshot import (
+    private_snapshot,
+    reads_live,
+    require_one_name,
+    source_files,
+)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 CHECKPOINT_COLUMNS = {
@@ -31,6 +40,7 @@ EXPECTED = (
     "as created by SqliteSaver.setup())"
 )
 BUSY_TIMEOUT_SECONDS = 10.0
+SOURCE_TABLES = ("checkpoints", "writes")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class SourceDatabase:
         self._conn = conn
         self.has_task_path = has_task_path
         self._resources = resources
+        self._totals: dict[str, list[int]] | None = None
 
     def close(self) -> None:
         """Close the connection and delete the private copy (the original is never written)."""
@@ -72,6 +83,7 @@ class SourceDatabase:
         try:
             yield self
         finally:
+            self._totals = None
             self._conn.execute("ROLLBACK")
 
     def counts(self, selection: Sequence[str] | None = None) -> SourceCounts:
@@ -126,9 +138,49 @@ class SourceDatabase:
         return ThreadRows(thread_id, list(self.checkpoints(thread_id)),
                           list(self.writes(thread_id)))
 
-    def fingerprints(self) -> dict[str, list[int]]:
-        """Every thread's fingerprint: ``[checkpoints, max rowid, sum of rowids, writes, max
-        rowid, sum of rowids]``.
+    def table_totals(self) -> dict[str, list[int]]:
+        """{table: [rows, highest rowid (0 when empty)]} for both tables: the counts walk the
+        smallest index, the highest rowid is one lookup. Read once per :meth:`snapshot`."""
+        if self._totals is None:
+            self._totals = {table: list(self._execute(
+                f"SELECT count(*), coalesce(max(rowid), 0) FROM {table}").fetchone())
+                for table in SOURCE_TABLES}
+        return {table: list(totals) for table, totals in self._totals.items()}
+
+    def rows_after(self, table: str, rowid: int) -> dict[str, int]:
+        """{thread_id: rows} of the rows above ``rowid`` in ``table`` (rows inserted or
+        replaced since the table's highest rowid was ``rowid``): a range of the table's
+        own b-tree, as long as the change."""
+        if table not in SOURCE_TABLES:
+            raise ValueError(f"not a SqliteSaver table: {table!r}")
+        # NOT INDEXED: grouped by thread_id, SQLite would walk the whole primary-key index.
+        counts: dict[str, int] = {}
+        for (tid,) in self._execute(
+                f"SELECT thread_id FROM {table} NOT INDEXED WHERE rowid > ?", (rowid,)):
+            counts[_text(tid)] = counts.get(_text(tid), 0) + 1
+        return counts
+
+    def missing_threads(self, thread_ids: Collection[str]) -> set[str]:
+        """The threads of ``thread_ids`` with no row in either table (deleted whole): one
+        probe of each primary-key index per thread, inside SQLite."""
+        if not thread_ids:
+            return set()
+        self._execute("CREATE TEMP TABLE IF NOT EXISTS checkpoint_assets_probe "
+                      "(thread_id TEXT PRIMARY KEY)")
+        try:
+            self._conn.executemany("INSERT INTO temp.checkpoint_assets_probe VALUES (?)",
+                                   ((tid,) for tid in thread_ids))
+            return {_text(tid) for (tid,) in self._execute(
+                "SELECT p.thread_id FROM temp.checkpoint_assets_probe p"
+                " WHERE NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.thread_id = p.thread_id)"
+                " AND NOT EXISTS (SELECT 1 FROM writes w WHERE w.thread_id = p.thread_id)")}
+        finally:
+            self._execute("DROP TABLE temp.checkpoint_assets_probe")
+
+    def fingerprints(self, thread_ids: Collection[str] | None = None) -> dict[str, list[int]]:
+        """Every thread's fingerprint (or only those of ``thread_ids``, each read through
+        the indexes: as long as those threads): ``[checkpoints, max rowid, sum of rowids,
+        writes, max rowid, sum of rowids]``.
 
         Read from the primary-key indexes alone (each index entry carries its rowid), never
         from the rows' blobs. A new, deleted or replaced row changes its thread's
@@ -138,10 +190,19 @@ class SourceDatabase:
         """
         out: dict[str, list[int]] = {}
         for position, table in ((0, "checkpoints"), (3, "writes")):
-            cursor = self._execute(
-                f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
-                "GROUP BY thread_id")
-            for thread_id, count, highest, total in cursor:
+            if thread_ids is None:
+                found = self._execute(
+                    f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
+                    "GROUP BY thread_id")
+            else:
+                found = (self._execute(
+                    f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
+                    "WHERE thread_id = ? GROUP BY thread_id", (tid,)).fetchone()
+                    for tid in sorted(thread_ids))
+            for record in found:
+                if record is None:
+                    continue
+                thread_id, count, highest, total = record
                 entry = out.setdefault(_text(thread_id), [0] * 6)
                 entry[position:position + 3] = [count, highest, total]
         return out
@@ -160,7 +221,7 @@ class SourceDatabase:
 
     def _end_row(self, table: str, order: str, rowid: int | None = None,
                  ) -> tuple[int, CheckpointRow | WriteRow] | None:
-        if table not in ("checkpoints", "writes") or order not in ("ASC", "DESC"):
+        if table not in SOURCE_TABLES or order not in ("ASC", "DESC"):
             raise ValueError(f"not a SqliteSaver table or order: {table!r} {order!r}")
         select = _CHECKPOINT_SELECT if table == "checkpoints" else self._write_select()
         where, params = ("WHERE rowid = ?", (rowid,)) if rowid is not None else ("", ())
@@ -209,20 +270,28 @@ def _write_row(record: tuple) -> WriteRow:
                     _text(channel), _opt_text(typ), _opt_bytes(value))
 
 
-def open_source(path: str | Path, snapshot: Path | None = None) -> SourceDatabase:
+def open_source(path: str | Path, snapshot: Path | None = None, *,
+                live: bool = False) -> SourceDatabase:
     """Open a SqliteSaver database read-only and check that it has the expected schema.
 
     Reads a private snapshot of the file (snapshot.py): a new one, or ``snapshot``, one the
-    caller took of ``path`` and keeps for other readers of the same state.
+    caller took of ``path`` and keeps for other readers of the same state. ``live``: read a
+    WAL-mode file in place when that is consistent (snapshot.reads_live); hold
+    :meth:`SourceDatabase.snapshot` around reads that must agree.
     Raises MigrationError naming the file when it is missing, empty, not SQLite, corrupt,
     locked, or lacks the checkpoint tables.
     """
     path = require_sqlite_file(path)
     resources = ExitStack()
     try:
-        copy = snapshot or resources.enter_context(private_snapshot(path))
-        conn = sqlite3.connect(copy, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                               check_same_thread=False)
+        if live and snapshot is None and reads_live(path):
+            files = source_files(path)
+            require_one_name(files)
+            target = f"file:{quote(str(files.database))}?mode=ro"
+        else:
+            target = str(snapshot or resources.enter_context(private_snapshot(path)))
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False, uri=target.startswith("file:"))
         resources.callback(conn.close)
         conn.text_factory = bytes
         has_task_path = _check_schema(path, conn)

@@ -284,6 +284,8 @@ def _write_body(handle: BinaryIO, batch_size: int, progress: Any, header: dict[s
                            "length": FRAME_HEAD.size + len(state_payload),
                            "sha256": hashlib.sha256(state_payload).hexdigest()}
         writer.frame(STATE, state_payload, in_batch=False)
+        if state.tables is not None:
+            footer["books"] = {"tables": state.tables, "last_rows": state.last_rows}
     footer.update(content_sha256=content_hash.hexdigest(),
                   file_sha256=writer.file_hash.hexdigest())
     footer["footer_sha256"] = footer_digest(footer)

@@ -37,11 +37,8 @@ from checkpoint_assets.engine.core.workers import (
 )
 from checkpoint_assets.engine.load.target import Target, scrub
 from checkpoint_assets.engine.rollback.way_back import ROLLBACK_EXPORT_SUFFIX
-from checkpoint_assets.engine.sync.export_chain import (
-    MASS_DELETION_MIN_THREADS,
-    MASS_DELETION_SHARE,
-    ExportChain,
-)
+from checkpoint_assets.engine.sync.export_chain import ExportChain
+from checkpoint_assets.engine.sync.refusals import MASS_DELETION_MIN_THREADS, MASS_DELETION_SHARE
 from checkpoint_assets.engine.sync.sync_target import with_live_migration_section
 from checkpoint_assets.engine.verify.evidence import (
     EVIDENCE_SUFFIX,

@@ -8,11 +8,15 @@ come from the latest generation holding it; threads deleted in the source are li
 the header of the sync that noticed them. Every generation's header names the footer
 digest of the one before, so a stale or foreign file breaks the chain and is refused.
 
-How a sync finds changes, at a cost that follows the change: the source's per-thread
-fingerprints (count, max and sum of rowids per table, read from the primary-key indexes)
-are compared with the previous state; the threads whose fingerprint differs are read and
-digested, and only those whose digest differs are written. Why a fingerprint cannot stay
-the same when a thread's rows change: SqliteSaver only inserts (a new row raises the
+How a sync finds changes, at a cost that follows the change: the rows above each table's
+recorded highest rowid name the threads written since, and the tables' row counts must
+balance with them (engine/sync/change_detection.py); when they do not, or were not
+recorded, the source's per-thread fingerprints (count, max and sum of rowids per table,
+read from the primary-key indexes) are compared with the previous state. The threads whose
+fingerprint differs are read and digested, and only those whose digest differs are
+written. A WAL-mode source is read in place, in one read transaction (no copy).
+
+Why a fingerprint cannot stay the same when a thread's rows change: SqliteSaver only inserts (a new row raises the
 count), replaces (``INSERT OR REPLACE``: SQLite picks the new row's rowid, the table's
 max + 1, before it deletes the old row, so the thread's max and sum grow, even for the
 table's last row) and deletes whole threads. Only a rowid used again can fool it: after
@@ -22,20 +26,14 @@ other content, rowids were reused and every thread is digested that time (read w
 ``write_sync(..., read_every_thread=True)`` does the same on request (the cutover does
 when its verification finds the source differs from the chain's state).
 
-A sync follows the database the chain was taken from, grown: SqliteSaver never removes a
-row inside a live thread (it inserts, replaces a pending write under the same key, and
-``delete_thread`` removes whole threads). So a live thread with fewer checkpoints or
-writes than the chain's state says means another database at the path, or a backup
-restored over it: :func:`require_not_backwards` refuses such a sync before anything is
-written. Whole-thread deletions are followed, except that losing every thread, or more
-than :data:`MASS_DELETION_SHARE` of them and at least :data:`MASS_DELETION_MIN_THREADS`,
-in one sync needs ``allow_mass_deletion`` (an application started without its volume
-looks exactly like that).
+A sync refuses a source that went backwards or lost most of its threads at once
+(engine/sync/refusals.py) before anything is written.
 """
 
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import fcntl
 import time
 from collections.abc import Iterator, Sequence
@@ -61,31 +59,12 @@ from checkpoint_assets.engine.export.reader import (
     read_state,
     require_same_source,
 )
-from checkpoint_assets.engine.export.source_state import (
-    SourceState,
-    read_source_state,
-    source_identity,
-)
-from checkpoint_assets.engine.export.sqlite_source import SourceDatabase, open_source
+from checkpoint_assets.engine.export.source_state import SourceState, read_source_state
+from checkpoint_assets.engine.export.sqlite_source import open_source
 from checkpoint_assets.engine.export.writer import thread_digests, write_generation
 from checkpoint_assets.engine.load.convert import convert_thread
-
-# A sync that finds more than this share of the chain's threads deleted, and at least
-# MASS_DELETION_MIN_THREADS of them (or every thread), needs allow_mass_deletion: an
-# application deletes threads a few at a time between two syncs, while an empty database
-# at the path (a volume not mounted) or an old backup drops most of them at once. The floor
-# keeps a small database's ordinary deletions (2 of 3 threads) from needing the flag.
-MASS_DELETION_SHARE = 0.5
-MASS_DELETION_MIN_THREADS = 10
-
-
-class SourceWentBackwards(MigrationError):
-    """The source lacks rows the export chain says it held, other than by deleting whole
-    threads: it is not the database the chain was taken from (or a backup of it)."""
-
-
-class MassDeletion(MigrationError):
-    """A sync found so many threads deleted that it needs an explicit flag to follow."""
+from checkpoint_assets.engine.sync.change_detection import nothing_changed, read_change
+from checkpoint_assets.engine.sync.refusals import require_not_backwards
 
 
 def generation_path(export_path: str | Path, generation: int) -> Path:
@@ -297,6 +276,9 @@ class SyncResult:
     # damaged or pickled row, or --strict-versions): thread_id, problem, what to do. The
     # chain keeps their earlier state, so every later sync looks at them again.
     refused: list[dict[str, str]] = field(default_factory=list)
+    # Threads whose fingerprint was read: the changed ones (change_detection.read_change),
+    # or every thread when the books did not balance or were not kept.
+    fingerprints_read: int = 0
 
     @property
     def moved(self) -> bool:
@@ -316,8 +298,10 @@ def write_sync(source_path: str | Path, export_path: str | Path, *,
     threads found deleted are every thread or more than the threshold (see
     :func:`require_not_backwards`) and ``allow_mass_deletion`` is not set.
 
-    One snapshot of the source is read: the fingerprints (indexes only), each table's
-    recorded last row, then the rows of the threads whose fingerprint changed. Two syncs
+    One snapshot of the source is read (the live file, for a WAL source an application has
+    open): the tables' books (change_detection: nothing changed is seen without reading
+    the chain's state), or every fingerprint (indexes only) when they do not balance; then
+    the rows of the threads that changed. Two syncs
     of one export (the sensor's and a command's) take turns: each holds an exclusive lock
     on the export file while it reads the chain and writes the next generation.
 
@@ -351,12 +335,20 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
     started = time.perf_counter()
     chain = load_chain(export_path)
     require_same_source(chain.export, source_path)
-    previous = chain.state
     generation = len(chain.generations)
-    source = open_source(source_path)
+    source = open_source(source_path, live=True)
     try:
         with source.snapshot():
-            state = read_source_state(source, chain.selection)
+            if not read_every_thread and chain.selection is None \
+                    and nothing_changed(source, chain.latest.books):
+                return SyncResult(None, generation, [], [], [], 0, False,
+                                  dt.datetime.now(dt.UTC).isoformat(),
+                                  time.perf_counter() - started)
+            previous = chain.state
+            change = None if read_every_thread or chain.selection is not None \
+                else read_change(source, previous)
+            state = change.state if change is not None \
+                else read_source_state(source, chain.selection)
             if chain.selection is not None:
                 # A selected id the chain never held and the source does not hold: a
                 # typo that an export of an earlier version did not refuse.
@@ -367,21 +359,27 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     "(checkpoint-assets show-export); migrate the right selection into a "
                     "new export file (--threads, --export).")
             require_not_backwards(chain, state, source,
-                                  allow_mass_deletion=allow_mass_deletion)
-            suspects = {tid for tid, entry in state.threads.items()
-                        if tid not in previous.threads
-                        or previous.threads[tid][previous.FINGERPRINT]
-                        != entry[state.FINGERPRINT]}
-            for table in ("checkpoints", "writes"):
-                recorded = previous.last_rows.get(table)
-                now = source.last_row(table, recorded[0]) if recorded is not None else None
-                if now is not None and row_sha256(now[1]) != recorded[2]:
-                    read_every_thread = True  # the rowid was used again
-            if read_every_thread or not previous.last_rows:
-                suspects = set(state.threads)
-            for tid, entry in state.threads.items():
-                if tid not in suspects:
-                    entry[state.SHA:] = previous.threads[tid][previous.SHA:]
+                                  allow_mass_deletion=allow_mass_deletion,
+                                  only=None if change is None else change.suspects)
+            if change is not None:
+                suspects = change.suspects
+            else:
+                suspects = {tid for tid, entry in state.threads.items()
+                            if tid not in previous.threads
+                            or previous.threads[tid][previous.FINGERPRINT]
+                            != entry[state.FINGERPRINT]}
+                for table in ("checkpoints", "writes"):
+                    recorded = previous.last_rows.get(table)
+                    now = source.last_row(table, recorded[0]) if recorded is not None \
+                        else None
+                    if now is not None and row_sha256(now[1]) != recorded[2]:
+                        read_every_thread = True  # the rowid was used again
+                if read_every_thread or not previous.last_rows:
+                    suspects = set(state.threads)
+            if change is None:  # (read_change carried them over)
+                for tid, entry in state.threads.items():
+                    if tid not in suspects:
+                        entry[state.SHA:] = previous.threads[tid][previous.SHA:]
             added: list[str] = []
             changed: list[str] = []
             refused: list[dict[str, str]] = []
@@ -397,6 +395,7 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     problem = conversion_problem(rows, cipher, strict_versions)
                     if problem is not None:
                         refused.append({"thread_id": tid, **problem})
+                        state.tables = None  # its new rows are not in this state's books
                         # As if unseen: the next sync finds it changed and reads it again.
                         if old is not None:
                             state.threads[tid] = list(old)
@@ -407,9 +406,11 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
                     yield rows
 
             deleted = sorted(previous.threads.keys() - state.threads.keys())
+            fingerprints_read = len(suspects) if change is not None else len(state.threads)
             if not suspects and not deleted:  # nothing to write, not even a file to drop
                 return SyncResult(None, generation, [], [], [], 0, read_every_thread,
-                                  state.snapshot_at, time.perf_counter() - started)
+                                  state.snapshot_at, time.perf_counter() - started,
+                                  fingerprints_read=fingerprints_read)
             path = generation_path(export_path, generation)
             write_generation(
                 source, path, changed_threads(), state, generation=generation,
@@ -425,7 +426,7 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
         path.unlink()
     return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
                       read_every_thread, state.snapshot_at, time.perf_counter() - started,
-                      refused)
+                      refused, fingerprints_read)
 
 
 def conversion_problem(thread: ThreadRows, cipher: Cipher | None,
@@ -440,86 +441,6 @@ def conversion_problem(thread: ThreadRows, cipher: Cipher | None,
     except MigrationError as exc:
         return {"problem": exc.problem, "what_to_do": exc.hint}
     return None
-
-
-def is_mass_deletion(known: int, deleted: int) -> bool:
-    """Whether losing ``deleted`` of ``known`` threads in one sync needs the explicit flag:
-    every thread, or more than MASS_DELETION_SHARE of them and at least
-    MASS_DELETION_MIN_THREADS."""
-    if deleted == 0:
-        return False
-    return deleted == known or (deleted > known * MASS_DELETION_SHARE
-                                and deleted >= MASS_DELETION_MIN_THREADS)
-
-
-def require_not_backwards(chain: ExportChain, state: SourceState, source: SourceDatabase, *,
-                          allow_mass_deletion: bool = False) -> None:
-    """Refuse to follow a source that lost what the chain says it held.
-
-    ``state`` is the source now (read_source_state, inside the sync's snapshot). A thread
-    of the chain's state that is still in the source with fewer checkpoints or writes
-    is a SourceWentBackwards: SqliteSaver deletes only whole threads (``delete_thread``;
-    langgraph-checkpoint-sqlite 3.x has no call that removes rows inside a thread), so
-    this is another database at the path or a backup restored over it. Threads gone
-    whole are deletions, unless they are every thread or more than the threshold
-    (:func:`is_mass_deletion`) without ``allow_mass_deletion``: a MassDeletion. Both name
-    what identifies the file now and then (source_state.source_identity).
-    """
-    previous = chain.state
-    shrunk = []
-    for tid in sorted(previous.threads.keys() & state.threads.keys()):
-        before, now = previous.threads[tid], state.threads[tid]
-        if now[0] < before[0] or now[3] < before[3]:
-            shrunk.append(f"{tid!r}: {before[0]} checkpoints and {before[3]} writes in "
-                          f"generation {chain.latest.generation}, {now[0]} and {now[3]} now")
-    deleted = len(previous.threads.keys() - state.threads.keys())
-    source_path = source.path
-    if shrunk:
-        raise SourceWentBackwards(
-            f"Source {source_path} went backwards: {len(shrunk)} thread(s) have fewer rows "
-            f"than the export chain says the source held, and SqliteSaver never removes "
-            f"rows inside a thread: {'; '.join(shrunk[:10])}"
-            f"{' ...' if len(shrunk) > 10 else ''}. This is not the database you exported "
-            f"(or it was restored from a backup).{_identity_note(chain, source)} Nothing was "
-            "written or applied.",
-            "Point --source at the database the application writes now. If this file "
-            "really is the application's database from now on (a restore you mean to "
-            "keep), export it again (checkpoint-assets migrate --export NEW_FILE) into a "
-            "target that does not hold the newer rows, instead of syncing.")
-    if is_mass_deletion(len(previous.threads), deleted) and not allow_mass_deletion:
-        raise MassDeletion(
-            f"Source {source_path} lacks {deleted} of the {len(previous.threads)} thread(s) "
-            f"the export chain says it held (generation {chain.latest.generation}); a sync "
-            f"follows more than {MASS_DELETION_SHARE:.0%} of the threads (at least "
-            f"{MASS_DELETION_MIN_THREADS}), or every thread, deleted at once only when told "
-            f"to. This may not be the database you exported (an application started "
-            f"without its volume, a backup restored over it).{_identity_note(chain, source)}"
-            " Nothing was written or applied.",
-            "Check that --source is the application's database. If the threads really "
-            "were deleted, run the sync again with --allow-mass-deletion (and "
-            "--propagate-deletes to delete them from the target too).")
-
-
-def _identity_note(chain: ExportChain, source: SourceDatabase) -> str:
-    """What changed in the file's identity since the chain's newest generation read it
-    (empty when the generation recorded none: written before issue 21)."""
-    recorded = (chain.latest.header.get("source") or {}).get("identity")
-    if not recorded:
-        return ""
-    now = source_identity(source)
-    notes = []
-    if (recorded.get("device"), recorded.get("inode")) != (now["device"], now["inode"]):
-        notes.append(f"the file is another file than generation {chain.latest.generation} "
-                     f"read (device/inode {now['device']}/{now['inode']}, then "
-                     f"{recorded.get('device')}/{recorded.get('inode')})")
-    else:
-        notes.append("the file is the same file (device and inode) as generation "
-                     f"{chain.latest.generation} read: it was written over in place")
-    for table, first in (recorded.get("first_rows") or {}).items():
-        if first is not None and now["first_rows"].get(table) != first:
-            notes.append(f"the first {table} row it held (rowid {first[0]}, thread "
-                         f"{first[1]!r}) is not the first row now")
-    return " Identity: " + "; ".join(notes) + "."
 
 
 def as_chain(expected: ExportManifest | ExportChain) -> ExportChain:

@@ -134,7 +134,7 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     the threads deleted in the source.
     ``read_every_thread``: digest every thread of the source instead of trusting the
     fingerprints (see export_chain). ``allow_mass_deletion``: follow a source that lost
-    every thread or more than the threshold (export_chain.is_mass_deletion). A changed
+    every thread or more than the threshold (refusals.is_mass_deletion). A changed
     thread that cannot be converted is left out and listed in ``found.refused``
     (``strict_versions``: also one whose content differs at one channel version); the
     others move.
@@ -147,7 +147,7 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
     created again under the same name, or this is another target), every batch the
     chain holds is loaded again (``reloaded``).
 
-    Raises SourceWentBackwards or MassDeletion (export_chain) before anything is written
+    Raises SourceWentBackwards or MassDeletion (engine/sync/refusals.py) before anything is written
     or applied; ConflictError (nothing of that batch written) when the target holds rows
     of a changed thread that this tool did not load; MigrationError for bad input.
     """
