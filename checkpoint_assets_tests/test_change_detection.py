@@ -22,8 +22,14 @@ import pytest
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.load.pipeline import import_export
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.operations.live import written_since
 from checkpoint_assets.engine.sync.export_chain import SyncResult, load_chain, write_sync
 from checkpoint_assets.engine.sync.refusals import SourceWentBackwards
+from checkpoint_assets.engine.sync.sync_target import sync_target
+from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
+from checkpoint_assets.engine.verify.migration import verify_migration
 from checkpoint_assets_tests.corpus_graphs import QUOTED_THREAD_ID, open_sqlite_saver
 from checkpoint_assets_tests.test_sync import (
     delete,
@@ -180,3 +186,36 @@ def test_a_wal_source_is_synced_in_place_without_room_for_a_copy(
         saver.delete_thread("late-basic")
     with pytest.raises(MigrationError, match="Cannot copy the source"):
         write_sync(source, export)
+
+
+def test_the_cutovers_second_verification_digests_only_what_was_written_since_the_first(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """As the cutover does: a certified verification of every thread while the application
+    still writes (a thread it wrote after the catch-up sync is found different), then the
+    final sync, then the second verification digesting only the threads that the first
+    found different or the syncs since moved: it passes, says how many it digested, and
+    reads the live file (no room for a copy here either)."""
+    export, target = tmp_path / "app.export", Target(target_dsn)
+    import_export(write_export(source, export, batch_size=20), target)
+    with application_running(source):
+        run(source, new_threads)
+        sync_target(source, export, target)  # the catch-up sync
+        run(source, resume_and_new_turn)  # written after it: different at the first pass
+        before = load_chain(export)
+        first = verify_migration(before.export, target, source_path=source,
+                                 readback_threads=None, workers=1, chain=before,
+                                 certify=True)
+        assert first.drift["changed"] == ["rich-approve", "rich-basic"]
+        run(source, fork)  # written during the first pass
+        sync_target(source, export, target)  # the final sync
+        now = load_chain(export)
+        written = written_since(before, now, first)
+        assert written == {"rich-approve", "rich-basic", "rich-branches"}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
+            second = verify_migration(now.export, target, source_path=source,
+                                      readback_threads=None, workers=1, chain=now,
+                                      certify=True, earlier=first, source_drift_in=written)
+    assert second.passed, {n: c.mismatches for n, c in second.checks.items() if not c.passed}
+    notes = second.checks[SOURCE_MATCHES_EXPORT].notes
+    assert any("Digested again: the 3 thread(s)" in note for note in notes), notes

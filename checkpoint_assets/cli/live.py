@@ -57,7 +57,8 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     before the source was quiet (the algorithm: live.cutover)."""
     request = live.CutoverRequest(
         sync=sync_request(args, settings), quiet_seconds=args.quiet_seconds,
-        timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence)
+        timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence,
+        digest_every_thread=args.digest_every_thread)
     # With --json, stdout holds the JSON alone: what the cutover says goes to stderr.
     from checkpoint_assets.live_runs import cutover_in_process
 

@@ -65,6 +65,7 @@ def sync_json(report: SyncReport) -> dict[str, Any]:
             "generation_file": str(found.manifest.path) if found.manifest else None,
             "added": found.added, "changed": found.changed, "deleted": found.deleted,
             "threads_read": found.threads_read, "read_every_thread": found.read_every_thread,
+            "fingerprints_read": found.fingerprints_read,
             "snapshot_at": found.snapshot_at,
             "rows": {what: report.total(what)
                      for what in ("inserted", "updated", "deleted", "already_present")},

@@ -189,6 +189,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "writers write)")
     p.add_argument("--propagate-deletes", action="store_true",
                    help="as for sync: delete threads deleted in the source from the target")
+    p.add_argument("--digest-every-thread", action="store_true",
+                   help="in the window, digest every thread of the source again (default: "
+                        "those written since the first verification, which digested all; "
+                        "costs a full read of the source in the window)")
     add_mass_deletion(p)
     add_strict_versions(p)
     add_threads(p, "cut over")

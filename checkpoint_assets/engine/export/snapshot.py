@@ -113,6 +113,12 @@ def reads_live(path: str | Path) -> bool:
     return _journal_mode(files.database) == WAL_FORMAT and files.wal.exists()
 
 
+def live_uri(path: str | Path) -> str:
+    """The read-only SQLite URI of the real file behind ``path`` (for a live read, see
+    :func:`reads_live`)."""
+    return f"file:{quote(str(source_files(path).database))}?mode=ro"
+
+
 def _journal_mode(path: Path) -> int:
     with path.open("rb") as handle:
         header = handle.read(20)

@@ -16,11 +16,11 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
 from checkpoint_assets.engine.export.snapshot import (
+    live_uri,
     private_snapshot,
     reads_live,
     require_one_name,
@@ -285,9 +285,8 @@ def open_source(path: str | Path, snapshot: Path | None = None, *,
     resources = ExitStack()
     try:
         if live and snapshot is None and reads_live(path):
-            files = source_files(path)
-            require_one_name(files)
-            target = f"file:{quote(str(files.database))}?mode=ro"
+            require_one_name(source_files(path))
+            target = live_uri(path)
         else:
             target = str(snapshot or resources.enter_context(private_snapshot(path)))
         conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,

@@ -111,13 +111,15 @@ class CutoverRequest:
     """The cutover of ``sync`` (what each of its syncs does): wait until the source has not
     changed for ``quiet_seconds`` (at most ``timeout_seconds``), sync a last time, prove
     the target equal; the evidence report goes to ``evidence`` (default beside the
-    export)."""
+    export). ``digest_every_thread``: the second verification digests every thread of
+    the source, not only those written since the first (see :func:`written_since`)."""
 
     sync: SyncRequest
     quiet_seconds: float
     timeout_seconds: float | None = None
     workers: int | None = None
     evidence: Path | None = None
+    digest_every_thread: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ def cutover(request: CutoverRequest, *, say: Say = print,
             progress: Progress | None = None) -> CutoverReport:
     """Catch-up sync and a certified first verification of every thread (writers may still
     write); then wait for quiet, the final sync, and a second verification that compares
-    again only what changed since the first (so the window follows the last changes, not
-    the database's size). When the source differs from the synced state while no writer
+    again only what changed since the first, on both sides: the target's batches whose
+    rows changed, the source's threads written since (so the window follows the last
+    changes, not the database's size). When the source differs from the synced state while no writer
     touched it (rowids used again), it syncs once more with every thread digested.
     ``say`` gets each progress line. Raises TimedOut when the source was not quiet within
     ``timeout_seconds``."""
@@ -158,19 +161,21 @@ def cutover(request: CutoverRequest, *, say: Say = print,
             return sync(sync_request)
         return sync(replace(sync_request, read_every_thread=True))
 
-    def verify_chain(chain: ExportChain,
-                     earlier: VerificationReport | None = None) -> VerificationReport:
+    def verify_chain(chain: ExportChain, earlier: VerificationReport | None = None,
+                     drift_in: set[str] | None = None) -> VerificationReport:
         with progress_for(progress, "verify", chain.checkpoints) as advance:
             return verify_migration(chain.export, target, source_path=source,
                                     cipher=cipher_for(sync_request.aes_key),
                                     readback_threads=None, progress=advance,
                                     workers=workers_for(chain.export, request.workers),
-                                    chain=chain, certify=True, earlier=earlier)
+                                    chain=chain, certify=True, earlier=earlier,
+                                    source_drift_in=drift_in)
 
     say("Catch-up sync (writers may still write)...")
     say(sync_again().render())
     say(FIRST_VERIFICATION_MESSAGE)
-    first = verify_chain(load_chain(sync_request.export))
+    first_chain = load_chain(sync_request.export)
+    first = verify_chain(first_chain)
     wait_started = time.time()
     last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
                                                timeout_seconds=request.timeout_seconds)
@@ -179,7 +184,8 @@ def cutover(request: CutoverRequest, *, say: Say = print,
     synced = sync_again()
     say(synced.render())
     chain = load_chain(sync_request.export)
-    report = verify_chain(chain, earlier=first)
+    report = verify_chain(chain, earlier=first, drift_in=None if request.digest_every_thread
+                          else written_since(first_chain, chain, first))
     if not report.checks[SOURCE_MATCHES_EXPORT].passed \
             and source_files_state(source) == quiet_files:
         # The fingerprints missed a change (rowids used again): digest every thread.
@@ -220,6 +226,20 @@ def cutover(request: CutoverRequest, *, say: Say = print,
                          untouched, passed, proven_at - last_write)
 
 
+def written_since(before: ExportChain, now: ExportChain,
+                  verified: VerificationReport) -> set[str]:
+    """The threads in which the source can differ from ``now``'s state, given that
+    ``verified`` digested every thread of the source against ``before`` (the chain then):
+    those it found different, and those the syncs since moved or found deleted (the syncs'
+    books name every thread written, see change_detection). Every other thread was equal
+    then and nothing wrote to it since."""
+    threads = {tid for found in verified.drift.values() for tid in found}
+    for manifest in now.generations[len(before.generations):]:
+        threads.update(tid for tid, _, _, _ in export_thread_digests(manifest))
+        threads.update(manifest.header.get("deleted_threads") or ())
+    return threads
+
+
 # --- the Dagster layer's steps: one generation, one batch ------------------------------
 
 
@@ -246,7 +266,7 @@ class SyncGenerationReport:
 def write_sync_generation(request: SyncGenerationRequest) -> SyncGenerationReport:
     """The next sync generation of the export, written whole or not at all."""
     found = write_sync(request.source, request.export, cipher=cipher_for(request.aes_key))
-    chain = load_chain(request.export)
+    chain = found.chain or load_chain(request.export)
     moved = {} if found.manifest is None else {
         tid: (checkpoints, writes)
         for tid, _, checkpoints, writes in export_thread_digests(found.manifest)}

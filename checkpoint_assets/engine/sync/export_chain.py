@@ -279,6 +279,8 @@ class SyncResult:
     # Threads whose fingerprint was read: the changed ones (change_detection.read_change),
     # or every thread when the books did not balance or were not kept.
     fingerprints_read: int = 0
+    # The chain with the new generation, its states already read (None: nothing written).
+    chain: ExportChain | None = field(default=None, repr=False, compare=False)
 
     @property
     def moved(self) -> bool:
@@ -420,13 +422,16 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
     finally:
         source.close()
     manifest: ExportManifest | None = None
+    grown: ExportChain | None = None
     if added or changed or deleted:
         manifest = read_manifest(path)
+        grown = ExportChain([*chain.generations, manifest],
+                            {**chain._states, generation: state})
     else:  # fingerprints moved, contents did not (e.g. VACUUM renumbered rowids)
         path.unlink()
     return SyncResult(manifest, generation, added, changed, deleted, len(suspects),
                       read_every_thread, state.snapshot_at, time.perf_counter() - started,
-                      refused, fingerprints_read)
+                      refused, fingerprints_read, grown)
 
 
 def conversion_problem(thread: ThreadRows, cipher: Cipher | None,

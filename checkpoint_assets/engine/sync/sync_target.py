@@ -169,7 +169,7 @@ def sync_target(source_path: str | Path, export_path: str | Path, target: Target
             report.reapplied = apply_generation(target, chain, chain.latest, cipher)
         _mark_applied(chain.latest, identity)
     if found.manifest is not None:
-        chain = load_chain(export_path)
+        chain = found.chain or load_chain(export_path)
         report.applied = apply_generation(target, chain, found.manifest, cipher, on_batch)
         _mark_applied(found.manifest, identity)
     still_there = _threads_in_target(target, chain.deleted)

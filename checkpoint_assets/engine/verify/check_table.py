@@ -91,10 +91,14 @@ class Findings:
     workers: int = 1  # processes the read-back may use
     # Threads an earlier certified run read back equal, their rows unchanged since.
     read_back_before: frozenset[str] = frozenset()
-    source_copy: Path | None = None  # the verification's private snapshot of the source
+    # The verification's private snapshot of the source (or the live file's URI).
+    source_copy: Path | str | None = None
     # What the certificates' record is and how the caller compares every batch instead.
     certificates_hint: str = ""
     read_back_equal: set[str] = field(default_factory=set)  # filled by the read-back check
+    # How many threads the source-drift check digested when not every one (see
+    # verify_migration's source_drift_in); None: every thread.
+    source_digested: int | None = None
 
 
 def check_count_match(f: Findings) -> CheckOutcome:
@@ -172,7 +176,11 @@ def check_source_matches_export(f: Findings) -> CheckOutcome:
         mismatches=[{"thread_id": t, "problem": kind} for kind, ts in drift.items()
                     for t in ts][:MAX_LISTED],
         mismatch_count=len(drifted),
-        notes=["Export again and import to bring these threads over."] if drifted else [])
+        notes=(["Export again and import to bring these threads over."] if drifted else [])
+        + ([f"Digested again: the {f.source_digested} thread(s) written since the first "
+            "verification or differing then; it digested every other thread equal, and "
+            "the syncs since show no write to any of them."]
+           if f.source_digested is not None else []))
 
 
 def check_official_readback(f: Findings) -> CheckOutcome:

@@ -8,7 +8,7 @@ The per-batch comparisons, counts and the source's drift since the export become
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,7 +21,7 @@ from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError, MissingTablesError
 from checkpoint_assets.engine.core.workers import workers_for
 from checkpoint_assets.engine.export.file_format import ExportManifest
-from checkpoint_assets.engine.export.snapshot import private_snapshot
+from checkpoint_assets.engine.export.snapshot import live_uri, private_snapshot, reads_live
 from checkpoint_assets.engine.export.sqlite_source import (
     SourceDatabase,
     open_source,
@@ -65,12 +65,20 @@ def source_drift(source_path: str | Path, manifest: ExportManifest | ExportChain
         source.close()
 
 
-def _drift(source: SourceDatabase, chain: ExportChain) -> dict[str, list[str]]:
-    """:func:`source_drift` of an open source."""
-    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()}
+def _drift(source: SourceDatabase, chain: ExportChain,
+           only: Collection[str] | None = None) -> dict[str, list[str]]:
+    """:func:`source_drift` of an open source (``only``: of these threads alone, each read
+    through the primary-key indexes)."""
+    exported = {tid: sha for tid, sha, _, _ in chain.thread_digests()
+                if only is None or tid in only}
     selection = set(chain.selection) if chain.selection is not None else None
-    current = {tid: sha for tid, sha in thread_digests(source.checkpoints(), source.writes())
-               if selection is None or tid in selection}
+    if only is None:
+        digests = thread_digests(source.checkpoints(), source.writes())
+    else:
+        digests = (next(thread_digests(iter(rows.checkpoints), iter(rows.writes)))
+                   for rows in map(source.thread_rows, sorted(only))
+                   if rows.checkpoints or rows.writes)
+    current = {tid: sha for tid, sha in digests if selection is None or tid in selection}
     return {
         "changed": sorted(t for t in exported if t in current and current[t] != exported[t]),
         "added": sorted(t for t in current if t not in exported),
@@ -101,6 +109,7 @@ def verify_migration(
     earlier: VerificationReport | None = None,
     certificates: Mapping[str, BatchCertificate] | None = None,
     certificates_hint: str = "",
+    source_drift_in: Collection[str] | None = None,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
@@ -121,6 +130,12 @@ def verify_migration(
     with the state they reached (each live thread with the generation holding it), and
     the source with that state. Without it, the export ``manifest`` alone is the state.
 
+    ``source_drift_in``: the only threads in which the source can differ from the chain,
+    known to the caller (the cutover: an earlier verification digested every thread, and
+    since then the syncs' books name every thread written); only those are digested, from
+    the live file when nobody writes to it (snapshot.reads_live), and the read-back reads
+    the same file. None: every thread, from a private snapshot.
+
     ``readback_threads`` None reads back every thread through the official savers;
     ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
     ``workers`` processes compare batches at once (None: as many as an import of this
@@ -133,7 +148,7 @@ def verify_migration(
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
                                  readback_all_hint, certify, earlier, certificates,
-                                 certificates_hint)
+                                 certificates_hint, source_drift_in)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -163,14 +178,15 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
                       workers: int | None, readback_all_hint: str, certify: bool,
                       earlier: VerificationReport | None,
                       certificates: Mapping[str, BatchCertificate] | None,
-                      certificates_hint: str = "") -> VerificationReport:
+                      certificates_hint: str = "",
+                      source_drift_in: Collection[str] | None = None) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     # One private snapshot of the source for its counts, its digests and the read-back.
     with ExitStack() as held, ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
-        source_state = beside.submit(_source_state, source_path, chain, held) \
-            if source_path is not None else None
+        source_state = beside.submit(_source_state, source_path, chain, held,
+                                     source_drift_in) if source_path is not None else None
         workers = workers_for(manifest) if workers is None else workers
         comparisons = compare_batches(manifest, target, cipher, workers=workers,
                                       progress=progress, chain=chain, certify=certify,
@@ -180,16 +196,19 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
             else (None, None, {"changed": [], "added": [], "removed": []})
         return _report(started, manifest, chain, target, cipher, source_path, source_copy,
                        readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
-                       workers, earlier, certificates_hint)
+                       workers, earlier, certificates_hint,
+                       None if source_drift_in is None else len(source_drift_in))
 
 
 def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
-            cipher: Cipher | None, source_path: str | Path | None, source_copy: Path | None,
+            cipher: Cipher | None, source_path: str | Path | None,
+            source_copy: Path | str | None,
             readback_threads: int | None, readback_all_hint: str,
             comparisons: list[BatchComparison], sqlite_counts: dict[str, int] | None,
             drift: dict[str, list[str]], workers: int,
             earlier: VerificationReport | None,
-            certificates_hint: str = "") -> VerificationReport:
+            certificates_hint: str = "",
+            source_digested: int | None = None) -> VerificationReport:
     """Run every check on what was compared and read."""
     counts = {"export": {"checkpoints": chain.checkpoints,
                          "checkpoint_writes": chain.writes},
@@ -205,27 +224,36 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
         for tid in c.thread_ids if earlier is not None and tid in earlier.read_back_equal)
     findings = Findings(manifest, target, cipher, source_path, readback_threads,
                         readback_all_hint, comparisons, counts, drift, chain, workers,
-                        read_back_before, source_copy, certificates_hint=certificates_hint)
+                        read_back_before, source_copy, certificates_hint=certificates_hint,
+                        source_digested=source_digested)
     checks = {spec.name: spec.run(findings) for spec in CHECKS
               if source_path is not None or not spec.needs_source}
     return VerificationReport(
         checks=checks, counts=counts,
         metadata_changes=[m for c in comparisons for m in c.metadata_changes],
         seconds=time.perf_counter() - started, batches=comparisons,
-        read_back_equal=frozenset(findings.read_back_equal))
+        read_back_equal=frozenset(findings.read_back_equal), drift=drift)
 
 
 def _source_state(source_path: str | Path, chain: ExportChain, held: ExitStack,
-                  ) -> tuple[Path, dict[str, int], dict[str, list[str]]]:
+                  only: Collection[str] | None = None,
+                  ) -> tuple[Path | str, dict[str, int], dict[str, list[str]]]:
     """A private snapshot of the SQLite source (kept open in ``held``, for the read-back
     to read the same state), its counts (of the chain's selection, if it has one), and its
-    threads that differ from the expected state."""
-    copy = held.enter_context(private_snapshot(require_sqlite_file(source_path)))
-    source = open_source(source_path, snapshot=copy)
+    threads that differ from the expected state (``only``: of those threads, read from
+    the live file when that is consistent; see verify_migration)."""
+    require_sqlite_file(source_path)
+    copy: Path | str
+    if only is not None and reads_live(source_path):
+        copy = live_uri(source_path)
+        source = open_source(source_path, live=True)
+    else:
+        copy = held.enter_context(private_snapshot(Path(source_path)))
+        source = open_source(source_path, snapshot=copy)
     try:
         with source.snapshot():
             found = source.counts(chain.selection)
-            drift = _drift(source, chain)
+            drift = _drift(source, chain, only)
     finally:
         source.close()
     return copy, {"checkpoints": found.checkpoints, "checkpoint_writes": found.writes}, drift

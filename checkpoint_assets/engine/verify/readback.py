@@ -55,12 +55,13 @@ PARALLEL_MIN_THREADS = 200
 
 def compare_thread_readback(
     source_path: str | Path, target: Target, threads: Sequence[str],
-    cipher: Cipher | None = None, workers: int = 1, snapshot: Path | None = None,
+    cipher: Cipher | None = None, workers: int = 1, snapshot: Path | str | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Compare the given threads through both savers; return (mismatches, notes).
 
     The source is read from a private snapshot: a new one, or ``snapshot``, one the caller
-    took of ``source_path``. With ``workers`` > 1 (and enough threads) the threads are read
+    took of ``source_path`` (or the live file's read-only URI, snapshot.live_uri, when the
+    caller knows nobody writes to it). With ``workers`` > 1 (and enough threads) the threads are read
     back in that many processes at once, each from the same snapshot.
     """
     with nullcontext(snapshot) if snapshot else private_snapshot(Path(source_path)) as copy:
@@ -80,10 +81,11 @@ def compare_thread_readback(
     return mismatches, notes
 
 
-def _compare_threads(copy: Path, target: Target, threads: Sequence[str],
+def _compare_threads(copy: Path | str, target: Target, threads: Sequence[str],
                      cipher: Cipher | None) -> tuple[list[dict], Counter]:
     serde = cipher.serializer if cipher is not None else JsonPlusSerializer()
-    sqlite_conn = sqlite3.connect(copy, check_same_thread=False)
+    sqlite_conn = sqlite3.connect(copy, check_same_thread=False,
+                                  uri=str(copy).startswith("file:"))
     mismatches: list[dict] = []
     normalised = Counter({"v<4 pending_sends": 0, "DeltaChannel snapshot on a sibling": 0,
                           FIRST_VALUE: 0,

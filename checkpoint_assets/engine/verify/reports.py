@@ -80,6 +80,8 @@ class VerificationReport:
     # Threads read back equal through both savers (in this run, or in the earlier one a
     # certified run took them over from).
     read_back_equal: frozenset[str] = frozenset()
+    # The source's threads that differ from the expected state: changed, added, removed.
+    drift: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
