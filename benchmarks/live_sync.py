@@ -5,6 +5,7 @@ server)::
 
     .venv/bin/python -m benchmarks.live_sync [--sizes 100000,1000000] [--changed 50]
                                              [--repeat 3] [--latency-seconds 45]
+                                             [--cutover-quiet-seconds 2]
                                              [--out benchmarks/results/live_sync.json]
 
 For each size, on a private copy of the cached benchmark corpus (benchmarks/run.py's, made
@@ -22,10 +23,16 @@ once) in WAL mode:
 - ``latency``: a second process runs the chat graph through SqliteSaver at a steady rate
   (a request every 0.2 s, each a new turn of one of its own 20 threads) and times every
   request; first ``--latency-seconds`` idle, then as long again with a sync every second.
-  p50/p95/p99/max of the requests by phase.
+  p50/p95/p99/max of the requests by phase;
+- ``cutover`` (in this process, ``--cutover-quiet-seconds``, default 2): the application
+  writes steadily through the catch-up sync and the first verification and stops 3 s
+  after the cutover starts waiting for quiet; the window is the cutover's own figure (the
+  last write it saw -> proven equal), with the final sync's and the second verification's
+  share.
 
 The goals (issue 23): nothing changed at 1M <= 0.5 s; the same change at 100K and 1M
-within 1.3x; the application's p99 while syncing <= 1.5x its idle p99.
+within 1.3x; the application's p99 while syncing <= 1.5x its idle p99; the cutover window
+<= 5 s at 1M and within 1.5x from 100K to 1M.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ from benchmarks.run import CACHE, DEFAULT_ADMIN_DSN, ensure_corpus, fresh_databa
 NOTHING_MAX_SECONDS = 0.5
 CHANGE_MAX_SPREAD = 1.3
 LATENCY_MAX_X_IDLE = 1.5
+CUTOVER_MAX_SECONDS = 5.0
+CUTOVER_MAX_SPREAD = 1.5
+STOP_AFTER_WAIT_SECONDS = 3.0
 REQUEST_EVERY_SECONDS = 0.2
 APP_THREADS = 20
 WARM_UP_SECONDS = 5.0
@@ -88,9 +98,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "runs": runs}
 
 
-def application(source: str, seconds: float, out: str) -> None:
-    """The application: a request every REQUEST_EVERY_SECONDS for ``seconds``, each a new
-    turn of one of its APP_THREADS threads; writes [(start, latency)] to ``out``."""
+def application(source: str, seconds: float, out: str, stop_file: str | None = None) -> None:
+    """The application: a request every REQUEST_EVERY_SECONDS for ``seconds`` (or until
+    ``stop_file`` exists), each a new turn of one of its APP_THREADS threads; writes
+    [(start, latency)] to ``out``."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from checkpoint_assets_tests.corpus_graphs import build_chat_graph, chat_input, thread_config
@@ -102,7 +113,7 @@ def application(source: str, seconds: float, out: str) -> None:
         graph = build_chat_graph(SqliteSaver(conn))
         end = time.time() + seconds
         turn = 0
-        while time.time() < end:
+        while time.time() < end and not (stop_file and os.path.exists(stop_file)):
             turn += 1
             started = time.time()
             graph.invoke(chat_input(rng, turn, with_refund=False),
@@ -156,8 +167,46 @@ def latency_by_phase(source: Path, export: Path, dsn: str, seconds: float) -> di
             "p99_x_idle": None if ratio is None else round(ratio, 2)}
 
 
+def cutover_under_a_steady_writer(source: Path, export: Path, dsn: str,
+                                  quiet_seconds: float) -> dict[str, Any]:
+    """``cutover`` (in this process) while the application writes steadily: it keeps
+    writing through the catch-up sync and the first verification, and stops
+    STOP_AFTER_WAIT_SECONDS after the cutover starts waiting for quiet. The window is the
+    cutover's own figure: its last write seen -> proven equal."""
+    import threading
+
+    from checkpoint_assets.engine.operations.live import CutoverRequest, SyncRequest, cutover
+
+    stop_file, out = WORK / "stop-writing", WORK / "cutover-writes.json"
+    stop_file.unlink(missing_ok=True)
+    context = multiprocessing.get_context("spawn")
+    app = context.Process(target=application,
+                          args=(str(source), 3600.0, str(out), str(stop_file)))
+    app.start()
+    time.sleep(WARM_UP_SECONDS)
+
+    def say(line: str) -> None:
+        if line.startswith("Waiting until"):
+            threading.Timer(STOP_AFTER_WAIT_SECONDS, stop_file.touch).start()
+
+    started = time.perf_counter()
+    try:
+        done = cutover(CutoverRequest(sync=SyncRequest(source, export, dsn),
+                                      quiet_seconds=quiet_seconds, workers=2), say=say)
+    finally:
+        stop_file.touch()
+        app.join()
+    timings = done.timings
+    return {"passed": done.passed, "window_seconds": round(done.window_seconds, 3),
+            "quiet_seconds": quiet_seconds,
+            "final_sync_seconds": timings["final_sync_seconds"],
+            "second_verification_seconds": timings["verification_seconds"],
+            "whole_command_seconds": round(time.perf_counter() - started, 1),
+            "application_requests": len(json.loads(out.read_text()))}
+
+
 def measure(size: int, admin_dsn: str, changed: int, repeat: int,
-            latency_seconds: float) -> dict[str, Any]:
+            latency_seconds: float, cutover_quiet: float | None = 2.0) -> dict[str, Any]:
     """Every live figure for one corpus size."""
     from benchmarks.live_changes import apply_live_changes
     from checkpoint_assets.engine.export.writer import write_export
@@ -197,6 +246,10 @@ def measure(size: int, admin_dsn: str, changed: int, repeat: int,
             if latency_seconds > 0:
                 result["latency"] = latency_by_phase(source, export, dsn, latency_seconds)
                 print(f"{size}: latency {result['latency']}", flush=True)
+        if cutover_quiet is not None:
+            result["cutover"] = cutover_under_a_steady_writer(source, export, dsn,
+                                                              cutover_quiet)
+            print(f"{size}: cutover {result['cutover']}", flush=True)
     for leftover in WORK.glob(f"app-{size}.*"):
         leftover.unlink()
     return result
@@ -217,6 +270,18 @@ def verdicts(results: list[dict[str, Any]]) -> dict[str, Any]:
             "sizes": [smallest["size"], largest["size"]], "x": round(spread, 2),
             "target": CHANGE_MAX_SPREAD,
             "result": "PASS" if spread <= CHANGE_MAX_SPREAD else "MISS"}
+    windows = {r["size"]: r["cutover"]["window_seconds"] for r in results if r.get("cutover")}
+    if windows:
+        largest_window = windows[max(windows)]
+        out["cutover_window_at_largest"] = {
+            "size": max(windows), "seconds": largest_window, "target": CUTOVER_MAX_SECONDS,
+            "result": "PASS" if largest_window <= CUTOVER_MAX_SECONDS else "MISS"}
+    if len(windows) > 1:
+        spread = windows[max(windows)] / windows[min(windows)]
+        out["cutover_window_spread"] = {
+            "sizes": [min(windows), max(windows)], "x": round(spread, 2),
+            "target": CUTOVER_MAX_SPREAD,
+            "result": "PASS" if spread <= CUTOVER_MAX_SPREAD else "MISS"}
     for result in results:
         ratio = (result.get("latency") or {}).get("p99_x_idle")
         if ratio is not None:
@@ -233,12 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=45.0)
+    parser.add_argument("--cutover-quiet-seconds", type=float, default=2.0,
+                        help="the cutover's --quiet-seconds (negative: no cutover)")
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/live_sync.json"))
     args = parser.parse_args(argv)
     admin = os.environ.get("BENCH_ADMIN_DSN", DEFAULT_ADMIN_DSN)
-    results = [measure(int(size), admin, args.changed, args.repeat, args.latency_seconds)
-               for size in args.sizes.split(",")]
+    quiet = args.cutover_quiet_seconds if args.cutover_quiet_seconds >= 0 else None
+    results = [measure(int(size), admin, args.changed, args.repeat, args.latency_seconds,
+                       quiet) for size in args.sizes.split(",")]
     report = {"results": results, "goals": verdicts(results)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -191,8 +191,10 @@ def read_state(manifest: ExportManifest) -> SourceState | None:
     if kind != STATE or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
         raise _bad(path, f"its source state does not match its digest ({CHANGED})")
     body = _unpack_map(path, payload, "source state")
-    tables = body.get("tables")
-    return SourceState({row[0]: row[1:] for row in body["threads"]},
+    tables, threads = body.get("tables"), body["threads"]
+    # Since 2026-12-06 a map; before, a list of [thread_id, *entry] in thread_id order.
+    return SourceState(threads if isinstance(threads, dict)
+                       else {row[0]: row[1:] for row in threads},
                        dict(body["last_rows"]), body["snapshot_at"],
                        None if tables is None else dict(tables))
 

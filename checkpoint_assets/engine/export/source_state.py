@@ -47,9 +47,11 @@ class SourceState:
     SHA, GENERATION = 6, 7
 
     def payload(self) -> bytes:
-        """The S frame's payload (threads in thread_id order)."""
-        body = {"threads": [[tid, *self.threads[tid]] for tid in sorted(self.threads)],
-                "last_rows": self.last_rows, "snapshot_at": self.snapshot_at}
+        """The S frame's payload (threads as a map thread_id -> entry)."""
+        # A map packed as it is (no list per thread to build): at a million checkpoints
+        # the state is ~90K entries, and a sync writes and reads it whole.
+        body = {"threads": self.threads, "last_rows": self.last_rows,
+                "snapshot_at": self.snapshot_at}
         if self.tables is not None:
             body["tables"] = self.tables
         return pack(body)

@@ -151,9 +151,9 @@ class ExportChain:
     @property
     def deleted(self) -> list[str]:
         """Threads deleted in the source after they were exported (and not re-created)."""
-        live = self.state.threads
-        return sorted({tid for m in self.generations[1:]
-                       for tid in m.header.get("deleted_threads") or ()} - set(live))
+        named = {tid for m in self.generations[1:] for tid in m.header.get("deleted_threads")
+                 or ()}
+        return sorted(named - self.state.threads.keys()) if named else []
 
     def thread_digests(self) -> Iterator[tuple[str, str, int, int]]:
         """(thread_id, sha256, checkpoints, writes) of every live thread, in order."""
