@@ -44,7 +44,12 @@ For each size, in this one run on this machine:
   time;
 - ``dagster_backfill`` (not with --skip-dagster; only for --dagster-sizes): every batch
   partition as a backfill through ``dagster dev``, next to the same partitions loaded
-  in-process (benchmarks/backfill_paths.py's machinery).
+  in-process (benchmarks/backfill_paths.py's machinery);
+- ``live`` (issue 23; e.g. ``--sizes 100000,1000000 --steps live``): benchmarks/live_sync.py
+  on a private copy of the corpus: a sync with nothing changed, after 50 threads changed,
+  after 45 changed and 5 deleted; the application's request latency idle and while syncs
+  run; the cutover window under a steady writer. Its targets are in the table with the
+  others.
 
 Every step runs in a fresh subprocess, so its peak RSS is its own: the step process's
 high-water mark (VmHWM: interpreter and imports included) or, for steps that start another
@@ -99,13 +104,13 @@ CLONE_BASE_SIZE = 100_000  # larger corpora are this one's threads copied under 
 RESULT_MARK = "BENCH_RESULT "
 
 STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "sync",
-         "rollback", "dagster_ui", "dagster_backfill")
-SMOKE_STEPS = STEPS[:-2]
+         "rollback", "dagster_ui", "dagster_backfill", "live")
+SMOKE_STEPS = tuple(s for s in STEPS if s not in ("dagster_ui", "dagster_backfill", "live"))
 # Results of the sync step besides its own: the cutover window (see step_cutover).
 SYNC_RESULTS = ("sync", "cutover")
 SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS = 0.01, 20
 # Timings of a different kind (not a pass over the corpus): no ratio to the copy ceiling.
-NOT_CORPUS_STEPS = ("profile_import", "dagster_ui")
+NOT_CORPUS_STEPS = ("profile_import", "dagster_ui", "live")
 
 # The issue's targets.
 IMPORT_MAX_X_CEILING = 3.0
@@ -702,12 +707,23 @@ def step_dagster_backfill(admin_dsn: str, source: str, workdir: str,
                     "its daemon, webserver, code server and run workers)."}
 
 
+def step_live(size: int, corpus: str, admin_dsn: str) -> dict[str, Any]:
+    """Live operations at this size (benchmarks/live_sync.py, in this process): syncs by
+    change size, the application's latency by phase, the cutover window under a steady
+    writer. ``seconds``: the 50-thread change's sync (median)."""
+    from benchmarks.live_sync import measure
+
+    result = measure(size, admin_dsn, changed=50, repeat=3, latency_seconds=45.0,
+                     cutover_quiet=2.0, corpus=Path(corpus))
+    return {**result, "seconds": result["changed"]["median_seconds"]}
+
+
 STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "copy_ceiling": step_copy_ceiling, "api_loop": step_api_loop, "export": step_export,
     "import": step_import, "profile_import": step_profile_import, "verify": step_verify,
     "migrate": step_migrate, "rollback": step_rollback, "dagster_ui": step_dagster_ui,
     "dagster_backfill": step_dagster_backfill, "sync_change": step_sync_change,
-    "sync": step_sync, "cutover": step_cutover,
+    "sync": step_sync, "cutover": step_cutover, "live": step_live,
 }
 
 
@@ -930,6 +946,9 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                     for name in SYNC_RESULTS:
                         results[name]["ratio_to_migrate"] = (
                             results[name]["seconds"] / results["migrate"]["seconds"])
+        if "live" in steps:
+            results["live"] = run("live", {"size": size, "corpus": str(corpus),
+                                           "admin_dsn": admin})
         if "dagster_backfill" in steps:
             dagster_dir = Path(tempfile.mkdtemp(prefix="dagster-", dir=work))
             results["dagster_backfill"] = run("dagster_backfill", {
@@ -1102,6 +1121,16 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         add("sync times within 1.5x across sizes (the same change)", "all", ratio,
             f"<= {SYNC_MAX_SPREAD}", ratio <= SYNC_MAX_SPREAD,
             "needs --sync-changed-threads N for the same change at every size")
+    live = [sizes[size]["steps"]["live"] for size in sorted(sizes)
+            if "live" in sizes[size]["steps"]]
+    if live:
+        from benchmarks.live_sync import verdicts
+
+        for name, verdict in verdicts(live).items():
+            value = verdict.get("seconds", verdict.get("x"))
+            add(f"live: {name}", verdict.get("size", "/".join(
+                str(n) for n in verdict.get("sizes", ()))), value,
+                f"<= {verdict['target']}", verdict["result"] == "PASS")
     return targets
 
 

@@ -193,14 +193,17 @@ def test_the_cutovers_second_verification_digests_only_what_was_written_since_th
     """As the cutover does: a certified verification of every thread while the application
     still writes (a thread it wrote after the catch-up sync is found different), then the
     final sync, then the second verification digesting only the threads that the first
-    found different or the syncs since moved: it passes, says how many it digested, and
-    reads the live file (no room for a copy here either)."""
+    found different or the syncs since moved: it passes and says how many it digested.
+    Both verifications read the live file in one read transaction each: there is no room
+    for a copy here (a copy of a large file that a writer keeps checkpointing may never
+    complete)."""
     export, target = tmp_path / "app.export", Target(target_dsn)
     import_export(write_export(source, export, batch_size=20), target)
-    with application_running(source):
+    with application_running(source), pytest.MonkeyPatch.context() as patch:
         run(source, new_threads)
         sync_target(source, export, target)  # the catch-up sync
         run(source, resume_and_new_turn)  # written after it: different at the first pass
+        patch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
         before = load_chain(export)
         first = verify_migration(before.export, target, source_path=source,
                                  readback_threads=None, workers=1, chain=before,
@@ -211,11 +214,9 @@ def test_the_cutovers_second_verification_digests_only_what_was_written_since_th
         now = load_chain(export)
         written = written_since(before, now, first)
         assert written == {"rich-approve", "rich-basic", "rich-branches"}
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
-            second = verify_migration(now.export, target, source_path=source,
-                                      readback_threads=None, workers=1, chain=now,
-                                      certify=True, earlier=first, source_drift_in=written)
+        second = verify_migration(now.export, target, source_path=source,
+                                  readback_threads=None, workers=1, chain=now,
+                                  certify=True, earlier=first, source_drift_in=written)
     assert second.passed, {n: c.mismatches for n, c in second.checks.items() if not c.passed}
     notes = second.checks[SOURCE_MATCHES_EXPORT].notes
     assert any("Digested again: the 3 thread(s)" in note for note in notes), notes

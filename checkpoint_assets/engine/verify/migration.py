@@ -133,8 +133,8 @@ def verify_migration(
     ``source_drift_in``: the only threads in which the source can differ from the chain,
     known to the caller (the cutover: an earlier verification digested every thread, and
     since then the syncs' books name every thread written); only those are digested, from
-    the live file when nobody writes to it (snapshot.reads_live), and the read-back reads
-    the same file. None: every thread, from a private snapshot.
+    the live file (snapshot.reads_live) as every thread is otherwise, and the read-back
+    reads the same file. None: every thread.
 
     ``readback_threads`` None reads back every thread through the official savers;
     ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
@@ -238,13 +238,15 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
 def _source_state(source_path: str | Path, chain: ExportChain, held: ExitStack,
                   only: Collection[str] | None = None,
                   ) -> tuple[Path | str, dict[str, int], dict[str, list[str]]]:
-    """A private snapshot of the SQLite source (kept open in ``held``, for the read-back
-    to read the same state), its counts (of the chain's selection, if it has one), and its
-    threads that differ from the expected state (``only``: of those threads, read from
-    the live file when that is consistent; see verify_migration)."""
+    """One consistent state of the SQLite source: its counts (of the chain's selection, if
+    it has one) and its threads that differ from the expected state (``only``: of those
+    threads alone; see verify_migration), and where the read-back reads it. A WAL file an
+    application has open is read in place in one read transaction (snapshot.reads_live):
+    a copy of a large file that a writer keeps checkpointing may never complete. Other
+    sources: a private snapshot, kept open in ``held`` for the read-back."""
     require_sqlite_file(source_path)
     copy: Path | str
-    if only is not None and reads_live(source_path):
+    if reads_live(source_path):
         copy = live_uri(source_path)
         source = open_source(source_path, live=True)
     else:
