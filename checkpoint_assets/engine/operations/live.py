@@ -51,6 +51,8 @@ if TYPE_CHECKING:  # annotations only: the verification's report type
 
 FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
                               "(writers may still write)...")
+CATCH_UP_AGAIN_MESSAGE = ("Catch-up sync and verification of what changed during the first "
+                          "(writers may still write)...")
 
 
 # --- sync ---------------------------------------------------------------------------
@@ -145,7 +147,9 @@ class CutoverReport:
 def cutover(request: CutoverRequest, *, say: Say = print,
             progress: Progress | None = None) -> CutoverReport:
     """Catch-up sync and a certified first verification of every thread (writers may still
-    write); then wait for quiet, the final sync, and a second verification that compares
+    write), then a second catch-up sync and a verification of what changed during the first
+    (the first grows with the database, and so does what the writers write meanwhile);
+    then wait for quiet, the final sync, and a last verification that compares
     again only what changed since the first, on both sides: the target's batches whose
     rows changed, the source's threads written since (so the window follows the last
     changes, not the database's size). When the source differs from the synced state while no writer
@@ -176,6 +180,15 @@ def cutover(request: CutoverRequest, *, say: Say = print,
     say(FIRST_VERIFICATION_MESSAGE)
     first_chain = load_chain(sync_request.export)
     first = verify_chain(first_chain)
+    # What the writers wrote during that full pass (it grows with the database) is synced
+    # and verified now, while they still write: the window carries only what they write
+    # from here on.
+    say(CATCH_UP_AGAIN_MESSAGE)
+    say(sync_again().render())
+    caught_up = load_chain(sync_request.export)
+    first = verify_chain(caught_up, earlier=first, drift_in=None if request.digest_every_thread
+                         else written_since(first_chain, caught_up, first))
+    first_chain = caught_up
     wait_started = time.time()
     last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
                                                timeout_seconds=request.timeout_seconds)
