@@ -22,8 +22,8 @@ once) in WAL mode:
   fingerprint the sync read;
 - ``latency``: a second process runs the chat graph through SqliteSaver at a steady rate
   (a request every 0.2 s, each a new turn of one of its own 500 threads, as many users
-  would) and times every request; first ``--latency-seconds`` idle, then as long again with a sync every second.
-  p50/p95/p99/max of the requests by phase;
+  would) and times every request; first ``--latency-seconds`` idle, then as long again
+  with a sync every second; p50/p95/p99/max of the requests by phase;
 - ``cutover`` (in this process, ``--cutover-quiet-seconds``, default 2): the application
   writes steadily through the catch-up sync and the first verification and stops 3 s
   after the cutover starts waiting for quiet; the window is the cutover's own figure (the

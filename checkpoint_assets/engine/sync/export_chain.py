@@ -16,15 +16,15 @@ read from the primary-key indexes) are compared with the previous state. The thr
 fingerprint differs are read and digested, and only those whose digest differs are
 written. A WAL-mode source is read in place, in one read transaction (no copy).
 
-Why a fingerprint cannot stay the same when a thread's rows change: SqliteSaver only inserts (a new row raises the
-count), replaces (``INSERT OR REPLACE``: SQLite picks the new row's rowid, the table's
-max + 1, before it deletes the old row, so the thread's max and sum grow, even for the
-table's last row) and deletes whole threads. Only a rowid used again can fool it: after
-the rows with the highest rowids were deleted, a new row may get a rowid a deleted row
-had. Each generation records its tables' last rows; when the row at that rowid now holds
-other content, rowids were reused and every thread is digested that time (read whole).
-``write_sync(..., read_every_thread=True)`` does the same on request (the cutover does
-when its verification finds the source differs from the chain's state).
+Why a fingerprint cannot stay the same when a thread's rows change: SqliteSaver only
+inserts (a new row raises the count), replaces (``INSERT OR REPLACE``: SQLite picks the
+new row's rowid, the table's max + 1, before it deletes the old row, so the thread's max
+and sum grow, even for the table's last row) and deletes whole threads. Only a rowid used
+again can fool it: after the rows with the highest rowids were deleted, a new row may get
+a rowid a deleted row had. Each generation records its tables' last rows; when the row at
+that rowid now holds other content, rowids were reused and every thread is digested that
+time (read whole). ``write_sync(..., read_every_thread=True)`` does the same on request
+(the cutover does when its verification finds the source differs from the chain's state).
 
 A sync refuses a source that went backwards or lost most of its threads at once
 (engine/sync/refusals.py) before anything is written.
@@ -303,9 +303,9 @@ def write_sync(source_path: str | Path, export_path: str | Path, *,
     One snapshot of the source is read (the live file, for a WAL source an application has
     open): the tables' books (change_detection: nothing changed is seen without reading
     the chain's state), or every fingerprint (indexes only) when they do not balance; then
-    the rows of the threads that changed. Two syncs
-    of one export (the sensor's and a command's) take turns: each holds an exclusive lock
-    on the export file while it reads the chain and writes the next generation.
+    the rows of the threads that changed. Two syncs of one export (the sensor's and a
+    command's) take turns: each holds an exclusive lock on the export file while it reads
+    the chain and writes the next generation.
 
     A changed thread that cannot be converted (``cipher``: the key of an encrypted source;
     ``strict_versions``: see convert.convert_thread) is left out and listed in ``refused``:

@@ -60,9 +60,9 @@ def compare_thread_readback(
     """Compare the given threads through both savers; return (mismatches, notes).
 
     The source is read from a private snapshot: a new one, or ``snapshot``, one the caller
-    took of ``source_path`` (or the live file's read-only URI, snapshot.live_uri, when the
-    caller knows nobody writes to it). With ``workers`` > 1 (and enough threads) the threads are read
-    back in that many processes at once, each from the same snapshot.
+    took of ``source_path``, or the live file's read-only URI (snapshot.live_uri), which
+    each query reads as of its own start. With ``workers`` > 1 (and enough threads) the
+    threads are read back in that many processes at once, each from the same snapshot.
     """
     with nullcontext(snapshot) if snapshot else private_snapshot(Path(source_path)) as copy:
         if workers <= 1 or len(threads) < PARALLEL_MIN_THREADS:
