@@ -175,20 +175,27 @@ def cutover(request: CutoverRequest, *, say: Say = print,
                                     chain=chain, certify=True, earlier=earlier,
                                     source_drift_in=drift_in)
 
+    def verify_since(verified_chain: ExportChain, chain: ExportChain,
+                     verified: VerificationReport) -> VerificationReport:
+        """``chain`` verified again after ``verified`` (of ``verified_chain``): only what
+        changed since, on both sides (every source thread with --digest-every-thread)."""
+        return verify_chain(chain, earlier=verified,
+                            drift_in=None if request.digest_every_thread
+                            else written_since(verified_chain, chain, verified))
+
     say("Catch-up sync (writers may still write)...")
     say(sync_again().render())
     say(FIRST_VERIFICATION_MESSAGE)
-    first_chain = load_chain(sync_request.export)
-    first = verify_chain(first_chain)
+    verified_chain = load_chain(sync_request.export)
+    verified = verify_chain(verified_chain)
     # What the writers wrote during that full pass (it grows with the database) is synced
     # and verified now, while they still write: the window carries only what they write
     # from here on.
     say(CATCH_UP_AGAIN_MESSAGE)
     say(sync_again().render())
     caught_up = load_chain(sync_request.export)
-    first = verify_chain(caught_up, earlier=first, drift_in=None if request.digest_every_thread
-                         else written_since(first_chain, caught_up, first))
-    first_chain = caught_up
+    verified = verify_since(verified_chain, caught_up, verified)
+    verified_chain = caught_up
     wait_started = time.time()
     last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
                                                timeout_seconds=request.timeout_seconds)
@@ -197,8 +204,7 @@ def cutover(request: CutoverRequest, *, say: Say = print,
     synced = sync_again()
     say(synced.render())
     chain = load_chain(sync_request.export)
-    report = verify_chain(chain, earlier=first, drift_in=None if request.digest_every_thread
-                          else written_since(first_chain, chain, first))
+    report = verify_since(verified_chain, chain, verified)
     if not report.checks[SOURCE_MATCHES_EXPORT].passed \
             and source_files_state(source) == quiet_files:
         # The fingerprints missed a change (rowids used again): digest every thread.
@@ -206,7 +212,7 @@ def cutover(request: CutoverRequest, *, say: Say = print,
             "digested...")
         synced = sync_again(read_every_thread=True)
         chain = load_chain(sync_request.export)
-        report = verify_chain(chain, earlier=first)
+        report = verify_chain(chain, earlier=verified)
     proven_at = time.time()
     untouched = source_files_state(source) == quiet_files
     passed = report.passed and untouched
