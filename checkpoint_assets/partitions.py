@@ -7,6 +7,7 @@ imported, never repeated as a literal.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 import dagster as dg
@@ -47,9 +48,30 @@ def manifest_export_id(manifest: ExportManifest) -> str:
     return export_id([entry.sha256 for entry in manifest.batches])
 
 
+# A fleet's member (several SQLite files into one PostgreSQL) puts its source's label in
+# front: "replica-1-g<export id>-b00001", so the partitions of every source of the fleet
+# live side by side in the one partition set, each source's together.
+_FLEET_KEY = re.compile(r"^(?P<label>[A-Za-z0-9-]+)-g[0-9a-f]{%d}(-s[0-9]{4})?-b[0-9]{5}$"
+                        % EXPORT_ID_LENGTH)
+
+
+def _key_base(manifest: ExportManifest) -> str:
+    """``g<export id>`` (``<label>-g<export id>`` for a fleet's member): what every
+    partition key of this export and its syncs starts with."""
+    label = manifest.fleet_label
+    return f"{label + '-' if label else ''}{PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}"
+
+
 def _key_prefix(manifest: ExportManifest) -> str:
-    """``g<export id>-b``: what every partition key of this export starts with."""
-    return f"{PARTITION_KEY_PREFIX}{manifest_export_id(manifest)}{PARTITION_BATCH_MARK}"
+    """``g<export id>-b``: what every partition key of this export's own batches starts
+    with."""
+    return f"{_key_base(manifest)}{PARTITION_BATCH_MARK}"
+
+
+def fleet_label_of(partition_key: str) -> str | None:
+    """The source label of a fleet member's partition key; None for any other key."""
+    found = _FLEET_KEY.match(partition_key)
+    return found.group("label") if found else None
 
 
 def partition_keys_by_batch(manifest: ExportManifest) -> dict[str, str]:
@@ -69,7 +91,7 @@ PARTITION_SYNC_MARK = "-s"
 def chain_partition_keys(chain: ExportChain) -> dict[tuple[int, str], str]:
     """{(generation, batch key): partition key} for the export and every sync generation."""
     keys = {(0, batch): key for batch, key in partition_keys_by_batch(chain.export).items()}
-    base = f"{PARTITION_KEY_PREFIX}{manifest_export_id(chain.export)}"
+    base = _key_base(chain.export)
     for manifest in chain.generations[1:]:
         prefix = f"{base}{PARTITION_SYNC_MARK}{manifest.generation:04d}{PARTITION_BATCH_MARK}"
         keys.update({(manifest.generation, entry.key): f"{prefix}{index:05d}"
@@ -80,7 +102,7 @@ def chain_partition_keys(chain: ExportChain) -> dict[tuple[int, str], str]:
 def chain_batch_for(chain: ExportChain, partition_key: str) -> tuple[ExportManifest, str]:
     """(the generation, its batch key) of a batch partition of the export or of a sync;
     a MigrationError when the partition belongs to no generation of this chain."""
-    if PARTITION_SYNC_MARK not in partition_key:
+    if not partition_key.startswith(f"{_key_base(chain.export)}{PARTITION_SYNC_MARK}"):
         return chain.export, batch_key_for(chain.export, partition_key)
     for (generation, batch), key in chain_partition_keys(chain).items():
         if key == partition_key:

@@ -54,6 +54,11 @@ def default_export_path(source_path: str | Path, root: Path | None = None) -> Pa
     return project_root(root) / WORKDIR_NAME / "exports" / f"{stem}.export"
 
 
+def default_fleet_dir(root: Path | None = None) -> Path:
+    """Where a fleet's exports and its fleet.json go when no --export-dir is given."""
+    return project_root(root) / WORKDIR_NAME / "exports" / "fleet"
+
+
 def instance_yaml_for_environment() -> Path:
     """The shipped dagster.yaml variant the environment asks for."""
     return (POSTGRES_INSTANCE_YAML if Settings.from_env().dagster_pg_host

@@ -26,6 +26,7 @@ from checkpoint_assets.settings import (
     AES_KEY_ENV,
     BATCH_SIZE_ENV,
     EXPORT_ENV,
+    FLEET_ENV,
     PROPAGATE_DELETES_ENV,
     READBACK_THREADS_ENV,
     ROLLBACK_EXPORT_ENV,
@@ -50,8 +51,13 @@ from checkpoint_assets.settings import (
 class SqliteSourceResource(dg.ConfigurableResource):
     """The LangGraph SqliteSaver database to migrate. Opened read-only; never written."""
 
-    path: str = Field(description="Path of the SqliteSaver database file "
-                                  f"(env {SOURCE_ENV}).")
+    path: str = Field(default="", description="Path of the SqliteSaver database file "
+                                              f"(env {SOURCE_ENV}); unused with a fleet.")
+    fleet: str | None = Field(
+        default=None,
+        description=f"A fleet file (env {FLEET_ENV}): several SqliteSaver files into one "
+                    "PostgreSQL, each with its export, label and thread names, as "
+                    "`checkpoint-assets migrate --source A --source B ...` wrote it.")
     aes_key: str | None = Field(
         default=None,
         description=f"EncryptedSerializer AES key for encrypted sources (env {AES_KEY_ENV}); "
@@ -246,6 +252,7 @@ def build_resources(settings: Settings | None = None, *, aes_key_env: str = AES_
     if settings is None:
         settings = Settings.from_env()  # fails here, in the one style, on a bad value
         source: Any = _env_or(SOURCE_ENV, settings.source)
+        fleet: Any = _env_or(FLEET_ENV, settings.fleet)
         export: Any = _env_or(EXPORT_ENV, settings.export)
         batch_size: Any = _env_or(BATCH_SIZE_ENV, settings.batch_size, as_int=True)
         threads: Any = _env_or(THREADS_ENV, settings.threads)
@@ -256,14 +263,15 @@ def build_resources(settings: Settings | None = None, *, aes_key_env: str = AES_
         workers: Any = _env_or(WORKERS_ENV, settings.workers or 0, as_int=True)
     else:
         source, export, batch_size = settings.source, settings.export, settings.batch_size
+        fleet = settings.fleet
         threads = settings.threads
         target_schema, staging_schema = settings.target_schema, settings.staging_schema
         readback = settings.readback_threads or 0  # 0: every thread
         workers = settings.workers or 0
     return {
-        "source": SqliteSourceResource(path=source if source is not None
-                                       else dg.EnvVar(SOURCE_ENV),
-                                       aes_key=secrets["aes_key"]),
+        "source": SqliteSourceResource(
+            path=source if source is not None else "" if fleet else dg.EnvVar(SOURCE_ENV),
+            fleet=fleet, aes_key=secrets["aes_key"]),
         "export_file": ExportFileResource(path=export, batch_size=batch_size,
                                           threads=threads),
         "target": PostgresTargetResource(

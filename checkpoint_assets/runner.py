@@ -198,7 +198,8 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
 
         try:
             result.abandoned_runs = fail_abandoned_runs(inst)
-            if export_first and not run("export", [EXPORT_ASSET]):
+            if export_first and not run("export", [EXPORT_ASSET]) \
+                    and not _fleet_partly_exported(inst, settings, result.runs[-1]):
                 result.skipped.append("batches and verification: the export failed")
             else:
                 statuses = partition_statuses(inst)
@@ -237,6 +238,19 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
             inst, defs, run_ids={r.run_id for r in result.runs}, since=started_at)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _fleet_partly_exported(instance: dg.DagsterInstance, settings: Settings,
+                           export: RunOutcome) -> bool:
+    """A fleet's export run that failed only its checks (a source could not be exported)
+    after it materialized and registered the other sources' batches: those go on."""
+    if not settings.fleet:
+        return False
+    records = instance.get_records_for_run(
+        export.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return any(r.event_log_entry.asset_materialization is not None
+               and r.event_log_entry.asset_materialization.asset_key == EXPORT_ASSET
+               for r in records)
 
 
 def _say_waiting() -> None:

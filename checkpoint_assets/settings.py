@@ -27,6 +27,9 @@ from checkpoint_assets.engine.operations.contract import CONTRACT
 
 SOURCE_ENV = "CHECKPOINT_ASSETS_SOURCE"
 EXPORT_ENV = "CHECKPOINT_ASSETS_EXPORT"
+# A fleet: several SQLite files into one PostgreSQL, the fleet.json `migrate` writes when
+# given several --source (engine/fleet/fleet_file.py); the source and export are then its.
+FLEET_ENV = "CHECKPOINT_ASSETS_FLEET"
 TARGET_DSN_ENV = "CHECKPOINT_ASSETS_TARGET_DSN"
 TARGET_SCHEMA_ENV = "CHECKPOINT_ASSETS_TARGET_SCHEMA"
 STAGING_SCHEMA_ENV = "CHECKPOINT_ASSETS_STAGING_SCHEMA"
@@ -80,6 +83,7 @@ class Settings:
 
     source: str | None = None
     export: str | None = None
+    fleet: str | None = None  # a fleet file: its sources replace ``source`` and ``export``
     target_dsn: str | None = field(default=None, repr=False)
     target_schema: str | None = None
     staging_schema: str | None = None
@@ -111,6 +115,7 @@ class Settings:
         return cls(
             source=text(SOURCE_ENV),
             export=text(EXPORT_ENV),
+            fleet=text(FLEET_ENV),
             target_dsn=text(TARGET_DSN_ENV),
             target_schema=text(TARGET_SCHEMA_ENV),
             staging_schema=text(STAGING_SCHEMA_ENV),

@@ -13,6 +13,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     error_text,
     failure,
 )
+from checkpoint_assets.assets.fleet import fleet_export
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
@@ -84,6 +85,14 @@ def checkpoint_export(
     the ``source_changed_sync`` sensor), the materialization is a new generation of the
     export holding only what changed, its digest chained to the previous one.
     """
+    if source.fleet:
+        if config.sync:
+            raise failure("A fleet is synced source by source: run `checkpoint-assets sync "
+                          f"--fleet {source.fleet}`.", kind=FailureKind.BAD_INPUT)
+        yield from fleet_export(context, source.fleet, export_file.batch_size,
+                                register_partition_keys, export_file_check)
+        initialize_target_pool(context.instance)
+        return
     path = export_file.resolve_path(source.path)
     if config.sync:
         yield from _sync_generation(context, source, path)
@@ -278,7 +287,14 @@ def register_partitions(
 ) -> tuple[list[str], list[str]]:
     """Make the batch partitions (``partitions_name``: the migration's, or the rollback's)
     exactly the export's partition keys; return (added, removed)."""
-    keys = partition_keys(manifest)
+    return register_partition_keys(instance, partition_keys(manifest), partitions_name)
+
+
+def register_partition_keys(instance: dg.DagsterInstance, keys: list[str],
+                            partitions_name: str = BATCH_PARTITIONS_NAME,
+                            ) -> tuple[list[str], list[str]]:
+    """Make the partition set ``partitions_name`` exactly ``keys``; return (added,
+    removed)."""
     existing = set(instance.get_dynamic_partitions(partitions_name))
     added = [key for key in keys if key not in existing]
     # Idempotent: adding a key that exists is a no-op, so re-exporting is safe.

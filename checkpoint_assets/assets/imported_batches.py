@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 
+from checkpoint_assets.assets.fleet import fleet_chains_for
 from checkpoint_assets.assets.dagster_metadata import (
     EXPORT_BATCH_FIELD,
     PARTITION_FIELD,
@@ -167,13 +168,19 @@ def imported_checkpoint_batches(
     try:
         # The export and its sync generations: a sync's batches are partitions too; the
         # export must come from the source, and PostgresSaver's tables are set up once.
-        ready = migration.prepare_load(migration.PrepareLoadRequest(
-            source=Path(source.path), export=export_file.resolve_path(source.path),
-            target_dsn=target.dsn, schema=schema, aes_key=source.aes_key))
-        chain, identity = ready.chain, ready.identity
+        if source.fleet:  # each key is loaded from the export of the source it names
+            chains, known, identity = fleet_chains_for(source.fleet, keys, target.dsn,
+                                                       schema, source.aes_key)
+        else:
+            ready = migration.prepare_load(migration.PrepareLoadRequest(
+                source=Path(source.path), export=export_file.resolve_path(source.path),
+                target_dsn=target.dsn, schema=schema, aes_key=source.aes_key))
+            identity = ready.identity
+            chains = dict.fromkeys(keys, ready.chain)
+            known = set(chain_partition_keys(ready.chain).values())
         # Only an export of the configured source, into a usable target, says which keys
         # are stray (else every batch fails the same way, below).
-        stray = refuse_stray_partitions(context, chain, keys)
+        stray = refuse_stray_partitions(context, known, keys)
         keys = [key for key in keys if key not in stray]
     except Exception as exc:  # nothing can load: every batch of the run failed the same way
         problems = []
@@ -182,7 +189,7 @@ def imported_checkpoint_batches(
     else:
         problems = []
         for key in keys:
-            problem = yield from _load_and_record(context, key, chain, into, identity)
+            problem = yield from _load_and_record(context, key, chains[key], into, identity)
             if problem is not None:
                 problems.append(problem)
     if keys and (len(problems) < len(keys) or any(not p.retried for p in problems)):
@@ -201,14 +208,14 @@ def imported_checkpoint_batches(
     _raise_for(problems + [_stray_problem(key) for key in stray], len(keys) + len(stray))
 
 
-def refuse_stray_partitions(context: dg.AssetExecutionContext, chain: ExportChain,
+def refuse_stray_partitions(context: dg.AssetExecutionContext, known: set[str],
                             keys: list[str]) -> list[str]:
-    """The run's partition keys that no generation of ``chain`` made (a key added by hand
+    """The run's partition keys not ``known`` (those every generation of the export, or of
+    the fleet's exports, made): a key added by hand
     in the UI's "Add a partition", or one an older export left behind). Every such key is
     deleted from the instance's batch partitions at once, the run's and any other, so
     the asset's partitions are again exactly the export's; the run loads nothing for them
     and fails naming them, without marking the verification out of date."""
-    known = set(chain_partition_keys(chain).values())
     registered = context.instance.get_dynamic_partitions(BATCH_PARTITIONS_NAME)
     removed = sorted(key for key in registered if key not in known)
     for key in removed:

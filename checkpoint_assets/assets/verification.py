@@ -15,9 +15,15 @@ from checkpoint_assets.assets.dagster_metadata import (
     scrubbed_traceback,
     severity,
 )
+from checkpoint_assets.assets.fleet import (
+    fleet_check_results,
+    fleet_verification_metadata,
+    open_fleet,
+)
 from checkpoint_assets.assets.imported_batches import BATCH_CHECK, EXPORT_ID_METADATA
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.load.target import TABLES
+from checkpoint_assets.engine.operations import fleet as fleet_ops
 from checkpoint_assets.engine.operations import migration
 from checkpoint_assets.engine.operations.contract import failure_kind_of
 from checkpoint_assets.engine.verify.check_table import COUNT_MATCH, CheckOutcome
@@ -108,6 +114,9 @@ def migration_verification(
     marked out of date until it has run again, which it does by itself under dagster dev.
     """
     schema = target.load_schema()
+    if source.fleet:
+        yield from _verify_fleet(context, source, target, schema)
+        return
     try:
         # The export and the syncs after it (checkpoint-assets sync): the union is compared.
         verified = migration.verify_certified(migration.CertifiedVerifyRequest(
@@ -144,6 +153,38 @@ def migration_verification(
         check_results=[_check_result(report.checks[spec.name], report, partitions)
                        for spec in VERIFICATION_CHECK_SPECS],
     )
+
+
+def _verify_fleet(context: dg.AssetExecutionContext, source: SqliteSourceResource,
+                  target: PostgresTargetResource, schema: str | None) -> Iterator[Any]:
+    """Every source of the fleet verified on its own; the checks pass when they pass for
+    every source, and the evidence is the fleet's (a table of every source)."""
+    try:
+        verified = fleet_ops.verify_fleet(fleet_ops.FleetVerifyRequest(
+            fleet=open_fleet(source.fleet or ""), target_dsn=target.dsn, schema=schema,
+            aes_key=source.aes_key, readback_threads=target.readback_sample(),
+            workers=target.verification_workers or None,
+            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
+            certificates=None if target.verify_every_batch
+            else batch_certificates(context.instance, BATCH_CHECK.key),
+            certificates_hint=CERTIFICATES_HINT))
+    except Exception as exc:
+        message = error_text(exc, target.dsn)
+        for spec in VERIFICATION_CHECK_SPECS:
+            yield dg.AssetCheckResult(
+                check_name=spec.name, passed=False, severity=severity(spec),
+                metadata=check_metadata(expected=spec.description,
+                                        actual=f"verification could not run: {message}"))
+        raise failure(f"Verification of the fleet against {target.display(schema)} could "
+                      f"not run: {message}", {"traceback": scrubbed_traceback(target.dsn)},
+                      kind=failure_kind_of(exc)) from None
+    failed = [r.member.label for r in verified.results if not r.passed]
+    context.log.info(f"Verification of {len(verified.results)} sources: "
+                     + ("all passed" if not failed else f"FAILED for {failed[:20]}"))
+    yield dg.MaterializeResult(
+        metadata={EVIDENCE_METADATA: dg.MetadataValue.md(verified.evidence),
+                  **fleet_verification_metadata(verified)},
+        check_results=fleet_check_results(verified))
 
 
 def _check_result(outcome: CheckOutcome, report: VerificationReport,

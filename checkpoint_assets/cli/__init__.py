@@ -28,6 +28,7 @@ from checkpoint_assets.cli.exit_status import (
     STOPPED,
     STOPPED_AT_ONCE,
 )
+from checkpoint_assets.cli.fleet import wants_fleet
 from checkpoint_assets.cli.live import cmd_cutover, cmd_sync
 from checkpoint_assets.cli.local import cmd_quickstart, cmd_stop_postgres, cmd_ui
 from checkpoint_assets.cli.migration import cmd_export, cmd_import, cmd_show_export, cmd_verify
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     dsn = ""
     try:
-        if args.command in ("export", "import", "verify", "sync", "cutover"):
+        if args.command == "sync" and wants_fleet(args, settings):
+            pass  # each source of the fleet has its export
+        elif args.command in ("export", "import", "verify", "sync", "cutover"):
             args.export = args.export or default_export(args)
         if hasattr(args, "target"):
             dsn = args.target or settings.target_dsn or ""

@@ -11,7 +11,10 @@ import argparse
 import sys
 
 from checkpoint_assets.cli.arguments import aes_key_of
+from checkpoint_assets.cli.fleet import fleet_of
 from checkpoint_assets.cli.exit_status import (
+    DEFAULT_ERROR_REPORT,
+    ERROR_REPORTS,
     EXIT_BAD_INPUT,
     EXIT_MISMATCH,
     EXIT_OK,
@@ -23,6 +26,7 @@ from checkpoint_assets.cli.output import (
     sync_json,
     verification_json,
 )
+from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.operations import live
 from checkpoint_assets.progress import progress
 from checkpoint_assets.settings import Settings
@@ -34,10 +38,41 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     threads were refused (the others moved; every later sync tries those again)."""
     from checkpoint_assets.live_runs import sync_in_process
 
+    if getattr(args, "sources", None) is not None:
+        return _sync_fleet(args, settings)
     report = sync_in_process(settings, sync_request(args, settings),
                              aes_key_env=args.aes_key_env)
     emit(args, sync_json(report), report.render())
     return EXIT_BAD_INPUT if report.found.refused else EXIT_OK
+
+
+def _sync_fleet(args: argparse.Namespace, settings: Settings) -> int:
+    """sync of a fleet: each source in turn, each its own run (a source that fails is
+    reported and the others still sync); the exit status of the worst."""
+    from checkpoint_assets.live_runs import sync_in_process
+
+    fleet = fleet_of(args, plan=False)
+    statuses, summaries, lines = [], [], []
+    for member in fleet.members:
+        args.source, args.export = str(member.source), str(member.export)
+        try:
+            report = sync_in_process(settings, sync_request(args, settings),
+                                     aes_key_env=args.aes_key_env)
+        except MigrationError as exc:
+            label, status = ERROR_REPORTS.get(exc.kind, DEFAULT_ERROR_REPORT)
+            statuses.append(status)
+            summaries.append({"source": member.label, "ok": False, "error": str(exc)})
+            lines.append(f"[{member.label}] {label}: {exc}")
+            continue
+        statuses.append(EXIT_BAD_INPUT if report.found.refused else EXIT_OK)
+        summaries.append({"source": member.label, **sync_json(report)})
+        lines.append(f"[{member.label}] {report.render()}")
+    failed = sum(status != EXIT_OK for status in statuses)
+    lines.append(f"Fleet sync: {len(statuses) - failed} of {len(statuses)} source(s) synced"
+                 + (f", {failed} FAILED" if failed else ""))
+    emit(args, {"command": "sync", "fleet": str(fleet.path), "ok": not failed,
+                "sources": summaries}, "\n".join(lines))
+    return max(statuses, default=EXIT_OK)
 
 
 def sync_request(args: argparse.Namespace, settings: Settings) -> live.SyncRequest:

@@ -16,6 +16,7 @@ from checkpoint_assets.settings import (
     BATCH_SIZE_ENV,
     ENV_FILE,
     EXPORT_ENV,
+    FLEET_ENV,
     SOURCE_ENV,
     STRICT_VERSIONS_ENV,
     TARGET_DSN_ENV,
@@ -137,13 +138,33 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add_report(p)
     add_evidence(p)
 
+    def add_fleet(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--source", "--sources", dest="source", action="append",
+                       metavar="DB|@LIST|GLOB|DIR",
+                       help=f"SqliteSaver database file (env {SOURCE_ENV}); give it more "
+                            "than once, or @LIST (one path a line), a glob or a directory, "
+                            "for a fleet of files into one PostgreSQL")
+        p.add_argument("--fleet", type=Path, default=None,
+                       help=f"the fleet file migrate wrote (env {FLEET_ENV}; default "
+                            "<export dir>/fleet.json when a fleet is named by --source)")
+        p.add_argument("--export-dir", type=Path, default=None,
+                       help="a fleet's exports and fleet.json (default "
+                            ".checkpoint_assets/exports/fleet in the project)")
+        p.add_argument("--thread-prefix", default=None, metavar="TEMPLATE",
+                       help='a fleet: put TEMPLATE in front of every thread id, {source} '
+                            'replaced by the source\'s label (e.g. "{source}:"), so '
+                            "thread ids reused across files stay apart")
+        p.add_argument("--thread-map", type=Path, default=None, metavar="FILE.json",
+                       help='a fleet: rename the threads named in FILE.json, {"<source '
+                            'label or file name>": {"<old id>": "<new id>"}}')
+
     for name, help_text in (
             ("migrate", "export, import and verify, as Dagster asset runs"),
             ("backfill", "load only the FAILED and missing batch partitions of the current "
                          "export (and any loaded without a passed check), then verify (the "
                          "UI's 'backfill failed and missing')")):
         p = sub.add_parser(name, help=help_text)
-        add_source(p)
+        add_fleet(p)
         add_export(p)
         add_target(p)
         p.add_argument("--batch-size", type=int, default=settings.batch_size)
@@ -161,7 +182,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="bring the target to the source's current state, moving "
                                     "only what changed since the export or the last sync "
                                     "(the application may keep writing to SQLite)")
-    add_source(p)
+    add_fleet(p)
     add_export(p)
     add_target(p)
     p.add_argument("--propagate-deletes", action="store_true",

@@ -18,6 +18,13 @@ from checkpoint_assets.cli.exit_status import (
     EXIT_MISMATCH,
     EXIT_OK,
 )
+from checkpoint_assets.cli.fleet import (
+    fleet_evidence_path,
+    fleet_of,
+    fleet_settings,
+    plan_text,
+    wants_fleet,
+)
 from checkpoint_assets.cli.output import (
     emit,
     print_evidence_path,
@@ -31,7 +38,10 @@ from checkpoint_assets.settings import (
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """migrate: export + import + verify, run as the Dagster assets against the instance;
-    the verification's evidence report is written beside the export (or to --evidence)."""
+    the verification's evidence report is written beside the export (or to --evidence).
+    Several sources (a fleet): planned, then the same assets over every source."""
+    if wants_fleet(args, settings):
+        return _fleet_run(args, settings, plan=True)
     status = run_migration(args, settings)
     print_evidence_path(args, migration_evidence_path(args))
     return status
@@ -49,8 +59,26 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     its evidence report, as for migrate)."""
     from checkpoint_assets.runner import backfill_in_process
 
+    if wants_fleet(args, settings):
+        return _fleet_run(args, settings, plan=False)
     status = _migration_status(args, backfill_in_process(_runner_settings(args, settings)))
     print_evidence_path(args, migration_evidence_path(args))
+    return status
+
+
+def _fleet_run(args: argparse.Namespace, settings: Settings, *, plan: bool) -> int:
+    """migrate (``plan``: the fleet is planned from --source first) or backfill of a
+    fleet: the runs, the fleet's evidence report beside its fleet file (or --evidence)."""
+    from checkpoint_assets.runner import backfill_in_process, migrate_in_process
+
+    fleet = fleet_of(args, plan=plan)
+    if not args.json:
+        print(plan_text(fleet), flush=True)
+    run = migrate_in_process if plan else backfill_in_process
+    runner_settings = fleet_settings(_runner_settings(args, settings), fleet)
+    args.evidence = args.evidence or fleet_evidence_path(fleet)
+    status = _migration_status(args, run(runner_settings))
+    print_evidence_path(args, args.evidence)
     return status
 
 

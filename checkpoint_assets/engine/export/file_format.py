@@ -42,6 +42,7 @@ import ormsgpack
 from checkpoint_assets.engine.core.codec import pack_opaque
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, WriteRow
+from checkpoint_assets.engine.core.thread_names import ThreadNames
 
 FORMAT_NAME = "checkpoint-assets-export"
 FORMAT_VERSION = 2
@@ -111,6 +112,18 @@ class ExportManifest:
     def selection(self) -> list[str] | None:
         """The thread ids this export was restricted to (--threads), or None: all."""
         return self.header.get("selection")
+
+    @property
+    def fleet_label(self) -> str | None:
+        """The label of the fleet's source this export was taken from (None: not a
+        fleet's); its batch partitions carry it in front."""
+        return (self.header.get("fleet") or {}).get("label")
+
+    @property
+    def thread_names(self) -> ThreadNames:
+        """What the source's threads are called in this export and the target (a fleet's
+        prefix or mapping; ids kept otherwise)."""
+        return ThreadNames.from_json((self.header.get("source") or {}).get("thread_names"))
 
     @cached_property
     def last_threads(self) -> list[str]:

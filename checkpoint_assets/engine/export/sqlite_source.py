@@ -16,9 +16,11 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.core.thread_names import KEPT, ThreadNames
 from checkpoint_assets.engine.export.snapshot import (
     live_uri,
     private_snapshot,
@@ -62,15 +64,19 @@ class ThreadSize:
 
 
 class SourceDatabase:
-    """A SqliteSaver database opened read-only. Use :func:`open_source`."""
+    """A SqliteSaver database opened read-only. Use :func:`open_source`.
+
+    Every thread id it returns or is given is the target's (``names``, see
+    thread_names.py: kept unless a fleet's sources are told apart by prefix or mapping)."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, has_task_path: bool,
-                 resources: ExitStack) -> None:
+                 resources: ExitStack, names: ThreadNames = KEPT) -> None:
         self.path = path
         self._conn = conn
         self.has_task_path = has_task_path
         self._resources = resources
         self._totals: dict[str, list[int]] | None = None
+        self.names = names
 
     def close(self) -> None:
         """Close the connection and delete the private copy (the original is never written)."""
@@ -111,27 +117,59 @@ class SourceDatabase:
             " SELECT thread_id, 0, count(*) FROM writes GROUP BY thread_id"
             ") GROUP BY thread_id ORDER BY thread_id"
         )
-        for thread_id, checkpoints, writes in cursor:
-            yield ThreadSize(_text(thread_id), checkpoints, writes)
+        sizes = (ThreadSize(self._named(thread_id), checkpoints, writes)
+                 for thread_id, checkpoints, writes in cursor)
+        if self.names.keeps_order:
+            yield from sizes
+            return
+        ordered = sorted(sizes, key=lambda size: size.thread_id)
+        for before, after in zip(ordered, ordered[1:]):
+            if before.thread_id == after.thread_id:
+                raise MigrationError(
+                    f"The thread mapping gives two threads of {self.path} the same id "
+                    f"{after.thread_id!r} (one renamed to an id the file already has, or two "
+                    "renamed to one).",
+                    "Give every thread of a source its own new id in the mapping file.")
+        yield from ordered
+
+    def thread_keys(self) -> dict[str, list[str]]:
+        """{thread_id: its checkpoint namespaces, sorted}: every (thread_id, checkpoint_ns)
+        key the database holds in either table, read from the primary-key indexes."""
+        keys: dict[str, list[str]] = {}
+        for tid, ns in self._execute(
+                "SELECT thread_id, checkpoint_ns FROM checkpoints UNION "
+                "SELECT thread_id, checkpoint_ns FROM writes ORDER BY 1, 2"):
+            keys.setdefault(self._named(tid), []).append(_text(ns))
+        return keys
 
     def checkpoints(self, thread_id: str | None = None) -> Iterator[CheckpointRow]:
         """All checkpoint rows (or one thread's) in primary-key order."""
-        where, params = _one_thread(thread_id)
-        cursor = self._execute(
-            f"SELECT {_CHECKPOINT_SELECT} FROM checkpoints {where}"
-            "ORDER BY thread_id, checkpoint_ns, checkpoint_id", params)
-        for record in cursor:
-            yield _checkpoint_row(record)
+        yield from self._rows("checkpoints", thread_id)
 
     def writes(self, thread_id: str | None = None) -> Iterator[WriteRow]:
         """All writes rows (or one thread's) in primary-key order (``task_path`` '' where the
         column is absent)."""
-        where, params = _one_thread(thread_id)
-        cursor = self._execute(
-            f"SELECT {self._write_select()} FROM writes {where}"
-            "ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx", params)
-        for record in cursor:
-            yield _write_row(record)
+        yield from self._rows("writes", thread_id)
+
+    def _rows(self, table: str, thread_id: str | None) -> Iterator[Any]:
+        if thread_id is None and not self.names.keeps_order:
+            # Renamed ids sort differently: one thread at a time, in the target's order.
+            for size in self.thread_sizes():
+                yield from self._rows(table, size.thread_id)
+            return
+        if thread_id is not None:
+            source_id = self.names.to_source(thread_id)
+            if source_id is None:
+                return  # no thread of this source is called that in the target
+        where, params = _one_thread(None if thread_id is None else source_id)
+        if table == "checkpoints":
+            select, order, make = _CHECKPOINT_SELECT, _CHECKPOINT_ORDER, _checkpoint_row
+        else:
+            select, order, make = self._write_select(), _WRITE_ORDER, _write_row
+        rows = map(make, self._execute(f"SELECT {select} FROM {table} {where}ORDER BY {order}",
+                                       params))
+        yield from rows if self.names.kept else (
+            row._replace(thread_id=self.names.to_target(row.thread_id)) for row in rows)
 
     def thread_rows(self, thread_id: str) -> ThreadRows:
         """One thread's rows, read through the primary-key indexes (not the whole table)."""
@@ -157,7 +195,8 @@ class SourceDatabase:
         counts: dict[str, int] = {}
         for (tid,) in self._execute(
                 f"SELECT thread_id FROM {table} NOT INDEXED WHERE rowid > ?", (rowid,)):
-            counts[_text(tid)] = counts.get(_text(tid), 0) + 1
+            named = self._named(tid)
+            counts[named] = counts.get(named, 0) + 1
         return counts
 
     def missing_threads(self, thread_ids: Collection[str]) -> set[str]:
@@ -165,6 +204,12 @@ class SourceDatabase:
         probe of each primary-key index per thread, inside SQLite."""
         if not thread_ids:
             return set()
+        if not self.names.kept:
+            by_source = {self.names.to_source(tid): tid for tid in thread_ids}
+            unnamed = {tid for source_id, tid in by_source.items() if source_id is None}
+            found = self._unnamed().missing_threads(
+                [source_id for source_id in by_source if source_id is not None])
+            return unnamed | {by_source[source_id] for source_id in found}
         self._execute("CREATE TEMP TABLE IF NOT EXISTS checkpoint_assets_probe "
                       "(thread_id TEXT PRIMARY KEY)")
         try:
@@ -195,15 +240,16 @@ class SourceDatabase:
                     f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
                     "GROUP BY thread_id")
             else:
+                source_ids = (self.names.to_source(tid) for tid in sorted(thread_ids))
                 found = (self._execute(
                     f"SELECT thread_id, count(*), max(rowid), sum(rowid) FROM {table} "
                     "WHERE thread_id = ? GROUP BY thread_id", (tid,)).fetchone()
-                    for tid in sorted(thread_ids))
+                    for tid in source_ids if tid is not None)
             for record in found:
                 if record is None:
                     continue
                 thread_id, count, highest, total = record
-                entry = out.setdefault(_text(thread_id), [0] * 6)
+                entry = out.setdefault(self._named(thread_id), [0] * 6)
                 entry[position:position + 3] = [count, highest, total]
         return out
 
@@ -230,7 +276,16 @@ class SourceDatabase:
         if record is None:
             return None
         make = _checkpoint_row if table == "checkpoints" else _write_row
-        return record[0], make(record[1:])
+        row = make(record[1:])
+        return record[0], row._replace(thread_id=self.names.to_target(row.thread_id))
+
+    def _named(self, thread_id: bytes | str | int) -> str:
+        """The target's id of a thread id as SQLite returned it."""
+        return self.names.to_target(_text(thread_id))
+
+    def _unnamed(self) -> SourceDatabase:
+        """The same connection with the source's own ids (for probes keyed by them)."""
+        return SourceDatabase(self.path, self._conn, self.has_task_path, ExitStack())
 
     def _write_select(self) -> str:
         task_path = "task_path" if self.has_task_path else "''"
@@ -252,6 +307,8 @@ class SourceDatabase:
 
 _CHECKPOINT_SELECT = ("thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
                       "checkpoint, metadata")
+_CHECKPOINT_ORDER = "thread_id, checkpoint_ns, checkpoint_id"
+_WRITE_ORDER = "thread_id, checkpoint_ns, checkpoint_id, task_id, idx"
 
 
 def _one_thread(thread_id: str | None) -> tuple[str, tuple]:
@@ -270,14 +327,15 @@ def _write_row(record: tuple) -> WriteRow:
                     _text(channel), _opt_text(typ), _opt_bytes(value))
 
 
-def open_source(path: str | Path, snapshot: Path | None = None, *,
-                live: bool = False) -> SourceDatabase:
+def open_source(path: str | Path, snapshot: Path | str | None = None, *,
+                live: bool = False, names: ThreadNames = KEPT) -> SourceDatabase:
     """Open a SqliteSaver database read-only and check that it has the expected schema.
 
     Reads a private snapshot of the file (snapshot.py): a new one, or ``snapshot``, one the
     caller took of ``path`` and keeps for other readers of the same state. ``live``: read a
     WAL-mode file in place when that is consistent (snapshot.reads_live); hold
-    :meth:`SourceDatabase.snapshot` around reads that must agree.
+    :meth:`SourceDatabase.snapshot` around reads that must agree. ``names``: what the
+    threads are called in the target (every id in and out of the database is the target's).
     Raises MigrationError naming the file when it is missing, empty, not SQLite, corrupt,
     locked, or lacks the checkpoint tables.
     """
@@ -297,7 +355,7 @@ def open_source(path: str | Path, snapshot: Path | None = None, *,
     except BaseException:
         resources.close()
         raise
-    return SourceDatabase(path, conn, has_task_path, resources)
+    return SourceDatabase(path, conn, has_task_path, resources, names)
 
 
 def require_sqlite_file(path: str | Path) -> Path:

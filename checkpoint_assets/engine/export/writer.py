@@ -13,6 +13,7 @@ from checkpoint_assets.engine.core.codec import pack_opaque
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.private_files import private_file
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.core.thread_names import KEPT, ThreadNames
 from checkpoint_assets.engine.core.selection import (
     MISSING_THREADS_HINT,
     refuse_missing_threads,
@@ -100,9 +101,12 @@ class SqliteRows:
     def source_header(self) -> dict[str, Any]:
         """The SQLite file's resolved path, whether its writes have task_path, and what
         identifies the database beyond its path (:func:`source_identity`)."""
-        return {"kind": "sqlite", "path": str(self.source.path.resolve()),
-                "task_path_column": self.source.has_task_path,
-                "identity": source_identity(self.source)}
+        header = {"kind": "sqlite", "path": str(self.source.path.resolve()),
+                  "task_path_column": self.source.has_task_path,
+                  "identity": source_identity(self.source)}
+        if not self.source.names.kept:  # a fleet's source whose threads are renamed
+            header["thread_names"] = self.source.names.to_json()
+        return header
 
     def threads(self) -> Iterator[ThreadRows]:
         """Every thread of the database, its rows streamed from two ordered scans;
@@ -133,6 +137,8 @@ def write_export(
     progress: Any = None,
     previous_export_sha256: str | None = None,
     selection: Sequence[str] | None = None,
+    names: ThreadNames = KEPT,
+    fleet_label: str | None = None,
 ) -> ExportManifest:
     """Stream a SqliteSaver database into an export file and return its manifest.
 
@@ -143,14 +149,16 @@ def write_export(
     written. ``previous_export_sha256`` (the footer digest of the export this one follows)
     is recorded in the header for exports that chain. ``selection``: export these thread
     ids only (the header names them; an id the source does not hold is refused, naming
-    it, before anything is written). The file ends with the source's state
+    it, before anything is written). ``names``: the threads' ids in the target (a fleet's
+    prefix or mapping, recorded in the header's ``source``); ``fleet_label``: the source's
+    label in its fleet (the header's ``fleet``). The file ends with the source's state
     (:class:`SourceState`) for later syncs; sync generation files written before this
     export are removed, since they follow another export.
     Raises MigrationError when the file cannot be written (read-only or full filesystem,
     no permission), leaving nothing behind.
     """
     export_path = Path(export_path)
-    source = open_source(source_path)
+    source = open_source(source_path, names=names)
     try:
         with source.snapshot():
             state = read_source_state(source, selection)
@@ -161,6 +169,8 @@ def write_export(
                        (source.thread_rows(tid) for tid in sorted(state.threads)))
             header = {"previous_export_sha256": previous_export_sha256,
                       "selection": None if selection is None else sorted(set(selection))}
+            if fleet_label is not None:
+                header["fleet"] = {"label": fleet_label}
             write_generation(source, export_path, threads, state, header=header,
                              batch_size=batch_size, progress=progress)
     finally:

@@ -338,7 +338,7 @@ def _write_sync(source_path: str | Path, export_path: str | Path,
     chain = load_chain(export_path)
     require_same_source(chain.export, source_path)
     generation = len(chain.generations)
-    source = open_source(source_path, live=True)
+    source = open_source(source_path, live=True, names=chain.export.thread_names)
     try:
         with source.snapshot():
             if not read_every_thread and chain.selection is None \

@@ -190,7 +190,8 @@ def check_official_readback(f: Findings) -> CheckOutcome:
     again = [tid for tid in threads if tid not in f.read_back_before]
     read_mismatches, notes = compare_thread_readback(f.source_path, f.target, again,
                                                      f.cipher, workers=f.workers,
-                                                     snapshot=f.source_copy)
+                                                     snapshot=f.source_copy,
+                                                     names=f.chain.export.thread_names)
     f.read_back_equal.update(set(threads) - {m["thread_id"] for m in read_mismatches})
     if len(again) < len(threads):
         notes = [*notes, f"{len(threads) - len(again)} thread(s) were read back equal "

@@ -57,10 +57,11 @@ def source_drift(source_path: str | Path, manifest: ExportManifest | ExportChain
 
     Returns ``{"changed": [...], "added": [...], "removed": [...]}`` (thread ids).
     """
-    source = open_source(source_path)
+    chain = as_chain(manifest)
+    source = open_source(source_path, names=chain.export.thread_names)
     try:
         with source.snapshot():
-            return _drift(source, as_chain(manifest))
+            return _drift(source, chain)
     finally:
         source.close()
 
@@ -248,10 +249,10 @@ def _source_state(source_path: str | Path, chain: ExportChain, held: ExitStack,
     copy: Path | str
     if reads_live(source_path):
         copy = live_uri(source_path)
-        source = open_source(source_path, live=True)
+        source = open_source(source_path, live=True, names=chain.export.thread_names)
     else:
         copy = held.enter_context(private_snapshot(Path(source_path)))
-        source = open_source(source_path, snapshot=copy)
+        source = open_source(source_path, snapshot=copy, names=chain.export.thread_names)
     try:
         with source.snapshot():
             found = source.counts(chain.selection)

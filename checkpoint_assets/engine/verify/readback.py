@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from checkpoint_assets.engine.core.checkpoint_metadata import jsonb_metadata
 from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.thread_names import KEPT, ThreadNames
 from checkpoint_assets.engine.core.workers import process_pool
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.snapshot import private_snapshot
@@ -56,8 +57,13 @@ PARALLEL_MIN_THREADS = 200
 def compare_thread_readback(
     source_path: str | Path, target: Target, threads: Sequence[str],
     cipher: Cipher | None = None, workers: int = 1, snapshot: Path | str | None = None,
+    names: ThreadNames = KEPT,
 ) -> tuple[list[dict], list[str]]:
     """Compare the given threads through both savers; return (mismatches, notes).
+
+    ``threads`` are the target's ids; ``names`` says what the source calls them (a
+    fleet's prefix or mapping): SqliteSaver is asked for the source's id, and its configs
+    are compared as if they carried the target's.
 
     The source is read from a private snapshot: a new one, or ``snapshot``, one the caller
     took of ``source_path``, or the live file's read-only URI (snapshot.live_uri), which
@@ -66,13 +72,13 @@ def compare_thread_readback(
     """
     with nullcontext(snapshot) if snapshot else private_snapshot(Path(source_path)) as copy:
         if workers <= 1 or len(threads) < PARALLEL_MIN_THREADS:
-            mismatches, normalised = _compare_threads(copy, target, threads, cipher)
+            mismatches, normalised = _compare_threads(copy, target, threads, cipher, names)
         else:
             chunks = [list(threads[i::workers]) for i in range(workers)]
             mismatches, normalised = [], Counter()
             with process_pool(workers) as pool:
                 for found, counts in pool.map(_compare_threads, repeat(copy), repeat(target),
-                                              chunks, repeat(cipher)):
+                                              chunks, repeat(cipher), repeat(names)):
                     mismatches.extend(found)
                     normalised.update(counts)
             order = {thread_id: n for n, thread_id in enumerate(threads)}
@@ -82,7 +88,8 @@ def compare_thread_readback(
 
 
 def _compare_threads(copy: Path | str, target: Target, threads: Sequence[str],
-                     cipher: Cipher | None) -> tuple[list[dict], Counter]:
+                     cipher: Cipher | None, names: ThreadNames = KEPT,
+                     ) -> tuple[list[dict], Counter]:
     serde = cipher.serializer if cipher is not None else JsonPlusSerializer()
     sqlite_conn = sqlite3.connect(copy, check_same_thread=False,
                                   uri=str(copy).startswith("file:"))
@@ -99,25 +106,44 @@ def _compare_threads(copy: Path | str, target: Target, threads: Sequence[str],
             pg_conn.row_factory = dict_row  # type: ignore[assignment]
             pg_saver = PostgresSaver(pg_conn, serde=serde)  # type: ignore[arg-type]
             for thread_id in threads:
+                source_id = names.to_source(thread_id) or thread_id
                 namespaces = [r[0] for r in sqlite_conn.execute(
                     "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?",
-                    (thread_id,))]
+                    (source_id,))]
                 for ns in namespaces:
                     config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
-                    left, right = _listed(sqlite_saver, config), _listed(pg_saver, config)
+                    in_source = {"configurable": {"thread_id": source_id, "checkpoint_ns": ns}}
+                    left = _as_target(_listed(sqlite_saver, in_source), thread_id)
+                    right = _listed(pg_saver, config)
                     if isinstance(left, list) and isinstance(right, list):
                         mismatches.extend(_compare(thread_id, ns, left, right, normalised))
                         continue
                     ids = [r[0] for r in sqlite_conn.execute(
                         "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND "
-                        "checkpoint_ns = ? ORDER BY checkpoint_id DESC", (thread_id, ns))]
-                    for name, saver, listed in (("SqliteSaver", sqlite_saver, left),
-                                                ("PostgresSaver", pg_saver, right)):
+                        "checkpoint_ns = ? ORDER BY checkpoint_id DESC", (source_id, ns))]
+                    for name, saver, listed, asked in (
+                            ("SqliteSaver", sqlite_saver, left, in_source),
+                            ("PostgresSaver", pg_saver, right, config)):
                         if not isinstance(listed, list):
-                            mismatches.extend(_unreadable(name, saver, config, ids, listed))
+                            mismatches.extend({**m, "thread_id": thread_id} for m in
+                                              _unreadable(name, saver, asked, ids, listed))
     finally:
         sqlite_conn.close()
     return mismatches, normalised
+
+
+def _as_target(listed: list | Exception, thread_id: str) -> list | Exception:
+    """SqliteSaver's tuples with the target's thread id in their configs (the source's
+    own id when a fleet renamed it; the rest of each tuple is the stored content)."""
+    if not isinstance(listed, list):
+        return listed
+
+    def renamed(config: Any) -> Any:
+        if not config or config["configurable"].get("thread_id") == thread_id:
+            return config
+        return {**config, "configurable": {**config["configurable"], "thread_id": thread_id}}
+    return [item._replace(config=renamed(item.config), parent_config=renamed(item.parent_config))
+            for item in listed]
 
 
 def _listed(saver: Any, config: dict) -> list | Exception:

@@ -1,0 +1,215 @@
+"""Many SQLite files into one PostgreSQL: plan the fleet, export every source, find the
+thread ids they share before anything is written, verify each source and the whole.
+
+A fleet's source is migrated exactly as one source is (its own export, batches and
+verification), with two differences: its threads may be renamed in the target (a prefix
+per source, or a mapping file; recorded in its export header and reversed by the way
+back), and its batch partitions carry its label. What a fleet adds is that the sources
+are looked at together: colliding thread ids are refused by key naming the files, copies
+are recognised, and the fleet passes only when every source passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.export.file_format import ExportManifest
+from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
+from checkpoint_assets.engine.export.writer import write_export
+from checkpoint_assets.engine.fleet.collisions import (
+    SharedThreads,
+    copied_sources,
+    refuse_collisions,
+    shared_threads,
+)
+from checkpoint_assets.engine.fleet.evidence import MemberResult, render_fleet_evidence
+from checkpoint_assets.engine.fleet.fleet_file import (
+    FLEET_FILE_NAME,
+    Fleet,
+    FleetMember,
+    plan_fleet,
+    read_fleet,
+    write_fleet,
+)
+from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.operations import migration
+from checkpoint_assets.engine.operations.contract import without_secrets, write_evidence
+from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
+from checkpoint_assets.engine.verify.certificates import BatchCertificate
+from checkpoint_assets.engine.verify.evidence import default_evidence_path
+from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+
+FLEET_EVIDENCE_NAME = "fleet.evidence.md"
+
+
+# --- the plan -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetPlanRequest:
+    """The SQLite files of a fleet (each a path, @LIST, a glob or a directory), where
+    their exports and the fleet file go, and how their threads are told apart (a prefix
+    template with ``{source}``, or a mapping file; neither: ids kept)."""
+
+    sources: tuple[str, ...]
+    export_dir: Path
+    thread_prefix: str | None = None
+    thread_map: Path | None = None
+
+
+def plan(request: FleetPlanRequest) -> Fleet:
+    """The fleet (a label, an export and thread names per source), written to
+    ``<export_dir>/fleet.json``; nothing is read from the sources yet."""
+    fleet = plan_fleet(request.sources, request.export_dir,
+                       thread_prefix=request.thread_prefix, thread_map=request.thread_map)
+    return write_fleet(fleet, request.export_dir / FLEET_FILE_NAME)
+
+
+def open_fleet(path: Path) -> Fleet:
+    """The fleet written to ``path`` by :func:`plan`."""
+    return read_fleet(path)
+
+
+# --- export ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberExport:
+    """One source's export (None when it failed: ``error`` says why, without secrets)
+    and the source's own counts in the same state."""
+
+    member: FleetMember
+    manifest: ExportManifest | None = None
+    counts: SourceCounts | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FleetExportReport:
+    """Every source's export, the thread ids the exported ones share, and which sources
+    are copies of another."""
+
+    fleet: Fleet
+    exports: tuple[MemberExport, ...]
+    shared: SharedThreads
+    copied: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[MemberExport]:
+        """The sources whose export failed."""
+        return [e for e in self.exports if e.manifest is None]
+
+
+def export_fleet(fleet: Fleet, batch_size: int) -> FleetExportReport:
+    """Export every source of the fleet (each one consistent snapshot, its threads named
+    as the fleet says), then compare their threads: a thread id two sources hold with
+    different content raises MigrationError naming them and the files (nothing is written
+    to PostgreSQL). A source that cannot be exported (not a checkpoint database, damaged,
+    missing) is reported in ``exports`` and the others go on."""
+    exports = []
+    for member in fleet.members:
+        try:
+            manifest = write_export(member.source, member.export, batch_size=batch_size,
+                                    names=member.names, fleet_label=member.label)
+            exports.append(MemberExport(member, manifest, _counts(member)))
+        except MigrationError as exc:
+            exports.append(MemberExport(member, error=str(exc)))
+    chains = {e.member.label: load_chain(e.member.export) for e in exports if e.manifest}
+    shared = shared_threads(chains)
+    refuse_collisions(shared, fleet.paths,
+                      "No batch was registered and nothing was written to PostgreSQL.")
+    return FleetExportReport(fleet, tuple(exports), shared, copied_sources(chains))
+
+
+def _counts(member: FleetMember) -> SourceCounts:
+    source = open_source(member.source, names=member.names)
+    try:
+        return source.counts()
+    finally:
+        source.close()
+
+
+# --- the batches ----------------------------------------------------------------------
+
+
+def fleet_chains(fleet: Fleet, labels: Sequence[str] | None = None,
+                 ) -> dict[str, ExportChain]:
+    """{label: export chain} of the fleet's sources (of ``labels`` only, if given) whose
+    export exists; a source never exported is left out."""
+    wanted = set(labels) if labels is not None else None
+    return {m.label: load_chain(m.export) for m in fleet.members
+            if (wanted is None or m.label in wanted) and m.export.exists()}
+
+
+# --- verification ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetVerifyRequest:
+    """Verify every source of ``fleet`` against PostgreSQL (``target_dsn``, ``schema``);
+    options as for migration.CertifiedVerifyRequest, for each source."""
+
+    fleet: Fleet
+    target_dsn: str = field(repr=False)
+    schema: str | None = None
+    aes_key: str | None = field(default=None, repr=False)
+    readback_threads: int | None = DEFAULT_READBACK_SAMPLE
+    workers: int | None = None
+    readback_all_hint: str = ""
+    certificates: Mapping[str, BatchCertificate] | None = None
+    certificates_hint: str = ""
+
+
+@dataclass(frozen=True)
+class FleetVerifyReport:
+    """Each source's verification, the thread ids they share, and the fleet's evidence
+    report (Markdown; each source's own report is written beside its export)."""
+
+    results: tuple[MemberResult, ...]
+    shared: SharedThreads
+    copied: dict[str, str]
+    target_display: str
+    evidence: str
+    evidence_path: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Every source passed every check."""
+        return bool(self.results) and all(r.passed for r in self.results)
+
+
+def verify_fleet(request: FleetVerifyRequest) -> FleetVerifyReport:
+    """Verify each source of the fleet on its own (a source that fails, or cannot be
+    verified, is a FAILED row and the others still run), write each source's evidence
+    beside its export and the fleet's beside the fleet file."""
+    fleet = request.fleet
+    display = Target(request.target_dsn, request.schema).display
+    results = []
+    for member in fleet.members:
+        try:
+            verified = migration.verify_certified(migration.CertifiedVerifyRequest(
+                source=member.source, export=member.export, target_dsn=request.target_dsn,
+                schema=request.schema, aes_key=request.aes_key,
+                readback_threads=request.readback_threads, workers=request.workers,
+                readback_all_hint=request.readback_all_hint,
+                certificates=None if request.certificates is None
+                else dict(request.certificates),
+                certificates_hint=request.certificates_hint))
+        except MigrationError as exc:
+            results.append(MemberResult(member, None, without_secrets(str(exc),
+                                                                      request.target_dsn)))
+            continue
+        evidence = write_evidence(default_evidence_path(member.export),
+                                  migration.certified_evidence(verified, [], {}))
+        results.append(MemberResult(member, verified.report, None, str(evidence)))
+    chains = fleet_chains(fleet)
+    shared = shared_threads(chains)
+    copied = copied_sources(chains)
+    markdown = render_fleet_evidence(results, shared, copied, display)
+    path = None
+    if fleet.path is not None:
+        path = write_evidence(fleet.path.with_name(FLEET_EVIDENCE_NAME), markdown)
+    return FleetVerifyReport(tuple(results), shared, copied, display, markdown, path)
