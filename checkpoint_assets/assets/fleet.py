@@ -23,7 +23,6 @@ from checkpoint_assets.engine.operations import migration
 from checkpoint_assets.engine.operations.fleet import FleetExportReport, FleetVerifyReport
 from checkpoint_assets.engine.sync.export_chain import ExportChain
 from checkpoint_assets.partitions import (
-    BATCH_PARTITIONS_NAME,
     EXPORT_COUNTS_MATCH_SOURCE,
     EXPORT_FILE_VERIFIES,
     VERIFICATION_CHECK_SPECS,

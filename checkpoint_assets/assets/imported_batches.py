@@ -8,7 +8,6 @@ from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets.fleet import fleet_chains_for
 from checkpoint_assets.assets.dagster_metadata import (
     EXPORT_BATCH_FIELD,
     PARTITION_FIELD,
@@ -18,6 +17,7 @@ from checkpoint_assets.assets.dagster_metadata import (
     preview_silenced,
     scrubbed_traceback,
 )
+from checkpoint_assets.assets.fleet import fleet_chains_for
 from checkpoint_assets.assets.staleness import (
     latest_materialization,
     verification_out_of_date,

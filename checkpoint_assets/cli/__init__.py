@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(settings).parse_args(argv)
     dsn = ""
     try:
-        if args.command == "sync" and wants_fleet(args, settings):
+        if args.command in ("sync", "cutover") and wants_fleet(args, settings):
             pass  # each source of the fleet has its export
         elif args.command in ("export", "import", "verify", "sync", "cutover"):
             args.export = args.export or default_export(args)

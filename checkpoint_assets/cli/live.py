@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from checkpoint_assets.cli.arguments import aes_key_of
-from checkpoint_assets.cli.fleet import fleet_of
 from checkpoint_assets.cli.exit_status import (
     DEFAULT_ERROR_REPORT,
     ERROR_REPORTS,
@@ -19,6 +20,7 @@ from checkpoint_assets.cli.exit_status import (
     EXIT_MISMATCH,
     EXIT_OK,
 )
+from checkpoint_assets.cli.fleet import fleet_of
 from checkpoint_assets.cli.output import (
     emit,
     print_evidence_path,
@@ -35,42 +37,46 @@ from checkpoint_assets.settings import Settings
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     """sync: the target follows the source, moving only what changed since the export
     (or the last sync); exit 4 on a conflict (nothing of that batch written), 3 when
-    threads were refused (the others moved; every later sync tries those again)."""
+    threads were refused (the others moved; every later sync tries those again). A fleet:
+    each source in turn (fleet.py)."""
+    if getattr(args, "sources", None) is not None:
+        return _each_source(args, "sync", lambda: _sync_one(args, settings))
+    status, summary, text = _sync_one(args, settings)
+    emit(args, summary, text)
+    return status
+
+
+def _sync_one(args: argparse.Namespace, settings: Settings) -> tuple[int, dict, str]:
+    """One source's sync as a Dagster run: (exit status, JSON summary, text)."""
     from checkpoint_assets.live_runs import sync_in_process
 
-    if getattr(args, "sources", None) is not None:
-        return _sync_fleet(args, settings)
     report = sync_in_process(settings, sync_request(args, settings),
                              aes_key_env=args.aes_key_env)
-    emit(args, sync_json(report), report.render())
-    return EXIT_BAD_INPUT if report.found.refused else EXIT_OK
+    return (EXIT_BAD_INPUT if report.found.refused else EXIT_OK, sync_json(report),
+            report.render())
 
 
-def _sync_fleet(args: argparse.Namespace, settings: Settings) -> int:
-    """sync of a fleet: each source in turn, each its own run (a source that fails is
-    reported and the others still sync); the exit status of the worst."""
-    from checkpoint_assets.live_runs import sync_in_process
-
+def _each_source(args: argparse.Namespace, command: str,
+                 one: Callable[[], tuple[int, dict, str]]) -> int:
+    """``one`` (a sync or a cutover) for each source of the fleet in turn, each its own
+    Dagster run; a source that fails is reported and the others still run. The exit
+    status of the worst."""
     fleet = fleet_of(args, plan=False)
     statuses, summaries, lines = [], [], []
     for member in fleet.members:
         args.source, args.export = str(member.source), str(member.export)
         try:
-            report = sync_in_process(settings, sync_request(args, settings),
-                                     aes_key_env=args.aes_key_env)
+            status, summary, text = one()
         except MigrationError as exc:
             label, status = ERROR_REPORTS.get(exc.kind, DEFAULT_ERROR_REPORT)
-            statuses.append(status)
-            summaries.append({"source": member.label, "ok": False, "error": str(exc)})
-            lines.append(f"[{member.label}] {label}: {exc}")
-            continue
-        statuses.append(EXIT_BAD_INPUT if report.found.refused else EXIT_OK)
-        summaries.append({"source": member.label, **sync_json(report)})
-        lines.append(f"[{member.label}] {report.render()}")
+            summary, text = {"ok": False, "error": str(exc)}, f"{label}: {exc}"
+        statuses.append(status)
+        summaries.append({"source": member.label, **summary})
+        lines.append(f"[{member.label}] {text}")
     failed = sum(status != EXIT_OK for status in statuses)
-    lines.append(f"Fleet sync: {len(statuses) - failed} of {len(statuses)} source(s) synced"
-                 + (f", {failed} FAILED" if failed else ""))
-    emit(args, {"command": "sync", "fleet": str(fleet.path), "ok": not failed,
+    lines.append(f"Fleet {command}: {len(statuses) - failed} of {len(statuses)} source(s) "
+                 "done" + (f", {failed} FAILED" if failed else ""))
+    emit(args, {"command": command, "fleet": str(fleet.path), "ok": not failed,
                 "sources": summaries}, "\n".join(lines))
     return max(statuses, default=EXIT_OK)
 
@@ -89,7 +95,19 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     """cutover: wait for quiet, final sync, verification of every thread (read back through
     both savers), the cutover window, the evidence report; exit 0 only when proven equal
     and no writer touched the source meanwhile; exit 5 (TimedOut) when --timeout passed
-    before the source was quiet (the algorithm: live.cutover)."""
+    before the source was quiet (the algorithm: live.cutover). A fleet: each source in
+    turn, each with its evidence beside its export (stop every writer first)."""
+    if getattr(args, "sources", None) is not None:
+        args.evidence = None  # each source's beside its export
+        return _each_source(args, "cutover", lambda: _cutover_one(args, settings))
+    status, summary, text = _cutover_one(args, settings)
+    emit(args, summary, text)
+    print_evidence_path(args, Path(summary["evidence"]))
+    return status
+
+
+def _cutover_one(args: argparse.Namespace, settings: Settings) -> tuple[int, dict, str]:
+    """One source's cutover as a Dagster run: (exit status, JSON summary, text)."""
     request = live.CutoverRequest(
         sync=sync_request(args, settings), quiet_seconds=args.quiet_seconds,
         timeout_seconds=args.timeout, workers=args.workers, evidence=args.evidence,
@@ -105,7 +123,4 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
                "evidence": str(done.evidence)}
     text = render_verification(done.report) + "\n\n" + "\n".join(
         f"{label}: {value}" for label, value in done.window.items())
-    emit(args, summary, text)
-    print_evidence_path(args, done.evidence)
-    return EXIT_OK if done.passed else EXIT_MISMATCH
-
+    return EXIT_OK if done.passed else EXIT_MISMATCH, summary, text

@@ -13,6 +13,7 @@ from checkpoint_assets.cli.arguments import (
 from checkpoint_assets.cli.exit_status import (
     EXIT_OK,
 )
+from checkpoint_assets.cli.fleet import wants_fleet
 from checkpoint_assets.cli.parser import build_parser
 from checkpoint_assets.cli.runs import (
     run_migration,
@@ -63,6 +64,7 @@ def cmd_quickstart(args: argparse.Namespace, settings: Settings) -> int:
     args = build_parser(settings).parse_args(
         ["migrate", "--source", str(source), "--target", dsn,
          "--batch-size", str(QUICKSTART_BATCH_SIZE), "--readback-all"])
+    wants_fleet(args, settings)  # one source: --source as its path
     status = run_migration(args, settings)
     print(f"\nSettings (source, target DSN, batch size): {workdir / QUICKSTART_ENV_FILE}")
     print("See it in the Dagster UI: .venv/bin/checkpoint-assets ui   (then open "

@@ -197,7 +197,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                                        "--quiet-seconds, run the final sync and the full "
                                        "verification (every thread read back), print the "
                                        "cutover window and write the evidence report")
-    add_source(p)
+    add_fleet(p)
     add_export(p)
     add_target(p)
     p.add_argument("--quiet-seconds", type=seconds, default=10.0, metavar="SECONDS",
@@ -318,6 +318,15 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
     add_source(p)
     add_to(p)
     add_threads(p)
+    p.add_argument("--fleet-source", metavar="LABEL",
+                   help="one source of a fleet: its threads, back into one file with the "
+                        "thread ids that source gave them (its export is the original "
+                        "export); the fleet from --fleet or --export-dir")
+    p.add_argument("--fleet", type=Path, default=settings.fleet,
+                   help=f"the fleet file (env {FLEET_ENV})")
+    p.add_argument("--export-dir", type=Path, default=None,
+                   help="the fleet's export directory (default .checkpoint_assets/exports/"
+                        "fleet in the project)")
     add_export(p, required=False)
     add_originals(p)
     add_remove(p)

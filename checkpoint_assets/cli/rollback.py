@@ -16,12 +16,15 @@ from checkpoint_assets.cli.arguments import (
     aes_key_of,
     source_dsn,
 )
+from checkpoint_assets.cli.fleet import fleet_of
 from checkpoint_assets.cli.output import (
     deleted_threads_lines,
     emit,
     reasons,
 )
+from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.operations import contract, way_back
+from checkpoint_assets.engine.operations import fleet as fleet_ops
 from checkpoint_assets.settings import (
     Settings,
 )
@@ -32,6 +35,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from checkpoint_assets.assets.rollback import READBACK_ALL_HINT, REMOVE_HINT
     from checkpoint_assets.live_runs import rollback_in_process
 
+    if args.fleet_source is not None:  # one source of a fleet: its threads, its own ids
+        if args.threads:
+            raise MigrationError("--threads and --fleet-source were both given.",
+                                 "A fleet's source is rolled back whole; pass one of them.")
+        fleet = fleet_of(args, plan=False)
+        args.threads = f"@{fleet_ops.source_thread_list(fleet, args.fleet_source)}"
+        args.original_export = args.original_export or fleet.member(args.fleet_source).export
     request = way_back.RollbackRequest(
         source_dsn=source_dsn(args, settings), to=args.to, export=args.export,
         schema=args.schema, threads=args.threads, aes_key=aes_key_of(args),

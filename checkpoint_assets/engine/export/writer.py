@@ -13,11 +13,11 @@ from checkpoint_assets.engine.core.codec import pack_opaque
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.private_files import private_file
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
-from checkpoint_assets.engine.core.thread_names import KEPT, ThreadNames
 from checkpoint_assets.engine.core.selection import (
     MISSING_THREADS_HINT,
     refuse_missing_threads,
 )
+from checkpoint_assets.engine.core.thread_names import KEPT, ThreadNames
 from checkpoint_assets.engine.export.file_format import (
     BATCH,
     BATCH_END,

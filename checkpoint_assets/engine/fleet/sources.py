@@ -1,11 +1,12 @@
 """Which SQLite files make a fleet, and the label each is known by.
 
 ``--source`` is given once per file, or as ``@FILE`` (one path a line), a glob
-(``replicas/*.sqlite``) or a directory (every SQLite file directly inside it). The same
-file reached twice (two spellings, a symlink) counts once. A source's label is what the
-partitions, the evidence and the per-source prefix call it: its file name without the
-suffix, and its parent folders' names in front while two sources would share one
-(``replica-1-checkpoints``, ``replica-2-checkpoints``).
+(``replicas/*.sqlite``) or a directory (every .sqlite, .sqlite3, .db file directly inside
+it, and any other file that is a SQLite database). The same file reached twice (two
+spellings, a symlink) counts once. A source's label is what the partitions, the evidence
+and the per-source prefix call it: its file name without the suffix, and its parent
+folders' names in front while two sources would share one (``replica-1-checkpoints``,
+``replica-2-checkpoints``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from checkpoint_assets.engine.core.errors import MigrationError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 GLOB_CHARACTERS = set("*?[")
+# In a directory: files with these suffixes (a damaged one is then refused by name, not
+# skipped) and any other file that starts as a SQLite database does; never -wal or -shm.
+DATABASE_SUFFIXES = (".sqlite", ".sqlite3", ".db", ".db3")
 # Labels name partitions and prefixes: letters, digits and "-" only.
 _NOT_IN_LABEL = re.compile(r"[^A-Za-z0-9]+")
 MAX_LABEL_LENGTH = 40
@@ -67,7 +71,8 @@ def _expand_one(spec: str) -> list[Path]:
         return matches
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_sqlite(p))
+        files = sorted(p for p in path.iterdir() if p.is_file() and (
+            p.suffix.lower() in DATABASE_SUFFIXES or _is_sqlite(p)))
         if not files:
             raise MigrationError(f"The directory {path} holds no SQLite file.",
                                  "Point --source at the folder holding the .sqlite files, "

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.core.private_files import write_private_text
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_source
 from checkpoint_assets.engine.export.writer import write_export
@@ -199,8 +200,8 @@ def verify_fleet(request: FleetVerifyRequest) -> FleetVerifyReport:
                 else dict(request.certificates),
                 certificates_hint=request.certificates_hint))
         except MigrationError as exc:
-            results.append(MemberResult(member, None, without_secrets(str(exc),
-                                                                      request.target_dsn)))
+            why = _why_never_exported(member) or str(exc)
+            results.append(MemberResult(member, None, without_secrets(why, request.target_dsn)))
             continue
         evidence = write_evidence(default_evidence_path(member.export),
                                   migration.certified_evidence(verified, [], {}))
@@ -213,3 +214,43 @@ def verify_fleet(request: FleetVerifyRequest) -> FleetVerifyReport:
     if fleet.path is not None:
         path = write_evidence(fleet.path.with_name(FLEET_EVIDENCE_NAME), markdown)
     return FleetVerifyReport(tuple(results), shared, copied, display, markdown, path)
+
+
+def _why_never_exported(member: FleetMember) -> str | None:
+    """What is wrong with a source that has no export (its file is missing, damaged, not a
+    checkpoint database), or None when it has one or could be read."""
+    if member.export.exists():
+        return None
+    try:
+        _counts(member)
+    except MigrationError as exc:
+        return f"not exported: {exc}"
+    return None
+
+
+# --- the way back, one source at a time -------------------------------------------------
+
+THREAD_LIST_SUFFIX = ".threads"
+
+
+def source_thread_list(fleet: Fleet, label: str) -> Path:
+    """The threads of the fleet's source ``label`` as PostgreSQL calls them, one a line,
+    in a private file beside its export: ``--threads @FILE`` of a rollback of that source
+    alone (with its export as the original export, the rollback gives the threads their
+    own ids back). MigrationError when the source was never exported, or when an id
+    cannot be listed a line (a line break, or spaces at either end)."""
+    member = fleet.member(label)
+    if not member.export.exists():
+        raise MigrationError(f"The fleet's source {label!r} has no export ({member.export}).",
+                             "Migrate the fleet first (checkpoint-assets migrate).")
+    ids = [tid for tid, _, _, _ in load_chain(member.export).thread_digests()]
+    unlistable = [tid for tid in ids if tid != tid.strip() or "\n" in tid or "\r" in tid]
+    if unlistable:
+        raise MigrationError(
+            f"{len(unlistable)} thread id(s) of {label!r} cannot be listed one a line "
+            f"(first: {unlistable[0]!r}).",
+            "Roll those threads back with --threads naming them, and the others with a "
+            "list of your own (--threads @FILE).")
+    path = member.export.with_name(member.export.name + THREAD_LIST_SUFFIX)
+    write_private_text(path, "".join(f"{tid}\n" for tid in ids))
+    return path

@@ -69,11 +69,17 @@ class PostgresRows:
         self.cipher = cipher
 
     def source_header(self) -> dict[str, Any]:
-        """Where the rows came from: the DSN without its password, schema, threads."""
-        return {"kind": "postgres", "dsn": redact_dsn(self.source.dsn),
-                "schema": self.source.schema, "schema_version": self.schema_version,
-                "threads": self.only,
-                "original_export": self.originals.provenance() if self.originals else None}
+        """Where the rows came from: the DSN without its password, schema, threads; with
+        an original export of a fleet's source, what that source calls its threads (the
+        restore gives them their own ids back)."""
+        header = {"kind": "postgres", "dsn": redact_dsn(self.source.dsn),
+                  "schema": self.source.schema, "schema_version": self.schema_version,
+                  "threads": self.only,
+                  "original_export": self.originals.provenance() if self.originals else None}
+        names = self.originals.chain.export.thread_names if self.originals else None
+        if names is not None and not names.kept:
+            header["thread_names"] = names.to_json()
+        return header
 
     def _stream(self, table: str) -> Iterator[tuple]:
         columns, order = _QUERIES[table]

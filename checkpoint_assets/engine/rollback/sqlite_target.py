@@ -30,6 +30,7 @@ from checkpoint_assets.engine.core.crypto import Cipher
 from checkpoint_assets.engine.core.errors import ConflictError, MigrationError
 from checkpoint_assets.engine.core.private_files import PARTIAL_SUFFIX, remove_abandoned
 from checkpoint_assets.engine.core.rows import CheckpointRow, ThreadRows, WriteRow
+from checkpoint_assets.engine.core.thread_names import ThreadNames
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.reader import export_thread_digests, read_batch
 from checkpoint_assets.engine.export.sqlite_source import (
@@ -212,13 +213,17 @@ def threads_postgres_lacks(conn: sqlite3.Connection, manifest: ExportManifest) -
     PostgreSQL does not: PostgreSQL no longer had them at the export's snapshot (deleted
     there, e.g. an erasure request after the cutover). Only threads of the export's
     selection count when it has one (a rollback of some threads speaks of those alone)."""
-    exported = {tid for tid, _, _, _ in export_thread_digests(manifest)}
+    names = manifest.thread_names  # the file holds the fleet source's own ids
+
+    def own(thread_id: str) -> str:
+        return names.to_source(thread_id) or thread_id
+    exported = {own(tid) for tid, _, _, _ in export_thread_digests(manifest)}
     held = {tid for (tid,) in conn.execute(
         "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM writes")}
     # A rollback export names its threads in its source entry (a forward one: selection).
     selection = manifest.selection or (manifest.header.get("source") or {}).get("threads")
     if selection is not None:
-        held &= set(selection)
+        held &= {own(tid) for tid in selection}
     return sorted(held - exported)
 
 
@@ -338,9 +343,10 @@ def load_batch_into_sqlite(conn: sqlite3.Connection, manifest: ExportManifest, k
     ``remove_deleted_threads`` the same transaction also deletes the threads PostgreSQL
     no longer has (:func:`remove_threads_postgres_lacks`; listed in the result's ``removed``)."""
     result = RestoreBatchResult(key)
+    names = manifest.thread_names
     with _write_transaction(conn):
         for thread in read_batch(manifest, key):
-            _load_thread(conn, thread, cipher, result)
+            _load_thread(conn, in_source_names(thread, names), cipher, result)
         if remove_deleted_threads:
             result.removed = remove_threads_postgres_lacks(conn, manifest)
     return result
@@ -376,6 +382,16 @@ def _cannot_write(conn: sqlite3.Connection, exc: sqlite3.Error) -> MigrationErro
     return MigrationError(f"Cannot write {path}: {text}; this batch was not written.",
                           "Check the file's permissions and the free space, then run the "
                           "same command again.")
+
+
+def in_source_names(thread: ThreadRows, names: ThreadNames) -> ThreadRows:
+    """``thread`` with the id its fleet source gave it (``names`` reversed; as it is when
+    the ids were kept)."""
+    own = names.to_source(thread.thread_id)
+    if names.kept or own is None or own == thread.thread_id:
+        return thread
+    return ThreadRows(own, [row._replace(thread_id=own) for row in thread.checkpoints],
+                      [row._replace(thread_id=own) for row in thread.writes])
 
 
 def read_thread(conn: sqlite3.Connection, thread_id: str) -> ThreadRows:

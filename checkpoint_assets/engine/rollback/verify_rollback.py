@@ -37,7 +37,11 @@ from checkpoint_assets.engine.export.snapshot import private_snapshot
 from checkpoint_assets.engine.export.sqlite_source import open_source, require_sqlite_file
 from checkpoint_assets.engine.export.writer import Peekable
 from checkpoint_assets.engine.load.target import Target, scrub
-from checkpoint_assets.engine.rollback.sqlite_target import read_thread, threads_postgres_lacks
+from checkpoint_assets.engine.rollback.sqlite_target import (
+    in_source_names,
+    read_thread,
+    threads_postgres_lacks,
+)
 from checkpoint_assets.engine.verify.check_table import (
     EXPORT_MATCHES_POSTGRES,
     OFFICIAL_READBACK,
@@ -125,7 +129,8 @@ def _verify_rollback(manifest: ExportManifest, source: Target, sqlite_path: str 
                    "bytes kept)."] if identical < manifest.threads - len(mismatches) else [])
         threads = readback_sample(manifest, readback_threads)
         read_mismatches, notes = compare_thread_readback(sqlite_path, source, threads, cipher,
-                                                         snapshot=copy)
+                                                         snapshot=copy,
+                                                         names=manifest.thread_names)
         if len(threads) < manifest.threads:
             notes = [*notes, f"A sample of {len(threads)} of {manifest.threads} threads; read "
                              f"back every thread with {readback_all_hint}."]
@@ -191,7 +196,7 @@ def compare_sqlite_with_export(
     counts = {"checkpoints": 0, "checkpoint_writes": 0}
     identical = 0
     mismatches: list[dict] = []
-    source = open_source(sqlite_path, snapshot=snapshot)
+    source = open_source(sqlite_path, snapshot=snapshot, names=manifest.thread_names)
     try:
         with source.snapshot():
             present = Peekable(_threads_of(source, wanted))
@@ -222,8 +227,11 @@ def compare_sqlite_batch(sqlite_path: str | Path, manifest: ExportManifest, key:
     mismatches = []
     with closing(sqlite3.connect(f"{Path(sqlite_path).resolve().as_uri()}?mode=ro",
                                  uri=True)) as conn:
+        names = manifest.thread_names
         for exported in read_batch(manifest, key):
-            present = read_thread(conn, exported.thread_id)
+            own = in_source_names(exported, names)
+            present = read_thread(conn, own.thread_id)
+            exported = own
             if not present.checkpoints and not present.writes:
                 mismatches.append({"thread_id": exported.thread_id,
                                    "problem": "thread missing in SQLite"})
