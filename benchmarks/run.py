@@ -49,7 +49,11 @@ For each size, in this one run on this machine:
   on a private copy of the corpus: a sync with nothing changed, after 50 threads changed,
   after 45 changed and 5 deleted; the application's request latency idle and while syncs
   run; the cutover window under a steady writer. Its targets are in the table with the
-  others.
+  others;
+- ``fleet`` (issue 24; e.g. ``--sizes 1000000 --steps migrate,fleet``): the corpus cut
+  into ``--fleet-sources`` SQLite files (default 200, whole threads; benchmarks/fleet.py)
+  and migrated at once (``migrate --source DIR``), against the one file's ``migrate`` of
+  the same run; then the partitions page's GraphQL query against the home it left.
 
 Every step runs in a fresh subprocess, so its peak RSS is its own: the step process's
 high-water mark (VmHWM: interpreter and imports included) or, for steps that start another
@@ -92,6 +96,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from benchmarks.fleet import DEFAULT_SOURCES as DEFAULT_FLEET_SOURCES
+from benchmarks.fleet import ensure_fleet, fleet_targets, step_fleet
 from checkpoint_assets.engine.core.private_files import write_private_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +110,9 @@ CLONE_BASE_SIZE = 100_000  # larger corpora are this one's threads copied under 
 RESULT_MARK = "BENCH_RESULT "
 
 STEPS = ("copy_ceiling", "api_loop", "export", "import", "verify", "migrate", "sync",
-         "rollback", "dagster_ui", "dagster_backfill", "live")
-SMOKE_STEPS = tuple(s for s in STEPS if s not in ("dagster_ui", "dagster_backfill", "live"))
+         "rollback", "dagster_ui", "dagster_backfill", "live", "fleet")
+SMOKE_STEPS = tuple(s for s in STEPS
+                    if s not in ("dagster_ui", "dagster_backfill", "live", "fleet"))
 # Results of the sync step besides its own: the cutover window (see step_cutover).
 SYNC_RESULTS = ("sync", "cutover")
 SYNC_CHANGED_FRACTION, SYNC_NEW_THREADS = 0.01, 20
@@ -628,18 +635,20 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 UI_REPEATS = 3
 
 
-def step_dagster_ui(source: str, workdir: str) -> dict[str, Any]:
-    """Against the Dagster instance a ``migrate`` step left in ``workdir``: the wall time of
-    ``checkpoint-assets checks`` (a fresh process each time), and of the GraphQL query the
-    batches asset's partitions page makes (PartitionHealthQuery, as the UI's bundle sends it)
-    to ``dagster dev``; each UI_REPEATS times, the first cold."""
+def step_dagster_ui(source: str, workdir: str, fleet: str | None = None) -> dict[str, Any]:
+    """Against the Dagster instance a ``migrate`` (or ``fleet``: the fleet file it wrote)
+    step left in ``workdir``: the wall time of ``checkpoint-assets checks`` (a fresh
+    process each time), and of the GraphQL query the batches asset's partitions page makes
+    (PartitionHealthQuery, as the UI's bundle sends it) to ``dagster dev``; each
+    UI_REPEATS times, the first cold."""
     from checkpoint_assets.partitions import BATCHES_ASSET
-    from checkpoint_assets.settings import EXPORT_ENV, SOURCE_ENV
+    from checkpoint_assets.settings import EXPORT_ENV, FLEET_ENV, SOURCE_ENV
     from checkpoint_assets_tests.dagster_dev_support import DagsterDev
 
     work = Path(workdir)
-    env = console_env(None, {"DAGSTER_HOME": str(work / "dagster_home"), SOURCE_ENV: source,
-                             EXPORT_ENV: str(work / "run.export")})
+    place = {FLEET_ENV: fleet} if fleet else {SOURCE_ENV: source,
+                                              EXPORT_ENV: str(work / "run.export")}
+    env = console_env(None, {"DAGSTER_HOME": str(work / "dagster_home"), **place})
     script = console_script()
     checks = []
     for _ in range(UI_REPEATS):
@@ -723,12 +732,12 @@ STEP_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "import": step_import, "profile_import": step_profile_import, "verify": step_verify,
     "migrate": step_migrate, "rollback": step_rollback, "dagster_ui": step_dagster_ui,
     "dagster_backfill": step_dagster_backfill, "sync_change": step_sync_change,
-    "sync": step_sync, "cutover": step_cutover, "live": step_live,
+    "sync": step_sync, "cutover": step_cutover, "live": step_live, "fleet": step_fleet,
 }
 
 
 CHILD_PROCESS_STEPS = frozenset({"import", "migrate", "sync", "cutover", "rollback",
-                                 "dagster_backfill"})
+                                 "dagster_backfill", "fleet"})
 # Scale-out: the import with this many concurrent batch loader processes (issue: 1, 2, 4).
 SCALE_OUT_LOADERS = (1, 2, 4)
 SAMPLE_SECONDS = 0.2
@@ -946,6 +955,18 @@ def measure_size(size: int, corpus: Path, admin: str, args: argparse.Namespace,
                     for name in SYNC_RESULTS:
                         results[name]["ratio_to_migrate"] = (
                             results[name]["seconds"] / results["migrate"]["seconds"])
+        if "fleet" in steps:
+            fleet_dir = ensure_fleet(corpus, args.fleet_sources, corpus.parent)
+            fleet_work = Path(tempfile.mkdtemp(prefix="fleet-", dir=work))
+            with fresh_database(admin, "fleet") as dsn:
+                results["fleet"] = run("fleet", {"fleet_dir": str(fleet_dir), "dsn": dsn,
+                                                 "workdir": str(fleet_work)})
+                results["fleet"]["ratio_to_migrate"] = (
+                    results["fleet"]["seconds"] / results["migrate"]["seconds"]
+                    if "migrate" in results else None)
+                results["fleet"]["dagster_ui"] = run("dagster_ui", {
+                    "source": source, "workdir": str(fleet_work),
+                    "fleet": str(fleet_work / "exports" / "fleet.json")})
         if "live" in steps:
             results["live"] = run("live", {"size": size, "corpus": str(corpus),
                                            "admin_dsn": admin})
@@ -1121,6 +1142,12 @@ def evaluate_targets(sizes: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
         add("sync times within 1.5x across sizes (the same change)", "all", ratio,
             f"<= {SYNC_MAX_SPREAD}", ratio <= SYNC_MAX_SPREAD,
             "needs --sync-changed-threads N for the same change at every size")
+    for size in sorted(sizes):
+        fleet = step(size, "fleet")
+        if fleet:
+            for name, value, limit, met in fleet_targets(step(size, "migrate"), fleet,
+                                                         fleet.get("dagster_ui")):
+                add(name, size, value, limit, met if value is not None else None)
     live = [sizes[size]["steps"]["live"] for size in sorted(sizes)
             if "live" in sizes[size]["steps"]]
     if live:
@@ -1252,6 +1279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the sync step changes this many threads (and deletes a fifth "
                              "as many) at every size, instead of 1%% (and 0.2%%): the same "
                              "change on corpora of different sizes")
+    parser.add_argument("--fleet-sources", type=int, default=DEFAULT_FLEET_SOURCES,
+                        help="the fleet step cuts the corpus into this many SQLite files "
+                             f"(default {DEFAULT_FLEET_SOURCES})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -46,8 +46,10 @@ class MemberResult:
 
 def render_fleet_evidence(results: Sequence[MemberResult], shared: SharedThreads,
                           copied: dict[str, str], target_display: str,
+                          target_tables: dict[str, int], readback_per_source: int | None,
                           generated_at: dt.datetime | None = None) -> str:
-    """The fleet's evidence report (Markdown)."""
+    """The fleet's evidence report (Markdown). ``target_tables``: the target's whole
+    tables' rows; ``readback_per_source``: threads each source read back (None: all)."""
     when = (generated_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
     passed = bool(results) and all(r.passed for r in results)
     failed = [r for r in results if not r.passed]
@@ -70,15 +72,20 @@ def render_fleet_evidence(results: Sequence[MemberResult], shared: SharedThreads
             ("Failed", ", ".join(r.member.label for r in failed) or "none"),
             ("Target", target_display), ("Generated", when)]),
         "## Sources\n\nEvery source is verified on its own (counts, content, metadata, "
-        "source drift, read-back through both savers): a source's checkpoints are counted "
-        "in PostgreSQL among its own threads only.\n\n" + markdown_table(
+        "source drift, read-back through both savers: "
+        + ("every thread" if readback_per_source is None
+           else f"a sample of {readback_per_source} thread(s) of each source")
+        + "): a source's checkpoints are counted in PostgreSQL among its own threads "
+        "only.\n\n" + markdown_table(
             ["source", "file", "SQLite checkpoints", "export", "PostgreSQL", "thread names",
              "result", "failed", "evidence"], rows,
             numeric=["SQLite checkpoints", "export", "PostgreSQL"]),
         "## In total\n\n" + markdown_table(
             ["", "checkpoints"],
             [("SQLite (every source)", totals["sqlite"]), ("export", totals["export"]),
-             ("PostgreSQL (each source's threads)", totals["target"])], numeric=["checkpoints"])
+             ("PostgreSQL (each source's threads)", totals["target"]),
+             ("PostgreSQL (the whole table)", target_tables.get("checkpoints"))],
+            numeric=["checkpoints"])
         + ("\n\nThreads held by several sources with the same content (copies) are counted "
            "once per source holding them and stored once in PostgreSQL." if shared.copies
            else ""),

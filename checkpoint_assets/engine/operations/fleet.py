@@ -11,9 +11,11 @@ are recognised, and the fleet passes only when every source passes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.core.private_files import write_private_text
@@ -37,13 +39,26 @@ from checkpoint_assets.engine.fleet.fleet_file import (
 )
 from checkpoint_assets.engine.load.target import Target
 from checkpoint_assets.engine.operations import migration
-from checkpoint_assets.engine.operations.contract import without_secrets, write_evidence
+from checkpoint_assets.engine.operations.contract import (
+    without_secrets,
+    worker_processes,
+    workers_by_default,
+    write_evidence,
+)
 from checkpoint_assets.engine.sync.export_chain import ExportChain, load_chain
 from checkpoint_assets.engine.verify.certificates import BatchCertificate
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
-from checkpoint_assets.engine.verify.migration import DEFAULT_READBACK_SAMPLE
+from checkpoint_assets.engine.verify.migration import (
+    DEFAULT_READBACK_SAMPLE,
+    target_table_counts,
+)
 
 FLEET_EVIDENCE_NAME = "fleet.evidence.md"
+# From this many sources, exports and verifications run in worker processes.
+PARALLEL_MIN_SOURCES = 4
+# Every source is read back through both savers, however many there are (a sample of one
+# source's size shared between them would leave most sources with none).
+MIN_READBACK_PER_SOURCE = 2
 
 
 # --- the plan -----------------------------------------------------------------------
@@ -80,7 +95,7 @@ def open_fleet(path: Path) -> Fleet:
 @dataclass(frozen=True)
 class MemberExport:
     """One source's export (None when it failed: ``error`` says why, without secrets)
-    and the source's own counts in the same state."""
+    and the source's own counts in the same snapshot (SQLite's indexes, per thread)."""
 
     member: FleetMember
     manifest: ExportManifest | None = None
@@ -104,25 +119,47 @@ class FleetExportReport:
         return [e for e in self.exports if e.manifest is None]
 
 
-def export_fleet(fleet: Fleet, batch_size: int) -> FleetExportReport:
+def export_fleet(fleet: Fleet, batch_size: int,
+                 workers: int | None = None) -> FleetExportReport:
     """Export every source of the fleet (each one consistent snapshot, its threads named
-    as the fleet says), then compare their threads: a thread id two sources hold with
-    different content raises MigrationError naming them and the files (nothing is written
-    to PostgreSQL). A source that cannot be exported (not a checkpoint database, damaged,
-    missing) is reported in ``exports`` and the others go on."""
-    exports = []
-    for member in fleet.members:
-        try:
-            manifest = write_export(member.source, member.export, batch_size=batch_size,
-                                    names=member.names, fleet_label=member.label)
-            exports.append(MemberExport(member, manifest, _counts(member)))
-        except MigrationError as exc:
-            exports.append(MemberExport(member, error=str(exc)))
+    as the fleet says; ``workers`` sources at once, see :func:`each_member`), then compare
+    their threads: a thread id two sources hold with different content raises
+    MigrationError naming them and the files (nothing is written to PostgreSQL). A source
+    that cannot be exported (not a checkpoint database, damaged, missing) is reported in
+    ``exports`` and the others go on."""
+    exports = each_member(_export_member, fleet.members, workers, batch_size)
     chains = {e.member.label: load_chain(e.member.export) for e in exports if e.manifest}
     shared = shared_threads(chains)
     refuse_collisions(shared, fleet.paths,
                       "No batch was registered and nothing was written to PostgreSQL.")
     return FleetExportReport(fleet, tuple(exports), shared, copied_sources(chains))
+
+
+def _export_member(member: FleetMember, batch_size: int) -> MemberExport:
+    """One source's export (in a worker process when the fleet has several)."""
+    try:
+        manifest = write_export(member.source, member.export, batch_size=batch_size,
+                                names=member.names, fleet_label=member.label)
+    except MigrationError as exc:
+        return MemberExport(member, error=str(exc))
+    # What SQLite's indexes counted in the export's own snapshot (its source state), not
+    # a second copy of every file: the rows streamed must be every row counted.
+    state = load_chain(member.export).state
+    return MemberExport(member, manifest, SourceCounts(state.checkpoints, state.writes,
+                                                       len(state.threads)))
+
+
+def each_member(work: Callable[..., Any], members: Sequence[FleetMember],
+                workers: int | None, *args: Any) -> list[Any]:
+    """``work(member, *args)`` for every member, in order: in ``workers`` processes at once
+    (None: one per core, at most two) when there are PARALLEL_MIN_SOURCES or more, since a
+    worker takes a second to start. ``work`` must catch what a source's own failure
+    raises; anything else stops the fleet."""
+    workers = workers or workers_by_default()
+    if workers <= 1 or len(members) < PARALLEL_MIN_SOURCES:
+        return [work(member, *args) for member in members]
+    with worker_processes(min(workers, len(members))) as pool:
+        return list(pool.map(work, members, *(repeat(arg) for arg in args)))
 
 
 def _counts(member: FleetMember) -> SourceCounts:
@@ -187,33 +224,49 @@ def verify_fleet(request: FleetVerifyRequest) -> FleetVerifyReport:
     verified, is a FAILED row and the others still run), write each source's evidence
     beside its export and the fleet's beside the fleet file."""
     fleet = request.fleet
-    display = Target(request.target_dsn, request.schema).display
-    results = []
-    for member in fleet.members:
-        try:
-            verified = migration.verify_certified(migration.CertifiedVerifyRequest(
-                source=member.source, export=member.export, target_dsn=request.target_dsn,
-                schema=request.schema, aes_key=request.aes_key,
-                readback_threads=request.readback_threads, workers=request.workers,
-                readback_all_hint=request.readback_all_hint,
-                certificates=None if request.certificates is None
-                else dict(request.certificates),
-                certificates_hint=request.certificates_hint))
-        except MigrationError as exc:
-            why = _why_never_exported(member) or str(exc)
-            results.append(MemberResult(member, None, without_secrets(why, request.target_dsn)))
-            continue
-        evidence = write_evidence(default_evidence_path(member.export),
-                                  migration.certified_evidence(verified, [], {}))
-        results.append(MemberResult(member, verified.report, None, str(evidence)))
+    target = Target(request.target_dsn, request.schema)
+    sample = readback_share(request.readback_threads, len(fleet.members))
+    results = each_member(_verify_member, fleet.members, request.workers,
+                          replace(request, readback_threads=sample))
     chains = fleet_chains(fleet)
     shared = shared_threads(chains)
     copied = copied_sources(chains)
-    markdown = render_fleet_evidence(results, shared, copied, display)
+    markdown = render_fleet_evidence(results, shared, copied, target.display,
+                                     target_table_counts(target), sample)
     path = None
     if fleet.path is not None:
         path = write_evidence(fleet.path.with_name(FLEET_EVIDENCE_NAME), markdown)
-    return FleetVerifyReport(tuple(results), shared, copied, display, markdown, path)
+    return FleetVerifyReport(tuple(results), shared, copied, target.display, markdown, path)
+
+
+def _verify_member(member: FleetMember, request: FleetVerifyRequest) -> MemberResult:
+    """One source's verification and its evidence beside its export (in a worker process
+    when the fleet has several: the source's batches are then compared in that one)."""
+    try:
+        verified = migration.verify_certified(migration.CertifiedVerifyRequest(
+            source=member.source, export=member.export, target_dsn=request.target_dsn,
+            schema=request.schema, aes_key=request.aes_key,
+            readback_threads=request.readback_threads,
+            workers=1 if len(request.fleet.members) >= PARALLEL_MIN_SOURCES
+            else request.workers, readback_all_hint=request.readback_all_hint,
+            certificates=None if request.certificates is None
+            else dict(request.certificates),
+            certificates_hint=request.certificates_hint, count_target_tables=False))
+    except MigrationError as exc:
+        why = _why_never_exported(member) or str(exc)
+        return MemberResult(member, None, without_secrets(why, request.target_dsn))
+    evidence = write_evidence(default_evidence_path(member.export),
+                              migration.certified_evidence(verified, [], {}))
+    return MemberResult(member, verified.report, None, str(evidence))
+
+
+def readback_share(readback_threads: int | None, sources: int) -> int | None:
+    """Threads each source reads back through both savers: the sample one source would
+    read, shared between the sources, at least MIN_READBACK_PER_SOURCE each (None: every
+    thread of every source)."""
+    if readback_threads is None:
+        return None
+    return max(MIN_READBACK_PER_SOURCE, -(-readback_threads // max(sources, 1)))
 
 
 def _why_never_exported(member: FleetMember) -> str | None:

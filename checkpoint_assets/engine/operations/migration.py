@@ -322,6 +322,7 @@ class CertifiedVerifyRequest:
     readback_all_hint: str = ""
     certificates: dict[str, BatchCertificate] | None = None
     certificates_hint: str = ""
+    count_target_tables: bool = True
 
 
 @dataclass(frozen=True)
@@ -348,7 +349,8 @@ def verify_certified(request: CertifiedVerifyRequest) -> CertifiedVerifyReport:
         readback_threads=request.readback_threads,
         workers=workers_for(manifest, request.workers),
         readback_all_hint=request.readback_all_hint, chain=chain,
-        certificates=request.certificates, certificates_hint=request.certificates_hint)
+        certificates=request.certificates, certificates_hint=request.certificates_hint,
+        count_target_tables=request.count_target_tables)
     return CertifiedVerifyReport(report, chain, target.display)
 
 

@@ -111,6 +111,7 @@ def verify_migration(
     certificates: Mapping[str, BatchCertificate] | None = None,
     certificates_hint: str = "",
     source_drift_in: Collection[str] | None = None,
+    count_target_tables: bool = True,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
@@ -141,6 +142,9 @@ def verify_migration(
     ``readback_all_hint`` is how the caller asks for that (named in the note of a sample).
     ``workers`` processes compare batches at once (None: as many as an import of this
     export would use, since comparing also spends most of its time in Python).
+    ``count_target_tables``: also count the target's whole tables (``counts
+    ["target_tables"]``, said beside the export's rows); a fleet counts them once for all
+    its sources instead.
     Raises MigrationError when the target cannot be read: no PostgresSaver tables there,
     or a database error (the message without the DSN's password).
     """
@@ -149,7 +153,7 @@ def verify_migration(
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
                                  readback_all_hint, certify, earlier, certificates,
-                                 certificates_hint, source_drift_in)
+                                 certificates_hint, source_drift_in, count_target_tables)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -180,7 +184,8 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
                       earlier: VerificationReport | None,
                       certificates: Mapping[str, BatchCertificate] | None,
                       certificates_hint: str = "",
-                      source_drift_in: Collection[str] | None = None) -> VerificationReport:
+                      source_drift_in: Collection[str] | None = None,
+                      count_target_tables: bool = True) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
     # One private snapshot of the source for its counts, its digests and the read-back.
@@ -198,7 +203,8 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
         return _report(started, manifest, chain, target, cipher, source_path, source_copy,
                        readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
                        workers, earlier, certificates_hint,
-                       None if source_drift_in is None else len(source_drift_in))
+                       None if source_drift_in is None else len(source_drift_in),
+                       count_target_tables)
 
 
 def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
@@ -209,13 +215,15 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
             drift: dict[str, list[str]], workers: int,
             earlier: VerificationReport | None,
             certificates_hint: str = "",
-            source_digested: int | None = None) -> VerificationReport:
+            source_digested: int | None = None,
+            count_target_tables: bool = True) -> VerificationReport:
     """Run every check on what was compared and read."""
     counts = {"export": {"checkpoints": chain.checkpoints,
                          "checkpoint_writes": chain.writes},
               "expected_target": _sum_counts(c.expected_counts for c in comparisons),
-              "target": _sum_counts(c.actual_counts for c in comparisons),
-              "target_tables": target_table_counts(target)}
+              "target": _sum_counts(c.actual_counts for c in comparisons)}
+    if count_target_tables:
+        counts["target_tables"] = target_table_counts(target)
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
     # Read back equal by the earlier run and taken over from it (not from a certificate,
