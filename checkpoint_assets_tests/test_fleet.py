@@ -202,11 +202,13 @@ def test_a_damaged_file_fails_alone_and_the_healthy_ones_are_migrated_and_proven
     assert "laptop:support-000" in target_threads(target_dsn)
 
 
-def test_sync_follows_the_sources_that_keep_writing_and_cutover_proves_each(
+def test_sync_follows_the_sources_that_keep_writing_cutover_proves_each_and_one_rolls_back(
         fleet_dir: Path, tmp_path: Path, target_dsn: str) -> None:
     """After the migration two replicas keep writing; `sync --fleet` moves what each wrote
     (under its prefix) and leaves the quiet one alone; `cutover --fleet` then proves every
-    source equal, each with its evidence beside its export."""
+    source equal, each with its evidence beside its export. `rollback --fleet-source
+    replica-2` brings that source's threads (those it wrote since too) back into one
+    SQLite file under the ids replica-2 gave them, the rows it holds, byte for byte."""
     exports = tmp_path / "exports"
     status, out, err = cli("migrate", "--source", str(fleet_dir), "--thread-prefix",
                            "{source}:", "--export-dir", str(exports), dsn=target_dsn)
@@ -228,16 +230,6 @@ def test_sync_follows_the_sources_that_keep_writing_and_cutover_proves_each(
     for label in ("desktop", "replica-1", "replica-2"):
         assert (exports / f"{label}.export.evidence.md").read_text().count("PASSED")
 
-
-def test_one_source_rolls_back_into_a_file_of_its_own_with_its_own_thread_ids(
-        fleet_dir: Path, tmp_path: Path, target_dsn: str) -> None:
-    """`rollback --fleet-source replica-2` brings that source's threads back into one
-    SQLite file under the ids replica-2 gave them, byte for byte the rows it had (the
-    other sources' threads stay out)."""
-    exports = tmp_path / "exports"
-    status, out, err = cli("migrate", "--source", str(fleet_dir), "--thread-prefix",
-                           "{source}:", "--export-dir", str(exports), dsn=target_dsn)
-    assert status == 0, out + err
     back = tmp_path / "replica-2-back.sqlite"
     status, out, err = cli("rollback", "--fleet", str(exports / "fleet.json"),
                            "--fleet-source", "replica-2", "--to", str(back),

@@ -22,6 +22,7 @@ from checkpoint_assets.engine.operations.contract import write_private_file
 from checkpoint_assets.settings import (
     BATCH_SIZE_ENV,
     EMBEDDED_PG_ENV,
+    FLEET_ENV,
     READBACK_ALL,
     READBACK_THREADS_ENV,
     SOURCE_ENV,
@@ -87,6 +88,8 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     from checkpoint_assets.project import ensure_dagster_home
 
     load_env_file(args.workdir.resolve() / QUICKSTART_ENV_FILE)
+    if args.fleet is not None:  # the code location's assets work on this fleet
+        os.environ[FLEET_ENV] = str(args.fleet.resolve())
     embedded = Settings.from_env().embedded_pg
     if embedded:
         from checkpoint_assets.embedded_postgres import start_embedded

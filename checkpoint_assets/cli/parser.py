@@ -233,6 +233,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--workdir", type=Path, default=Path(".checkpoint_assets"),
                    help="where the quick start keeps its settings (quickstart.env)")
+    p.add_argument("--fleet", type=Path, default=None,
+                   help="show a fleet: the fleet.json `migrate` wrote for several --source "
+                        f"(sets {FLEET_ENV} for the code location)")
 
     p = sub.add_parser("stop-postgres",
                        help="stop the embedded PostgreSQL of the quick start (and of ui)")
