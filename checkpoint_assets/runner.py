@@ -52,6 +52,7 @@ from checkpoint_assets.partitions import (
     MIGRATION_ID_TAG,
     PUBLISH_ASSET,
     VERIFICATION_ASSET,
+    fleet_label_of,
 )
 from checkpoint_assets.project import initialize_target_pool, one_migration_at_a_time
 from checkpoint_assets.resources import build_resources
@@ -162,19 +163,20 @@ def migrate_in_process(settings: Settings | None = None, *,
 
 def backfill_in_process(settings: Settings | None = None, *,
                         instance: dg.DagsterInstance | None = None, front_end: str = "cli",
-                        **changes: Any) -> MigrationResult:
+                        only_source: str | None = None, **changes: Any) -> MigrationResult:
     """Load only the FAILED and missing batch partitions of the current export (and any
     whose latest load has no passed check), then verify.
 
     The in-process equivalent of the UI's "Backfill only failed and missing partitions
     within selection"; arguments as for ``migrate_in_process`` (the export is not re-run).
+    ``only_source``: of a fleet, only the partitions of the source with this label.
     """
     return _run(replace(settings or Settings.from_env(), **changes), instance, front_end,
-                export_first=False)
+                export_first=False, only_source=only_source)
 
 
 def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str, *,
-         export_first: bool) -> MigrationResult:
+         export_first: bool, only_source: str | None = None) -> MigrationResult:
     """``export_first``: migrate (export, then every batch); else backfill (only the
     FAILED, missing and unproven batches of the current export)."""
     started, started_at = time.perf_counter(), time.time() - CLOCK_MARGIN_SECONDS
@@ -209,8 +211,9 @@ def _run(settings: Settings, instance: dg.DagsterInstance | None, front_end: str
                     partitions_without_a_passed_check(inst)
                     | _loaded_elsewhere(inst, settings, dsn))
                 keys = sorted(k for k, status in statuses.items()
-                              if export_first or k in unchecked
-                              or status in ("FAILED", "MISSING"))
+                              if (export_first or k in unchecked
+                                  or status in ("FAILED", "MISSING"))
+                              and (only_source is None or fleet_label_of(k) == only_source))
                 initialize_target_pool(inst)
                 outcomes = runs.load_batches(keys)
                 result.runs.extend(outcomes)

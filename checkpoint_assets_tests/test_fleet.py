@@ -27,7 +27,7 @@ from checkpoint_assets.run_steps import project_instance
 from checkpoint_assets_tests import corpus_graphs as cg
 from checkpoint_assets_tests.dagster_support import write_corpus
 from checkpoint_assets_tests.test_cli import run
-from checkpoint_assets_tests.test_sync_cutover_cli import application_writes
+from checkpoint_assets_tests.test_sync_cutover_cli import Application
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,10 @@ def test_a_copied_file_is_recognised_and_its_threads_are_stored_once(
     assert status == 0, out + err
     evidence = (exports / "fleet.evidence.md").read_text()
     assert "replica-1-backup (copy of replica-1)" in evidence
+    status, out, err = cli("backfill", "--fleet", str(exports / "fleet.json"),
+                           "--fleet-source", "replica-3", dsn=target_dsn)
+    assert status == 3 and "has no source labelled 'replica-3'" in err
+    assert "replica-1, replica-1-backup" in err
     assert target_threads(target_dsn) == dict(
         sqlite3.connect(fleet_dir / "replica-1.sqlite").execute(
             "SELECT thread_id, count(*) FROM checkpoints GROUP BY thread_id").fetchall())
@@ -204,24 +208,37 @@ def test_a_damaged_file_fails_alone_and_the_healthy_ones_are_migrated_and_proven
 
 def test_sync_follows_the_sources_that_keep_writing_cutover_proves_each_and_one_rolls_back(
         fleet_dir: Path, tmp_path: Path, target_dsn: str) -> None:
-    """After the migration two replicas keep writing; `sync --fleet` moves what each wrote
-    (under its prefix) and leaves the quiet one alone; `cutover --fleet` then proves every
-    source equal, each with its evidence beside its export. `rollback --fleet-source
-    replica-2` brings that source's threads (those it wrote since too) back into one
-    SQLite file under the ids replica-2 gave them, the rows it holds, byte for byte."""
+    """After the migration two replicas keep writing while `sync --fleet` runs, then stop;
+    a second sync moves the rest of what each wrote (under its prefix) and leaves the quiet
+    one alone; `cutover --fleet` then proves every source equal, each with its evidence
+    beside its export. `rollback --fleet-source replica-2` brings that source's threads
+    (those it wrote since too) back into one SQLite file under the ids replica-2 gave
+    them, the rows it holds, byte for byte."""
     exports = tmp_path / "exports"
     status, out, err = cli("migrate", "--source", str(fleet_dir), "--thread-prefix",
                            "{source}:", "--export-dir", str(exports), dsn=target_dsn)
     assert status == 0, out + err
-    application_writes(fleet_dir / "replica-1.sqlite", "after-1")
-    application_writes(fleet_dir / "replica-2.sqlite", "after-2a", "after-2b")
+    writers = {label: Application(fleet_dir / f"{label}.sqlite", writes=None, pause=0.3)
+               for label in ("replica-1", "replica-2")}
+    for writer in writers.values():
+        writer.start()
+        writer.begin.set()
+    try:
+        status, out, err = cli("sync", "--fleet", str(exports / "fleet.json"),
+                               dsn=target_dsn)
+        assert status == 0, out + err
+    finally:
+        for writer in writers.values():
+            writer.stop()
+    assert all(writer.written for writer in writers.values())
     status, out, err = cli("sync", "--fleet", str(exports / "fleet.json"), dsn=target_dsn)
     assert status == 0, out + err
     assert "Fleet sync: 3 of 3 source(s) done" in out
     assert "[desktop] Nothing changed" in out
     held = target_threads(target_dsn)
-    assert {"replica-1:after-1", "replica-2:after-2a", "replica-2:after-2b"} <= set(held)
-    assert "after-1" not in held
+    for label, writer in writers.items():
+        assert {f"{label}:during-{n}" for n in range(writer.written)} <= set(held)
+    assert "during-0" not in held
 
     status, out, err = cli("cutover", "--fleet", str(exports / "fleet.json"),
                            "--quiet-seconds", "0", dsn=target_dsn)

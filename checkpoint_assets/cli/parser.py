@@ -178,6 +178,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         add_threads(p, f"migrate (env {THREADS_ENV})")
         add_report(p)
         add_evidence(p)
+        if name == "backfill":
+            p.add_argument("--fleet-source", metavar="LABEL",
+                           help="of a fleet, only the failed and missing partitions of this "
+                                "source (then the whole fleet's verification)")
 
     p = sub.add_parser("sync", help="bring the target to the source's current state, moving "
                                     "only what changed since the export or the last sync "

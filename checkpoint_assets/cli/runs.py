@@ -74,10 +74,16 @@ def _fleet_run(args: argparse.Namespace, settings: Settings, *, plan: bool) -> i
     fleet = fleet_of(args, plan=plan)
     if not args.json:
         print(plan_text(fleet), flush=True)
-    run = migrate_in_process if plan else backfill_in_process
     runner_settings = fleet_settings(_runner_settings(args, settings), fleet)
     args.evidence = args.evidence or fleet_evidence_path(fleet)
-    status = _migration_status(args, run(runner_settings))
+    if plan:
+        result = migrate_in_process(runner_settings)
+    else:  # a fleet's backfill, of one source's partitions with --fleet-source
+        label = getattr(args, "fleet_source", None)
+        if label is not None:
+            fleet.member(label)  # a label the fleet does not have is refused by name
+        result = backfill_in_process(runner_settings, only_source=label)
+    status = _migration_status(args, result)
     print_evidence_path(args, args.evidence)
     return status
 

@@ -132,16 +132,6 @@ class SourceDatabase:
                     "Give every thread of a source its own new id in the mapping file.")
         yield from ordered
 
-    def thread_keys(self) -> dict[str, list[str]]:
-        """{thread_id: its checkpoint namespaces, sorted}: every (thread_id, checkpoint_ns)
-        key the database holds in either table, read from the primary-key indexes."""
-        keys: dict[str, list[str]] = {}
-        for tid, ns in self._execute(
-                "SELECT thread_id, checkpoint_ns FROM checkpoints UNION "
-                "SELECT thread_id, checkpoint_ns FROM writes ORDER BY 1, 2"):
-            keys.setdefault(self._named(tid), []).append(_text(ns))
-        return keys
-
     def checkpoints(self, thread_id: str | None = None) -> Iterator[CheckpointRow]:
         """All checkpoint rows (or one thread's) in primary-key order."""
         yield from self._rows("checkpoints", thread_id)
