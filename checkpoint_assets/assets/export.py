@@ -13,12 +13,18 @@ from checkpoint_assets.assets.dagster_metadata import (
     error_text,
     failure,
 )
-from checkpoint_assets.assets.fleet import fleet_export
+from checkpoint_assets.assets.fleet import (
+    export_failed_checks,
+    export_result,
+    exported_keys,
+    open_fleet,
+)
 from checkpoint_assets.assets.imported_batches import EXPORT_ID_METADATA
 from checkpoint_assets.assets.staleness import verification_out_of_date
 from checkpoint_assets.engine.core.errors import FailureKind, MigrationError
 from checkpoint_assets.engine.export.file_format import ExportManifest
 from checkpoint_assets.engine.export.sqlite_source import SourceCounts
+from checkpoint_assets.engine.operations import fleet as fleet_ops
 from checkpoint_assets.engine.operations import live, migration
 from checkpoint_assets.engine.operations.live import SyncGenerationReport
 from checkpoint_assets.partitions import (
@@ -89,9 +95,7 @@ def checkpoint_export(
         if config.sync:
             raise failure("A fleet is synced source by source: run `checkpoint-assets sync "
                           f"--fleet {source.fleet}`.", kind=FailureKind.BAD_INPUT)
-        yield from fleet_export(context, source.fleet, export_file.batch_size,
-                                register_partition_keys, export_file_check)
-        initialize_target_pool(context.instance)
+        yield from _fleet_export(context, source.fleet, export_file.batch_size)
         return
     path = export_file.resolve_path(source.path)
     if config.sync:
@@ -152,6 +156,32 @@ def checkpoint_export(
         },
         check_results=[count_check, file_check],
     )
+
+
+def _fleet_export(context: dg.AssetExecutionContext, fleet_path: str,
+                  batch_size: int) -> Iterator[Any]:
+    """Export every source of the fleet, register each exported source's batch partitions
+    (only those: any other key is removed), and materialize with a table of the sources.
+    Colliding thread ids fail the asset before any partition is registered. A source that
+    could not be exported fails both checks, naming it; the others' batches are registered
+    and can load (they do not wait for a damaged file)."""
+    try:
+        exported = fleet_ops.export_fleet(open_fleet(fleet_path), batch_size)
+    except MigrationError as exc:
+        message = error_text(exc, None)
+        yield from export_failed_checks(message)
+        raise failure(f"Export of the fleet {fleet_path} failed: {message}") from None
+    added, removed = register_partition_keys(context.instance, exported_keys(exported))
+    initialize_target_pool(context.instance)
+    if added or removed:
+        yield from verification_out_of_date(
+            context.instance, f"the fleet was exported again ({len(added)} new batch "
+                              "partitions)")
+    files = {e.member.label: export_file_check(e.member.export)
+             for e in exported.exports if e.manifest is not None}
+    context.log.info(f"Exported {len(exported.exports) - len(exported.failed)} of "
+                     f"{len(exported.exports)} sources: {len(added)} new batch partitions")
+    yield export_result(exported, files, fleet_path, added, removed)
 
 
 def _sync_generation(context: dg.AssetExecutionContext, source: SqliteSourceResource,

@@ -8,15 +8,12 @@ names; the verification verifies every source and passes only when every source 
 its checks naming the sources that failed and its evidence holding the per-source table.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from checkpoint_assets.assets.dagster_metadata import check_metadata, error_text, failure
-from checkpoint_assets.assets.staleness import verification_out_of_date
-from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.assets.dagster_metadata import check_metadata, severity
 from checkpoint_assets.engine.fleet.fleet_file import Fleet
 from checkpoint_assets.engine.operations import fleet as fleet_ops
 from checkpoint_assets.engine.operations import migration
@@ -46,33 +43,28 @@ def open_fleet(path: str) -> Fleet:
 # --- the export asset -------------------------------------------------------------------
 
 
-def fleet_export(context: dg.AssetExecutionContext, fleet_path: str, batch_size: int,
-                 register: Any, export_file_check: Any) -> Iterator[Any]:
-    """Export every source, register each exported source's batch partitions (only those:
-    any other key of the partition set is removed), and materialize with a table of the
-    sources. Colliding thread ids fail the asset before any partition is registered. A
-    source that could not be exported fails both checks, naming it; the others' batches
-    are registered and can load (their sources do not wait for a damaged file)."""
-    try:
-        exported = fleet_ops.export_fleet(open_fleet(fleet_path), batch_size)
-    except MigrationError as exc:
-        message = error_text(exc, None)
-        for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES):
-            yield dg.AssetCheckResult(check_name=name, passed=False, metadata=check_metadata(
-                expected="an export of every source of the fleet", actual=message))
-        raise failure(f"Export of the fleet {fleet_path} failed: {message}") from None
-    keys = [key for e in exported.exports if e.manifest is not None
+def export_failed_checks(message: str) -> list[dg.AssetCheckResult]:
+    """Both export checks failed with ``message`` (the fleet could not be exported, e.g.
+    thread ids two files hold with different content)."""
+    return [dg.AssetCheckResult(check_name=name, passed=False, metadata=check_metadata(
+        expected="an export of every source of the fleet", actual=message))
+        for name in (EXPORT_COUNTS_MATCH_SOURCE, EXPORT_FILE_VERIFIES)]
+
+
+def exported_keys(exported: FleetExportReport) -> list[str]:
+    """The batch partition keys of every source that was exported, source by source."""
+    return [key for e in exported.exports if e.manifest is not None
             for key in partition_keys(e.manifest)]
-    added, removed = register(context.instance, keys)
-    if added or removed:
-        yield from verification_out_of_date(
-            context.instance, f"the fleet was exported again ({len(added)} new batch "
-                              "partitions)")
-    files = {e.member.label: export_file_check(e.member.export)
-             for e in exported.exports if e.manifest is not None}
-    context.log.info(f"Exported {len(exported.exports) - len(exported.failed)} of "
-                     f"{len(exported.exports)} sources: {len(keys)} batch partitions")
-    yield dg.MaterializeResult(
+
+
+def export_result(exported: FleetExportReport, files: dict[str, dg.AssetCheckResult],
+                  fleet_path: str, added: list[str], removed: list[str],
+                  ) -> dg.MaterializeResult:
+    """The export asset's materialization of a fleet: a table of the sources (or why one
+    failed) and both checks over every source (``files``: each exported source's
+    export_file_verifies result, by label)."""
+    keys = exported_keys(exported)
+    return dg.MaterializeResult(
         metadata={
             "fleet": dg.MetadataValue.path(fleet_path),
             "sources": dg.MetadataValue.int(len(exported.exports)),
@@ -177,8 +169,7 @@ def fleet_check_results(report: FleetVerifyReport) -> list[dg.AssetCheckResult]:
                 failing.append({"source": r.member.label, "actual": str(outcome.actual)[:300]})
         results.append(dg.AssetCheckResult(
             check_name=spec.name, passed=not failing,
-            severity=dg.AssetCheckSeverity.WARN if spec.warning
-            else dg.AssetCheckSeverity.ERROR,
+            severity=severity(spec),
             description=spec.description,
             metadata=check_metadata(
                 expected=f"passed for each of the {len(report.results)} source(s)",

@@ -30,6 +30,7 @@ from checkpoint_assets.cli.output import (
 )
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.operations import live
+from checkpoint_assets.engine.operations.contract import without_secrets
 from checkpoint_assets.progress import progress
 from checkpoint_assets.settings import Settings
 
@@ -40,7 +41,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     threads were refused (the others moved; every later sync tries those again). A fleet:
     each source in turn (fleet.py)."""
     if getattr(args, "sources", None) is not None:
-        return _each_source(args, "sync", lambda: _sync_one(args, settings))
+        return _each_source(args, settings, "sync", lambda: _sync_one(args, settings))
     status, summary, text = _sync_one(args, settings)
     emit(args, summary, text)
     return status
@@ -56,7 +57,7 @@ def _sync_one(args: argparse.Namespace, settings: Settings) -> tuple[int, dict, 
             report.render())
 
 
-def _each_source(args: argparse.Namespace, command: str,
+def _each_source(args: argparse.Namespace, settings: Settings, command: str,
                  one: Callable[[], tuple[int, dict, str]]) -> int:
     """``one`` (a sync or a cutover) for each source of the fleet in turn, each its own
     Dagster run; a source that fails is reported and the others still run. The exit
@@ -69,7 +70,8 @@ def _each_source(args: argparse.Namespace, command: str,
             status, summary, text = one()
         except MigrationError as exc:
             label, status = ERROR_REPORTS.get(exc.kind, DEFAULT_ERROR_REPORT)
-            summary, text = {"ok": False, "error": str(exc)}, f"{label}: {exc}"
+            error = without_secrets(str(exc), settings.target_dsn)
+            summary, text = {"ok": False, "error": error}, f"{label}: {error}"
         statuses.append(status)
         summaries.append({"source": member.label, **summary})
         lines.append(f"[{member.label}] {text}")
@@ -99,7 +101,7 @@ def cmd_cutover(args: argparse.Namespace, settings: Settings) -> int:
     turn, each with its evidence beside its export (stop every writer first)."""
     if getattr(args, "sources", None) is not None:
         args.evidence = None  # each source's beside its export
-        return _each_source(args, "cutover", lambda: _cutover_one(args, settings))
+        return _each_source(args, settings, "cutover", lambda: _cutover_one(args, settings))
     status, summary, text = _cutover_one(args, settings)
     emit(args, summary, text)
     print_evidence_path(args, Path(summary["evidence"]))
