@@ -122,22 +122,9 @@ def migration_verification(
         verified = migration.verify_certified(migration.CertifiedVerifyRequest(
             source=Path(source.path), export=export_file.resolve_path(source.path),
             target_dsn=target.dsn, schema=schema, aes_key=source.aes_key,
-            readback_threads=target.readback_sample(),
-            workers=target.verification_workers or None,
-            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
-            certificates=None if target.verify_every_batch
-            else batch_certificates(context.instance, BATCH_CHECK.key),
-            certificates_hint=CERTIFICATES_HINT))
+            **_options(context, target)))
     except Exception as exc:
-        message = error_text(exc, target.dsn)
-        for spec in VERIFICATION_CHECK_SPECS:
-            yield dg.AssetCheckResult(
-                check_name=spec.name, passed=False, severity=severity(spec),
-                metadata=check_metadata(expected=spec.description,
-                                        actual=f"verification could not run: {message}"))
-        raise failure(f"Verification against {target.display(schema)} could not run: "
-                      f"{message}", {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind_of(exc)) from None
+        yield from _could_not_run(exc, target, f"Verification against {target.display(schema)}")
     report, manifest = verified.report, verified.manifest
     failed = [name for name, outcome in report.checks.items()
               if not outcome.passed and outcome.blocking]
@@ -155,6 +142,34 @@ def migration_verification(
     )
 
 
+def _options(context: dg.AssetExecutionContext,
+             target: PostgresTargetResource) -> dict[str, Any]:
+    """How this code location verifies (one source or a fleet alike): the read-back
+    sample, the workers, and the batch certificates the instance recorded (unless every
+    batch is to be compared again)."""
+    return {"readback_threads": target.readback_sample(),
+            "workers": target.verification_workers or None,
+            "readback_all_hint": f"{READBACK_THREADS_ENV}={READBACK_ALL}",
+            "certificates": None if target.verify_every_batch
+            else batch_certificates(context.instance, BATCH_CHECK.key),
+            "certificates_hint": CERTIFICATES_HINT}
+
+
+def _could_not_run(exc: Exception, target: PostgresTargetResource,
+                   what: str) -> Iterator[Any]:
+    """Every verification check failed with why ``what`` could not run, then the step's
+    failure (its traceback without the DSN's password)."""
+    message = error_text(exc, target.dsn)
+    for spec in VERIFICATION_CHECK_SPECS:
+        yield dg.AssetCheckResult(
+            check_name=spec.name, passed=False, severity=severity(spec),
+            metadata=check_metadata(expected=spec.description,
+                                    actual=f"verification could not run: {message}"))
+    raise failure(f"{what} could not run: {message}",
+                  {"traceback": scrubbed_traceback(target.dsn)},
+                  kind=failure_kind_of(exc)) from None
+
+
 def _verify_fleet(context: dg.AssetExecutionContext, source: SqliteSourceResource,
                   target: PostgresTargetResource, schema: str | None) -> Iterator[Any]:
     """Every source of the fleet verified on its own; the checks pass when they pass for
@@ -162,22 +177,10 @@ def _verify_fleet(context: dg.AssetExecutionContext, source: SqliteSourceResourc
     try:
         verified = fleet_ops.verify_fleet(fleet_ops.FleetVerifyRequest(
             fleet=open_fleet(source.fleet or ""), target_dsn=target.dsn, schema=schema,
-            aes_key=source.aes_key, readback_threads=target.readback_sample(),
-            workers=target.verification_workers or None,
-            readback_all_hint=f"{READBACK_THREADS_ENV}={READBACK_ALL}",
-            certificates=None if target.verify_every_batch
-            else batch_certificates(context.instance, BATCH_CHECK.key),
-            certificates_hint=CERTIFICATES_HINT))
+            aes_key=source.aes_key, **_options(context, target)))
     except Exception as exc:
-        message = error_text(exc, target.dsn)
-        for spec in VERIFICATION_CHECK_SPECS:
-            yield dg.AssetCheckResult(
-                check_name=spec.name, passed=False, severity=severity(spec),
-                metadata=check_metadata(expected=spec.description,
-                                        actual=f"verification could not run: {message}"))
-        raise failure(f"Verification of the fleet against {target.display(schema)} could "
-                      f"not run: {message}", {"traceback": scrubbed_traceback(target.dsn)},
-                      kind=failure_kind_of(exc)) from None
+        yield from _could_not_run(
+            exc, target, f"Verification of the fleet against {target.display(schema)}")
     failed = [r.member.label for r in verified.results if not r.passed]
     context.log.info(f"Verification of {len(verified.results)} sources: "
                      + ("all passed" if not failed else f"FAILED for {failed[:20]}"))
