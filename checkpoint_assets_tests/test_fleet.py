@@ -21,7 +21,10 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
+from checkpoint_assets.engine.core.errors import MigrationError
+from checkpoint_assets.engine.fleet.fleet_file import plan_fleet
 from checkpoint_assets.engine.fleet.sources import expand_sources, source_labels
+from checkpoint_assets.engine.operations.fleet import export_fleet
 from checkpoint_assets.partitions import BATCH_PARTITIONS_NAME, fleet_label_of
 from checkpoint_assets.run_steps import project_instance
 from checkpoint_assets_tests import corpus_graphs as cg
@@ -280,3 +283,28 @@ def test_sources_come_from_lists_globs_and_folders_once_each_with_distinct_label
     assert [p.resolve() for p in by_list] == [p.resolve() for p in by_glob] == [
         p.resolve() for p in by_dirs]
     assert source_labels(by_dirs) == ["pod-a-checkpoints", "pod-b-checkpoints"]
+
+
+def test_ways_to_tell_sources_apart_that_would_not_are_refused_before_anything_is_read(
+        tmp_path: Path) -> None:
+    """A prefix without {source} gives every file the same prefix; a mapping file naming a
+    source the fleet does not have is a typo; both at once is ambiguous; a mapping that
+    gives two threads of one file the same id would merge them: each is refused by name."""
+    for name in ("eu.sqlite", "us.sqlite"):
+        write_corpus(tmp_path / name, threads=2)
+    sources = [str(tmp_path / "eu.sqlite"), str(tmp_path / "us.sqlite")]
+    with pytest.raises(MigrationError, match="does not contain {source}"):
+        plan_fleet(sources, tmp_path / "out", thread_prefix="tenant:")
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"asia": {"support-000": "a-0"}}))
+    with pytest.raises(MigrationError, match="names source\\(s\\) the fleet does not have: "
+                                             "'asia' \\(its labels: eu, us\\)"):
+        plan_fleet(sources, tmp_path / "out", thread_map=mapping)
+    with pytest.raises(MigrationError, match="both given"):
+        plan_fleet(sources, tmp_path / "out", thread_prefix="{source}:", thread_map=mapping)
+    mapping.write_text(json.dumps({"eu": {"support-000": "support-001"}}))
+    exported = export_fleet(plan_fleet(sources, tmp_path / "out", thread_map=mapping),
+                            batch_size=100)
+    assert "gives two threads of" in exported.exports[0].error
+    assert "the same id 'support-001'" in exported.exports[0].error
+    assert exported.exports[1].manifest is not None  # the other file is exported
