@@ -14,6 +14,7 @@ same labels, exports and thread names. One member per source::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +89,9 @@ def plan_fleet(sources: Sequence[str | Path], export_dir: Path, *,
     if thread_prefix and thread_map:
         raise MigrationError("--thread-prefix and --thread-map were both given.",
                              "Choose one way to tell the sources' threads apart.")
-    paths = expand_sources(sources)
+    # Absolute (links kept, as given): a later command may run from another directory.
+    paths = [Path(os.path.abspath(path)) for path in expand_sources(sources)]
+    export_dir = Path(os.path.abspath(export_dir))
     labels = source_labels(paths)
     renames = read_thread_map(thread_map) if thread_map else {}
     known = set(labels) | {p.name for p in paths}
