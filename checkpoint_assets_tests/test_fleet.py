@@ -269,7 +269,8 @@ def test_sync_follows_the_sources_that_keep_writing_cutover_proves_each_and_one_
 def test_sources_come_from_lists_globs_and_folders_once_each_with_distinct_labels(
         tmp_path: Path) -> None:
     """@LIST, a glob and a directory name the same files; a file reached twice counts
-    once; two files of the same name in different folders get their folder in front."""
+    once; two files of the same name in different folders get their folder in front; a
+    file whose name holds glob characters is that file."""
     for folder in ("pod-a", "pod-b"):
         (tmp_path / folder).mkdir()
         write_corpus(tmp_path / folder / "checkpoints.sqlite", threads=1)
@@ -283,6 +284,8 @@ def test_sources_come_from_lists_globs_and_folders_once_each_with_distinct_label
     assert [p.resolve() for p in by_list] == [p.resolve() for p in by_glob] == [
         p.resolve() for p in by_dirs]
     assert source_labels(by_dirs) == ["pod-a-checkpoints", "pod-b-checkpoints"]
+    odd = write_corpus(tmp_path / "pod[1].sqlite", threads=1)  # a file, not a glob
+    assert expand_sources([str(odd)]) == [odd]
 
 
 def test_ways_to_tell_sources_apart_that_would_not_are_refused_before_anything_is_read(

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from checkpoint_assets.engine.core.errors import MigrationError
 from checkpoint_assets.engine.fleet.fleet_file import FLEET_FILE_NAME, Fleet
+from checkpoint_assets.engine.fleet.sources import GLOB_CHARACTERS
 from checkpoint_assets.engine.operations import fleet as fleet_ops
 from checkpoint_assets.project import default_fleet_dir
 from checkpoint_assets.settings import FLEET_ENV, SOURCE_ENV, Settings
-
-FLEET_SPEC_MARKS = ("@", "*", "?", "[")
 
 
 def wants_fleet(args: argparse.Namespace, settings: Settings) -> bool:
@@ -31,8 +30,7 @@ def wants_fleet(args: argparse.Namespace, settings: Settings) -> bool:
         args.fleet = Path(settings.fleet)
     fleet = (args.fleet is not None or len(sources) > 1
              or args.thread_prefix is not None or args.thread_map is not None
-             or any(str(s).startswith("@") or any(m in str(s) for m in FLEET_SPEC_MARKS[1:])
-                    or Path(s).is_dir() for s in sources))
+             or any(_names_several(str(spec)) for spec in sources))
     if fleet:
         args.sources = sources
         args.source = None
@@ -43,6 +41,14 @@ def wants_fleet(args: argparse.Namespace, settings: Settings) -> bool:
                              f"fleet, or --fleet fleet.json (env {FLEET_ENV}).")
     args.source = sources[0]
     return False
+
+
+def _names_several(spec: str) -> bool:
+    """A --source value that names files rather than one file: @LIST, a directory, or a
+    glob (a file whose name holds glob characters is still one file)."""
+    path = Path(spec)
+    return spec.startswith("@") or path.is_dir() or (
+        bool(GLOB_CHARACTERS & set(spec)) and not path.is_file())
 
 
 def fleet_of(args: argparse.Namespace, *, plan: bool) -> Fleet:

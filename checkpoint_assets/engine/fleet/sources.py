@@ -62,7 +62,7 @@ def _expand_one(spec: str) -> list[Path]:
         paths = [p if p.is_absolute() else base / p
                  for p in (Path(line.strip()) for line in lines if line.strip())]
         return [path for p in paths for path in _expand_one(str(p))]
-    if GLOB_CHARACTERS & set(spec):
+    if GLOB_CHARACTERS & set(spec) and not Path(spec).is_file():
         matches = sorted(Path(m) for m in glob.glob(spec) if Path(m).is_file())
         if not matches:
             raise MigrationError(f"--source {spec!r} matches no file.",
