@@ -76,7 +76,7 @@ def export_result(exported: FleetExportReport, files: dict[str, dg.AssetCheckRes
             "partitions_removed": dg.MetadataValue.int(len(removed)),
             "shared_thread_ids": dg.MetadataValue.json(
                 [s.to_json() for s in exported.shared.copies[:50]]),
-            "copied_sources": dg.MetadataValue.json(exported.copied),
+            "copied_sources": dg.MetadataValue.json(exported.shared.copied),
             "source_table": _sources_table(exported),
         },
         check_results=[_fleet_counts_check(exported), _fleet_file_check(exported, files)])

@@ -89,7 +89,7 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
 
     load_env_file(args.workdir.resolve() / QUICKSTART_ENV_FILE)
     if args.fleet is not None:  # the code location's assets work on this fleet
-        os.environ[FLEET_ENV] = str(args.fleet.resolve())
+        set_environment({FLEET_ENV: str(args.fleet.resolve())})
     embedded = Settings.from_env().embedded_pg
     if embedded:
         from checkpoint_assets.embedded_postgres import start_embedded

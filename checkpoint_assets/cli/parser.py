@@ -28,6 +28,16 @@ from checkpoint_assets.settings import (
 )
 
 
+def add_fleet_file(p: argparse.ArgumentParser) -> None:
+    """--fleet and --export-dir: where a fleet's fleet.json is (several --source)."""
+    p.add_argument("--fleet", type=Path, default=None,
+                   help=f"the fleet file migrate wrote (env {FLEET_ENV}; default "
+                        "<export dir>/fleet.json when a fleet is named by --source)")
+    p.add_argument("--export-dir", type=Path, default=None,
+                   help="a fleet's exports and fleet.json (default "
+                        ".checkpoint_assets/exports/fleet in the project)")
+
+
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     """The argument parser; flags fall back to ``settings`` (default: Settings.from_env(),
     the environment variables named in --help)."""
@@ -144,12 +154,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                        help=f"SqliteSaver database file (env {SOURCE_ENV}); give it more "
                             "than once, or @LIST (one path a line), a glob or a directory, "
                             "for a fleet of files into one PostgreSQL")
-        p.add_argument("--fleet", type=Path, default=None,
-                       help=f"the fleet file migrate wrote (env {FLEET_ENV}; default "
-                            "<export dir>/fleet.json when a fleet is named by --source)")
-        p.add_argument("--export-dir", type=Path, default=None,
-                       help="a fleet's exports and fleet.json (default "
-                            ".checkpoint_assets/exports/fleet in the project)")
+        add_fleet_file(p)
         p.add_argument("--thread-prefix", default=None, metavar="TEMPLATE",
                        help='a fleet: put TEMPLATE in front of every thread id, {source} '
                             'replaced by the source\'s label (e.g. "{source}:"), so '
@@ -329,11 +334,7 @@ def add_rollback_commands(sub: Any, settings: Settings) -> None:
                    help="one source of a fleet: its threads, back into one file with the "
                         "thread ids that source gave them (its export is the original "
                         "export); the fleet from --fleet or --export-dir")
-    p.add_argument("--fleet", type=Path, default=settings.fleet,
-                   help=f"the fleet file (env {FLEET_ENV})")
-    p.add_argument("--export-dir", type=Path, default=None,
-                   help="the fleet's export directory (default .checkpoint_assets/exports/"
-                        "fleet in the project)")
+    add_fleet_file(p)
     add_export(p, required=False)
     add_originals(p)
     add_remove(p)

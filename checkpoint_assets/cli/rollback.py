@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from checkpoint_assets.cli.arguments import (
     aes_key_of,
@@ -39,6 +40,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         if args.threads:
             raise MigrationError("--threads and --fleet-source were both given.",
                                  "A fleet's source is rolled back whole; pass one of them.")
+        args.fleet = args.fleet or (Path(settings.fleet) if settings.fleet else None)
         fleet = fleet_of(args, plan=False)
         args.threads = f"@{fleet_ops.source_thread_list(fleet, args.fleet_source)}"
         args.original_export = args.original_export or fleet.member(args.fleet_source).export

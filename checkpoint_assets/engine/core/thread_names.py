@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,20 @@ class ThreadNames:
         """The source's id of the target's ``thread_id``; None when no source id has it."""
         if self.prefix:
             return thread_id[len(self.prefix):] if thread_id.startswith(self.prefix) else None
-        reverse = self._reverse()
-        if thread_id in reverse:
-            return reverse[thread_id]
+        if thread_id in self._reverse:
+            return self._reverse[thread_id]
         return None if thread_id in self.renamed else thread_id
 
+    def in_source(self, thread_id: str) -> str:
+        """The source's id of the target's ``thread_id``, or ``thread_id`` itself when no
+        source id has it (a thread the target's own application wrote)."""
+        found = self.to_source(thread_id)
+        return thread_id if found is None else found
+
+    @cached_property
     def _reverse(self) -> dict[str, str]:
-        cached = self.__dict__.get("_reverse_cache")
-        if cached is None:
-            cached = {new: old for old, new in self.renamed.items()}
-            object.__setattr__(self, "_reverse_cache", cached)
-        return cached
+        """{new id: the source's id} of the renamed threads."""
+        return {new: old for old, new in self.renamed.items()}
 
     def to_json(self) -> dict[str, Any] | None:
         """The export header's form (None when every id is kept)."""

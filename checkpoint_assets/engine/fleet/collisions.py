@@ -42,22 +42,44 @@ class SharedThreads:
 
     copies: tuple[SharedThread, ...]
     collisions: tuple[SharedThread, ...]
+    # {label: the earlier source it is a copy of}: sources every thread of which an
+    # earlier source of the fleet holds with the same content (a copied file).
+    copied: dict[str, str]
 
 
 def shared_threads(chains: Mapping[str, ExportChain]) -> SharedThreads:
     """The thread ids more than one of ``chains`` (by source label, in fleet order) holds,
-    from their thread digests (the state their syncs reached, if any)."""
+    from their thread digests (the state their syncs reached, if any; each chain's read
+    once), and the sources that are copies of an earlier one."""
     holders: dict[str, list[tuple[str, str]]] = {}
+    held_by: dict[str, int] = dict.fromkeys(chains, 0)
     for label, chain in chains.items():
         for thread_id, sha, _, _ in chain.thread_digests():
             holders.setdefault(thread_id, []).append((label, sha))
+            held_by[label] += 1
     copies, collisions = [], []
     for thread_id in sorted(t for t, held in holders.items() if len(held) > 1):
         held = holders[thread_id]
         shared = SharedThread(thread_id, tuple(label for label, _ in held),
                               len({sha for _, sha in held}) == 1)
         (copies if shared.identical else collisions).append(shared)
-    return SharedThreads(tuple(copies), tuple(collisions))
+    return SharedThreads(tuple(copies), tuple(collisions), _copied(copies, held_by))
+
+
+def _copied(copies: list[SharedThread], held_by: dict[str, int]) -> dict[str, str]:
+    """The sources all of whose threads are copies also held by one earlier source."""
+    order = {label: n for n, label in enumerate(held_by)}
+    in_common: dict[tuple[str, str], int] = {}
+    for shared in copies:
+        for later in shared.labels:
+            for earlier in shared.labels:
+                if order[earlier] < order[later]:
+                    in_common[later, earlier] = in_common.get((later, earlier), 0) + 1
+    copied: dict[str, str] = {}
+    for (later, earlier), count in sorted(in_common.items(), key=lambda i: order[i[0][1]]):
+        if count == held_by[later] and later not in copied:
+            copied[later] = earlier
+    return copied
 
 
 def refuse_collisions(shared: SharedThreads, paths: Mapping[str, str],
@@ -77,18 +99,3 @@ def refuse_collisions(shared: SharedThreads, paths: Mapping[str, str],
         'Tell the sources apart: --thread-prefix "{source}:" gives every thread the '
         "source's label in front (the plan lists the labels), or --thread-map FILE.json "
         '({"<label>": {"<old id>": "<new id>"}}) renames the threads you name.')
-
-
-def copied_sources(chains: Mapping[str, ExportChain]) -> dict[str, str]:
-    """{label: the earlier source it is a copy of}: sources each thread of which another
-    source (earlier in the fleet) holds with the same content (a copied file)."""
-    contents = {label: frozenset((tid, sha) for tid, sha, _, _ in chain.thread_digests())
-                for label, chain in chains.items()}
-    labels = list(contents)
-    copied: dict[str, str] = {}
-    for n, label in enumerate(labels):
-        for earlier in labels[:n]:
-            if contents[label] and contents[label] <= contents[earlier]:
-                copied[label] = earlier
-                break
-    return copied

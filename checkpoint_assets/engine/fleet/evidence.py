@@ -45,7 +45,7 @@ class MemberResult:
 
 
 def render_fleet_evidence(results: Sequence[MemberResult], shared: SharedThreads,
-                          copied: dict[str, str], target_display: str,
+                          target_display: str,
                           target_tables: dict[str, int], readback_per_source: int | None,
                           generated_at: dt.datetime | None = None) -> str:
     """The fleet's evidence report (Markdown). ``target_tables``: the target's whole
@@ -89,7 +89,7 @@ def render_fleet_evidence(results: Sequence[MemberResult], shared: SharedThreads
         + ("\n\nThreads held by several sources with the same content (copies) are counted "
            "once per source holding them and stored once in PostgreSQL." if shared.copies
            else ""),
-        _shared_section(shared, copied),
+        _shared_section(shared),
     ]
     for r in failed:
         if r.report is not None:
@@ -100,15 +100,15 @@ def render_fleet_evidence(results: Sequence[MemberResult], shared: SharedThreads
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _shared_section(shared: SharedThreads, copied: dict[str, str]) -> str:
+def _shared_section(shared: SharedThreads) -> str:
     if not shared.copies and not shared.collisions:
         return ("## Thread ids\n\nNo thread id is held by more than one source (after the "
                 "thread names above).")
     lines = ["## Thread ids held by more than one source"]
-    if copied:
+    if shared.copied:
         lines.append("Copied files (every thread identical to an earlier source's): "
                      + ", ".join(f"{label} (copy of {original})"
-                                 for label, original in copied.items()) + ".")
+                                 for label, original in shared.copied.items()) + ".")
     lines.append(markdown_table(
         ["thread_id", "sources", "same content"],
         [(s.thread_id, ", ".join(s.labels), "yes (a copy)" if s.identical else "NO")

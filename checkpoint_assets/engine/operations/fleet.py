@@ -24,7 +24,6 @@ from checkpoint_assets.engine.export.sqlite_source import SourceCounts, open_sou
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.fleet.collisions import (
     SharedThreads,
-    copied_sources,
     refuse_collisions,
     shared_threads,
 )
@@ -111,7 +110,6 @@ class FleetExportReport:
     fleet: Fleet
     exports: tuple[MemberExport, ...]
     shared: SharedThreads
-    copied: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[MemberExport]:
@@ -132,7 +130,7 @@ def export_fleet(fleet: Fleet, batch_size: int,
     shared = shared_threads(chains)
     refuse_collisions(shared, fleet.paths,
                       "No batch was registered and nothing was written to PostgreSQL.")
-    return FleetExportReport(fleet, tuple(exports), shared, copied_sources(chains))
+    return FleetExportReport(fleet, tuple(exports), shared)
 
 
 def _export_member(member: FleetMember, batch_size: int) -> MemberExport:
@@ -162,24 +160,13 @@ def each_member(work: Callable[..., Any], members: Sequence[FleetMember],
         return list(pool.map(work, members, *(repeat(arg) for arg in args)))
 
 
-def _counts(member: FleetMember) -> SourceCounts:
-    source = open_source(member.source, names=member.names)
-    try:
-        return source.counts()
-    finally:
-        source.close()
-
-
 # --- the batches ----------------------------------------------------------------------
 
 
-def fleet_chains(fleet: Fleet, labels: Sequence[str] | None = None,
-                 ) -> dict[str, ExportChain]:
-    """{label: export chain} of the fleet's sources (of ``labels`` only, if given) whose
-    export exists; a source never exported is left out."""
-    wanted = set(labels) if labels is not None else None
-    return {m.label: load_chain(m.export) for m in fleet.members
-            if (wanted is None or m.label in wanted) and m.export.exists()}
+def fleet_chains(fleet: Fleet) -> dict[str, ExportChain]:
+    """{label: export chain} of the fleet's sources whose export exists; a source never
+    exported is left out."""
+    return {m.label: load_chain(m.export) for m in fleet.members if m.export.exists()}
 
 
 # --- verification ---------------------------------------------------------------------
@@ -208,7 +195,6 @@ class FleetVerifyReport:
 
     results: tuple[MemberResult, ...]
     shared: SharedThreads
-    copied: dict[str, str]
     target_display: str
     evidence: str
     evidence_path: Path | None = None
@@ -230,13 +216,12 @@ def verify_fleet(request: FleetVerifyRequest) -> FleetVerifyReport:
                           replace(request, readback_threads=sample))
     chains = fleet_chains(fleet)
     shared = shared_threads(chains)
-    copied = copied_sources(chains)
-    markdown = render_fleet_evidence(results, shared, copied, target.display,
+    markdown = render_fleet_evidence(results, shared, target.display,
                                      target_table_counts(target), sample)
     path = None
     if fleet.path is not None:
         path = write_evidence(fleet.path.with_name(FLEET_EVIDENCE_NAME), markdown)
-    return FleetVerifyReport(tuple(results), shared, copied, target.display, markdown, path)
+    return FleetVerifyReport(tuple(results), shared, target.display, markdown, path)
 
 
 def _verify_member(member: FleetMember, request: FleetVerifyRequest) -> MemberResult:
@@ -275,7 +260,7 @@ def _why_never_exported(member: FleetMember) -> str | None:
     if member.export.exists():
         return None
     try:
-        _counts(member)
+        open_source(member.source, names=member.names).close()
     except MigrationError as exc:
         return f"not exported: {exc}"
     return None

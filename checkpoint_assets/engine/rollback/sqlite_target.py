@@ -214,16 +214,13 @@ def threads_postgres_lacks(conn: sqlite3.Connection, manifest: ExportManifest) -
     there, e.g. an erasure request after the cutover). Only threads of the export's
     selection count when it has one (a rollback of some threads speaks of those alone)."""
     names = manifest.thread_names  # the file holds the fleet source's own ids
-
-    def own(thread_id: str) -> str:
-        return names.to_source(thread_id) or thread_id
-    exported = {own(tid) for tid, _, _, _ in export_thread_digests(manifest)}
+    exported = {names.in_source(tid) for tid, _, _, _ in export_thread_digests(manifest)}
     held = {tid for (tid,) in conn.execute(
         "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM writes")}
     # A rollback export names its threads in its source entry (a forward one: selection).
     selection = manifest.selection or (manifest.header.get("source") or {}).get("threads")
     if selection is not None:
-        held &= {own(tid) for tid in selection}
+        held &= {names.in_source(tid) for tid in selection}
     return sorted(held - exported)
 
 
@@ -387,8 +384,8 @@ def _cannot_write(conn: sqlite3.Connection, exc: sqlite3.Error) -> MigrationErro
 def in_source_names(thread: ThreadRows, names: ThreadNames) -> ThreadRows:
     """``thread`` with the id its fleet source gave it (``names`` reversed; as it is when
     the ids were kept)."""
-    own = names.to_source(thread.thread_id)
-    if names.kept or own is None or own == thread.thread_id:
+    own = names.in_source(thread.thread_id)
+    if own == thread.thread_id:
         return thread
     return ThreadRows(own, [row._replace(thread_id=own) for row in thread.checkpoints],
                       [row._replace(thread_id=own) for row in thread.writes])

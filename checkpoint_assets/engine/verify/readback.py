@@ -106,7 +106,7 @@ def _compare_threads(copy: Path | str, target: Target, threads: Sequence[str],
             pg_conn.row_factory = dict_row  # type: ignore[assignment]
             pg_saver = PostgresSaver(pg_conn, serde=serde)  # type: ignore[arg-type]
             for thread_id in threads:
-                source_id = names.to_source(thread_id) or thread_id
+                source_id = names.in_source(thread_id)
                 namespaces = [r[0] for r in sqlite_conn.execute(
                     "SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?",
                     (source_id,))]
