@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from checkpoint_assets.cli import main
@@ -38,6 +39,7 @@ from checkpoint_assets.cli.parser import build_parser
 from checkpoint_assets.engine.export.writer import write_export
 from checkpoint_assets.engine.load.pipeline import import_export
 from checkpoint_assets.engine.load.target import Target
+from checkpoint_assets.engine.operations.live import CutoverRequest, SyncRequest, cutover
 from checkpoint_assets.engine.sync.sync_target import SYNC_ASSUMES, sync_target, wait_until_quiet
 from checkpoint_assets_tests.corpus_graphs import (
     build_rich_graph,
@@ -314,3 +316,63 @@ def test_the_cutover_window_starts_at_the_last_write_and_the_wait_is_its_own_fig
                            "cutover window", "source untouched during the cutover"}
     text = evidence.read_text(encoding="utf-8")
     assert "**waited for quiet**" in text and "**cutover window**" in text
+
+
+def test_writes_during_the_wait_are_moved_and_compared_before_the_window(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The application writes while the cutover waits: at most every second the cutover
+    syncs and compares what moved, so the window's final sync is left with (nearly)
+    nothing; every thread written ends in PostgreSQL, proven."""
+    export = tmp_path / "app.export"
+    migrate(source, export, Target(target_dsn))
+    application = Application(source, writes=6, pause=0.5)
+    application.start()
+    lines: list[str] = []
+
+    def say(text: str) -> None:
+        lines.append(text)
+        if text.startswith("Waiting until"):
+            application.begin.set()
+
+    done = cutover(CutoverRequest(sync=SyncRequest(source, export, target_dsn),
+                                  quiet_seconds=2.0, workers=1), say=say)
+    application.join()
+
+    assert application.written == 6 and done.passed, done.window
+    rounds = next(line for line in lines if line.startswith("Caught up with the writers"))
+    assert "moved and compared" in rounds
+    assert len(done.synced.found.added) < 6  # the others were moved while waiting
+    proven = {tid for c in done.report.batches for tid in c.thread_ids}
+    assert {f"during-{n}" for n in range(6)} <= proven
+    assert done.window["caught up while waiting"].endswith("while the writers still wrote")
+
+
+def test_a_target_row_changed_during_the_wait_is_found_by_the_last_scan(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """Someone changes, in PostgreSQL, a thread the cutover compared before it began to
+    wait: the last verification's scan finds its rows are not the ones compared, compares
+    its batch again and names it; the cutover is not PASSED."""
+    export = tmp_path / "app.export"
+    migrate(source, export, Target(target_dsn))
+    application = Application(source, writes=3, pause=0.3)
+    application.start()
+
+    def change_the_target_once_written() -> None:
+        application.join()
+        with psycopg.connect(target_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE checkpoints SET metadata = metadata || '{\"edited\": 1}' "
+                         "WHERE thread_id = 'rich-basic'")
+
+    def say(text: str) -> None:
+        if text.startswith("Waiting until"):
+            application.begin.set()
+            threading.Thread(target=change_the_target_once_written).start()
+
+    done = cutover(CutoverRequest(sync=SyncRequest(source, export, target_dsn),
+                                  quiet_seconds=2.0, workers=1), say=say)
+
+    assert not done.passed
+    batch = next(c for c in done.report.batches if "rich-basic" in c.thread_ids)
+    assert not batch.reused and not batch.passed
+    assert any(m.get("thread_id") == "rich-basic"
+               for m in batch.content_mismatches + batch.metadata_mismatches)

@@ -170,8 +170,12 @@ class SourceDatabase:
         """{table: [rows, highest rowid (0 when empty)]} for both tables: the counts walk the
         smallest index, the highest rowid is one lookup. Read once per :meth:`snapshot`."""
         if self._totals is None:
-            self._totals = {table: list(self._execute(
-                f"SELECT count(*), coalesce(max(rowid), 0) FROM {table}").fetchone())
+            # Two statements: a bare count(*) counts each page's cells without decoding a
+            # row (SQLite's count optimisation); with max(rowid) beside it, SQLite decodes
+            # every index entry (about 3x slower at 1M checkpoints).
+            self._totals = {table: [
+                self._execute(f"SELECT count(*) FROM {table}").fetchone()[0],
+                self._execute(f"SELECT coalesce(max(rowid), 0) FROM {table}").fetchone()[0]]
                 for table in SOURCE_TABLES}
         return {table: list(totals) for table, totals in self._totals.items()}
 

@@ -381,7 +381,7 @@ def thread_row_versions(conn: psycopg.Connection,
     table by PostgreSQL with md5). PostgreSQL never changes a stored row in place: an
     UPDATE, even to the same values, writes a new version with its own transaction id, and
     a DELETE or INSERT changes the set. What could change how the same versions read is in
-    the digest too (:func:`_tables_fingerprint`): each table's identity, file and column
+    the digest too (:func:`tables_fingerprint`): each table's identity, file and column
     definitions (a renamed, dropped or added column; TRUNCATE, VACUUM FULL or CLUSTER give
     a new file), the database, and the transaction-id era (a 32-bit xmin could only come
     round again after 2^31 transactions). So while the digest stays the same, no change
@@ -398,13 +398,13 @@ def thread_row_versions(conn: psycopg.Connection,
         for thread_id, digest, rows in conn.execute(query, (list(threads),)):
             entry = found.setdefault(thread_id, [[""] * len(TABLES), [0] * len(TABLES)])
             entry[0][position], entry[1][position] = digest, rows
-    tables = _tables_fingerprint(conn) if found else ""
+    tables = tables_fingerprint(conn) if found else ""
     return {thread_id: (hashlib.sha256(f"{tables}|{'/'.join(digests)}".encode()).hexdigest(),
                         (counts[0], counts[1], counts[2]))
             for thread_id, (digests, counts) in found.items()}
 
 
-def _tables_fingerprint(conn: psycopg.Connection) -> str:
+def tables_fingerprint(conn: psycopg.Connection) -> str:
     """What besides the row versions decides what PostgresSaver's tables read as: the
     database, each table's oid, file and columns (name, type, dropped, the default a
     column added without a rewrite gives old rows), and the era of 2^31 transaction ids

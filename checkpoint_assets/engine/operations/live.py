@@ -5,6 +5,7 @@ its evidence)."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,13 +45,16 @@ from checkpoint_assets.engine.sync.sync_target import (
 from checkpoint_assets.engine.verify.check_table import SOURCE_MATCHES_EXPORT
 from checkpoint_assets.engine.verify.comparison import compare_batch
 from checkpoint_assets.engine.verify.evidence import default_evidence_path
-from checkpoint_assets.engine.verify.migration import verify_migration
+from checkpoint_assets.engine.verify.migration import unchanged_since, verify_migration
+from checkpoint_assets.engine.verify.unchanged import UnchangedScan
 
 if TYPE_CHECKING:  # annotations only: the verification's report type
     from checkpoint_assets.engine.verify.reports import VerificationReport
 
 FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
                               "(writers may still write)...")
+# While waiting for quiet, the cutover syncs at most this often (only when written).
+CATCH_UP_EVERY_SECONDS = 1.0
 CATCH_UP_AGAIN_MESSAGE = ("Catch-up sync and verification of what changed during the first "
                           "(writers may still write)...")
 
@@ -149,13 +153,18 @@ def cutover(request: CutoverRequest, *, say: Say = print,
     """Catch-up sync and a certified first verification of every thread (writers may still
     write), then a second catch-up sync and a verification of what changed during the first
     (the first grows with the database, and so does what the writers write meanwhile);
-    then wait for quiet, the final sync, and a last verification that compares
-    again only what changed since the first, on both sides: the target's batches whose
-    rows changed, the source's threads written since (so the window follows the last
-    changes, not the database's size). When the source differs from the synced state while no writer
-    touched it (rowids used again), it syncs once more with every thread digested.
-    ``say`` gets each progress line. Raises TimedOut when the source was not quiet within
-    ``timeout_seconds``."""
+    then wait for quiet, syncing and comparing what moved at most every
+    CATCH_UP_EVERY_SECONDS while the writers still write (these comparisons take the
+    target's other rows as they were); then the final sync and a last verification that
+    compares again only what changed since, on both sides: the source's threads written
+    since the last comparison (the syncs' books), and the target's threads whose rows are
+    not the ones their comparison read (one scan of each table against each comparison's
+    mark, run beside the final sync; see engine/verify/unchanged.py). So the window
+    follows the writers' last changes, not the database's size, but for that scan, which
+    is in C and costs the tables' size. When the
+    source differs from the synced state while no writer touched it (rowids used again),
+    it syncs once more with every thread digested. ``say`` gets each progress line.
+    Raises TimedOut when the source was not quiet within ``timeout_seconds``."""
     sync_request = request.sync
     source = sync_request.source
     target = Target(sync_request.target_dsn, sync_request.schema)
@@ -166,22 +175,55 @@ def cutover(request: CutoverRequest, *, say: Say = print,
         return sync(replace(sync_request, read_every_thread=True))
 
     def verify_chain(chain: ExportChain, earlier: VerificationReport | None = None,
-                     drift_in: set[str] | None = None) -> VerificationReport:
+                     drift_in: set[str] | None = None, scan: UnchangedScan | None = None,
+                     provisional: bool = False) -> VerificationReport:
         with progress_for(progress, "verify", chain.checkpoints) as advance:
             return verify_migration(chain.export, target, source_path=source,
                                     cipher=cipher_for(sync_request.aes_key),
                                     readback_threads=None, progress=advance,
                                     workers=workers_for(chain.export, request.workers),
                                     chain=chain, certify=True, earlier=earlier,
-                                    source_drift_in=drift_in)
+                                    source_drift_in=drift_in, unchanged=scan,
+                                    assume_unchanged=provisional,
+                                    count_target_tables=not provisional)
 
     def verify_since(verified_chain: ExportChain, chain: ExportChain,
-                     verified: VerificationReport) -> VerificationReport:
+                     verified: VerificationReport, scan: UnchangedScan | None = None,
+                     provisional: bool = False) -> VerificationReport:
         """``chain`` verified again after ``verified`` (of ``verified_chain``): only what
-        changed since, on both sides (every source thread with --digest-every-thread)."""
+        changed since, on both sides (every source thread with --digest-every-thread).
+        ``provisional``: the target's other threads are taken as they were (no scan; the
+        last verification scans for every change since each comparison)."""
         return verify_chain(chain, earlier=verified,
                             drift_in=None if request.digest_every_thread
-                            else written_since(verified_chain, chain, verified))
+                            else written_since(verified_chain, chain, verified), scan=scan,
+                            provisional=provisional)
+
+    rounds: list[SyncReport] = []
+    behind = ThreadPoolExecutor(max_workers=1)  # the rounds run beside the wait's polls
+    running: list[Future] = []
+    rounds_started: list[float] = []
+
+    def catch_up() -> None:
+        nonlocal verified, verified_chain
+        rounds.append(sync_again())
+        if rounds[-1].found.moved:
+            chain = rounds[-1].found.chain or load_chain(sync_request.export)
+            verified = verify_since(verified_chain, chain, verified, provisional=True)
+            verified_chain = chain
+
+    def catch_up_while_waiting() -> None:
+        """While the writers still write, one round at a time and at most every
+        CATCH_UP_EVERY_SECONDS: a sync and a comparison of what it moved, so that the
+        window holds only what the writers wrote in their last moment. A round runs beside
+        the wait (its polls go on, so quiet is seen on time); a round that failed ends the
+        wait with its error."""
+        if running and running[-1].done():
+            running[-1].result()
+        if not running or (running[-1].done()
+                           and time.monotonic() - rounds_started[-1] >= CATCH_UP_EVERY_SECONDS):
+            rounds_started.append(time.monotonic())
+            running.append(behind.submit(catch_up))
 
     say("Catch-up sync (writers may still write)...")
     say(sync_again().render())
@@ -189,22 +231,41 @@ def cutover(request: CutoverRequest, *, say: Say = print,
     verified_chain = load_chain(sync_request.export)
     verified = verify_chain(verified_chain)
     # What the writers wrote during that full pass (it grows with the database) is synced
-    # and verified now, while they still write: the window carries only what they write
-    # from here on.
+    # and compared now, while they still write, and again while the cutover waits: the
+    # window carries only what they write in their last moment.
     say(CATCH_UP_AGAIN_MESSAGE)
     say(sync_again().render())
     caught_up = load_chain(sync_request.export)
-    verified = verify_since(verified_chain, caught_up, verified)
+    verified = verify_since(verified_chain, caught_up, verified, provisional=True)
     verified_chain = caught_up
     wait_started = time.time()
-    last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
-                                               timeout_seconds=request.timeout_seconds)
+    try:
+        last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
+                                                   timeout_seconds=request.timeout_seconds,
+                                                   on_change=catch_up_while_waiting)
+        if running:
+            running[-1].result()  # the round under way when quiet came
+    finally:
+        behind.shutdown(wait=True)
     quiet_at = time.time()
+    if rounds:
+        moved = sum(len(r.found.added) + len(r.found.changed) + len(r.found.deleted)
+                    for r in rounds)
+        say(f"Caught up with the writers {len(rounds)} time(s) while waiting "
+            f"({moved} thread(s) moved and compared).")
     say(f"Source quiet since {clock(last_write)}; final sync...")
-    synced = sync_again()
+    # Which of PostgreSQL's rows are still those compared: one scan of each table (in C,
+    # the tables' size), run while the final sync runs.
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        scanning = beside.submit(unchanged_since, target, verified)
+        synced = sync_again()
+        scan = scanning.result()
     say(synced.render())
     chain = load_chain(sync_request.export)
-    report = verify_since(verified_chain, chain, verified)
+    # A sync that wrote again rows of earlier generations (it completed an interrupted
+    # one) touched threads the scan may have seen before it: the verification scans anew.
+    report = verify_since(verified_chain, chain, verified,
+                          scan=None if synced.reapplied or synced.reloaded else scan)
     if not report.checks[SOURCE_MATCHES_EXPORT].passed \
             and source_files_state(source) == quiet_files:
         # The fingerprints missed a change (rowids used again): digest every thread.
@@ -229,6 +290,9 @@ def cutover(request: CutoverRequest, *, say: Say = print,
         "cutover window": f"{proven_at - last_write:.1f} s from the last write seen to "
                           f"proven equal (quiet {quiet_at - last_write:.1f} s + final sync "
                           f"{synced.seconds:.1f} s + verification {report.seconds:.1f} s)",
+        "caught up while waiting": f"{len(rounds)} sync(s) and comparison(s) while the "
+                                   "writers still wrote" if rounds else
+                                   "nothing was written while waiting",
         "source untouched during the cutover": "yes" if untouched else
         "NO: a writer changed the source; stop every writer and run cutover again",
     }

@@ -287,13 +287,15 @@ def source_files_state(source_path: str | Path) -> tuple:
 
 def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
                      say: Callable[[str], None] = print, poll_seconds: float = 0.5,
-                     timeout_seconds: float | None = None) -> tuple[float, tuple]:
+                     timeout_seconds: float | None = None,
+                     on_change: Callable[[], None] | None = None) -> tuple[float, tuple]:
     """Block until the source's files have not changed for ``quiet_seconds``. Says what
     it waits for, then one line whenever the source starts being written and one when
     writes have paused for PAUSE_NOTICE_SECONDS (not a line at every poll that sees a
-    write). Returns (when the last change was seen as a ``time.time()``, or the files'
-    modification time when none was seen; the files' state then). Raises TimedOut when
-    ``timeout_seconds`` pass first."""
+    write). ``on_change`` is called after each poll that saw the files change (the
+    cutover catches up with the writers while it waits). Returns (when the last change
+    was seen as a ``time.time()``, or the files' modification time when none was seen;
+    the files' state then). Raises TimedOut when ``timeout_seconds`` pass first."""
     started = time.time()
     state = source_files_state(source_path)
     if state[0] is None:
@@ -328,6 +330,8 @@ def wait_until_quiet(source_path: str | Path, quiet_seconds: float,
                 writing = True
                 say(f"  {_local_clock(changed_at)} the source is being written; waiting "
                     f"until it has not changed for {quiet_seconds:g} s...")
+            if on_change is not None:
+                on_change()
         elif writing and time.time() - changed_at >= PAUSE_NOTICE_SECONDS:
             writing = False
             say(f"  no write since {_local_clock(changed_at)}; the final sync follows "

@@ -30,6 +30,7 @@ from checkpoint_assets.engine.verify.expected_views import (
 )
 from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
 from checkpoint_assets.engine.verify.takeover import earlier_comparison_now, take_over_certified
+from checkpoint_assets.engine.verify.unchanged import RowVersionsMark
 
 
 def target_rows(target_conn: Any, threads: Sequence[str]) -> tuple[list, list, list, list]:
@@ -148,34 +149,54 @@ def compare_batches(manifest: ExportManifest, target: Target, cipher: Cipher | N
                     chain: ExportChain | None = None, certify: bool = False,
                     earlier: VerificationReport | None = None,
                     certificates: Mapping[str, BatchCertificate] | None = None,
+                    unchanged: frozenset[str] | None = None,
+                    mark: RowVersionsMark | None = None,
                     ) -> list[BatchComparison]:
     """:func:`compare_batch` for every batch of the export (with ``chain``: every batch of
     its generations, each for the threads it still holds), in export order, in
     ``workers`` processes; ``progress(checkpoints)`` after each batch. ``certify`` and
     ``earlier``: see :func:`verify_migration`. ``certificates`` (by batch SHA-256): a
     batch whose certificate still holds is taken over (:func:`take_over_certified`), the
-    others are compared."""
+    others are compared. ``unchanged``: the threads whose rows a scan found to be those
+    ``earlier`` compared (unchanged.threads_unchanged_since): an earlier comparison whose
+    threads all are is taken over here, and every other batch compared afresh. ``mark``:
+    this run's (certified runs), kept by each batch it compares or takes over from a
+    certificate."""
     chain = chain or ExportChain([manifest])
     items = chain.live_batches()
     taken = take_over_certified(target, chain, items, certificates, cipher, workers) \
         if certificates else {}
-    rest = [item for place, item in enumerate(items) if place not in taken]
     known = {c.batch_sha256: c for c in (earlier.batches if earlier else ())}
+    if unchanged is not None:
+        for place, (m, k, threads) in enumerate(items):
+            prior = known.get(m.batch(k).sha256)
+            if place not in taken and prior is not None:
+                kept = earlier_comparison_now(None, prior, threads, unchanged)
+                if kept is not None:
+                    taken[place] = kept
+        known = {}  # the others changed: compared, not looked at again
+    rest = [item for place, item in enumerate(items) if place not in taken]
     arguments = (
         [m for m, _, _ in rest], [k for _, k, _ in rest], repeat(cipher), repeat(None),
         [t for _, _, t in rest],
         [known.get(m.batch(k).sha256) for m, k, _ in rest], repeat(certify))
+    for place in taken:
+        if taken[place].mark is None:  # a certificate's rows were read at this run's mark
+            taken[place].mark = mark
     if workers <= 1 or len(rest) <= 1:
         compared = map(compare_batch, repeat(target), *arguments)
-        return [_progressed(taken[place] if place in taken else next(compared), progress)
-                for place in range(len(items))]
+        return [_progressed(taken[place] if place in taken else next(compared), progress,
+                            mark) for place in range(len(items))]
     with process_pool(min(workers, len(rest))) as pool:
         compared = pool.map(compare_batch, repeat(target), *arguments)
-        return [_progressed(taken[place] if place in taken else next(compared), progress)
-                for place in range(len(items))]
+        return [_progressed(taken[place] if place in taken else next(compared), progress,
+                            mark) for place in range(len(items))]
 
 
-def _progressed(comparison: BatchComparison, progress: Any) -> BatchComparison:
+def _progressed(comparison: BatchComparison, progress: Any,
+                mark: RowVersionsMark | None) -> BatchComparison:
+    if comparison.certified and not comparison.reused:
+        comparison.mark = mark
     if progress is not None:  # the checkpoints compared: the batch's, or its live threads'
         progress(comparison.expected_counts["checkpoints"])
     return comparison

@@ -46,6 +46,12 @@ from checkpoint_assets.engine.verify.comparison import (
     compare_batches,
 )
 from checkpoint_assets.engine.verify.reports import BatchComparison, VerificationReport
+from checkpoint_assets.engine.verify.unchanged import (
+    RowVersionsMark,
+    UnchangedScan,
+    mark_now,
+    threads_unchanged_since,
+)
 
 DEFAULT_READBACK_SAMPLE = 25
 
@@ -112,6 +118,8 @@ def verify_migration(
     certificates_hint: str = "",
     source_drift_in: Collection[str] | None = None,
     count_target_tables: bool = True,
+    unchanged: UnchangedScan | None = None,
+    assume_unchanged: bool = False,
 ) -> VerificationReport:
     """Run every check and return the report. Never raises for a mismatch: reports it.
 
@@ -144,7 +152,13 @@ def verify_migration(
     export would use, since comparing also spends most of its time in Python).
     ``count_target_tables``: also count the target's whole tables (``counts
     ["target_tables"]``, said beside the export's rows); a fleet counts them once for all
-    its sources instead.
+    its sources instead. ``unchanged``: the scan of the target against ``earlier``'s mark
+    (unchanged.threads_unchanged_since), when the caller ran it already (the cutover, while
+    its final sync ran); None: scanned here when ``earlier`` is given.
+    ``assume_unchanged``: no scan; every earlier comparison whose threads no sync moved is
+    taken over as it is. Such a report proves nothing of those threads in the target: the
+    cutover's rounds while writers still write use it, and its last verification scans
+    (each comparison keeps the mark it was read at, so the scan finds every change since).
     Raises MigrationError when the target cannot be read: no PostgresSaver tables there,
     or a database error (the message without the DSN's password).
     """
@@ -153,7 +167,8 @@ def verify_migration(
         return _verify_migration(manifest, chain or ExportChain([manifest]), target,
                                  source_path, cipher, readback_threads, progress, workers,
                                  readback_all_hint, certify, earlier, certificates,
-                                 certificates_hint, source_drift_in, count_target_tables)
+                                 certificates_hint, source_drift_in, count_target_tables,
+                                 unchanged, assume_unchanged)
     except psycopg.Error as exc:
         raise MigrationError(
             f"Reading the target {target.display} failed during the verification: "
@@ -185,26 +200,58 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
                       certificates: Mapping[str, BatchCertificate] | None,
                       certificates_hint: str = "",
                       source_drift_in: Collection[str] | None = None,
-                      count_target_tables: bool = True) -> VerificationReport:
+                      count_target_tables: bool = True,
+                      unchanged: UnchangedScan | None = None,
+                      assume_unchanged: bool = False) -> VerificationReport:
     started = time.perf_counter()
     refresh_statistics_of(target)  # a target loaded by other means may never have been analyzed
+    # Before anything is read: what a later run takes over from this one is measured
+    # against this mark (unchanged.py).
+    mark = mark_now(target) if certify else None
     # One private snapshot of the source for its counts, its digests and the read-back.
     with ExitStack() as held, ThreadPoolExecutor(max_workers=1) as beside:
         # The SQLite side (counts, per-thread digests) is read while the batches compare.
         source_state = beside.submit(_source_state, source_path, chain, held,
                                      source_drift_in) if source_path is not None else None
         workers = workers_for(manifest) if workers is None else workers
+        if not certify or earlier is None:
+            scan = None
+        elif assume_unchanged:
+            scan = UnchangedScan(frozenset(certified_threads(earlier)), {})
+        else:
+            scan = unchanged or unchanged_since(target, earlier)
         comparisons = compare_batches(manifest, target, cipher, workers=workers,
                                       progress=progress, chain=chain, certify=certify,
-                                      earlier=earlier, certificates=certificates)
+                                      earlier=earlier, certificates=certificates,
+                                      unchanged=None if scan is None else scan.unchanged,
+                                      mark=mark)
         source_copy, sqlite_counts, drift = source_state.result() \
             if source_state is not None \
             else (None, None, {"changed": [], "added": [], "removed": []})
-        return _report(started, manifest, chain, target, cipher, source_path, source_copy,
-                       readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
-                       workers, earlier, certificates_hint,
-                       None if source_drift_in is None else len(source_drift_in),
-                       count_target_tables)
+        table_rows = None if not count_target_tables else \
+            dict(scan.table_rows) if scan is not None and scan.table_rows \
+            else target_table_counts(target)
+        report = _report(started, manifest, chain, target, cipher, source_path, source_copy,
+                         readback_threads, readback_all_hint, comparisons, sqlite_counts,
+                         drift, workers, earlier, certificates_hint,
+                         None if source_drift_in is None else len(source_drift_in),
+                         table_rows)
+        return report
+
+
+def certified_threads(earlier: VerificationReport,
+                      ) -> dict[str, tuple[tuple[int, int, int], RowVersionsMark]]:
+    """Each thread of ``earlier``'s passed comparisons that kept a mark: its rows per table
+    as compared, and the mark taken before they were read."""
+    return {tid: (counts, comparison.mark) for comparison in earlier.batches
+            if comparison.passed and comparison.mark is not None
+            for tid, (_, counts) in comparison.certified.items()}
+
+
+def unchanged_since(target: Target, earlier: VerificationReport) -> UnchangedScan:
+    """The scan of the target for the threads ``earlier`` certified: those whose rows are
+    still the ones its comparisons read (unchanged.threads_unchanged_since)."""
+    return threads_unchanged_since(target, certified_threads(earlier))
 
 
 def _report(started: float, manifest: ExportManifest, chain: ExportChain, target: Target,
@@ -216,14 +263,15 @@ def _report(started: float, manifest: ExportManifest, chain: ExportChain, target
             earlier: VerificationReport | None,
             certificates_hint: str = "",
             source_digested: int | None = None,
-            count_target_tables: bool = True) -> VerificationReport:
-    """Run every check on what was compared and read."""
+            target_tables: dict[str, int] | None = None) -> VerificationReport:
+    """Run every check on what was compared and read (``target_tables``: the target's
+    whole tables' rows, when counted)."""
     counts = {"export": {"checkpoints": chain.checkpoints,
                          "checkpoint_writes": chain.writes},
               "expected_target": _sum_counts(c.expected_counts for c in comparisons),
               "target": _sum_counts(c.actual_counts for c in comparisons)}
-    if count_target_tables:
-        counts["target_tables"] = target_table_counts(target)
+    if target_tables is not None:
+        counts["target_tables"] = target_tables
     if sqlite_counts is not None:
         counts["sqlite"] = sqlite_counts
     # Read back equal by the earlier run and taken over from it (not from a certificate,

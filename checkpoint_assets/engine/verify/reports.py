@@ -13,8 +13,9 @@ from checkpoint_assets.engine.verify.certificates import (
     rows_sha256,
 )
 
-if TYPE_CHECKING:  # an annotation only: check_table imports this module
+if TYPE_CHECKING:  # annotations only: check_table imports this module
     from checkpoint_assets.engine.verify.check_table import CheckOutcome
+    from checkpoint_assets.engine.verify.unchanged import RowVersionsMark
 
 MAX_LISTED = 50
 
@@ -44,6 +45,9 @@ class BatchComparison:
     certificate_from: str = ""
     # Later values of a channel version in the export (versions.Superseded.as_dict()).
     superseded: list[dict] = field(default_factory=list)
+    # Certified: the target's mark taken before the rows were read (unchanged.py); a
+    # comparison taken over keeps the mark of the one that read them.
+    mark: RowVersionsMark | None = None
 
     @property
     def passed(self) -> bool:

@@ -28,10 +28,14 @@ from checkpoint_assets.engine.verify.reports import BatchComparison
 
 
 def earlier_comparison_now(conn: Any, earlier: BatchComparison,
-                threads: frozenset[str] | None) -> BatchComparison | None:
+                           threads: frozenset[str] | None,
+                           unchanged: frozenset[str] | None = None) -> BatchComparison | None:
     """``earlier`` (a certified pass of the same export batch) for the batch's threads now
     (``threads``: those a later generation did not take away; None: all of them), when
     every one of them still has the rows it passed with; else None (compare again).
+    ``unchanged``: the threads a scan found with the very rows they were certified with
+    (unchanged.threads_unchanged_since); without it, their row versions are read on
+    ``conn``.
 
     Sound because the export side of a thread is the same (same batch bytes) and its
     target rows are byte for byte those that compared equal (the same row versions as in
@@ -42,7 +46,12 @@ def earlier_comparison_now(conn: Any, earlier: BatchComparison,
     if not earlier.passed or not earlier.certified or not set(now_ids) <= set(
             earlier.certified):
         return None
-    now = thread_row_versions(conn, now_ids)
+    if unchanged is not None:
+        if not unchanged.issuperset(now_ids):
+            return None
+        now = {tid: earlier.certified[tid] for tid in now_ids}
+    else:
+        now = thread_row_versions(conn, now_ids)
     if any(now.get(tid) != earlier.certified[tid] for tid in now_ids):
         return None
     if len(now_ids) == len(earlier.thread_ids):
