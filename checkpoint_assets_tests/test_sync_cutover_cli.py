@@ -350,29 +350,77 @@ def test_writes_during_the_wait_are_moved_and_compared_before_the_window(
 def test_a_target_row_changed_during_the_wait_is_found_by_the_last_scan(
         source: Path, tmp_path: Path, target_dsn: str) -> None:
     """Someone changes, in PostgreSQL, a thread the cutover compared before it began to
-    wait: the last verification's scan finds its rows are not the ones compared, compares
-    its batch again and names it; the cutover is not PASSED."""
+    wait, while the writers still write: the rounds compare only what they moved, and
+    the last verification's scan finds that thread's rows are not the ones compared,
+    compares its batch again and names it; the cutover is not PASSED."""
     export = tmp_path / "app.export"
     migrate(source, export, Target(target_dsn))
     application = Application(source, writes=3, pause=0.3)
     application.start()
 
-    def change_the_target_once_written() -> None:
-        application.join()
-        with psycopg.connect(target_dsn, autocommit=True) as conn:
-            conn.execute("UPDATE checkpoints SET metadata = metadata || '{\"edited\": 1}' "
-                         "WHERE thread_id = 'rich-basic'")
-
     def say(text: str) -> None:
         if text.startswith("Waiting until"):
+            with psycopg.connect(target_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE checkpoints SET metadata = metadata || "
+                             "'{\"edited\": 1}' WHERE thread_id = 'rich-basic'")
             application.begin.set()
-            threading.Thread(target=change_the_target_once_written).start()
 
     done = cutover(CutoverRequest(sync=SyncRequest(source, export, target_dsn),
                                   quiet_seconds=2.0, workers=1), say=say)
+    application.join()
 
-    assert not done.passed
+    assert application.written == 3 and not done.passed
     batch = next(c for c in done.report.batches if "rich-basic" in c.thread_ids)
     assert not batch.reused and not batch.passed
     assert any(m.get("thread_id") == "rich-basic"
                for m in batch.content_mismatches + batch.metadata_mismatches)
+
+
+def test_a_target_change_after_the_writers_stopped_is_found_by_the_scan_at_quiet(
+        source: Path, tmp_path: Path, target_dsn: str) -> None:
+    """The writers pause, then write a new turn of a thread migrated long before, which a
+    round moves and compares; then they stop, and someone changes that thread in
+    PostgreSQL while the cutover waits for quiet. The scan is taken once the source is
+    quiet (never early, in a pause of the writers): it finds the change after the round's
+    comparison, and the thread is compared again and named."""
+    export = tmp_path / "app.export"
+    migrate(source, export, Target(target_dsn))
+    begin = threading.Event()
+
+    def count(conn: psycopg.Connection) -> int:
+        return conn.execute("SELECT count(*) FROM checkpoints WHERE thread_id = "
+                            "'rich-basic'").fetchone()[0]
+
+    def writers() -> None:
+        begin.wait()
+        application_writes(source, "during-0")  # a round
+        time.sleep(1.2)  # a pause
+        application_writes(source, "rich-basic")  # a new turn: a round
+
+    def change_rich_basic_after_its_round() -> None:
+        with psycopg.connect(target_dsn, autocommit=True) as conn:
+            migrated = count(conn)
+            begin.wait()
+            while count(conn) == migrated:  # until its round's sync moved the new turn
+                time.sleep(0.05)
+            time.sleep(0.8)  # the round compares it meanwhile
+            conn.execute("UPDATE checkpoints SET metadata = metadata || "
+                         "'{\"edited\": 1}' WHERE thread_id = 'rich-basic'")
+
+    threads = [threading.Thread(target=writers),
+               threading.Thread(target=change_rich_basic_after_its_round)]
+    for thread in threads:
+        thread.start()
+
+    def say(text: str) -> None:
+        if text.startswith("Waiting until"):
+            begin.set()
+
+    done = cutover(CutoverRequest(sync=SyncRequest(source, export, target_dsn),
+                                  quiet_seconds=2.0, workers=1), say=say)
+    for thread in threads:
+        thread.join()
+
+    assert not done.passed
+    batch = next(c for c in done.report.batches if "rich-basic" in c.thread_ids)
+    assert not batch.reused and not batch.passed

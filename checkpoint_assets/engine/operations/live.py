@@ -5,7 +5,7 @@ its evidence)."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from checkpoint_assets.engine.operations.contract import (
     progress_for,
     write_evidence,
 )
+from checkpoint_assets.engine.operations.cutover_rounds import WaitingRounds
 from checkpoint_assets.engine.operations.migration import BatchLoadReport, BatchLoadRequest
 from checkpoint_assets.engine.sync.apply_generation import (
     apply_sync_batch as _apply_sync_batch,
@@ -53,10 +54,15 @@ if TYPE_CHECKING:  # annotations only: the verification's report type
 
 FIRST_VERIFICATION_MESSAGE = ("First verification of every thread, before the cutover window "
                               "(writers may still write)...")
-# While waiting for quiet, the cutover syncs at most this often (only when written).
+# While waiting for quiet, the cutover syncs and compares at most this often (only when
+# the source was written).
 CATCH_UP_EVERY_SECONDS = 1.0
-CATCH_UP_AGAIN_MESSAGE = ("Catch-up sync and verification of what changed during the first "
-                          "(writers may still write)...")
+CATCH_UP_AGAIN_MESSAGE = ("Catching up with what changed during the first, round after round "
+                          "until a round is short (writers may still write)...")
+# Before the wait, rounds go on until one takes at most this long (or half the quiet
+# period, when that is longer) or moves nothing, and at most this many.
+SHORT_ROUND_SECONDS = 1.0
+MAX_ROUNDS_BEFORE_WAIT = 8
 
 
 # --- sync ---------------------------------------------------------------------------
@@ -151,11 +157,11 @@ class CutoverReport:
 def cutover(request: CutoverRequest, *, say: Say = print,
             progress: Progress | None = None) -> CutoverReport:
     """Catch-up sync and a certified first verification of every thread (writers may still
-    write), then a second catch-up sync and a verification of what changed during the first
-    (the first grows with the database, and so does what the writers write meanwhile);
-    then wait for quiet, syncing and comparing what moved at most every
-    CATCH_UP_EVERY_SECONDS while the writers still write (these comparisons take the
-    target's other rows as they were); then the final sync and a last verification that
+    write), then rounds of a sync and a comparison of what it moved (these take the
+    target's other rows as they were) until a round is short: the first grows with the
+    database, and so does what the writers write meanwhile (cutover_rounds); then wait
+    for quiet, with a round at most every CATCH_UP_EVERY_SECONDS while the writers still
+    write; then the final sync and a last verification that
     compares again only what changed since, on both sides: the source's threads written
     since the last comparison (the syncs' books), and the target's threads whose rows are
     not the ones their comparison read (one scan of each table against each comparison's
@@ -199,63 +205,43 @@ def cutover(request: CutoverRequest, *, say: Say = print,
                             else written_since(verified_chain, chain, verified), scan=scan,
                             provisional=provisional)
 
-    rounds: list[SyncReport] = []
-    behind = ThreadPoolExecutor(max_workers=1)  # the rounds run beside the wait's polls
-    running: list[Future] = []
-    rounds_started: list[float] = []
-
-    def catch_up() -> None:
-        nonlocal verified, verified_chain
-        rounds.append(sync_again())
-        if rounds[-1].found.moved:
-            chain = rounds[-1].found.chain or load_chain(sync_request.export)
-            verified = verify_since(verified_chain, chain, verified, provisional=True)
-            verified_chain = chain
-
-    def catch_up_while_waiting() -> None:
-        """While the writers still write, one round at a time and at most every
-        CATCH_UP_EVERY_SECONDS: a sync and a comparison of what it moved, so that the
-        window holds only what the writers wrote in their last moment. A round runs beside
-        the wait (its polls go on, so quiet is seen on time); a round that failed ends the
-        wait with its error."""
-        if running and running[-1].done():
-            running[-1].result()
-        if not running or (running[-1].done()
-                           and time.monotonic() - rounds_started[-1] >= CATCH_UP_EVERY_SECONDS):
-            rounds_started.append(time.monotonic())
-            running.append(behind.submit(catch_up))
-
     say("Catch-up sync (writers may still write)...")
     say(sync_again().render())
     say(FIRST_VERIFICATION_MESSAGE)
     verified_chain = load_chain(sync_request.export)
     verified = verify_chain(verified_chain)
     # What the writers wrote during that full pass (it grows with the database) is synced
-    # and compared now, while they still write, and again while the cutover waits: the
-    # window carries only what they write in their last moment.
+    # and compared now, while they still write, round after round until a round is short,
+    # and again while the cutover waits: the window carries only their last moment.
     say(CATCH_UP_AGAIN_MESSAGE)
-    say(sync_again().render())
-    caught_up = load_chain(sync_request.export)
-    verified = verify_since(verified_chain, caught_up, verified, provisional=True)
-    verified_chain = caught_up
-    wait_started = time.time()
-    try:
+    short_round = max(SHORT_ROUND_SECONDS, request.quiet_seconds / 2)
+    with WaitingRounds(sync_request.export, sync_again,
+                       lambda before, now, earlier: verify_since(before, now, earlier,
+                                                                 provisional=True),
+                       verified_chain, verified,
+                       every_seconds=CATCH_UP_EVERY_SECONDS) as waiting:
+        for number in range(1, MAX_ROUNDS_BEFORE_WAIT + 1):
+            started = time.monotonic()
+            moved = waiting.catch_up()
+            seconds = time.monotonic() - started
+            say(f"  round {number}: {moved} thread(s) moved and compared in {seconds:.1f} s")
+            if not moved or seconds <= short_round:
+                break
+        before_wait = len(waiting.rounds)
+        wait_started = time.time()
         last_write, quiet_files = wait_until_quiet(source, request.quiet_seconds, say=say,
                                                    timeout_seconds=request.timeout_seconds,
-                                                   on_change=catch_up_while_waiting)
-        if running:
-            running[-1].result()  # the round under way when quiet came
-    finally:
-        behind.shutdown(wait=True)
+                                                   on_change=waiting.poll)
+        waiting.finish()
     quiet_at = time.time()
-    if rounds:
-        moved = sum(len(r.found.added) + len(r.found.changed) + len(r.found.deleted)
-                    for r in rounds)
-        say(f"Caught up with the writers {len(rounds)} time(s) while waiting "
-            f"({moved} thread(s) moved and compared).")
+    verified, verified_chain = waiting.verified, waiting.verified_chain
+    while_waiting = len(waiting.rounds) - before_wait
+    if while_waiting:
+        say(f"Caught up with the writers {while_waiting} time(s) while waiting "
+            f"({waiting.moved(before_wait)} thread(s) moved and compared).")
     say(f"Source quiet since {clock(last_write)}; final sync...")
     # Which of PostgreSQL's rows are still those compared: one scan of each table (in C,
-    # the tables' size), run while the final sync runs.
+    # the tables' size), its snapshot taken now, beside the final sync.
     with ThreadPoolExecutor(max_workers=1) as beside:
         scanning = beside.submit(unchanged_since, target, verified)
         synced = sync_again()
@@ -290,8 +276,8 @@ def cutover(request: CutoverRequest, *, say: Say = print,
         "cutover window": f"{proven_at - last_write:.1f} s from the last write seen to "
                           f"proven equal (quiet {quiet_at - last_write:.1f} s + final sync "
                           f"{synced.seconds:.1f} s + verification {report.seconds:.1f} s)",
-        "caught up while waiting": f"{len(rounds)} sync(s) and comparison(s) while the "
-                                   "writers still wrote" if rounds else
+        "caught up while waiting": f"{while_waiting} sync(s) and comparison(s) while "
+                                   "the writers still wrote" if while_waiting else
                                    "nothing was written while waiting",
         "source untouched during the cutover": "yes" if untouched else
         "NO: a writer changed the source; stop every writer and run cutover again",
