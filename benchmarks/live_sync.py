@@ -27,8 +27,8 @@ once) in WAL mode:
 - ``cutover`` (in this process, ``--cutover-quiet-seconds``, default 2): the application
   writes steadily through the catch-up sync and the first verification and stops 3 s
   after the cutover starts waiting for quiet; the window is the cutover's own figure (the
-  last write it saw -> proven equal), with the final sync's and the second verification's
-  share.
+  last write it saw -> proven equal), with the final sync's and the last verification's
+  share, and the rounds of sync and comparison it ran before and while it waited.
 
 The goals (issue 23): nothing changed at 1M <= 0.5 s; the same change at 100K and 1M
 within 1.3x; the application's p99 while syncing <= 1.5x its idle p99; the cutover window
@@ -186,9 +186,13 @@ def cutover_under_a_steady_writer(source: Path, export: Path, dsn: str,
     app.start()
     time.sleep(WARM_UP_SECONDS)
 
+    rounds: list[str] = []
+
     def say(line: str) -> None:
         if line.startswith("Waiting until"):
             threading.Timer(STOP_AFTER_WAIT_SECONDS, stop_file.touch).start()
+        elif line.lstrip().startswith(("round ", "Caught up")):
+            rounds.append(line.strip())
 
     from checkpoint_assets.engine.core.errors import MigrationError
 
@@ -207,6 +211,7 @@ def cutover_under_a_steady_writer(source: Path, export: Path, dsn: str,
             "quiet_seconds": quiet_seconds,
             "final_sync_seconds": timings["final_sync_seconds"],
             "second_verification_seconds": timings["verification_seconds"],
+            "wait_seconds": timings["wait_seconds"], "rounds": rounds,
             "whole_command_seconds": round(time.perf_counter() - started, 1),
             "application_requests": len(json.loads(out.read_text()))}
 

@@ -152,9 +152,9 @@ def verify_migration(
     export would use, since comparing also spends most of its time in Python).
     ``count_target_tables``: also count the target's whole tables (``counts
     ["target_tables"]``, said beside the export's rows); a fleet counts them once for all
-    its sources instead. ``unchanged``: the scan of the target against ``earlier``'s mark
-    (unchanged.threads_unchanged_since), when the caller ran it already (the cutover, while
-    its final sync ran); None: scanned here when ``earlier`` is given.
+    its sources instead. ``unchanged``: the scan of the target against the marks of
+    ``earlier``'s comparisons (:func:`unchanged_since`), when the caller ran it already (the
+    cutover, beside its final sync); None: scanned here when ``earlier`` is given.
     ``assume_unchanged``: no scan; every earlier comparison whose threads no sync moved is
     taken over as it is. Such a report proves nothing of those threads in the target: the
     cutover's rounds while writers still write use it, and its last verification scans
@@ -231,12 +231,10 @@ def _verify_migration(manifest: ExportManifest, chain: ExportChain, target: Targ
         table_rows = None if not count_target_tables else \
             dict(scan.table_rows) if scan is not None and scan.table_rows \
             else target_table_counts(target)
-        report = _report(started, manifest, chain, target, cipher, source_path, source_copy,
-                         readback_threads, readback_all_hint, comparisons, sqlite_counts,
-                         drift, workers, earlier, certificates_hint,
-                         None if source_drift_in is None else len(source_drift_in),
-                         table_rows)
-        return report
+        return _report(started, manifest, chain, target, cipher, source_path, source_copy,
+                       readback_threads, readback_all_hint, comparisons, sqlite_counts, drift,
+                       workers, earlier, certificates_hint,
+                       None if source_drift_in is None else len(source_drift_in), table_rows)
 
 
 def certified_threads(earlier: VerificationReport,
