@@ -49,11 +49,11 @@ def earlier_comparison_now(conn: Any, earlier: BatchComparison,
     if unchanged is not None:
         if not unchanged.issuperset(now_ids):
             return None
-        now = {tid: earlier.certified[tid] for tid in now_ids}
+        now = earlier.certified  # the scan found these very rows
     else:
         now = thread_row_versions(conn, now_ids)
-    if any(now.get(tid) != earlier.certified[tid] for tid in now_ids):
-        return None
+        if any(now.get(tid) != earlier.certified[tid] for tid in now_ids):
+            return None
     if len(now_ids) == len(earlier.thread_ids):
         return replace(earlier, threads=threads, reused=True)
     kept = set(now_ids)
